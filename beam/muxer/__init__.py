@@ -1,0 +1,3 @@
+"""
+Stream multiplexers (yamux).
+"""
