@@ -187,6 +187,13 @@ def _checkMultihash(raw: bytes) -> None:
         raise InvalidPeerID("multihash length does not match")
     if code == _SHA256_MH and length != 32:
         raise InvalidPeerID("sha2-256 multihash must be 32 bytes")
+    if code == _IDENTITY_MH:
+        if length > _MAX_INLINE_KEY:
+            raise InvalidPeerID("inlined public key too long")
+        try:
+            PublicKey.fromProtobuf(bytes(raw[off:]))
+        except InvalidKey as e:
+            raise InvalidPeerID(f"peer ID does not inline a valid public key: {e}") from None
 
 
 def _decodeCID(text: str) -> bytes:
