@@ -1,0 +1,424 @@
+// A js-libp2p 3.x peer that Beam's Python interop tests drive over
+// stdin/stdout with JSON lines (one object per line).
+//
+// Run as:  node --import ./polyfill.mjs peer.mjs [options]   (cwd: interop/)
+//
+// Options:
+//   --security noise|tls|both|noise,tls|tls,noise
+//                       connection encrypters, in the order multistream-select
+//                       offers them when dialling ("both" = noise,tls)
+//   --seed HEX          32-byte hex seed for a deterministic Ed25519 identity
+//   --ipv6              also listen on /ip6/::1/tcp/0
+//   --listen MA         listen on MA instead of the defaults (repeatable,
+//                       loopback only)
+//   --no-connection-monitor
+//                       disable libp2p's periodic ping of every connection
+//
+// stdout carries nothing but JSON lines:
+//   {"event":"ready","peerId":..,"addrs":[..]} once listening, then replies
+//   {"id":..,"ok":true,...} / {"id":..,"ok":false,"error":".."} to commands
+//   and events: peer:connect, peer:disconnect, identify.
+// Diagnostics go to stderr.
+//
+// Safety: a connection gater refuses to dial anything that is not a loopback
+// IP address, there is no bootstrap, no mDNS, no DHT, so this peer never
+// contacts anything but loopback.
+
+import { createHash, createCipheriv } from 'node:crypto'
+import { createInterface } from 'node:readline'
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { generateKeyPair, generateKeyPairFromSeed } from '@libp2p/crypto/keys'
+import { identify } from '@libp2p/identify'
+import { ping } from '@libp2p/ping'
+import { tcp } from '@libp2p/tcp'
+import { tls } from '@libp2p/tls'
+import { multiaddr } from '@multiformats/multiaddr'
+import { createLibp2p } from 'libp2p'
+
+export const ECHO_PROTOCOL = '/beam/echo/1.0.0'
+const CHUNK = 64 * 1024
+// A paused yamux stream can receive up to its window (16 MiB max) before the
+// sender stops; keep the read buffer limit above that so backpressure never
+// turns into a reset.
+const MAX_READ_BUFFER = 32 * 1024 * 1024
+const DEFAULT_TIMEOUT_MS = 60_000
+
+// ---------------------------------------------------------------- output
+
+function emit (obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n')
+}
+
+function warn (...args) {
+  process.stderr.write(args.map(String).join(' ') + '\n')
+}
+
+// ---------------------------------------------------------------- options
+
+function parseArgs (argv) {
+  const opts = {
+    security: ['noise'],
+    seed: null,
+    ipv6: false,
+    listen: [],
+    connectionMonitor: true
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]
+    const next = () => {
+      if (i + 1 >= argv.length) throw new Error(`${arg} needs a value`)
+      return argv[++i]
+    }
+    switch (arg) {
+      case '--security': {
+        const v = next()
+        const list = v === 'both' ? ['noise', 'tls'] : v.split(',')
+        if (list.length === 0 || list.some(s => s !== 'noise' && s !== 'tls') ||
+            new Set(list).size !== list.length) {
+          throw new Error(`bad --security ${v}`)
+        }
+        opts.security = list
+        break
+      }
+      case '--seed': {
+        const v = next()
+        if (!/^[0-9a-fA-F]{64}$/.test(v)) throw new Error('--seed must be 64 hex digits')
+        opts.seed = Buffer.from(v, 'hex')
+        break
+      }
+      case '--ipv6':
+        opts.ipv6 = true
+        break
+      case '--listen': {
+        const ma = multiaddr(next())
+        if (!isLoopback(ma)) throw new Error(`--listen ${ma} is not a loopback address`)
+        opts.listen.push(ma.toString())
+        break
+      }
+      case '--no-connection-monitor':
+        opts.connectionMonitor = false
+        break
+      default:
+        throw new Error(`unknown option ${arg}`)
+    }
+  }
+  if (opts.listen.length === 0) {
+    opts.listen.push('/ip4/127.0.0.1/tcp/0')
+    if (opts.ipv6) opts.listen.push('/ip6/::1/tcp/0')
+  }
+  return opts
+}
+
+// ---------------------------------------------------------------- helpers
+
+function isLoopback (ma) {
+  const first = ma.getComponents()[0]
+  if (first == null) return false
+  if (first.name === 'ip4') return first.value.startsWith('127.')
+  if (first.name === 'ip6') return first.value === '::1' || first.value === '0:0:0:0:0:0:0:1'
+  return false
+}
+
+function withPeerId (ma, peerId) {
+  const s = ma.toString()
+  return s.includes('/p2p/') ? s : `${s}/p2p/${peerId}`
+}
+
+function parseAddr (value) {
+  if (typeof value !== 'string') throw new Error('"addr" must be a multiaddr string')
+  const ma = multiaddr(value)
+  if (!isLoopback(ma)) throw new Error(`refusing to dial non-loopback address ${value}`)
+  return ma
+}
+
+function chunks (data) {
+  // a message event carries a Uint8Array or a Uint8ArrayList (iterable of
+  // Uint8Array)
+  return data instanceof Uint8Array ? [data] : data
+}
+
+/**
+ * The deterministic echo payload: the AES-256-CTR keystream under key
+ * sha256("beam-echo:" + seed) with an all-zero counter block, i.e. the
+ * encryption of N zero bytes.  Fast (10 MiB in milliseconds) and easy to
+ * reproduce from Python with the cryptography package.
+ */
+function payloadGenerator (seed) {
+  const key = createHash('sha256').update(`beam-echo:${seed}`).digest()
+  const cipher = createCipheriv('aes-256-ctr', key, Buffer.alloc(16))
+  const zeros = Buffer.alloc(CHUNK)
+  return (n) => cipher.update(n === CHUNK ? zeros : zeros.subarray(0, n))
+}
+
+function timeoutSignal (cmd) {
+  const ms = Number.isFinite(cmd.timeoutMs) ? cmd.timeoutMs : DEFAULT_TIMEOUT_MS
+  return AbortSignal.timeout(ms)
+}
+
+function describeConnection (conn) {
+  return {
+    peerId: conn.remotePeer.toString(),
+    remoteAddr: conn.remoteAddr.toString(),
+    direction: conn.direction,
+    encryption: conn.encryption ?? null,
+    multiplexer: conn.multiplexer ?? null,
+    status: conn.status
+  }
+}
+
+function describeIdentify (result) {
+  return {
+    peerId: result.peerId.toString(),
+    protocols: [...result.protocols],
+    observedAddr: result.observedAddr?.toString() ?? null,
+    listenAddrs: result.listenAddrs.map(ma => ma.toString()),
+    agentVersion: result.agentVersion ?? null,
+    protocolVersion: result.protocolVersion ?? null
+  }
+}
+
+// ---------------------------------------------------------------- echo
+
+/**
+ * Inbound handler for the echo protocol: write back every byte, pausing the
+ * read side while our send buffer is full, and close our write side once the
+ * remote has closed theirs and everything has been echoed.
+ */
+async function echoHandler (stream) {
+  stream.maxReadBufferLength = MAX_READ_BUFFER
+  await new Promise((resolve) => {
+    const fail = (err) => {
+      warn(`echo stream ${stream.id} failed: ${err?.stack ?? err}`)
+      stream.abort(err instanceof Error ? err : new Error(String(err)))
+      resolve()
+    }
+    stream.addEventListener('message', (evt) => {
+      try {
+        if (!stream.send(evt.data) && stream.readStatus === 'readable') {
+          stream.pause()
+          stream.onDrain().then(() => {
+            if (stream.readStatus === 'paused') stream.resume()
+          }, fail)
+        }
+      } catch (err) {
+        fail(err)
+      }
+    })
+    const finish = () => {
+      if (stream.writeStatus === 'writable') {
+        stream.close().then(resolve, fail)
+      } else {
+        resolve()
+      }
+    }
+    stream.addEventListener('end', finish, { once: true })
+    stream.addEventListener('close', () => resolve(), { once: true })
+    if (stream.readableEnded) finish()
+  })
+}
+
+/**
+ * Outbound echo: stream N payload bytes in CHUNK-sized pieces (waiting for
+ * 'drain' whenever send() says the buffer is full) while hashing whatever
+ * comes back, half-close, then wait for the remote's half-close.
+ */
+async function echoClient (node, cmd) {
+  const ma = parseAddr(cmd.addr)
+  const total = cmd.bytes ?? 0
+  if (!Number.isSafeInteger(total) || total < 0) throw new Error('"bytes" must be a non-negative integer')
+  const signal = timeoutSignal(cmd)
+  const stream = await node.dialProtocol(ma, cmd.protocol ?? ECHO_PROTOCOL, { signal })
+  stream.maxReadBufferLength = MAX_READ_BUFFER
+  const started = Date.now()
+  const hashIn = createHash('sha256')
+  let received = 0
+  const readDone = new Promise((resolve, reject) => {
+    stream.addEventListener('message', (evt) => {
+      for (const buf of chunks(evt.data)) {
+        hashIn.update(buf)
+        received += buf.byteLength
+      }
+    })
+    stream.addEventListener('end', () => resolve(), { once: true })
+    stream.addEventListener('close', (evt) => {
+      if (evt.error != null) reject(evt.error)
+      else resolve()
+    }, { once: true })
+    signal.addEventListener('abort', () => reject(signal.reason), { once: true })
+  })
+  readDone.catch(() => {}) // observed below; avoid an unhandled rejection meanwhile
+  try {
+    const next = payloadGenerator(cmd.seed ?? 0)
+    const hashOut = createHash('sha256')
+    let sent = 0
+    while (sent < total) {
+      const piece = next(Math.min(CHUNK, total - sent))
+      hashOut.update(piece)
+      sent += piece.byteLength
+      if (!stream.send(piece)) {
+        await stream.onDrain({ signal })
+      }
+    }
+    await stream.close({ signal })
+    await readDone
+    return {
+      sent,
+      received,
+      sha256Sent: hashOut.digest('hex'),
+      sha256Received: hashIn.digest('hex'),
+      ms: Date.now() - started
+    }
+  } catch (err) {
+    stream.abort(err instanceof Error ? err : new Error(String(err)))
+    throw err
+  }
+}
+
+// ---------------------------------------------------------------- commands
+
+function makeCommands (node) {
+  return {
+    async dial (cmd) {
+      const conn = await node.dial(parseAddr(cmd.addr), { signal: timeoutSignal(cmd) })
+      return describeConnection(conn)
+    },
+
+    async ping (cmd) {
+      const ma = parseAddr(cmd.addr)
+      const count = cmd.count ?? 1
+      const rtts = []
+      for (let i = 0; i < count; i++) {
+        rtts.push(await node.services.ping.ping(ma, { signal: timeoutSignal(cmd) }))
+      }
+      return { rtts }
+    },
+
+    async identify (cmd) {
+      const signal = timeoutSignal(cmd)
+      const conn = await node.dial(parseAddr(cmd.addr), { signal })
+      const result = await node.services.identify.identify(conn, { signal })
+      return describeIdentify(result)
+    },
+
+    echo (cmd) {
+      return echoClient(node, cmd)
+    },
+
+    async peers () {
+      return { peers: node.getConnections().map(describeConnection) }
+    },
+
+    async hangup (cmd) {
+      await node.hangUp(parseAddr(cmd.addr), { signal: timeoutSignal(cmd) })
+      return {}
+    }
+  }
+}
+
+// ---------------------------------------------------------------- main
+
+async function main () {
+  const opts = parseArgs(process.argv.slice(2))
+  const privateKey = opts.seed != null
+    ? await generateKeyPairFromSeed('Ed25519', opts.seed)
+    : await generateKeyPair('Ed25519')
+  const encrypters = { noise: () => noise(), tls: () => tls() }
+
+  const node = await createLibp2p({
+    privateKey,
+    addresses: { listen: opts.listen },
+    transports: [tcp()],
+    connectionEncrypters: opts.security.map(name => encrypters[name]()),
+    streamMuxers: [yamux()],
+    peerDiscovery: [],
+    connectionGater: {
+      // never dial anything but loopback, whatever a peer advertises
+      denyDialMultiaddr: (ma) => !isLoopback(ma)
+    },
+    connectionMonitor: { enabled: opts.connectionMonitor },
+    services: {
+      identify: identify(),
+      ping: ping()
+    }
+  })
+
+  await node.handle(ECHO_PROTOCOL, echoHandler)
+
+  const directionOf = (peerId) => node.getConnections(peerId)[0]?.direction ?? null
+  node.addEventListener('peer:connect', (evt) => {
+    emit({ event: 'peer:connect', peerId: evt.detail.toString(), direction: directionOf(evt.detail) })
+  })
+  node.addEventListener('peer:disconnect', (evt) => {
+    emit({ event: 'peer:disconnect', peerId: evt.detail.toString() })
+  })
+  node.addEventListener('peer:identify', (evt) => {
+    emit({
+      event: 'identify',
+      direction: evt.detail.connection?.direction ?? null,
+      ...describeIdentify(evt.detail)
+    })
+  })
+
+  await node.start()
+  const peerId = node.peerId.toString()
+  emit({
+    event: 'ready',
+    peerId,
+    addrs: node.getMultiaddrs().map(ma => withPeerId(ma, peerId)),
+    security: opts.security
+  })
+
+  const commands = makeCommands(node)
+  let stopping = null
+  const stop = () => {
+    stopping ??= node.stop()
+    return stopping
+  }
+
+  const rl = createInterface({ input: process.stdin, crlfDelay: Infinity })
+  rl.on('line', (line) => {
+    if (line.trim() === '') return
+    let cmd
+    try {
+      cmd = JSON.parse(line)
+    } catch (err) {
+      emit({ id: null, ok: false, error: `bad JSON: ${err.message}` })
+      return
+    }
+    const id = cmd.id ?? null
+    if (cmd.cmd === 'stop') {
+      stop().then(
+        () => process.stdout.write(JSON.stringify({ id, ok: true }) + '\n', () => process.exit(0)),
+        (err) => {
+          emit({ id, ok: false, error: String(err?.message ?? err) })
+          process.exit(1)
+        })
+      return
+    }
+    const fn = Object.hasOwn(commands, cmd.cmd) ? commands[cmd.cmd] : null
+    if (fn == null) {
+      emit({ id, ok: false, error: `unknown command ${JSON.stringify(cmd.cmd)}` })
+      return
+    }
+    Promise.resolve().then(() => fn(cmd)).then(
+      (result) => emit({ id, ok: true, ...result }),
+      (err) => {
+        warn(`command ${cmd.cmd} (id ${id}) failed: ${err?.stack ?? err}`)
+        emit({ id, ok: false, error: `${err?.name ?? 'Error'}: ${err?.message ?? err}` })
+      })
+  })
+  // The driving process went away: do not linger as an orphan.
+  rl.on('close', () => {
+    stop().finally(() => process.exit(0))
+  })
+}
+
+process.on('unhandledRejection', (err) => {
+  warn(`unhandled rejection: ${err?.stack ?? err}`)
+})
+
+main().catch((err) => {
+  warn(`fatal: ${err?.stack ?? err}`)
+  process.exit(1)
+})
