@@ -121,3 +121,9 @@ class PingTimeout(BeamError):
     """
     The peer did not answer the ping in time.
     """
+
+
+class DecryptionFailed(SecurityError, ProtocolError):
+    """
+    A message from the peer failed authentication, so the connection was closed.
+    """
