@@ -1,0 +1,1145 @@
+"""
+Tests for L{beam.muxer.yamux} and its frame codec.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.error import ConnectionAborted, ConnectionDone
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHalfCloseableProtocol,
+    IPullProducer,
+    IPushProducer,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from beam.errors import MuxerClosed, ProtocolError, StreamLimitExceeded, StreamReset
+from beam.muxer._yamux_frames import (
+    DEFAULT_WINDOW,
+    FLAG_ACK,
+    FLAG_FIN,
+    FLAG_RST,
+    FLAG_SYN,
+    GO_AWAY_PROTOCOL_ERROR,
+    TYPE_DATA,
+    TYPE_GO_AWAY,
+    TYPE_PING,
+    TYPE_WINDOW_UPDATE,
+    Frame,
+    FrameParser,
+    YamuxProtocolError,
+    encodeFrame,
+    encodeHeader,
+)
+from beam.muxer.yamux import YamuxSession, YamuxStream
+from beam.testing import MemoryTransport, Pump
+
+
+class Recorder(Protocol):
+    """
+    A stream protocol that records what happens to it.
+    """
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.lost: list[Failure] = []
+        self.made = 0
+
+    def makeConnection(self, transport: Any) -> None:
+        self.made += 1
+        Protocol.makeConnection(self, transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.append(reason)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfRecorder(Recorder):
+    """
+    A recorder that supports half-close.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readLost = 0
+
+    def readConnectionLost(self) -> None:
+        self.readLost += 1
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+@implementer(IPushProducer)
+class PushProducer:
+    """
+    A streaming producer that writes C{chunk} each time L{produce} is called
+    while it is not paused, and records pause/resume calls.
+    """
+
+    def __init__(self, stream: YamuxStream, chunk: int = 32 * 1024) -> None:
+        self.stream = stream
+        self.paused = False
+        self.pauses = 0
+        self.resumes = 0
+        self.stopped = False
+        self.sent = bytearray()
+        self.chunk = chunk
+        self.counter = 0
+
+    def produce(self, limit: int) -> None:
+        while not self.paused and len(self.sent) < limit:
+            data = bytes([self.counter % 251]) * self.chunk
+            self.counter += 1
+            self.sent += data
+            self.stream.write(data)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.resumes += 1
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+@implementer(IPullProducer)
+class PullProducer:
+    """
+    A non-streaming producer that writes the next slice of C{data} per call.
+    """
+
+    def __init__(self, stream: YamuxStream, data: bytes, chunk: int) -> None:
+        self.stream = stream
+        self.data = data
+        self.chunk = chunk
+        self.offset = 0
+        self.calls = 0
+
+    def resumeProducing(self) -> None:
+        self.calls += 1
+        piece = self.data[self.offset : self.offset + self.chunk]
+        self.offset += len(piece)
+        if piece:
+            self.stream.write(piece)
+        if self.offset >= len(self.data):
+            self.stream.unregisterProducer()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class Pair:
+    """
+    Two connected sessions; inbound streams get a protocol from
+    C{serverProtocol}/C{clientProtocol} (L{Recorder} by default) unless it
+    is L{None}.
+    """
+
+    def __init__(
+        self,
+        clientKw: dict[str, Any] | None = None,
+        serverKw: dict[str, Any] | None = None,
+        protocolClass: Callable[[], Recorder] | None = Recorder,
+        clientTransport: MemoryTransport | None = None,
+    ) -> None:
+        self.clock = Clock()
+        self.serverStreams: list[YamuxStream] = []
+        self.clientStreams: list[YamuxStream] = []
+        self.protocolClass = protocolClass
+        self.client = YamuxSession(
+            True, self._accept(self.clientStreams), self.clock, **(clientKw or {})
+        )
+        self.server = YamuxSession(
+            False, self._accept(self.serverStreams), self.clock, **(serverKw or {})
+        )
+        self.pump = Pump(self.client, self.server, clientTransport=clientTransport)
+        if clientTransport is not None:
+            clientTransport.protocol = self.client
+        self.pump.connect()
+
+    def _accept(self, into: list[YamuxStream]) -> Any:
+        def onStream(stream: YamuxStream) -> None:
+            into.append(stream)
+            if self.protocolClass is not None:
+                stream.setProtocol(self.protocolClass())
+
+        return onStream
+
+    def open(self, protocol: Recorder | None = None) -> tuple[YamuxStream, Recorder]:
+        stream = self.client.openStream()
+        proto = protocol if protocol is not None else Recorder()
+        stream.setProtocol(proto)
+        return stream, proto
+
+    def flush(self, chunk: int | None = None) -> None:
+        self.pump.flush(chunk=chunk)
+
+
+def frames(data: bytes) -> list[Frame]:
+    """
+    Parse everything in C{data}.
+    """
+    return list(FrameParser().feed(data))
+
+
+def lonelySession(
+    isInitiator: bool = False, **kw: Any
+) -> tuple[YamuxSession, MemoryTransport, list[YamuxStream]]:
+    """
+    A session connected to a bare memory transport, for feeding it bytes.
+    """
+    accepted: list[YamuxStream] = []
+    session = YamuxSession(isInitiator, accepted.append, Clock(), **kw)
+    transport = MemoryTransport()
+    transport.protocol = session
+    session.makeConnection(transport)
+    return session, transport, accepted
+
+
+class FrameCodecTests(SynchronousTestCase):
+    """
+    The sans-IO frame encoder and parser.
+    """
+
+    def test_headerLayout(self) -> None:
+        """
+        Headers are 12 big-endian bytes: version, type, flags, stream ID, length.
+        """
+        self.assertEqual(
+            encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN | FLAG_FIN, 0x01020304, 0x0A0B0C0D),
+            bytes([0, 1, 0, 5, 1, 2, 3, 4, 0x0A, 0x0B, 0x0C, 0x0D]),
+        )
+
+    def test_roundTripSplit(self) -> None:
+        """
+        Frames split at every byte boundary parse back to the same frames.
+        """
+        sent = [
+            Frame(TYPE_DATA, FLAG_SYN, 1, 5, b"hello"),
+            Frame(TYPE_WINDOW_UPDATE, FLAG_ACK, 2, 1000),
+            Frame(TYPE_PING, FLAG_SYN, 0, 77),
+            Frame(TYPE_DATA, 0, 3, 0),
+            Frame(TYPE_GO_AWAY, 0, 0, 2),
+        ]
+        wire = b"".join(encodeFrame(f) for f in sent)
+        for size in (1, 5, 11, 13, len(wire)):
+            parser = FrameParser()
+            got: list[Frame] = []
+            for i in range(0, len(wire), size):
+                got.extend(parser.feed(wire[i : i + size]))
+            self.assertEqual(got, sent)
+            self.assertEqual(parser.buffered, 0)
+
+    def test_badVersion(self) -> None:
+        """
+        A header with a version other than 0 is a protocol error.
+        """
+        wire = bytes([1]) + encodeHeader(TYPE_PING, FLAG_SYN, 0, 1)[1:]
+        self.assertRaises(YamuxProtocolError, frames, wire)
+
+    def test_unknownType(self) -> None:
+        """
+        A frame type above 3 is a protocol error.
+        """
+        wire = encodeHeader(4, 0, 0, 0)
+        self.assertRaises(YamuxProtocolError, frames, wire)
+
+    def test_protocolErrorIsBeamError(self) -> None:
+        """
+        Our protocol error derives from Beam's L{ProtocolError}.
+        """
+        self.assertTrue(issubclass(YamuxProtocolError, ProtocolError))
+
+    def test_oversizeRefusedBeforeBuffering(self) -> None:
+        """
+        A data frame longer than the check allows is refused as soon as its
+        header is complete, before any payload is held.
+        """
+        seen: list[tuple[int, int, int]] = []
+
+        def check(streamID: int, flags: int, length: int) -> None:
+            seen.append((streamID, flags, length))
+            if length > 100:
+                raise YamuxProtocolError("too long")
+
+        parser = FrameParser(check)
+        self.assertEqual(
+            list(parser.feed(encodeHeader(TYPE_DATA, 0, 1, 100) + b"x" * 100)),
+            [Frame(TYPE_DATA, 0, 1, 100, b"x" * 100)],
+        )
+        gen = parser.feed(encodeHeader(TYPE_DATA, 0, 1, 101) + b"x" * 50)
+        self.assertRaises(YamuxProtocolError, list, gen)
+        self.assertEqual(parser.buffered, 0)
+        self.assertEqual(seen, [(1, 0, 100), (1, 0, 101)])
+
+    def test_absoluteCap(self) -> None:
+        """
+        Without a check, C{maxDataLength} still caps data frames.
+        """
+        parser = FrameParser(maxDataLength=10)
+        self.assertRaises(YamuxProtocolError, list, parser.feed(encodeHeader(TYPE_DATA, 0, 1, 11)))
+
+    def test_linearInChunks(self) -> None:
+        """
+        A large frame fed in small pieces is reassembled exactly, and the
+        partial buffer holds only that frame's bytes.
+        """
+        payload = os.urandom(100_000)
+        wire = (
+            encodeHeader(TYPE_DATA, 0, 1, len(payload))
+            + payload
+            + encodeHeader(TYPE_PING, FLAG_ACK, 0, 9)
+        )
+        parser = FrameParser()
+        got: list[Frame] = []
+        for i in range(0, len(wire), 997):
+            got.extend(parser.feed(wire[i : i + 997]))
+            self.assertLessEqual(parser.buffered, 12 + len(payload))
+        self.assertEqual(
+            got, [Frame(TYPE_DATA, 0, 1, len(payload), payload), Frame(TYPE_PING, FLAG_ACK, 0, 9)]
+        )
+
+
+class StreamTests(SynchronousTestCase):
+    """
+    Opening, using and closing streams between two sessions.
+    """
+
+    def test_interfaces(self) -> None:
+        """
+        Streams provide ITransport, IConsumer and IPushProducer; sessions are
+        push producers.
+        """
+        pair = Pair()
+        stream, _ = pair.open()
+        verifyObject(ITransport, stream)
+        verifyObject(IConsumer, stream)
+        verifyObject(IPushProducer, stream)
+        verifyObject(IPushProducer, pair.client)
+        self.assertIsNone(stream.protocolId)
+        self.assertIsNone(stream.connection)
+        self.assertIs(pair.pump.clientTransport.producer, pair.client)
+
+    def test_idParity(self) -> None:
+        """
+        The initiator opens odd stream IDs, the responder even ones, and the
+        other side accepts them under the same IDs.
+        """
+        pair = Pair()
+        a, b = pair.client.openStream(), pair.client.openStream()
+        c, d = pair.server.openStream(), pair.server.openStream()
+        pair.flush()
+        self.assertEqual([a.streamID, b.streamID], [1, 3])
+        self.assertEqual([c.streamID, d.streamID], [2, 4])
+        self.assertEqual([s.streamID for s in pair.serverStreams], [1, 3])
+        self.assertEqual([s.streamID for s in pair.clientStreams], [2, 4])
+        self.assertEqual(sorted(pair.client.streams), [1, 2, 3, 4])
+        self.assertEqual(sorted(pair.server.streams), [1, 2, 3, 4])
+
+    def test_dataBothWays(self) -> None:
+        """
+        Bytes written on either end arrive at the other, in order.
+        """
+        pair = Pair()
+        stream, proto = pair.open()
+        stream.write(b"hello ")
+        stream.writeSequence([b"wor", b"ld"])
+        pair.flush()
+        remote = pair.serverStreams[0]
+        self.assertEqual(remote.protocol.data, b"hello world")
+        remote.write(b"back")
+        pair.flush()
+        self.assertEqual(proto.data, b"back")
+
+    def test_peerAndHost(self) -> None:
+        """
+        Streams report the addresses of the connection carrying them.
+        """
+        pair = Pair()
+        stream, _ = pair.open()
+        self.assertEqual(stream.getPeer(), pair.pump.clientTransport.getPeer())
+        self.assertEqual(stream.getHost(), pair.pump.clientTransport.getHost())
+
+    def test_bufferedUntilProtocolSet(self) -> None:
+        """
+        Data and FIN that arrive before the accepting side sets a protocol
+        are delivered, in order, right after it is set.
+        """
+        pair = Pair(protocolClass=None)
+        stream, proto = pair.open()
+        stream.write(b"early")
+        stream.loseConnection()
+        pair.flush()
+        remote = pair.serverStreams[0]
+        late = HalfRecorder()
+        remote.setProtocol(late)
+        self.assertEqual((late.made, late.data, late.readLost), (1, b"early", 1))
+        remote.write(b"reply")
+        remote.loseConnection()
+        pair.flush()
+        self.assertEqual(proto.data, b"reply")
+        self.assertEqual(len(late.lost), 1)
+        late.lost[0].trap(ConnectionDone)
+        proto.lost[0].trap(ConnectionDone)
+
+    def test_halfCloseFromOpener(self) -> None:
+        """
+        After the opener half-closes, a half-closeable peer protocol gets
+        readConnectionLost and can still write; when it closes too, both
+        protocols get ConnectionDone exactly once and the streams are gone.
+        """
+        pair = Pair(protocolClass=HalfRecorder)
+        stream, proto = pair.open(HalfRecorder())
+        stream.write(b"request")
+        stream.loseWriteConnection()
+        pair.flush()
+        remote = pair.serverStreams[0]
+        self.assertEqual(remote.protocol.readLost, 1)
+        self.assertEqual(remote.protocol.lost, [])
+        remote.write(b"response")
+        pair.flush()
+        self.assertEqual(proto.data, b"response")
+        self.assertEqual(proto.lost, [])
+        remote.loseConnection()
+        pair.flush()
+        self.assertEqual(proto.readLost, 1)
+        for p in (proto, remote.protocol):
+            self.assertEqual(len(p.lost), 1)
+            p.lost[0].trap(ConnectionDone)
+        self.assertEqual(pair.client.streams, {})
+        self.assertEqual(pair.server.streams, {})
+
+    def test_halfCloseFromAcceptor(self) -> None:
+        """
+        The accepting side can half-close first; the opener keeps writing
+        until it closes.
+        """
+        pair = Pair(protocolClass=HalfRecorder)
+        stream, proto = pair.open(HalfRecorder())
+        stream.write(b"x")
+        pair.flush()
+        remote = pair.serverStreams[0]
+        remote.loseWriteConnection()
+        pair.flush()
+        self.assertEqual(proto.readLost, 1)
+        stream.write(b"more")
+        pair.flush()
+        self.assertEqual(remote.protocol.data, b"xmore")
+        stream.loseConnection()
+        pair.flush()
+        proto.lost[0].trap(ConnectionDone)
+        remote.protocol.lost[0].trap(ConnectionDone)
+
+    def test_remoteFinClosesPlainProtocol(self) -> None:
+        """
+        A protocol that is not half-closeable has its stream closed when the
+        peer's FIN arrives: both ends get ConnectionDone.
+        """
+        pair = Pair()
+        stream, proto = pair.open()
+        stream.write(b"bye")
+        stream.loseConnection()
+        pair.flush()
+        remote = pair.serverStreams[0]
+        self.assertEqual(remote.protocol.data, b"bye")
+        self.assertEqual(len(remote.protocol.lost), 1)
+        remote.protocol.lost[0].trap(ConnectionDone)
+        self.assertEqual(len(proto.lost), 1)
+        proto.lost[0].trap(ConnectionDone)
+
+    def test_loseConnectionAfterQueuedData(self) -> None:
+        """
+        loseConnection sends the FIN only after data queued beyond the window
+        was sent; nothing is lost.
+        """
+        pair = Pair()
+        stream, proto = pair.open()
+        payload = os.urandom(3 * DEFAULT_WINDOW + 123)
+        stream.write(payload)
+        stream.loseConnection()
+        stream.write(b"ignored after close")
+        pair.flush()
+        remote = pair.serverStreams[0]
+        self.assertEqual(remote.protocol.data, payload)
+        remote.protocol.lost[0].trap(ConnectionDone)
+        proto.lost[0].trap(ConnectionDone)
+
+    def test_resetByOpener(self) -> None:
+        """
+        abortConnection sends RST: our protocol gets ConnectionAborted, the
+        peer's gets StreamReset, once each.
+        """
+        pair = Pair()
+        stream, proto = pair.open()
+        stream.write(b"x")
+        pair.flush()
+        stream.abortConnection()
+        stream.abortConnection()
+        pair.flush()
+        remote = pair.serverStreams[0]
+        self.assertEqual(len(proto.lost), 1)
+        proto.lost[0].trap(ConnectionAborted)
+        self.assertEqual(len(remote.protocol.lost), 1)
+        remote.protocol.lost[0].trap(StreamReset)
+        self.assertEqual(pair.client.streams, {})
+        self.assertEqual(pair.server.streams, {})
+
+    def test_resetByAcceptor(self) -> None:
+        """
+        The accepting side can reset too; writes after that are ignored.
+        """
+        pair = Pair()
+        stream, proto = pair.open()
+        stream.write(b"x")
+        pair.flush()
+        pair.serverStreams[0].abortConnection()
+        pair.flush()
+        proto.lost[0].trap(StreamReset)
+        stream.write(b"late")
+        pair.flush()
+        self.assertEqual(len(proto.lost), 1)
+        pair.serverStreams[0].protocol.lost[0].trap(ConnectionAborted)
+
+    def test_lateDataForResetStreamDropped(self) -> None:
+        """
+        Data already in flight towards a stream we reset is dropped quietly;
+        the session stays up.
+        """
+        pair = Pair()
+        stream, proto = pair.open()
+        pair.flush()
+        remote = pair.serverStreams[0]
+        remote.write(b"in flight")
+        stream.abortConnection()
+        pair.flush()
+        self.assertEqual(proto.data, b"")
+        self.assertFalse(pair.pump.clientTransport.disconnecting)
+        self.assertFalse(pair.pump.serverTransport.disconnecting)
+
+    def test_protocolExceptionResetsStream(self) -> None:
+        """
+        A stream protocol raising from dataReceived resets only its stream.
+        """
+
+        class Boom(Recorder):
+            def dataReceived(self, data: bytes) -> None:
+                raise ValueError("boom")
+
+        classes = iter([Boom, Recorder])
+        pair = Pair(protocolClass=lambda: next(classes)())
+        stream, proto = pair.open()
+        other, otherProto = pair.open()
+        stream.write(b"x")
+        pair.flush()
+        proto.lost[0].trap(StreamReset)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        other.write(b"fine")
+        pair.flush()
+        self.assertEqual(otherProto.lost, [])
+        self.assertEqual(pair.serverStreams[1].protocol.data, b"fine")
+        self.assertIn(other.streamID, pair.server.streams)
+
+    def test_chunkedDelivery(self) -> None:
+        """
+        Frames split into 5-byte pieces by the transport work the same.
+        """
+        pair = Pair()
+        stream, proto = pair.open()
+        payload = os.urandom(70_000)
+        stream.write(payload)
+        pair.flush(chunk=5)
+        remote = pair.serverStreams[0]
+        self.assertEqual(remote.protocol.data, payload)
+        remote.write(b"ok")
+        remote.loseConnection()
+        pair.flush(chunk=5)
+        self.assertEqual(proto.data, b"ok")
+        proto.lost[0].trap(ConnectionDone)
+
+    def test_manyConcurrentStreams(self) -> None:
+        """
+        100 streams interleaving writes in both directions each deliver
+        exactly their own bytes.
+        """
+        pair = Pair(protocolClass=HalfRecorder)
+        opened = [pair.open() for _ in range(100)]
+        payloads = {s.streamID: os.urandom(5000 + 97 * i) for i, (s, _) in enumerate(opened)}
+        for offset in range(0, 20000, 1000):
+            for s, _ in opened:
+                s.write(payloads[s.streamID][offset : offset + 1000])
+            pair.flush(chunk=4096)
+        for s, _ in opened:
+            s.loseConnection()
+        pair.flush()
+        self.assertEqual(len(pair.serverStreams), 100)
+        for remote in pair.serverStreams:
+            self.assertEqual(remote.protocol.data, payloads[remote.streamID])
+            self.assertEqual(remote.protocol.readLost, 1)
+            remote.write(payloads[remote.streamID][::-1])
+            remote.loseConnection()
+        pair.flush()
+        for s, proto in opened:
+            self.assertEqual(proto.data, payloads[s.streamID][::-1])
+            proto.lost[0].trap(ConnectionDone)
+        self.assertEqual(pair.client.streams, {})
+        self.assertEqual(pair.server.streams, {})
+
+
+class SessionTests(SynchronousTestCase):
+    """
+    Session-wide behaviour: pings, go-away, limits, closing.
+    """
+
+    def test_pingRTT(self) -> None:
+        """
+        ping() fires with the round trip measured on the injected clock.
+        """
+        pair = Pair()
+        d = pair.client.ping()
+        self.assertNoResult(d)
+        pair.clock.advance(0.25)
+        pair.flush()
+        self.assertEqual(self.successResultOf(d), 0.25)
+        d2 = pair.server.ping()
+        pair.flush()
+        self.assertEqual(self.successResultOf(d2), 0.0)
+
+    def test_pingAnswered(self) -> None:
+        """
+        A ping SYN is answered with a ping ACK echoing its opaque value.
+        """
+        session, transport, _ = lonelySession()
+        session.dataReceived(encodeHeader(TYPE_PING, FLAG_SYN, 0, 12345))
+        self.assertEqual(frames(transport.take()), [Frame(TYPE_PING, FLAG_ACK, 0, 12345)])
+
+    def test_goAwayBlocksNewStreams(self) -> None:
+        """
+        After a go-away neither side opens new streams; existing streams
+        keep working.
+        """
+        pair = Pair()
+        stream, proto = pair.open()
+        pair.flush()
+        pair.server.goAway()
+        pair.flush()
+        self.assertRaises(MuxerClosed, pair.client.openStream)
+        self.assertRaises(MuxerClosed, pair.server.openStream)
+        stream.write(b"still here")
+        pair.serverStreams[0].write(b"me too")
+        pair.flush()
+        self.assertEqual(pair.serverStreams[0].protocol.data, b"still here")
+        self.assertEqual(proto.data, b"me too")
+
+    def test_goAwayRefusesInbound(self) -> None:
+        """
+        A SYN arriving after we sent go-away is answered with RST.
+        """
+        session, transport, accepted = lonelySession()
+        session.goAway()
+        transport.take()
+        session.dataReceived(encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))
+        self.assertEqual(accepted, [])
+        self.assertEqual(frames(transport.take()), [Frame(TYPE_WINDOW_UPDATE, FLAG_RST, 1, 0)])
+
+    def test_streamLimit(self) -> None:
+        """
+        Past maxStreams, openStream raises StreamLimitExceeded, and inbound
+        streams are refused with RST (the opener sees StreamReset).
+        """
+        pair = Pair(clientKw={"maxStreams": 5}, serverKw={"maxStreams": 2})
+        opened = [pair.open() for _ in range(3)]
+        pair.flush()
+        self.assertEqual(len(pair.serverStreams), 2)
+        opened[2][1].lost[0].trap(StreamReset)
+        self.assertEqual(opened[0][1].lost, [])
+        self.assertRaises(StreamLimitExceeded, pair.server.openStream)
+        pair.open()
+        pair.open()
+        pair.open()
+        self.assertRaises(StreamLimitExceeded, pair.client.openStream)
+
+    def test_closeSession(self) -> None:
+        """
+        close() sends a go-away and loses the transport; open streams get
+        MuxerClosed, whenClosed fires on both sides, and pending pings fail.
+        """
+        pair = Pair()
+        stream, proto = pair.open()
+        stream.write(b"last words")
+        pair.flush()
+        before = pair.client.whenClosed()
+        ping = pair.server.ping()
+        pair.client.close()
+        self.assertRaises(MuxerClosed, pair.client.openStream)
+        self.assertIn(Frame(TYPE_GO_AWAY, 0, 0, 0), frames(bytes(pair.pump.clientTransport.buffer)))
+        pair.flush()
+        self.assertIsNone(self.successResultOf(before))
+        self.assertIsNone(self.successResultOf(pair.server.whenClosed()))
+        proto.lost[0].trap(MuxerClosed)
+        pair.serverStreams[0].protocol.lost[0].trap(MuxerClosed)
+        self.assertEqual(pair.serverStreams[0].protocol.data, b"last words")
+        self.failureResultOf(ping, MuxerClosed)
+        self.failureResultOf(pair.client.ping(), MuxerClosed)
+
+    def test_sessionLossNotifiesStreams(self) -> None:
+        """
+        When the connection drops, every stream's protocol (including one not
+        yet set) gets connectionLost with MuxerClosed exactly once.
+        """
+        pair = Pair(protocolClass=None)
+        streams = [pair.open() for _ in range(3)]
+        pair.flush()
+        pair.pump.clientTransport.abortConnection()
+        pair.flush()
+        for _, proto in streams:
+            self.assertEqual(len(proto.lost), 1)
+            proto.lost[0].trap(MuxerClosed)
+        late = Recorder()
+        pair.serverStreams[0].setProtocol(late)
+        self.assertEqual(len(late.lost), 1)
+        late.lost[0].trap(MuxerClosed)
+        self.assertEqual(pair.client.streams, {})
+        self.successResultOf(pair.client.whenClosed())
+
+    def test_largerInitialWindow(self) -> None:
+        """
+        A session configured with a larger window announces it in the SYN
+        and ACK, so the peer can send that much before any update.
+        """
+        big = 1024 * 1024
+        pair = Pair(
+            protocolClass=None, clientKw={"initialWindow": big}, serverKw={"initialWindow": big}
+        )
+        stream, proto = pair.open()
+        pair.flush()
+        remote = pair.serverStreams[0]
+        stream.write(b"a" * big)
+        remote.write(b"b" * big)
+        pair.flush()
+        self.assertEqual(proto.data, b"b" * big)
+        remote.setProtocol(Recorder())
+        self.assertEqual(remote.protocol.data, b"a" * big)
+        self.assertRaises(
+            ValueError, YamuxSession, True, lambda s: None, Clock(), initialWindow=1000
+        )
+
+
+class FlowControlTests(SynchronousTestCase):
+    """
+    Per-stream windows, back-pressure and producers.
+    """
+
+    def test_windowExhaustion(self) -> None:
+        """
+        A write beyond the window sends only one window's worth until the
+        reader's window updates arrive, then the rest.
+        """
+        pair = Pair()
+        stream, _ = pair.open()
+        pair.flush()
+        payload = os.urandom(DEFAULT_WINDOW * 2)
+        stream.write(payload)
+        sent = frames(pair.pump.clientTransport.take())
+        self.assertEqual(sum(f.length for f in sent if f.type == TYPE_DATA), DEFAULT_WINDOW)
+        self.assertEqual(stream._queued, DEFAULT_WINDOW)
+        pair.pump.serverTransport.take()
+        pair.server.dataReceived(b"".join(encodeFrame(f) for f in sent))
+        updates = [
+            f
+            for f in frames(bytes(pair.pump.serverTransport.buffer))
+            if f.type == TYPE_WINDOW_UPDATE
+        ]
+        self.assertEqual(updates, [Frame(TYPE_WINDOW_UPDATE, 0, stream.streamID, DEFAULT_WINDOW)])
+        pair.flush()
+        self.assertEqual(pair.serverStreams[0].protocol.data, payload)
+        self.assertEqual(stream._queued, 0)
+
+    def test_updatesBatched(self) -> None:
+        """
+        No window update is sent until at least half the window was
+        delivered.
+        """
+        session, transport, accepted = lonelySession()
+        session.dataReceived(encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))
+        accepted[0].setProtocol(Recorder())
+        transport.take()
+        half = DEFAULT_WINDOW // 2
+        session.dataReceived(encodeHeader(TYPE_DATA, 0, 1, half - 1) + b"x" * (half - 1))
+        self.assertEqual(transport.take(), b"")
+        session.dataReceived(encodeHeader(TYPE_DATA, 0, 1, 1) + b"x")
+        self.assertEqual(frames(transport.take()), [Frame(TYPE_WINDOW_UPDATE, 0, 1, half)])
+
+    def test_stalledReaderBoundsWriter(self) -> None:
+        """
+        A reader that pauses its stream stops the remote writer after one
+        window: the writer's producer is paused, its queue stays under the
+        high-water mark, the reader's buffer within the window; on resume
+        everything arrives intact and the producer resumes.
+        """
+        pair = Pair()
+        stream, _ = pair.open()
+        pair.flush()
+        remote = pair.serverStreams[0]
+        remote.pauseProducing()
+        producer = PushProducer(stream)
+        stream.registerProducer(producer, True)
+        total = 4 * 1024 * 1024
+        for _ in range(50):
+            producer.produce(total)
+            pair.flush()
+        self.assertTrue(producer.paused)
+        self.assertLessEqual(stream._queued, pair.client.streamHighWater + producer.chunk)
+        self.assertLessEqual(
+            len(producer.sent), DEFAULT_WINDOW + pair.client.streamHighWater + producer.chunk
+        )
+        self.assertLessEqual(remote._buffered, DEFAULT_WINDOW)
+        self.assertEqual(remote.protocol.data, b"")
+        remote.resumeProducing()
+        for _ in range(1000):
+            pair.flush()
+            producer.produce(total)
+            if len(producer.sent) >= total and not stream._queued:
+                break
+        pair.flush()
+        self.assertGreater(producer.resumes, 0)
+        self.assertEqual(len(producer.sent), total)
+        self.assertEqual(remote.protocol.data, bytes(producer.sent))
+
+    def test_readerPausesMidStream(self) -> None:
+        """
+        A protocol that pauses its stream from dataReceived gets nothing more
+        until it resumes; data then arrives in order, and FIN only after it.
+        """
+
+        class Pauser(HalfRecorder):
+            def dataReceived(self, data: bytes) -> None:
+                super().dataReceived(data)
+                self.transport.pauseProducing()
+
+        pair = Pair(protocolClass=Pauser)
+        stream, _ = pair.open()
+        stream.write(b"one")
+        pair.flush()
+        stream.write(b"two")
+        stream.write(b"three")
+        stream.loseConnection()
+        pair.flush()
+        remote = pair.serverStreams[0]
+        self.assertEqual((remote.protocol.chunks, remote.protocol.readLost), ([b"one"], 0))
+        remote.resumeProducing()
+        self.assertEqual((remote.protocol.chunks, remote.protocol.readLost), ([b"one", b"two"], 0))
+        remote.resumeProducing()
+        self.assertEqual(remote.protocol.chunks, [b"one", b"two", b"three"])
+        remote.resumeProducing()
+        self.assertEqual(remote.protocol.readLost, 1)
+
+    def test_sessionPausePausesStreams(self) -> None:
+        """
+        When the connection's transport pauses the session, stream writes
+        queue and every stream's producer pauses; when it drains they resume
+        and all data arrives.
+        """
+        transport = MemoryTransport(highWater=100_000)
+        pair = Pair(clientTransport=transport)
+        streams = [pair.open() for _ in range(3)]
+        pair.flush()
+        producers = []
+        for stream, _ in streams:
+            producer = PushProducer(stream, chunk=8192)
+            stream.registerProducer(producer, True)
+            producers.append(producer)
+        producers[0].produce(200_000)
+        self.assertTrue(transport.producerPaused)
+        self.assertTrue(all(p.paused for p in producers))
+        self.assertLessEqual(len(transport.buffer), 100_000 + 8192 + 12)
+        held = len(transport.buffer)
+        streams[1][0].write(b"z" * 1000)
+        self.assertEqual(len(transport.buffer), held)
+        producers[1].sent += b"z" * 1000
+        pair.flush()
+        for _ in range(200):
+            for p in producers:
+                p.produce(200_000)
+            pair.flush()
+        self.assertTrue(all(p.resumes > 0 for p in producers))
+        for remote in pair.serverStreams:
+            self.assertEqual(remote.protocol.data, bytes(producers[remote.streamID // 2].sent))
+            self.assertGreaterEqual(len(remote.protocol.data), 200_000)
+
+    def test_pullProducer(self) -> None:
+        """
+        A non-streaming producer is asked for more whenever the queue is low,
+        until it has written everything.
+        """
+        pair = Pair()
+        stream, _ = pair.open()
+        payload = os.urandom(1_000_000)
+        producer = PullProducer(stream, payload, 10_000)
+        stream.registerProducer(producer, False)
+        self.assertGreater(producer.calls, 1)
+        self.assertLessEqual(stream._queued, pair.client.streamLowWater + 10_000)
+        for _ in range(100):
+            pair.flush()
+        self.assertEqual(pair.serverStreams[0].protocol.data, payload)
+
+    def test_producerStoppedOnReset(self) -> None:
+        """
+        A registered producer is stopped when its stream is reset.
+        """
+        pair = Pair()
+        stream, _ = pair.open()
+        producer = PushProducer(stream)
+        stream.registerProducer(producer, True)
+        pair.flush()
+        pair.serverStreams[0].abortConnection()
+        pair.flush()
+        self.assertTrue(producer.stopped)
+
+
+class ViolationTests(SynchronousTestCase):
+    """
+    Malformed or hostile input ends the session with a protocol-error
+    go-away and never raises out of dataReceived.
+    """
+
+    def assertGoneAway(
+        self, transport: MemoryTransport, code: int = GO_AWAY_PROTOCOL_ERROR
+    ) -> None:
+        self.assertIn(Frame(TYPE_GO_AWAY, 0, 0, code), frames(bytes(transport.buffer)))
+        self.assertTrue(transport.disconnecting)
+
+    def feedAndCheck(self, wire: bytes, **kw: Any) -> YamuxSession:
+        session, transport, _ = lonelySession(**kw)
+        session.dataReceived(wire)
+        self.assertGoneAway(transport)
+        session.dataReceived(encodeHeader(TYPE_PING, FLAG_SYN, 0, 1))
+        self.assertNotIn(Frame(TYPE_PING, FLAG_ACK, 0, 1), frames(bytes(transport.buffer)))
+        return session
+
+    def test_dataBeyondWindow(self) -> None:
+        """
+        A data frame longer than the stream's remaining window is refused
+        from its header alone.
+        """
+        syn = encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0)
+        session = self.feedAndCheck(syn + encodeHeader(TYPE_DATA, 0, 1, DEFAULT_WINDOW + 1))
+        self.assertEqual(session._parser.buffered, 0)
+
+    def test_windowOverrunAcrossFrames(self) -> None:
+        """
+        Several frames that together overrun the window are refused too.
+        """
+        half = DEFAULT_WINDOW // 2 + 1
+        frame = encodeHeader(TYPE_DATA, 0, 1, half) + b"x" * half
+        session, transport, accepted = lonelySession()
+        session.dataReceived(encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0) + frame)
+        accepted[0].pauseProducing()
+        accepted[0].setProtocol(Recorder())
+        session.dataReceived(frame)
+        self.assertGoneAway(transport)
+
+    def test_badVersion(self) -> None:
+        """
+        An unknown version ends the session.
+        """
+        self.feedAndCheck(bytes([1]) + encodeHeader(TYPE_PING, FLAG_SYN, 0, 0)[1:])
+
+    def test_unknownType(self) -> None:
+        """
+        An unknown frame type ends the session.
+        """
+        self.feedAndCheck(encodeHeader(7, 0, 1, 0))
+
+    def test_windowOverflow(self) -> None:
+        """
+        A window update pushing the send window past 2**32-1 ends the session.
+        """
+        self.feedAndCheck(
+            encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0)
+            + encodeHeader(TYPE_WINDOW_UPDATE, 0, 1, 2**32 - 1)
+        )
+
+    def test_wrongParity(self) -> None:
+        """
+        A peer opening a stream with our parity ends the session.
+        """
+        self.feedAndCheck(encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0))
+
+    def test_duplicateSyn(self) -> None:
+        """
+        Opening an already open stream ends the session.
+        """
+        syn = encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0)
+        self.feedAndCheck(syn + syn)
+
+    def test_streamZero(self) -> None:
+        """
+        Data on stream 0 ends the session.
+        """
+        self.feedAndCheck(encodeHeader(TYPE_DATA, 0, 0, 1) + b"x")
+
+    def test_dataAfterFin(self) -> None:
+        """
+        Data after the peer's own FIN ends the session.
+        """
+        self.feedAndCheck(
+            encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN | FLAG_FIN, 1, 0)
+            + encodeHeader(TYPE_DATA, 0, 1, 1)
+            + b"x"
+        )
+
+    def test_violationNotifiesStreams(self) -> None:
+        """
+        Between two sessions, a violation closes the connection and every
+        stream learns of it.
+        """
+        pair = Pair()
+        _, proto = pair.open()
+        pair.flush()
+        pair.client.dataReceived(encodeHeader(9, 0, 0, 0))
+        pair.flush()
+        proto.lost[0].trap(MuxerClosed)
+        pair.serverStreams[0].protocol.lost[0].trap(MuxerClosed)
+        self.assertTrue(pair.server._remoteGoAway)
+
+
+def _validFrames() -> st.SearchStrategy[list[bytes]]:
+    """
+    Sequences of plausible frames a peer (initiator) could send.
+    """
+    ids = st.sampled_from([1, 3, 5])
+    frame = st.one_of(
+        st.builds(lambda i: encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, i, 0), ids),
+        st.builds(
+            lambda i, d: encodeHeader(TYPE_DATA, 0, i, len(d)) + d, ids, st.binary(max_size=300)
+        ),
+        st.builds(
+            lambda i, n: encodeHeader(TYPE_WINDOW_UPDATE, 0, i, n), ids, st.integers(0, 2**20)
+        ),
+        st.builds(
+            lambda i, f: encodeHeader(TYPE_WINDOW_UPDATE, f, i, 0),
+            ids,
+            st.sampled_from([FLAG_FIN, FLAG_RST, FLAG_ACK]),
+        ),
+        st.builds(lambda n: encodeHeader(TYPE_PING, FLAG_SYN, 0, n), st.integers(0, 2**32 - 1)),
+        st.just(encodeHeader(TYPE_GO_AWAY, 0, 0, 0)),
+    )
+    return st.lists(frame, max_size=30)
+
+
+def _checkBounded(session: YamuxSession) -> None:
+    assert session._parser.buffered <= 12 + session.initialWindow
+    for stream in session.streams.values():
+        assert stream._buffered <= stream._recvMax
+        assert 0 <= stream._recvWindow <= stream._recvMax
+
+
+class FuzzTests(SynchronousTestCase):
+    """
+    Arbitrary input never escapes dataReceived, and memory stays bounded.
+    """
+
+    @settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.binary(max_size=200), max_size=10))
+    def test_randomBytes(self, chunks: list[bytes]) -> None:
+        """
+        Random bytes fed to a session never raise and never grow buffers
+        beyond the window.
+        """
+        session, _, _ = lonelySession()
+        for chunk in chunks:
+            session.dataReceived(chunk)
+            _checkBounded(session)
+
+    @settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        _validFrames(),
+        st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4),
+        st.integers(1, 64),
+        st.booleans(),
+    )
+    def test_mutatedFrames(
+        self, wire: list[bytes], mutations: list[tuple[int, int]], chunk: int, pause: bool
+    ) -> None:
+        """
+        Valid frame sequences with a few bytes changed, delivered in chunks,
+        never raise out of dataReceived; buffers stay within the windows,
+        and the session either keeps going or has sent a go-away and closed.
+        """
+        accepted: list[YamuxStream] = []
+
+        def onStream(stream: YamuxStream) -> None:
+            accepted.append(stream)
+            if pause:
+                stream.pauseProducing()
+            stream.setProtocol(HalfRecorder())
+
+        session = YamuxSession(False, onStream, Clock())
+        transport = MemoryTransport()
+        transport.protocol = session
+        session.makeConnection(transport)
+        data = bytearray(b"".join(wire))
+        for position, value in mutations:
+            if data:
+                data[position % len(data)] = value
+        for i in range(0, len(data), chunk):
+            session.dataReceived(bytes(data[i : i + chunk]))
+            _checkBounded(session)
+        if transport.disconnecting:
+            self.assertIn(TYPE_GO_AWAY, [f.type for f in frames(bytes(transport.buffer))])
+        for stream in accepted:
+            stream.resumeProducing()
+        _checkBounded(session)
+
+
+class ReentrancyTests(SynchronousTestCase):
+    """
+    Bytes fed to the session from inside a stream callback.
+    """
+
+    def test_reentrantDataReceived(self) -> None:
+        """
+        If a stream protocol feeds the session while it is dispatching, the
+        new frames are handled after the ones at hand, in order.
+        """
+        session, transport, accepted = lonelySession()
+
+        class Feeder(Recorder):
+            def dataReceived(self, data: bytes) -> None:
+                super().dataReceived(data)
+                if data == b"first":
+                    session.dataReceived(encodeHeader(TYPE_PING, FLAG_SYN, 0, 2))
+
+        session.dataReceived(encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))
+        accepted[0].setProtocol(Feeder())
+        transport.take()
+        session.dataReceived(
+            encodeHeader(TYPE_DATA, 0, 1, 5) + b"first" + encodeHeader(TYPE_PING, FLAG_SYN, 0, 1)
+        )
+        self.assertEqual(
+            frames(transport.take()),
+            [Frame(TYPE_PING, FLAG_ACK, 0, 1), Frame(TYPE_PING, FLAG_ACK, 0, 2)],
+        )
