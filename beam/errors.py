@@ -127,3 +127,15 @@ class DecryptionFailed(SecurityError, ProtocolError):
     """
     A message from the peer failed authentication, so the connection was closed.
     """
+
+
+class UnexpectedMessage(ProtocolError):
+    """
+    The peer sent a message that makes no sense at this point of the protocol.
+    """
+
+
+class TooManyProposals(ProtocolError):
+    """
+    The peer proposed too many protocols that we do not support.
+    """
