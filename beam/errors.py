@@ -129,6 +129,12 @@ class DecryptionFailed(SecurityError, ProtocolError):
     """
 
 
+class InvalidCertificate(HandshakeFailed):
+    """
+    The peer's TLS certificate does not prove its libp2p identity.
+    """
+
+
 class UnexpectedMessage(ProtocolError):
     """
     The peer sent a message that makes no sense at this point of the protocol.
