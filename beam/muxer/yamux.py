@@ -612,7 +612,19 @@ class YamuxSession(Protocol):
         for stream in list(self.streams.values()):
             stream._flushSend()
         self.goAway(GO_AWAY_NORMAL)
-        self.transport.loseConnection()
+        self._loseTransport()
+
+    def _loseTransport(self) -> None:
+        """
+        Lose the transport.  We unregister as its producer first: Twisted's
+        TLS layer (like a TCP transport with a pull producer) postpones
+        C{loseConnection} until its producer is gone, which would otherwise
+        keep the connection open forever.
+        """
+        unregister = getattr(self.transport, "unregisterProducer", None)
+        if unregister is not None:
+            unregister()
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
     def whenClosed(self) -> Deferred[None]:
         """
@@ -743,7 +755,7 @@ class YamuxSession(Protocol):
         if self._writable():
             self._sendControl(TYPE_GO_AWAY, 0, 0, code)
             self._localGoAway = True
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._loseTransport()
 
     def _checkData(self, streamID: int, flags: int, length: int) -> None:
         """

@@ -1,0 +1,98 @@
+"""
+A peer connection: one authenticated, encrypted, multiplexed link to one
+peer, over which every stream to that peer is opened.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.internet.defer import Deferred
+
+from beam.identify import IdentifyInfo
+from beam.keys import PeerID, PublicKey
+from beam.multiaddr import Multiaddr
+from beam.muxer.yamux import YamuxSession, YamuxStream
+
+
+class PeerConnection:
+    """
+    One live connection to a peer.
+
+    @ivar remotePeer: the authenticated peer ID.
+    @ivar direction: C{"inbound"} or C{"outbound"}.
+    @ivar remoteAddr: the peer's address as a multiaddr (without C{/p2p}).
+    @ivar localAddr: our end of the connection.
+    @ivar security: the security protocol ID used.
+    @ivar muxer: the muxer protocol ID used.
+    @ivar identify: what the peer told us in identify, once it has.
+    @ivar lastActive: clock time of the last stream opened or closed,
+        for closing idle connections.
+    """
+
+    def __init__(
+        self,
+        *,
+        remotePeer: PeerID,
+        remotePublicKey: PublicKey,
+        direction: str,
+        remoteAddr: Multiaddr,
+        localAddr: Multiaddr,
+        security: str,
+        muxer: str,
+        session: YamuxSession,
+        openedAt: float,
+    ) -> None:
+        self.remotePeer = remotePeer
+        self.remotePublicKey = remotePublicKey
+        self.direction = direction
+        self.remoteAddr = remoteAddr
+        self.localAddr = localAddr
+        self.security = security
+        self.muxer = muxer
+        self.session = session
+        self.openedAt = openedAt
+        self.lastActive = openedAt
+        self.identify: Optional[IdentifyInfo] = None
+        self.observedRemote: Multiaddr = remoteAddr
+        self.closed = False
+        self.streamsOpened = 0
+
+    def openStream(self) -> YamuxStream:
+        """
+        Open a raw stream (no protocol negotiated yet).
+
+        @raise beam.errors.MuxerClosed: the connection is closing.
+        """
+        stream = self.session.openStream()
+        stream.connection = self
+        self.streamsOpened += 1
+        return stream
+
+    @property
+    def streamCount(self) -> int:
+        return len(self.session.streams)
+
+    def close(self) -> None:
+        """
+        Go away and close the connection.
+        """
+        self.session.close()
+
+    def whenClosed(self) -> Deferred[None]:
+        return self.session.whenClosed()
+
+    def describe(self) -> dict:
+        """
+        A JSON-friendly summary for status output.
+        """
+        return {
+            "peer_id": str(self.remotePeer),
+            "direction": self.direction,
+            "remote_addr": str(self.remoteAddr),
+            "local_addr": str(self.localAddr),
+            "security": self.security,
+            "muxer": self.muxer,
+            "streams": self.streamCount,
+            "agent": self.identify.agentVersion if self.identify else None,
+        }

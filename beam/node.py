@@ -1,0 +1,770 @@
+"""
+The node service: listens, dials, pools connections and routes streams.
+
+A L{Node} is a L{MultiService}: its own job is the transport (listening
+ports and the connection pool); later layers (DHT, tunnels, control socket)
+are added as named child services.  Everything time-related goes through
+the injected reactor, so the pool's idle reaper and dial timeouts run under
+a L{Clock} in tests.
+
+Connection pooling: at most one connection per peer is used for new
+streams.  When two peers dial each other at the same moment, both sides
+keep the connection dialled by the peer with the smaller peer ID and send
+go-away on the other, which then closes once its streams are done, so no
+stream is cut off.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    fail,
+    maybeDeferred,
+    succeed,
+)
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.interfaces import IListeningPort, IProtocol
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from beam import __version__
+from beam.connection import PeerConnection
+from beam.errors import (
+    BeamError,
+    ConnectionLimitExceeded,
+    DialError,
+    MuxerClosed,
+    NodeStopped,
+    PingTimeout,
+)
+from beam.identify import (
+    IDENTIFY_PROTOCOL,
+    IDENTIFY_PUSH_PROTOCOL,
+    PROTOCOL_VERSION,
+    IdentifyInfo,
+    IdentifyReceiver,
+    IdentifySender,
+)
+from beam.keys import Identity, PeerID
+from beam.multiaddr import Multiaddr
+from beam.multistream import MultistreamDialer, MultistreamListener, MultistreamProtocol
+from beam.muxer.yamux import YamuxSession, YamuxStream
+from beam.ping import PING_PROTOCOL, PingClient, PingResponder
+from beam.security.interfaces import ISecureTransport, SecureInfo
+from beam.security.noise import NoiseTransport
+from beam.security.tls import TLSTransport
+from beam.upgrade import YAMUX_PROTOCOL, UpgradingProtocol
+
+AGENT_VERSION = f"beam/{__version__}"
+Target = Union[Multiaddr, PeerID, str]
+StreamHandler = Callable[[], IProtocol]
+
+
+class Node(MultiService):
+    """
+    A Beam node: one identity, its listening addresses and its peer
+    connections.
+
+    @ivar connections: the connection used for each connected peer.
+    @ivar peerAddrs: addresses learned for each peer (dialled or identified).
+    @ivar observedAddrs: our addresses as peers reported them in identify.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        identity: Identity,
+        listenAddrs: Sequence[Multiaddr | str] = (),
+        *,
+        securities: Optional[Sequence[ISecureTransport]] = None,
+        maxConnections: int = 512,
+        maxStreamsPerConnection: int = 1024,
+        idleTimeout: float = 300.0,
+        handshakeTimeout: float = 15.0,
+        negotiationTimeout: float = 15.0,
+        dialTimeout: float = 15.0,
+        agentVersion: str = AGENT_VERSION,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.identity = identity
+        self.peerID = identity.peerID
+        self.configuredListenAddrs = [Multiaddr(a) if isinstance(a, str) else a for a in listenAddrs]
+        if securities is None:
+            securities = [
+                NoiseTransport(identity, muxers=[YAMUX_PROTOCOL]),
+                TLSTransport(identity, muxers=[YAMUX_PROTOCOL], clock=reactor),
+            ]
+        self.securities = list(securities)
+        self.maxConnections = maxConnections
+        self.maxStreamsPerConnection = maxStreamsPerConnection
+        self.idleTimeout = idleTimeout
+        self.handshakeTimeout = handshakeTimeout
+        self.negotiationTimeout = negotiationTimeout
+        self.dialTimeout = dialTimeout
+        self.agentVersion = agentVersion
+        self._random = random
+        self.connections: dict[PeerID, PeerConnection] = {}
+        self._allConnections: set[PeerConnection] = set()
+        self._pending: dict[Any, list[Deferred[PeerConnection]]] = {}
+        self._dials: dict[Any, Deferred[PeerConnection]] = {}
+        self._upgrading: set[UpgradingProtocol] = set()
+        self._ports: list[IListeningPort] = []
+        self.listenAddrs: list[Multiaddr] = []
+        self.peerAddrs: dict[PeerID, list[Multiaddr]] = {}
+        self.observedAddrs: dict[Multiaddr, int] = {}
+        self._handlers: dict[str, StreamHandler] = {}
+        self._reaper: Optional[LoopingCall] = None
+        self._stopping = False
+        self.connectionObservers: list[Callable[[str, PeerConnection], None]] = []
+        self.setStreamHandler(IDENTIFY_PROTOCOL, self._identifyResponder)
+        self.setStreamHandler(IDENTIFY_PUSH_PROTOCOL, self._identifyPushHandler)
+        self.setStreamHandler(PING_PROTOCOL, PingResponder)
+
+    # -- stream handlers -------------------------------------------------
+
+    def setStreamHandler(self, protocolId: str, handler: StreamHandler) -> None:
+        """
+        Serve C{protocolId}: every inbound stream that negotiates it gets a
+        protocol from C{handler()}; its transport is the L{YamuxStream}
+        (with C{.connection.remotePeer} telling who is on the other end).
+        Connected peers learn of the change through identify push.
+        """
+        self._handlers[protocolId] = handler
+        if self.running:
+            self._pushIdentify()
+
+    def removeStreamHandler(self, protocolId: str) -> None:
+        self._handlers.pop(protocolId, None)
+        if self.running:
+            self._pushIdentify()
+
+    @property
+    def protocols(self) -> list[str]:
+        return sorted(self._handlers)
+
+    # -- lifecycle -------------------------------------------------------
+
+    def startService(self) -> Deferred[None]:  # type: ignore[override]
+        """
+        Listen on every configured address; fires once all are listening.
+        A failure to listen (port in use, ...) fails the returned Deferred.
+        """
+        self._stopping = False
+        super().startService()
+        self._reaper = LoopingCall(self._reapIdle)
+        self._reaper.clock = self.reactor
+        self._reaper.start(max(0.05, min(self.idleTimeout / 4, 30.0)), now=False)
+        return self.listen(self.configuredListenAddrs)
+
+    def listen(self, addrs: Iterable[Multiaddr]) -> Deferred[None]:
+        """
+        Start listening on more addresses.
+        """
+        factory = Factory.forProtocol(lambda: self._makeUpgrading(isInitiator=False, expectedPeer=None))
+        ds = []
+        for addr in addrs:
+            try:
+                endpoint = endpoints.serverFromString(self.reactor, addr.serverEndpointDescription())
+            except (ValueError, BeamError) as e:
+                return fail(DialError(f"cannot listen on {addr}: {e}"))
+            d = endpoint.listen(factory)
+            d.addCallback(self._listening)
+            d.addErrback(self._listenFailed, addr)
+            ds.append(d)
+        return DeferredList(ds, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
+            lambda _: None, lambda f: f.value.subFailure
+        )
+
+    def _listening(self, port: IListeningPort) -> None:
+        self._ports.append(port)
+        self.listenAddrs.append(Multiaddr.fromTwistedAddress(port.getHost()))
+
+    def _listenFailed(self, failure: Failure, addr: Multiaddr) -> Failure:
+        return Failure(DialError(f"cannot listen on {addr}: {failure.getErrorMessage()}"))
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """
+        Stop listening, fail every pending dial with L{NodeStopped}, close
+        every connection.
+        """
+        self._stopping = True
+        if self._reaper is not None and self._reaper.running:
+            self._reaper.stop()
+        ds: list[Deferred[Any]] = [maybeDeferred(super().stopService)]
+        for port in self._ports:
+            ds.append(maybeDeferred(port.stopListening))
+        self._ports = []
+        self.listenAddrs = []
+        for d in list(self._dials.values()):
+            d.cancel()
+        for up in list(self._upgrading):
+            up._fail(Failure(NodeStopped()))
+        for conn in list(self._allConnections):
+            closed = conn.whenClosed()
+            ds.append(closed)
+            conn.close()
+        return DeferredList(ds, consumeErrors=True).addCallback(lambda _: None)
+
+    # -- addresses -------------------------------------------------------
+
+    def shareableAddrs(self) -> list[Multiaddr]:
+        """
+        Our listen addresses, with unspecified ones (0.0.0.0, ::) expanded
+        to this host's addresses, each ending in C{/p2p/<our peer ID>}.
+        """
+        out: list[Multiaddr] = []
+        for addr in self.listenAddrs:
+            for expanded in _expandUnspecified(addr):
+                full = expanded.withPeerID(self.peerID)
+                if full not in out:
+                    out.append(full)
+        return out
+
+    # -- dialling --------------------------------------------------------
+
+    def _resolveTarget(self, target: Target) -> tuple[Optional[PeerID], list[Multiaddr]]:
+        if isinstance(target, str):
+            if target.startswith("/"):
+                target = Multiaddr.fromString(target)
+            else:
+                target = PeerID.fromString(target)
+        if isinstance(target, PeerID):
+            return target, list(self.peerAddrs.get(target, []))
+        peer = target.peerID()
+        return peer, [target.withoutPeerID()]
+
+    def connect(self, target: Target) -> Deferred[PeerConnection]:
+        """
+        A connection to the peer: the existing one if there is one, else a
+        new dial (shared with any dial already under way to that peer).
+
+        @param target: a multiaddr (with or without C{/p2p/}; without, the
+            remote peer is accepted whoever it is), a L{PeerID} whose
+            addresses we know, or the text of either.
+        """
+        if self._stopping or not self.running:
+            return fail(NodeStopped())
+        try:
+            peer, addrs = self._resolveTarget(target)
+        except BeamError as e:
+            return fail(e)
+        if peer is not None:
+            if peer == self.peerID:
+                return fail(DialError("refusing to dial ourselves"))
+            existing = self.connections.get(peer)
+            if existing is not None and not existing.closed:
+                return succeed(existing)
+        if not addrs:
+            return fail(DialError(f"no known addresses for peer {peer}"))
+        key: Any = peer if peer is not None else addrs[0]
+        waiters = self._pending.get(key)
+        if waiters is None:
+            waiters = self._pending[key] = []
+            dial = self._dialAll(peer, addrs)
+            self._dials[key] = dial
+
+            def fanOut(result: Any) -> None:
+                del self._pending[key]
+                del self._dials[key]
+                for w in waiters:
+                    if isinstance(result, Failure):
+                        w.errback(result)
+                    else:
+                        w.callback(result)
+
+            dial.addBoth(fanOut)
+        mine: Deferred[PeerConnection] = Deferred()
+        waiters.append(mine)
+        return mine
+
+    def _dialAll(self, peer: Optional[PeerID], addrs: list[Multiaddr]) -> Deferred[PeerConnection]:
+        errors: list[str] = []
+        current: list[Deferred[Any]] = []
+
+        def cancel(d: Deferred[Any]) -> None:
+            for c in current:
+                c.cancel()
+
+        result: Deferred[PeerConnection] = Deferred(cancel)
+
+        def attempt(i: int) -> None:
+            if result.called:
+                return
+            if i >= len(addrs):
+                where = ", ".join(errors) or "no addresses"
+                result.errback(DialError(f"could not connect to {peer or addrs[0]}: {where}"))
+                return
+            d = self._dialOne(peer, addrs[i])
+            current[:] = [d]
+
+            def ok(conn: PeerConnection) -> None:
+                if not result.called:
+                    result.callback(conn)
+
+            def bad(f: Failure) -> None:
+                if f.check(CancelledError) and result.called:
+                    return
+                if f.check(NodeStopped, CancelledError):
+                    if not result.called:
+                        result.errback(NodeStopped() if f.check(NodeStopped) or self._stopping else f)
+                    return
+                if f.check(BeamError) and not f.check(DialError):
+                    # Security errors (wrong peer ID, ...) are about the
+                    # peer, not the address: report them as they are.
+                    if not result.called:
+                        result.errback(f)
+                    return
+                errors.append(f"{addrs[i]}: {f.getErrorMessage()}")
+                attempt(i + 1)
+
+            d.addCallbacks(ok, bad)
+
+        attempt(0)
+        return result
+
+    def _dialOne(self, peer: Optional[PeerID], addr: Multiaddr) -> Deferred[PeerConnection]:
+        if len(self._allConnections) + len(self._upgrading) >= self.maxConnections:
+            return fail(ConnectionLimitExceeded(
+                f"already {self.maxConnections} connections open"
+            ))
+        try:
+            endpoint = endpoints.clientFromString(self.reactor, addr.clientEndpointDescription())
+        except (ValueError, BeamError) as e:
+            return fail(DialError(f"cannot dial {addr}: {e}"))
+        if hasattr(endpoint, "_timeout"):
+            endpoint._timeout = self.dialTimeout
+        upgrading = self._makeUpgrading(isInitiator=True, expectedPeer=peer, dialledAddr=addr)
+        connecting = endpoints.connectProtocol(endpoint, upgrading)
+        result: Deferred[PeerConnection] = Deferred(lambda _: connecting.cancel() if not connecting.called else upgrading._fail(Failure(CancelledError())))
+
+        def connected(_: Any) -> None:
+            def relay(r: Any) -> None:
+                if result.called:
+                    return
+                if isinstance(r, Failure):
+                    result.errback(r)
+                else:
+                    result.callback(r)
+
+            upgrading.done.addBoth(relay)
+
+        def failed(f: Failure) -> None:
+            if result.called:
+                return
+            if self._stopping:
+                result.errback(NodeStopped())
+            elif f.check(CancelledError, ConnectingCancelledError):
+                result.errback(CancelledError())
+            else:
+                result.errback(DialError(f.getErrorMessage()))
+
+        connecting.addCallbacks(connected, failed)
+        return result
+
+    # -- connection setup ------------------------------------------------
+
+    def _makeUpgrading(
+        self,
+        *,
+        isInitiator: bool,
+        expectedPeer: Optional[PeerID],
+        dialledAddr: Optional[Multiaddr] = None,
+    ) -> UpgradingProtocol:
+        def makeConn(up: UpgradingProtocol, info: SecureInfo, secureTransport: Any) -> PeerConnection:
+            return self._newConnection(up, info, isInitiator, dialledAddr)
+
+        def admit(up: UpgradingProtocol) -> bool:
+            if self._stopping:
+                return False
+            if not isInitiator and len(self._allConnections) + len(self._upgrading) >= self.maxConnections:
+                self.log.warn(
+                    "refusing inbound connection from {peer}: {n} connections open",
+                    peer=up.transport.getPeer(), n=len(self._allConnections),
+                )
+                return False
+            self._upgrading.add(up)
+            up.done.addBoth(lambda r: (self._upgrading.discard(up), r)[1])
+            return True
+
+        up = UpgradingProtocol(
+            clock=self.reactor,
+            securities=self.securities,
+            isInitiator=isInitiator,
+            expectedPeer=expectedPeer,
+            makeConnection=makeConn,
+            handshakeTimeout=self.handshakeTimeout,
+            onConnected=admit,
+        )
+        up.done.addCallback(self._registerConnection)
+        if not isInitiator:
+            # Nobody waits for an inbound upgrade: its failure is logged by
+            # the upgrading protocol and ends here.
+            up.done.addErrback(lambda f: None)
+        return up
+
+    def _newConnection(
+        self,
+        up: UpgradingProtocol,
+        info: SecureInfo,
+        isInitiator: bool,
+        dialledAddr: Optional[Multiaddr],
+    ) -> PeerConnection:
+        holder: list[PeerConnection] = []
+
+        def onStream(stream: YamuxStream) -> None:
+            self._inboundStream(holder[0], stream)
+
+        session = YamuxSession(
+            isInitiator,
+            onStream,
+            self.reactor,
+            maxStreams=self.maxStreamsPerConnection,
+        )
+        tcp = up.transport
+        remote = dialledAddr if dialledAddr is not None else Multiaddr.fromTwistedAddress(tcp.getPeer())
+        conn = PeerConnection(
+            remotePeer=info.remotePeer,
+            remotePublicKey=info.remotePublicKey,
+            direction="outbound" if isInitiator else "inbound",
+            remoteAddr=remote,
+            localAddr=Multiaddr.fromTwistedAddress(tcp.getHost()),
+            security=info.protocolId,
+            muxer=YAMUX_PROTOCOL,
+            session=session,
+            openedAt=self.reactor.seconds(),
+        )
+        conn.observedRemote = Multiaddr.fromTwistedAddress(tcp.getPeer())
+        holder.append(conn)
+        self._allConnections.add(conn)
+        session.whenClosed().addBoth(lambda _: self._connectionClosed(conn))
+        return conn
+
+    def _registerConnection(self, conn: PeerConnection) -> PeerConnection:
+        peer = conn.remotePeer
+        if conn.direction == "outbound":
+            addrs = self.peerAddrs.setdefault(peer, [])
+            if conn.remoteAddr not in addrs:
+                addrs.insert(0, conn.remoteAddr)
+        old = self.connections.get(peer)
+        if old is None or old.closed:
+            self.connections[peer] = conn
+        else:
+            keep, drop = self._pickSurvivor(old, conn)
+            self.connections[peer] = keep
+            self.log.debug("duplicate connection to {peer}: going away on one", peer=peer)
+            drop.session.goAway()
+        self._notify("connected", conn)
+        self._identify(conn)
+        return conn
+
+    def _pickSurvivor(self, a: PeerConnection, b: PeerConnection) -> tuple[PeerConnection, PeerConnection]:
+        """
+        Both peers must pick the same one: the connection dialled by the
+        peer with the smaller peer ID.  If both were dialled by the same
+        side, keep the older.
+        """
+        def dialler(c: PeerConnection) -> bytes:
+            return (self.peerID if c.direction == "outbound" else c.remotePeer).bytes
+
+        if dialler(a) == dialler(b):
+            return a, b
+        return (a, b) if dialler(a) < dialler(b) else (b, a)
+
+    def _connectionClosed(self, conn: PeerConnection) -> None:
+        conn.closed = True
+        self._allConnections.discard(conn)
+        if self.connections.get(conn.remotePeer) is conn:
+            del self.connections[conn.remotePeer]
+            for other in self._allConnections:
+                if other.remotePeer == conn.remotePeer:
+                    self.connections[conn.remotePeer] = other
+                    break
+        self._notify("disconnected", conn)
+
+    def _notify(self, event: str, conn: PeerConnection) -> None:
+        for observer in list(self.connectionObservers):
+            try:
+                observer(event, conn)
+            except Exception:
+                self.log.failure("connection observer failed")
+
+    def _reapIdle(self) -> None:
+        now = self.reactor.seconds()
+        for conn in list(self._allConnections):
+            if conn.streamCount:
+                conn.lastActive = now
+                continue
+            primary = self.connections.get(conn.remotePeer) is conn
+            if not primary or now - conn.lastActive >= self.idleTimeout:
+                self.log.debug("closing idle connection to {peer}", peer=conn.remotePeer)
+                conn.close()
+
+    # -- streams ---------------------------------------------------------
+
+    def _inboundStream(self, conn: PeerConnection, stream: YamuxStream) -> None:
+        stream.connection = conn
+        conn.lastActive = self.reactor.seconds()
+        timer = self.reactor.callLater(self.negotiationTimeout, stream.abortConnection)
+
+        def selected(protocolId: str, leftover: bytes) -> None:
+            if timer.active():
+                timer.cancel()
+            handler = self._handlers.get(protocolId)
+            if handler is None:
+                stream.abortConnection()
+                return
+            stream.protocolId = protocolId
+            try:
+                proto = handler()
+            except Exception:
+                self.log.failure("handler for {protocol} failed", protocol=protocolId)
+                stream.abortConnection()
+                return
+            stream.setProtocol(proto)
+            if leftover:
+                proto.dataReceived(leftover)
+
+        def failed(f: Failure) -> None:
+            if timer.active():
+                timer.cancel()
+            self.log.debug("inbound stream from {peer} refused: {why}", peer=conn.remotePeer, why=f.getErrorMessage())
+
+        listener = MultistreamListener(lambda p: p in self._handlers, listProtocols=lambda: self.protocols)
+        stream.setProtocol(MultistreamProtocol(listener, selected, failed))
+
+    def openStreamOn(
+        self,
+        conn: PeerConnection,
+        protocols: Sequence[str],
+        factory: Callable[[], IProtocol],
+    ) -> Deferred[IProtocol]:
+        """
+        Open a stream on C{conn}, negotiate one of C{protocols}, and connect
+        a protocol from C{factory()} to it; fires with that protocol (the
+        chosen ID is C{protocol.transport.protocolId}).
+        """
+        try:
+            stream = conn.openStream()
+        except BeamError as e:
+            return fail(e)
+        conn.lastActive = self.reactor.seconds()
+        result: Deferred[IProtocol] = Deferred(lambda _: stream.abortConnection())
+        timer = self.reactor.callLater(self.negotiationTimeout, stream.abortConnection)
+
+        def selected(protocolId: str, leftover: bytes) -> None:
+            if timer.active():
+                timer.cancel()
+            stream.protocolId = protocolId
+            proto = factory()
+            stream.setProtocol(proto)
+            if leftover:
+                proto.dataReceived(leftover)
+            if not result.called:
+                result.callback(proto)
+
+        def failed(f: Failure) -> None:
+            if timer.active():
+                timer.cancel()
+            if not result.called:
+                result.errback(f)
+
+        stream.setProtocol(MultistreamProtocol(MultistreamDialer(list(protocols)), selected, failed))
+        return result
+
+    def openStream(
+        self,
+        target: Target,
+        protocols: Sequence[str] | str,
+        factory: Callable[[], IProtocol],
+    ) -> Deferred[IProtocol]:
+        """
+        Connect to C{target} (reusing a pooled connection) and open a stream
+        speaking one of C{protocols}.  If the pooled connection turns out to
+        be going away, one new connection is tried.
+        """
+        if isinstance(protocols, str):
+            protocols = [protocols]
+
+        def onConn(conn: PeerConnection) -> Deferred[IProtocol]:
+            d = self.openStreamOn(conn, protocols, factory)
+
+            def retry(f: Failure) -> Any:
+                f.trap(MuxerClosed)
+                self._connectionClosed(conn)
+                return self.connect(target).addCallback(
+                    lambda c: self.openStreamOn(c, protocols, factory)
+                )
+
+            return d.addErrback(retry)
+
+        return self.connect(target).addCallback(onConn)
+
+    # -- identify --------------------------------------------------------
+
+    def _identifyInfoFor(self, transport: Any) -> IdentifyInfo:
+        conn = getattr(transport, "connection", None)
+        observed = conn.observedRemote if conn is not None else None
+        return IdentifyInfo(
+            protocols=tuple(self.protocols),
+            listenAddrs=tuple(a.withoutPeerID() for a in self.shareableAddrs()),
+            observedAddr=observed,
+            publicKey=self.identity.publicKey,
+            agentVersion=self.agentVersion,
+            protocolVersion=PROTOCOL_VERSION,
+        )
+
+    def _identifyResponder(self) -> IProtocol:
+        return IdentifySender(self._identifyInfoFor)
+
+    def _identifyPushHandler(self) -> IProtocol:
+        receiver = IdentifyReceiver()
+
+        def got(info: IdentifyInfo) -> None:
+            conn = receiver.transport.connection
+            if info.publicKey is not None and info.publicKey.peerID() != conn.remotePeer:
+                return
+            self._learnIdentify(conn, info, push=True)
+
+        receiver.result.addCallbacks(got, lambda f: None)
+        return receiver
+
+    def _identify(self, conn: PeerConnection) -> Deferred[IdentifyInfo]:
+        receiver = IdentifyReceiver(conn.remotePeer)
+        d = self.openStreamOn(conn, [IDENTIFY_PROTOCOL], lambda: receiver)
+        d.addCallback(lambda _: receiver.result)
+        d.addCallback(lambda info: self._learnIdentify(conn, info))
+        d.addErrback(lambda f: self.log.debug(
+            "identify with {peer} failed: {why}", peer=conn.remotePeer, why=f.getErrorMessage()))
+        conn.identified = d  # type: ignore[attr-defined]
+        return d
+
+    def identifyPeer(self, target: Target) -> Deferred[IdentifyInfo]:
+        """
+        Run identify against C{target} now and return what it said.
+        """
+        def run(conn: PeerConnection) -> Deferred[IdentifyInfo]:
+            receiver = IdentifyReceiver(conn.remotePeer)
+            d = self.openStreamOn(conn, [IDENTIFY_PROTOCOL], lambda: receiver)
+            d.addCallback(lambda _: receiver.result)
+            return d.addCallback(lambda info: self._learnIdentify(conn, info))
+
+        return self.connect(target).addCallback(run)
+
+    def _learnIdentify(self, conn: PeerConnection, info: IdentifyInfo, push: bool = False) -> IdentifyInfo:
+        if push and conn.identify is not None:
+            # A push may omit fields; keep what it leaves out.
+            info = IdentifyInfo(
+                protocols=info.protocols or conn.identify.protocols,
+                listenAddrs=info.listenAddrs or conn.identify.listenAddrs,
+                observedAddr=info.observedAddr or conn.identify.observedAddr,
+                publicKey=info.publicKey or conn.identify.publicKey,
+                agentVersion=info.agentVersion or conn.identify.agentVersion,
+                protocolVersion=info.protocolVersion or conn.identify.protocolVersion,
+            )
+        conn.identify = info
+        addrs = self.peerAddrs.setdefault(conn.remotePeer, [])
+        for a in info.listenAddrs[:32]:
+            a = a.withoutPeerID()
+            if a not in addrs and a.tcpTarget() is not None:
+                addrs.append(a)
+        del addrs[64:]
+        if info.observedAddr is not None and not push:
+            obs = info.observedAddr
+            self.observedAddrs[obs] = self.observedAddrs.get(obs, 0) + 1
+            if len(self.observedAddrs) > 64:
+                least = min(self.observedAddrs, key=self.observedAddrs.__getitem__)
+                del self.observedAddrs[least]
+        self._notify("identified", conn)
+        return info
+
+    def _pushIdentify(self) -> None:
+        for conn in list(self.connections.values()):
+            if conn.identify is not None and IDENTIFY_PUSH_PROTOCOL not in conn.identify.protocols:
+                continue
+            d = self.openStreamOn(conn, [IDENTIFY_PUSH_PROTOCOL], lambda: IdentifySender(self._identifyInfoFor))
+            d.addErrback(lambda f: None)
+
+    # -- ping ------------------------------------------------------------
+
+    def ping(self, target: Target, count: int = 1, timeout: float = 10.0, interval: float = 0.0) -> Deferred[list[float]]:
+        """
+        Ping C{target} C{count} times over one stream; fires with the
+        round-trip times in seconds.
+        """
+        client = PingClient(self.reactor, self._random)
+        rtts: list[float] = []
+
+        def loop(_: Any) -> Deferred[list[float]]:
+            done: Deferred[list[float]] = Deferred()
+
+            def one() -> None:
+                if len(rtts) >= count:
+                    client.close()
+                    done.callback(rtts)
+                    return
+                d = client.ping()
+                timer = self.reactor.callLater(timeout, d.cancel)
+
+                def ok(rtt: float) -> None:
+                    if timer.active():
+                        timer.cancel()
+                    rtts.append(rtt)
+                    if interval and len(rtts) < count:
+                        self.reactor.callLater(interval, one)
+                    else:
+                        one()
+
+                def bad(f: Failure) -> None:
+                    if timer.active():
+                        timer.cancel()
+                    client.transport.abortConnection()
+                    if f.check(CancelledError):
+                        f = Failure(PingTimeout(f"no answer within {timeout:g} s"))
+                    done.errback(f)
+
+                d.addCallbacks(ok, bad)
+
+            one()
+            return done
+
+        return self.openStream(target, [PING_PROTOCOL], lambda: client).addCallback(loop)
+
+
+def _expandUnspecified(addr: Multiaddr) -> list[Multiaddr]:
+    import socket
+
+    target = addr.tcpTarget()
+    if target is None:
+        return [addr]
+    host, port, family = target
+    if host not in ("0.0.0.0", "::"):
+        return [addr]
+    hosts: list[str] = []
+    fam = socket.AF_INET if host == "0.0.0.0" else socket.AF_INET6
+    loop = "127.0.0.1" if fam == socket.AF_INET else "::1"
+    hosts.append(loop)
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, fam):
+            h = info[4][0]
+            if h not in hosts and not h.startswith("fe80"):
+                hosts.append(h)
+    except OSError:
+        pass
+    proto = "ip4" if fam == socket.AF_INET else "ip6"
+    out = []
+    for h in hosts:
+        out.append(Multiaddr.fromString(f"/{proto}/{h}/tcp/{port}"))
+    return out

@@ -1,0 +1,153 @@
+"""
+Unit tests of identify and ping, over in-memory transports with a Clock.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from beam.framing import encodeLengthPrefixed
+from beam.identify import IdentifyError, IdentifyInfo, IdentifyReceiver, IdentifySender
+from beam.keys import Identity
+from beam.multiaddr import Multiaddr
+from beam.ping import PING_SIZE, PingClient, PingMismatch, PingResponder
+from beam.proto import identify_pb2
+from beam.testing import MemoryTransport, Pump
+
+
+class IdentifyTests(SynchronousTestCase):
+    """
+    The identify message and its sender and receiver protocols.
+    """
+
+    def setUp(self) -> None:
+        self.ident = Identity.generate()
+        self.info = IdentifyInfo(
+            protocols=("/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"),
+            listenAddrs=(Multiaddr.fromString("/ip4/192.0.2.1/tcp/4001"),),
+            observedAddr=Multiaddr.fromString("/ip4/198.51.100.7/tcp/5555"),
+            publicKey=self.ident.publicKey,
+            agentVersion="beam/test",
+            protocolVersion="ipfs/0.1.0",
+        )
+
+    def test_roundTrip(self) -> None:
+        """
+        Every field survives encoding and decoding.
+        """
+        self.assertEqual(IdentifyInfo.fromBytes(self.info.toBytes(), self.ident.peerID), self.info)
+
+    def test_overPump(self) -> None:
+        """
+        The sender writes one length-prefixed message and closes; the
+        receiver fires with it.
+        """
+        receiver = IdentifyReceiver(self.ident.peerID)
+        sender = IdentifySender(lambda transport: self.info)
+        got = []
+        receiver.result.addCallback(got.append)
+        Pump(receiver, sender).connect()
+        self.assertEqual(got, [self.info])
+
+    def test_keyMismatch(self) -> None:
+        """
+        A message whose public key is not the authenticated peer's is
+        refused and the stream aborted.
+        """
+        receiver = IdentifyReceiver(Identity.generate().peerID)
+        t = MemoryTransport()
+        receiver.makeConnection(t)
+        receiver.dataReceived(encodeLengthPrefixed(self.info.toBytes()))
+        self.failureResultOf(receiver.result, IdentifyError)
+        self.assertTrue(t.aborted)
+
+    def test_unparseableAddrsSkipped(self) -> None:
+        """
+        Listen addresses we cannot parse are skipped, not fatal; an
+        observed address with a /p2p suffix (as js-libp2p sends) parses.
+        """
+        msg = identify_pb2.Identify(listenAddrs=[b"\xff\xff", Multiaddr.fromString("/ip4/192.0.2.1/tcp/1").toBytes()])
+        msg.observedAddr = Multiaddr.fromString(f"/ip4/127.0.0.1/tcp/9/p2p/{self.ident.peerID}").toBytes()
+        info = IdentifyInfo.fromBytes(msg.SerializeToString())
+        self.assertEqual([str(a) for a in info.listenAddrs], ["/ip4/192.0.2.1/tcp/1"])
+        self.assertEqual(info.observedAddr.peerID(), self.ident.peerID)
+
+    def test_oversizeRefused(self) -> None:
+        """
+        A message announcing more than 64 KiB is refused before buffering.
+        """
+        receiver = IdentifyReceiver()
+        t = MemoryTransport()
+        receiver.makeConnection(t)
+        receiver.dataReceived(b"\xff\xff\x7f")
+        self.failureResultOf(receiver.result, IdentifyError)
+        self.assertTrue(t.aborted)
+
+    def test_closedEarly(self) -> None:
+        """
+        A stream closed before a whole message arrived fails the result.
+        """
+        receiver = IdentifyReceiver()
+        receiver.makeConnection(MemoryTransport())
+        receiver.dataReceived(b"\x10abc")
+        receiver.connectionLost(None)
+        self.failureResultOf(receiver.result, IdentifyError)
+
+    @settings(deadline=None, max_examples=300)
+    @given(st.binary(max_size=300))
+    def test_fuzz(self, data: bytes) -> None:
+        """
+        Random bytes either parse or raise L{IdentifyError}.
+        """
+        try:
+            IdentifyInfo.fromBytes(data)
+        except IdentifyError:
+            pass
+        receiver = IdentifyReceiver()
+        receiver.makeConnection(MemoryTransport())
+        receiver.dataReceived(data)
+
+
+class PingTests(SynchronousTestCase):
+    """
+    The ping client and responder.
+    """
+
+    def test_roundTrip(self) -> None:
+        """
+        A ping is echoed and timed with the injected clock.
+        """
+        clock = Clock()
+        client = PingClient(clock)
+        pump = Pump(client, PingResponder()).connect()
+        d = client.ping()
+        clock.advance(0.25)
+        pump.flush()
+        self.assertEqual(self.successResultOf(d), 0.25)
+        d2 = client.ping()
+        pump.flush()
+        self.assertEqual(self.successResultOf(d2), 0.0)
+
+    def test_wrongEcho(self) -> None:
+        """
+        An answer that differs from the probe fails with L{PingMismatch}.
+        """
+        client = PingClient(Clock(), random=lambda n: b"a" * n)
+        t = MemoryTransport()
+        client.makeConnection(t)
+        d = client.ping()
+        client.dataReceived(b"b" * PING_SIZE)
+        self.failureResultOf(d, PingMismatch)
+        self.assertTrue(t.aborted)
+
+    def test_closedWhileWaiting(self) -> None:
+        """
+        The stream closing with a ping outstanding fails the ping.
+        """
+        client = PingClient(Clock())
+        client.makeConnection(MemoryTransport())
+        d = client.ping()
+        client.connectionLost(None)
+        self.failureResultOf(d)
