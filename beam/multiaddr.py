@@ -443,8 +443,10 @@ class Multiaddr:
         raise AttributeError("Multiaddr is immutable")
 
     def __reduce__(self) -> tuple[object, ...]:
-        # Immutable slots defeat the default pickle/copy protocol.
-        return (Multiaddr.fromBytes, (self._bytes,)) if self._parts else (_empty, ())
+        # Immutable slots defeat the default pickle/copy protocol.  A
+        # module-level function, not a bound classmethod: importing
+        # twisted.persisted.styles replaces how bound methods pickle.
+        return (_fromBytes, (self._bytes,)) if self._parts else (_empty, ())
 
     @classmethod
     def fromString(cls, text: str) -> "Multiaddr":
@@ -801,3 +803,10 @@ def _parseBytes(raw: bytes) -> tuple[_Part, ...]:
 
 
 __all__ = ["Multiaddr", "Protocol", "PROTOCOLS", "MAX_BYTES", "MAX_TEXT"]
+
+
+def _fromBytes(raw: bytes) -> Multiaddr:
+    """
+    Unpickle a L{Multiaddr}.
+    """
+    return Multiaddr.fromBytes(raw)

@@ -106,6 +106,7 @@ class IdentifyTests(SynchronousTestCase):
         except IdentifyError:
             pass
         receiver = IdentifyReceiver()
+        receiver.result.addErrback(lambda f: f.trap(IdentifyError))
         receiver.makeConnection(MemoryTransport())
         receiver.dataReceived(data)
 
