@@ -304,7 +304,7 @@ class Node(MultiService):
             if result.called:
                 return
             if i >= len(addrs):
-                where = ", ".join(errors) or "no addresses"
+                where = "; ".join(errors) or "no addresses"
                 result.errback(DialError(f"could not connect to {peer or addrs[0]}: {where}"))
                 return
             d = self._dialOne(peer, addrs[i])
@@ -327,7 +327,8 @@ class Node(MultiService):
                     if not result.called:
                         result.errback(f)
                     return
-                errors.append(f"{addrs[i]}: {f.getErrorMessage()}")
+                reason = f.getErrorMessage()
+                errors.append(reason if len(addrs) == 1 else f"{addrs[i]}: {reason}")
                 attempt(i + 1)
 
             d.addCallbacks(ok, bad)
