@@ -145,3 +145,15 @@ class TooManyProposals(ProtocolError):
     """
     The peer proposed too many protocols that we do not support.
     """
+
+
+class NotFound(BeamError):
+    """
+    There is no such thing on this node.
+    """
+
+
+class Conflict(BeamError):
+    """
+    That conflicts with something already set up on this node.
+    """
