@@ -745,6 +745,9 @@ class SessionTests(SynchronousTestCase):
         self.assertRaises(
             ValueError, YamuxSession, True, lambda s: None, Clock(), initialWindow=1000
         )
+        self.assertRaises(
+            ValueError, YamuxSession, True, lambda s: None, Clock(), maxStreamWindow=1000
+        )
 
 
 class FlowControlTests(SynchronousTestCase):
@@ -757,7 +760,7 @@ class FlowControlTests(SynchronousTestCase):
         A write beyond the window sends only one window's worth until the
         reader's window updates arrive, then the rest.
         """
-        pair = Pair()
+        pair = Pair(serverKw={"maxStreamWindow": DEFAULT_WINDOW})
         stream, _ = pair.open()
         pair.flush()
         payload = os.urandom(DEFAULT_WINDOW * 2)
@@ -776,6 +779,99 @@ class FlowControlTests(SynchronousTestCase):
         pair.flush()
         self.assertEqual(pair.serverStreams[0].protocol.data, payload)
         self.assertEqual(stream._queued, 0)
+
+    def test_windowGrowsForWindowLimitedPeer(self) -> None:
+        """
+        When the peer used up the whole window and our reader kept up, the
+        next update doubles the window (the extra credit rides on it), so the
+        writer can then have twice as much in flight.
+        """
+        pair = Pair()
+        stream, _ = pair.open()
+        pair.flush()
+        stream.write(os.urandom(DEFAULT_WINDOW * 2))
+        sent = pair.pump.clientTransport.take()
+        pair.pump.serverTransport.take()
+        pair.server.dataReceived(sent)
+        updates = [
+            f
+            for f in frames(bytes(pair.pump.serverTransport.buffer))
+            if f.type == TYPE_WINDOW_UPDATE
+        ]
+        self.assertEqual(
+            updates, [Frame(TYPE_WINDOW_UPDATE, 0, stream.streamID, 2 * DEFAULT_WINDOW)]
+        )
+        remote = pair.serverStreams[0]
+        self.assertEqual(remote._recvMax, 2 * DEFAULT_WINDOW)
+        self.assertEqual(pair.server._windowGrowth, DEFAULT_WINDOW)
+        pair.flush()
+        self.assertEqual(stream._sendWindow, 2 * DEFAULT_WINDOW)
+        self.assertEqual(len(remote.protocol.data), 2 * DEFAULT_WINDOW)
+
+    def test_windowKeptForUnhurriedPeer(self) -> None:
+        """
+        A writer that never runs out of window (its credit comes back before
+        it needs it) leaves the window at its initial size.
+        """
+        pair = Pair()
+        stream, _ = pair.open()
+        pair.flush()
+        for _ in range(40):
+            stream.write(b"x" * 100_000)
+            pair.flush()
+        remote = pair.serverStreams[0]
+        self.assertEqual(len(remote.protocol.data), 4_000_000)
+        self.assertEqual(remote._recvMax, DEFAULT_WINDOW)
+
+    def test_windowGrowthBounded(self) -> None:
+        """
+        A stream's window grows only up to maxStreamWindow, and all streams
+        together only by windowBudget; a stream that ends gives its growth
+        back to the session.
+        """
+        pair = Pair(serverKw={"maxStreamWindow": 4 * DEFAULT_WINDOW,
+                              "windowBudget": 4 * DEFAULT_WINDOW})
+        (a, _), (b, _) = pair.open(), pair.open()
+        pair.flush()
+        ra, rb = pair.serverStreams
+        for _ in range(6):
+            a.write(b"a" * (8 * DEFAULT_WINDOW))
+            pair.flush()
+        self.assertEqual(ra._recvMax, 4 * DEFAULT_WINDOW)
+        for _ in range(6):
+            b.write(b"b" * (8 * DEFAULT_WINDOW))
+            pair.flush()
+        self.assertEqual(rb._recvMax, 2 * DEFAULT_WINDOW)
+        self.assertEqual(pair.server._windowGrowth, 4 * DEFAULT_WINDOW)
+        self.assertEqual(len(ra.protocol.data), 48 * DEFAULT_WINDOW)
+        self.assertEqual(len(rb.protocol.data), 48 * DEFAULT_WINDOW)
+        ra.abortConnection()
+        pair.flush()
+        self.assertEqual(pair.server._windowGrowth, DEFAULT_WINDOW)
+
+    def test_pausedReaderDoesNotGrowWindow(self) -> None:
+        """
+        A window used up while the reader is paused (data buffered) is not
+        a reason to grow it: the window stays at its initial size.
+        """
+        pair = Pair()
+        stream, _ = pair.open()
+        pair.flush()
+        remote = pair.serverStreams[0]
+        remote.pauseProducing()
+        payload = os.urandom(DEFAULT_WINDOW)
+        stream.write(payload)
+        pair.flush()
+        self.assertEqual(remote._buffered, DEFAULT_WINDOW)
+        pair.pump.serverTransport.take()
+        remote.resumeProducing()
+        self.assertEqual(
+            frames(pair.pump.serverTransport.take()),
+            [Frame(TYPE_WINDOW_UPDATE, 0, stream.streamID, DEFAULT_WINDOW)],
+        )
+        self.assertEqual(remote.protocol.data, payload)
+        self.assertEqual(remote._recvMax, DEFAULT_WINDOW)
+        self.assertEqual(pair.server._windowGrowth, 0)
 
     def test_updatesBatched(self) -> None:
         """
@@ -1052,6 +1148,7 @@ def _validFrames() -> st.SearchStrategy[list[bytes]]:
 
 def _checkBounded(session: YamuxSession) -> None:
     assert session._parser.buffered <= 12 + session.initialWindow
+    assert 0 <= session._windowGrowth <= session.windowBudget
     for stream in session.streams.values():
         assert stream._buffered <= stream._recvMax
         assert 0 <= stream._recvWindow <= stream._recvMax
