@@ -1,0 +1,434 @@
+"""
+Tests for L{beam.config}: reading, validating and merging config.toml.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from beam.config import (
+    Config,
+    ConfigError,
+    ForwardConfig,
+    TunnelConfig,
+    checkConfig,
+    loadConfig,
+    mergeOptions,
+)
+from beam.errors import BeamError
+from beam.keys import Identity
+from beam.multiaddr import Multiaddr
+from beam.share import parseShareAddress
+
+PEER = str(Identity.fromSeed(b"\x01" * 32).peerID)
+OTHER = str(Identity.fromSeed(b"\x02" * 32).peerID)
+
+
+class ConfigTestCase(SynchronousTestCase):
+    def write(self, text: str, mode: int = 0o600) -> Path:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "config.toml"
+        path.write_text(text)
+        os.chmod(path, mode)
+        return path
+
+    def problems(self, text: str) -> list[str]:
+        path = self.write(text)
+        problems = checkConfig(path)
+        e = self.assertRaises(ConfigError, loadConfig, path)
+        self.assertEqual(e.problems, problems)
+        return problems
+
+
+class LoadTests(ConfigTestCase):
+    """
+    Valid files and the defaults.
+    """
+
+    def test_missingFileIsDefaults(self) -> None:
+        """
+        No file means the defaults, and no problems.
+        """
+        path = Path(self.mktemp()) / "config.toml"
+        self.assertEqual(loadConfig(path), Config())
+        self.assertEqual(checkConfig(path), [])
+        self.assertEqual(Config().listen, (Multiaddr("/ip4/0.0.0.0/tcp/0"),))
+        self.assertEqual((Config().logFormat, Config().tunnels, Config().forwards), ("text", (), ()))
+
+    def test_fullExample(self) -> None:
+        """
+        Every documented key is read into typed values.
+        """
+        path = self.write(f"""
+listen = ["/ip4/0.0.0.0/tcp/4001", "/ip6/::/tcp/4001"]
+bootstrap = ["/ip4/192.0.2.7/tcp/4001/p2p/{PEER}"]
+log_format = "json"
+
+[[tunnel]]
+port = 3000
+name = "web"
+compress = true
+allow = ["{PEER}", "{OTHER}"]
+secret = true
+
+[[tunnel]]
+port = 53
+udp = true
+secret = "hunter2"
+
+[[forward]]
+target = "beam://{PEER}@192.0.2.7:4001"
+port = 8080
+bind = "::1"
+service = "web"
+""")
+        config = loadConfig(path)
+        self.assertEqual(config.listen, (Multiaddr("/ip4/0.0.0.0/tcp/4001"), Multiaddr("/ip6/::/tcp/4001")))
+        self.assertEqual(config.bootstrap, (Multiaddr(f"/ip4/192.0.2.7/tcp/4001/p2p/{PEER}"),))
+        self.assertEqual(config.logFormat, "json")
+        self.assertEqual(config.tunnels, (
+            TunnelConfig(port=3000, name="web", compress=True,
+                         allow=(Identity.fromSeed(b"\x01" * 32).peerID, Identity.fromSeed(b"\x02" * 32).peerID),
+                         secret=True),
+            TunnelConfig(port=53, udp=True, secret="hunter2"),
+        ))
+        (forward,) = config.forwards
+        self.assertEqual((forward.port, forward.bind, forward.service), (8080, "::1", "web"))
+        self.assertEqual(forward.address.service, "web")
+        self.assertEqual(str(forward.address.peer), PEER)
+
+    def test_forwardMultiaddrTargetDefaults(self) -> None:
+        """
+        A forward to a /p2p multiaddr binds 127.0.0.1 and leaves the port to
+        the node.
+        """
+        config = loadConfig(self.write(f'[[forward]]\ntarget = "/ip4/10.0.0.1/tcp/4001/p2p/{PEER}"\n'))
+        self.assertEqual(config.forwards[0].bind, "127.0.0.1")
+        self.assertIsNone(config.forwards[0].port)
+        self.assertEqual(config.forwards[0].address.service, "")
+
+    def test_configIsFrozen(self) -> None:
+        """
+        Config values are immutable.
+        """
+        config = Config()
+        with self.assertRaises(Exception):
+            config.logFormat = "json"  # type: ignore[misc]
+
+    def test_configErrorIsBeamError(self) -> None:
+        """
+        L{ConfigError} prints one problem per line, for the CLI.
+        """
+        e = ConfigError(["config.toml:1: a", "config.toml:2: b"])
+        self.assertIsInstance(e, BeamError)
+        self.assertEqual(str(e), "config.toml:1: a\nconfig.toml:2: b")
+
+
+class ProblemTests(ConfigTestCase):
+    """
+    Each problem is reported with the line it is on.
+    """
+
+    def test_syntaxError(self) -> None:
+        """
+        A TOML syntax error reports the parser's line.
+        """
+        (problem,) = self.problems('listen = ["/ip4/0.0.0.0/tcp/1"]\n\nport = = 3\n')
+        self.assertTrue(problem.startswith("config.toml:3: "), problem)
+        self.assertIn("column", problem)
+
+    def test_notUTF8(self) -> None:
+        """
+        Bytes that are not UTF-8 are reported with their line.
+        """
+        path = self.write("")
+        path.write_bytes(b'log_format = "text"\n# \xff\n')
+        self.assertEqual(checkConfig(path), ["config.toml:2: not valid UTF-8"])
+
+    def test_badPortLine(self) -> None:
+        """
+        A bad port in the second tunnel points at that tunnel's port line.
+        """
+        problems = self.problems("""# my tunnels
+[[tunnel]]
+port = 3000
+
+[[tunnel]]
+name = "api"
+port = 70000
+""")
+        self.assertEqual(problems, ["config.toml:7: port must be a number from 1 to 65535, not 70000"])
+
+    def test_portRequired(self) -> None:
+        """
+        A tunnel without a port points at its [[tunnel]] header.
+        """
+        self.assertEqual(self.problems('[[tunnel]]\nport = 1\n[[tunnel]]\nname = "x"\n'),
+                         ["config.toml:3: port is required"])
+
+    def test_portTypes(self) -> None:
+        """
+        Ports must be integers: not strings, not booleans, not zero.
+        """
+        for value in ['"80"', "true", "0", "1.5"]:
+            (problem,) = self.problems(f"[[tunnel]]\nport = {value}\n")
+            self.assertTrue(problem.startswith("config.toml:2: port must be a number"), problem)
+
+    def test_unknownKeys(self) -> None:
+        """
+        Typos are errors, at the top level, in tables, and as tables.
+        """
+        problems = self.problems("""listen_on = []
+[[tunnel]]
+port = 1
+comprees = true
+[[forward]]
+target = "x"
+prot = 3
+[extra]
+a = 1
+""")
+        self.assertEqual(problems[0], "config.toml:1: unknown key 'listen_on' in the top level "
+                                      "(expected one of: bootstrap, forward, listen, log_format, tunnel)")
+        self.assertTrue(problems[1].startswith("config.toml:4: unknown key 'comprees' in [[tunnel]]"), problems)
+        self.assertTrue(problems[2].startswith("config.toml:6: target: "), problems)
+        self.assertTrue(problems[3].startswith("config.toml:7: unknown key 'prot' in [[forward]]"), problems)
+        self.assertEqual(problems[4], "config.toml:8: unknown table [extra]")
+        self.assertEqual(len(problems), 5)
+
+    def test_singleBracketTunnel(self) -> None:
+        """
+        [tunnel] instead of [[tunnel]] is explained.
+        """
+        self.assertEqual(self.problems("\n[tunnel]\nport = 1\n"),
+                         ["config.toml:2: [tunnel] must be written [[tunnel]] (there can be several)"])
+
+    def test_dottedKeyTable(self) -> None:
+        """
+        A dotted key that makes a single table of C{tunnel} points at its
+        line.
+        """
+        self.assertEqual(self.problems('log_format = "text"\ntunnel.port = 1\n'),
+                         ["config.toml:2: [tunnel] must be written [[tunnel]] (there can be several)"])
+
+    def test_listenMustBeTCP(self) -> None:
+        """
+        Listen addresses must parse and be /ip4 or /ip6 with /tcp; the
+        problem points at the line of the bad entry in a multi-line list.
+        """
+        problems = self.problems("""listen = [
+  "/ip4/0.0.0.0/tcp/4001",
+  "/dns4/example.com/tcp/4001",
+  "/ip4/0.0.0.0/udp/4001",
+  "/ip4/999.0.0.1/tcp/1",
+]
+""")
+        self.assertEqual([p.split(": ")[0] for p in problems], ["config.toml:3", "config.toml:4", "config.toml:5"])
+        self.assertIn("cannot listen on /dns4/example.com/tcp/4001", problems[0])
+        self.assertIn("listen: ", problems[2])
+
+    def test_bootstrapNeedsPeerID(self) -> None:
+        """
+        Bootstrap addresses must end in /p2p/<peer ID>.
+        """
+        (problem,) = self.problems('log_format = "text"\nbootstrap = ["/ip4/1.2.3.4/tcp/1"]\n')
+        self.assertTrue(problem.startswith("config.toml:2: bootstrap: "), problem)
+        self.assertIn("/p2p/", problem)
+
+    def test_listNotString(self) -> None:
+        """
+        listen must be a list of strings.
+        """
+        self.assertEqual(self.problems('listen = "/ip4/0.0.0.0/tcp/1"\n'),
+                         ["config.toml:1: listen must be a list of multiaddr strings, not a string"])
+        self.assertEqual(self.problems("listen = [1]\n"),
+                         ["config.toml:1: listen entries must be strings, not an integer"])
+
+    def test_logFormat(self) -> None:
+        """
+        log_format is text or json.
+        """
+        self.assertEqual(self.problems('\nlog_format = "xml"\n'),
+                         ["config.toml:2: log_format must be \"text\" or \"json\", not 'xml'"])
+
+    def test_badNames(self) -> None:
+        """
+        Names are DNS-label-like.
+        """
+        for name in ["", "-web", "web-", "we b", "a" * 64, "wéb", "web_app"]:
+            (problem,) = self.problems(f'[[tunnel]]\nport = 1\nname = "{name}"\n')
+            self.assertTrue(problem.startswith("config.toml:3: name must be 1-63 letters"), problem)
+        self.assertEqual(loadConfig(self.write('[[tunnel]]\nport = 1\nname = "My-App2"\n')).tunnels[0].name,
+                         "My-App2")
+
+    def test_allow(self) -> None:
+        """
+        allow entries must be peer IDs (the bad entry's line is given); an
+        empty allow list is refused because it would admit no one.
+        """
+        problems = self.problems(f"""[[tunnel]]
+port = 1
+allow = [
+  "{PEER}",
+  "12D3KooWnotapeer",
+]
+[[tunnel]]
+port = 2
+allow = []
+""")
+        self.assertEqual(len(problems), 2)
+        self.assertTrue(problems[0].startswith("config.toml:5: invalid peer ID '12D3KooWnotapeer'"), problems)
+        self.assertTrue(problems[1].startswith("config.toml:9: allow is empty"), problems)
+
+    def test_secret(self) -> None:
+        """
+        secret is a boolean or a non-empty string.
+        """
+        for value in ['""', "3"]:
+            self.assertEqual(self.problems(f"[[tunnel]]\nport = 1\nsecret = {value}\n"),
+                             ["config.toml:3: secret must be true, false or a non-empty string"])
+
+    def test_secretInReadableFile(self) -> None:
+        """
+        A file holding a secret must not be readable by others.
+        """
+        path = self.write('[[tunnel]]\nport = 1\nsecret = "s3cret"\n', mode=0o644)
+        (problem,) = checkConfig(path)
+        self.assertIn("readable by other users", problem)
+        self.assertIn("chmod 600", problem)
+        os.chmod(path, 0o600)
+        self.assertEqual(checkConfig(path), [])
+
+    def test_duplicates(self) -> None:
+        """
+        Two tunnels with one name, or on one TCP port, are refused at the
+        second; TCP and UDP may share a port number.
+        """
+        problems = self.problems("""[[tunnel]]
+port = 80
+name = "web"
+[[tunnel]]
+port = 81
+name = "web"
+[[tunnel]]
+port = 80
+[[tunnel]]
+port = 80
+udp = true
+""")
+        self.assertEqual(problems, [
+            "config.toml:6: tunnel name 'web' is already used by tunnel #1",
+            "config.toml:8: TCP port 80 is already exposed by tunnel #1",
+        ])
+
+    def test_forwardProblems(self) -> None:
+        """
+        A forward needs a valid target; bind must be an IP; two forwards
+        cannot share a local port.
+        """
+        problems = self.problems(f"""[[forward]]
+port = 8080
+[[forward]]
+target = "beam://{PEER}@h:1/web"
+bind = "localhost"
+[[forward]]
+target = "beam://{PEER}@h:1/web"
+port = 9000
+[[forward]]
+target = "/ip4/1.1.1.1/tcp/1/p2p/{PEER}"
+port = 9000
+""")
+        self.assertEqual(problems, [
+            "config.toml:1: target is required",
+            "config.toml:5: bind must be an IP address such as \"127.0.0.1\", not 'localhost'",
+            "config.toml:11: local port 9000 is already used by forward #3",
+        ])
+
+    def test_commentsAndStringsDoNotConfuseLines(self) -> None:
+        """
+        Headers inside multi-line strings or comments are not mistaken for
+        tables.
+        """
+        problems = self.problems('''# [[tunnel]]
+log_format = """
+[[tunnel]]
+port = 1
+"""
+[[tunnel]]  # the real one
+port = 0
+''')
+        self.assertTrue(problems[0].startswith("config.toml:2: log_format must be"), problems)
+        self.assertTrue(problems[1].startswith("config.toml:7: port must be"), problems)
+
+
+class MergeTests(SynchronousTestCase):
+    """
+    Command-line flags over the file.
+    """
+
+    def setUp(self) -> None:
+        self.config = Config(
+            listen=(Multiaddr("/ip4/0.0.0.0/tcp/4001"),),
+            tunnels=(TunnelConfig(port=3000, name="web"), TunnelConfig(port=22, name="ssh")),
+            forwards=(ForwardConfig(target="t", address=parseShareAddress(f"beam://{PEER}@h:1/a"), port=8080),),
+        )
+
+    def test_unsetFlagsKeepConfig(self) -> None:
+        """
+        Flags that were not given (None, empty) change nothing.
+        """
+        self.assertEqual(mergeOptions(self.config, listen=None, bootstrap=[], logFormat=None,
+                                      tunnels=None, forwards=()), self.config)
+
+    def test_listenReplaces(self) -> None:
+        """
+        --listen replaces the file's addresses; strings are parsed.
+        """
+        merged = mergeOptions(self.config, listen=["/ip4/127.0.0.1/tcp/5000", Multiaddr("/ip6/::1/tcp/5000")])
+        self.assertEqual(merged.listen, (Multiaddr("/ip4/127.0.0.1/tcp/5000"), Multiaddr("/ip6/::1/tcp/5000")))
+        self.assertEqual(merged.tunnels, self.config.tunnels)
+
+    def test_badFlags(self) -> None:
+        """
+        Invalid flag values raise L{ConfigError} naming the flag; unknown
+        flag names are a programming error.
+        """
+        e = self.assertRaises(ConfigError, mergeOptions, self.config, listen=["/dns4/x/tcp/1"])
+        self.assertTrue(str(e).startswith("--listen: "))
+        e = self.assertRaises(ConfigError, mergeOptions, self.config, bootstrap=["/ip4/1.2.3.4/tcp/1"])
+        self.assertTrue(str(e).startswith("--bootstrap: "))
+        self.assertRaises(ConfigError, mergeOptions, self.config, logFormat="xml")
+        self.assertRaises(TypeError, mergeOptions, self.config, listn=["/ip4/0.0.0.0/tcp/1"])
+
+    def test_logFormat(self) -> None:
+        """
+        --log-format replaces the file's.
+        """
+        self.assertEqual(mergeOptions(self.config, logFormat="json").logFormat, "json")
+
+    def test_tunnelsAddAndOverride(self) -> None:
+        """
+        A command-line tunnel on a file tunnel's port (or name) replaces it;
+        others are added.
+        """
+        merged = mergeOptions(self.config, tunnels=[TunnelConfig(port=3000, compress=True),
+                                                    TunnelConfig(port=9, name="ssh"),
+                                                    TunnelConfig(port=5000)])
+        self.assertEqual(merged.tunnels, (TunnelConfig(port=3000, compress=True), TunnelConfig(port=9, name="ssh"),
+                                          TunnelConfig(port=5000)))
+        udp = mergeOptions(self.config, tunnels=[TunnelConfig(port=3000, udp=True)])
+        self.assertEqual(len(udp.tunnels), 3)
+
+    def test_forwardsAddAndOverride(self) -> None:
+        """
+        A command-line forward on a file forward's local port replaces it.
+        """
+        address = parseShareAddress(f"beam://{PEER}@h:1/b")
+        same = ForwardConfig(target="u", address=address, port=8080)
+        other = ForwardConfig(target="v", address=address, port=8081)
+        self.assertEqual(mergeOptions(self.config, forwards=[same]).forwards, (same,))
+        self.assertEqual(mergeOptions(self.config, forwards=[other]).forwards, self.config.forwards + (other,))
