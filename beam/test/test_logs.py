@@ -1,0 +1,188 @@
+"""
+Tests for L{beam.logs}: text and JSON log lines, levels, failures.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import warnings
+from typing import Any
+
+from twisted.logger import LogBeginner, Logger, LogLevel, LogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from beam.logs import formatJSON, formatText, makeObserver, startLogging
+
+T = 1795626000.0  # 2026-11-25T17:00:00Z
+
+
+def event(_format: str = "hello", _level: Any = LogLevel.info, **fields: Any) -> dict[str, Any]:
+    ev: dict[str, Any] = {"log_format": _format, "log_level": _level, "log_namespace": "beam.tunnel",
+                          "log_time": T}
+    ev.update(fields)
+    return ev
+
+
+def boom() -> None:
+    1 / 0
+
+
+class TextTests(SynchronousTestCase):
+    """
+    Human-readable lines.
+    """
+
+    def test_line(self) -> None:
+        """
+        An info event is C{TIME [NAMESPACE] MESSAGE} with fields formatted
+        in.
+        """
+        self.assertEqual(formatText(event("tunnel {name} on {port}", name="web", port=3000)),
+                         "2026-11-25T17:00:00Z [beam.tunnel] tunnel web on 3000\n")
+
+    def test_levelPrefixes(self) -> None:
+        """
+        Warnings, errors and critical events say so; debug and info don't.
+        """
+        self.assertIn("] hi\n", formatText(event("hi", LogLevel.debug)))
+        self.assertIn("] WARNING: hi\n", formatText(event("hi", LogLevel.warn)))
+        self.assertIn("] ERROR: hi\n", formatText(event("hi", LogLevel.error)))
+        self.assertIn("] CRITICAL: hi\n", formatText(event("hi", LogLevel.critical)))
+
+    def test_failureTraceback(self) -> None:
+        """
+        log.failure prints the message line and then the whole traceback.
+        """
+        stream = io.StringIO()
+        log = Logger(namespace="beam.node", observer=makeObserver(stream, "text"))
+        try:
+            boom()
+        except ZeroDivisionError:
+            log.failure("dial to {peer} failed", peer="12D3")
+        lines = stream.getvalue().splitlines()
+        self.assertRegex(lines[0], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \[beam\.node\] CRITICAL: dial to 12D3 failed$")
+        self.assertIn("Traceback", lines[1])
+        self.assertIn("in boom", stream.getvalue())
+        self.assertIn("ZeroDivisionError", lines[-1])
+
+    def test_controlCharactersEscaped(self) -> None:
+        """
+        Control characters from peers are escaped, and an embedded newline
+        cannot start a line that looks like a log line.
+        """
+        line = formatText(event("agent {a}", a="evil\x1b[2J\r\n2026-01-01T00:00:00Z [beam] forged"))
+        self.assertEqual(line, "2026-11-25T17:00:00Z [beam.tunnel] agent evil\\x1b[2J\\x0d\n"
+                               "  2026-01-01T00:00:00Z [beam] forged\n")
+
+    def test_unformattableEvent(self) -> None:
+        """
+        A bad format string or a bare event still yields a line, not an
+        exception.
+        """
+        stream = io.StringIO()
+        Logger(namespace="x", observer=makeObserver(stream, "text")).info("{missing}")
+        self.assertIn("[x] Unable to format event", stream.getvalue())
+        self.assertEqual(formatText({}), "- [-] \n")
+
+
+class JSONTests(SynchronousTestCase):
+    """
+    One JSON object per line.
+    """
+
+    def test_fields(self) -> None:
+        """
+        The object has time, level, namespace, text and the scalar fields;
+        Twisted's log_* keys and non-scalar values are left out.
+        """
+        line = formatJSON(event("tunnel {name}", name="web", port=3000, ratio=0.5, on=True, none=None,
+                                obj=object(), nan=float("nan"), items=[1, 2], text="clash"))
+        self.assertTrue(line.endswith("\n"))
+        self.assertEqual(line.count("\n"), 1)
+        self.assertEqual(json.loads(line), {
+            "time": "2026-11-25T17:00:00.000Z", "level": "info", "namespace": "beam.tunnel",
+            "text": "tunnel web", "name": "web", "port": 3000, "ratio": 0.5, "on": True, "none": None,
+        })
+
+    def test_oneLineWithNewlines(self) -> None:
+        """
+        A message with newlines stays on one line.
+        """
+        line = formatJSON(event("a\nb"))
+        self.assertEqual(line.count("\n"), 1)
+        self.assertEqual(json.loads(line)["text"], "a\nb")
+
+    def test_failure(self) -> None:
+        """
+        A failure adds the error and its traceback.
+        """
+        stream = io.StringIO()
+        log = Logger(namespace="beam.node", observer=makeObserver(stream, "json"))
+        try:
+            boom()
+        except ZeroDivisionError:
+            log.failure("oops")
+        obj = json.loads(stream.getvalue())
+        self.assertEqual((obj["level"], obj["text"]), ("critical", "oops"))
+        self.assertEqual(obj["error"], "ZeroDivisionError: division by zero")
+        self.assertIn("Traceback", obj["traceback"])
+        self.assertIn("in boom", obj["traceback"])
+
+    def test_milliseconds(self) -> None:
+        """
+        JSON times keep milliseconds.
+        """
+        self.assertEqual(json.loads(formatJSON(event(log_time=T + 0.1234)))["time"], "2026-11-25T17:00:00.123Z")
+
+
+class ObserverTests(SynchronousTestCase):
+    """
+    makeObserver and startLogging.
+    """
+
+    def test_levelFilter(self) -> None:
+        """
+        Events below the level are dropped.
+        """
+        stream = io.StringIO()
+        observer = makeObserver(stream, "text", LogLevel.warn)
+        for level in (LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error):
+            observer(event(level.name, level))
+        self.assertEqual([line.split("] ")[1] for line in stream.getvalue().splitlines()],
+                         ["WARNING: warn", "ERROR: error"])
+
+    def test_defaultLevelInfo(self) -> None:
+        """
+        By default, debug is dropped and info kept.
+        """
+        stream = io.StringIO()
+        observer = makeObserver(stream)
+        observer(event("quiet", LogLevel.debug))
+        observer(event("loud", LogLevel.info))
+        self.assertEqual(stream.getvalue(), "2026-11-25T17:00:00Z [beam.tunnel] loud\n")
+
+    def test_unknownFormat(self) -> None:
+        """
+        An unknown format is refused.
+        """
+        self.assertRaises(ValueError, makeObserver, io.StringIO(), "xml")
+
+    def test_startLogging(self) -> None:
+        """
+        startLogging installs the observer on the beginner, replays events
+        logged before, filtered, and leaves stdout alone.
+        """
+        publisher = LogPublisher()
+        beginner = LogBeginner(publisher, io.StringIO(), sys, warnings)
+        log = Logger(namespace="early", observer=publisher)
+        log.debug("hidden")
+        log.info("buffered")
+        stream = io.StringIO()
+        stdout = sys.stdout
+        startLogging(stream, "json", LogLevel.info, beginner=beginner)
+        self.assertIs(sys.stdout, stdout)
+        log.warn("live")
+        texts = [json.loads(line)["text"] for line in stream.getvalue().splitlines()]
+        self.assertEqual(texts, ["buffered", "live"])
