@@ -43,8 +43,9 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any
 
 import attr
 
@@ -85,11 +86,11 @@ class TunnelConfig:
     """
 
     port: int
-    name: Optional[str] = None
+    name: str | None = None
     udp: bool = False
     compress: bool = False
-    allow: Optional[tuple[PeerID, ...]] = None
-    secret: Union[bool, str] = False
+    allow: tuple[PeerID, ...] | None = None
+    secret: bool | str = False
 
 
 @attr.s(frozen=True, auto_attribs=True, kw_only=True)
@@ -104,9 +105,9 @@ class ForwardConfig:
 
     target: str
     address: ShareAddress
-    port: Optional[int] = None
+    port: int | None = None
     bind: str = DEFAULT_BIND
-    service: Optional[str] = None
+    service: str | None = None
 
 
 def _defaultListen() -> tuple[Multiaddr, ...]:
@@ -151,7 +152,7 @@ class _Locator:
         self.spans: dict[Context, tuple[int, int]] = {}
         counts: dict[str, int] = {}
         context, start = _TOP, 1
-        inString: Optional[str] = None
+        inString: str | None = None
         for number, line in enumerate(self.lines, start=1):
             if inString is not None:
                 if line.count(inString) % 2 == 1:
@@ -177,7 +178,7 @@ class _Locator:
                     inString = quote
         self.spans.setdefault(context, (start, len(self.lines)))
 
-    def line(self, context: Context, key: Optional[str] = None, value: Optional[str] = None) -> Optional[int]:
+    def line(self, context: Context, key: str | None = None, value: str | None = None) -> int | None:
         """
         The line of C{key} in C{context} (or of the C{value} string
         literal after it, for list items), else of the context's header.
@@ -205,8 +206,8 @@ class _Problems:
         self.locator = locator
         self.items: list[tuple[int, str]] = []
 
-    def add(self, message: str, context: Context = _TOP, key: Optional[str] = None,
-            value: Optional[str] = None) -> None:
+    def add(self, message: str, context: Context = _TOP, key: str | None = None,
+            value: str | None = None) -> None:
         line = self.locator.line(context, key, value)
         where = f"{self.fileName}:{line}" if line is not None else self.fileName
         self.items.append((line or 0, f"{where}: {message}"))
@@ -276,7 +277,7 @@ class _Validator:
                 self.p.add(f"unknown key {key!r} in {what} (expected one of: {', '.join(sorted(known))})",
                            context, key)
 
-    def port(self, table: dict[str, Any], context: Context, required: bool) -> Optional[int]:
+    def port(self, table: dict[str, Any], context: Context, required: bool) -> int | None:
         if "port" not in table:
             if required:
                 self.p.add("port is required", context)
@@ -294,7 +295,7 @@ class _Validator:
             return False
         return value
 
-    def label(self, table: dict[str, Any], key: str, context: Context) -> Optional[str]:
+    def label(self, table: dict[str, Any], key: str, context: Context) -> str | None:
         value = table.get(key)
         if value is None:
             return None
@@ -304,14 +305,14 @@ class _Validator:
             return None
         return value
 
-    def tunnel(self, context: Context, table: dict[str, Any]) -> Optional[TunnelConfig]:
+    def tunnel(self, context: Context, table: dict[str, Any]) -> TunnelConfig | None:
         self.unknown(table, _TUNNEL_KEYS, context, "[[tunnel]]")
         before = len(self.p.items)
         port = self.port(table, context, required=True)
         name = self.label(table, "name", context)
         udp = self.flag(table, "udp", context)
         compress = self.flag(table, "compress", context)
-        allow: Optional[tuple[PeerID, ...]] = None
+        allow: tuple[PeerID, ...] | None = None
         if "allow" in table:
             value = table["allow"]
             if not isinstance(value, list):
@@ -337,7 +338,7 @@ class _Validator:
             return None
         return TunnelConfig(port=port, name=name, udp=udp, compress=compress, allow=allow, secret=secret)
 
-    def forward(self, context: Context, table: dict[str, Any]) -> Optional[ForwardConfig]:
+    def forward(self, context: Context, table: dict[str, Any]) -> ForwardConfig | None:
         self.unknown(table, _FORWARD_KEYS, context, "[[forward]]")
         before = len(self.p.items)
         port = self.port(table, context, required=False)
@@ -453,8 +454,8 @@ def _load(path: Path) -> tuple[Config, list[str]]:
         except OSError:
             mode = 0
         if mode & 0o077:
-            problems.items.append((0, f"{name}: contains a tunnel secret but is readable by other users "
-                                      f"(mode {mode:o}); run: chmod 600 {path}"))
+            problems.items.append((0, (f"{name}: contains a tunnel secret but is readable by other users "
+                                       f"(mode {mode:o}); run: chmod 600 {path}")))
     return config, problems.sorted()
 
 

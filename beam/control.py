@@ -43,19 +43,21 @@ import os
 import socket
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 from urllib.parse import unquote
 
 from twisted.application.service import Service
 from twisted.internet import error as netError
-from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
 from twisted.internet.interfaces import IConsumer, IListeningPort, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python import lockfile
 from twisted.python.failure import Failure
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.web.client import Agent, ResponseDone, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -129,11 +131,11 @@ class IControlAPI(Interface):
 
     def addTunnel(
         port: int,
-        name: Optional[str],
+        name: str | None,
         udp: bool,
         compress: bool,
-        allow: Optional[list[PeerID]],
-        secret: "bool | str",
+        allow: list[PeerID] | None,
+        secret: bool | str,
     ) -> Any:
         """
         Expose local C{port} to peers.  C{allow} L{None} means no allow
@@ -148,9 +150,9 @@ class IControlAPI(Interface):
 
     def addForward(
         target: str,
-        port: Optional[int],
-        bind: Optional[str],
-        service: Optional[str],
+        port: int | None,
+        bind: str | None,
+        service: str | None,
         compress: bool,
     ) -> Any:
         """
@@ -214,7 +216,7 @@ def _checkUnknown(body: dict[str, Any], known: set[str]) -> None:
         raise _BadRequest(f"unknown field(s): {', '.join(unknown)}")
 
 
-def _port(body: dict[str, Any], name: str, required: bool) -> Optional[int]:
+def _port(body: dict[str, Any], name: str, required: bool) -> int | None:
     value = _field(body, name, (int,)) if required else _field(body, name, (int,), None)
     if value is not None and not 1 <= value <= 65535:
         raise _BadRequest(f"field {name!r} must be a port number between 1 and 65535")
@@ -224,7 +226,7 @@ def _port(body: dict[str, Any], name: str, required: bool) -> Optional[int]:
 def _tunnelArgs(body: dict[str, Any]) -> dict[str, Any]:
     _checkUnknown(body, {"port", "name", "udp", "compress", "allow", "secret"})
     allow = _field(body, "allow", (list,), None)
-    peers: Optional[list[PeerID]] = None
+    peers: list[PeerID] | None = None
     if allow is not None:
         peers = []
         for entry in allow:
@@ -285,9 +287,6 @@ def _parseBody(request: Request) -> dict[str, Any]:
 # -- the HTTP resource ---------------------------------------------------------
 
 
-Handler = Callable[[Request, list[str]], Any]
-
-
 class ControlResource(Resource):
     """
     Dispatches every request under C{/v1/} to the L{IControlAPI}.
@@ -303,7 +302,7 @@ class ControlResource(Resource):
         super().__init__()
         self.api = api
 
-    def _routes(self, path: list[str]) -> Optional[dict[bytes, Callable[[Request], Any]]]:
+    def _routes(self, path: list[str]) -> dict[bytes, Callable[[Request], Any]] | None:
         api = self.api
         if path == ["v1", "status"]:
             return {b"GET": lambda r: api.status()}
@@ -323,7 +322,7 @@ class ControlResource(Resource):
 
     def render(self, request: Request) -> Any:
         try:
-            path = [unquote(seg.decode("utf-8", "strict")) for seg in request.postpath]
+            path = [unquote(seg.decode("utf-8", "strict")) for seg in request.postpath or ()]
         except UnicodeDecodeError:
             path = []
         while path and path[-1] == "":
@@ -402,7 +401,7 @@ class _QuietSite(Site):
 
     noisy = False
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         pass
 
 
@@ -465,15 +464,14 @@ class ControlService(Service):
     """
 
     log = Logger()
-    name = "control"
+    name = "control"  # type: ignore[assignment]
 
     def __init__(self, reactor: Any, home: Path | str, api: IControlAPI) -> None:
         self.reactor = reactor
         self.home = Path(home)
         self.socketPath = controlSocketPath(self.home)
         self.api = api
-        self.port: Optional[IListeningPort] = None
-        self._starting: Optional[Deferred[None]] = None
+        self.port: IListeningPort | None = None
 
     def startService(self) -> Deferred[None]:  # type: ignore[override]
         """
@@ -487,9 +485,7 @@ class ControlService(Service):
         except BeamError as e:
             self.running = False
             return fail(e)
-        d = self._listen()
-        self._starting = d
-        return d
+        return self._listen()
 
     def _prepare(self) -> None:
         if len(os.fsencode(self.socketPath)) > _MAX_SOCKET_PATH:
@@ -517,7 +513,6 @@ class ControlService(Service):
         return d.addCallbacks(self._listening, self._listenFailed)
 
     def _listening(self, port: IListeningPort) -> None:
-        self._starting = None
         self.port = port
         mode = stat.S_IMODE(os.stat(self.socketPath).st_mode)
         if mode & 0o077:
@@ -532,7 +527,6 @@ class ControlService(Service):
         self.log.info("control API listening on {path}", path=str(self.socketPath))
 
     def _listenFailed(self, failure: Failure) -> Failure:
-        self._starting = None
         self.running = False
         failure.trap(netError.CannotListenError)
         reason = failure.value.socketError
@@ -612,7 +606,7 @@ class ControlClient:
             f"no Beam node is running for {self.home}; start one with `beam daemon` or `beam PORT`"
         )
 
-    def request(self, method: str, path: str, body: Optional[dict[str, Any]] = None) -> Deferred[dict[str, Any]]:
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Deferred[dict[str, Any]]:
         """
         Send one request, e.g. C{request("POST", "/v1/tunnels", {"port": 3000})}.
 
@@ -678,7 +672,8 @@ class _BodyCollector(Protocol):
         if len(self.data) + len(data) > self.limit:
             self.tooLarge = True
             self.data = bytearray()
-            self.transport.stopProducing()
+            if self.transport is not None:
+                self.transport.stopProducing()
             return
         self.data += data
 

@@ -31,8 +31,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import datetime, timezone
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import IO, Any, cast
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -60,7 +61,7 @@ def _timestamp(event: dict[str, Any], millis: bool) -> str:
     when = event.get("log_time")
     if not isinstance(when, (int, float)) or not math.isfinite(when):
         return "-"
-    moment = datetime.fromtimestamp(when, timezone.utc)
+    moment = datetime.fromtimestamp(when, UTC)
     if millis:
         return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -69,7 +70,7 @@ def _timestamp(event: dict[str, Any], millis: bool) -> str:
 def _level(event: dict[str, Any]) -> LogLevel:
     level = event.get("log_level")
     # The levels are NamedConstants of LogLevel, not LogLevel instances.
-    return level if level in _LEVELS else LogLevel.info
+    return cast(LogLevel, level) if level in _LEVELS else LogLevel.info
 
 
 def _traceback(failure: Any) -> str:

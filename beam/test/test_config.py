@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import attr
 from twisted.trial.unittest import SynchronousTestCase
 
 from beam.config import (
@@ -116,7 +117,7 @@ service = "web"
         Config values are immutable.
         """
         config = Config()
-        with self.assertRaises(Exception):
+        with self.assertRaises(attr.exceptions.FrozenInstanceError):
             config.logFormat = "json"  # type: ignore[misc]
 
     def test_configErrorIsBeamError(self) -> None:

@@ -26,8 +26,8 @@ from beam.control import (
     ControlService,
     ControlSocketError,
     IControlAPI,
-    NoNodeRunning,
     NodeAlreadyRunning,
+    NoNodeRunning,
     nodeRunning,
 )
 from beam.errors import BeamError, Conflict, NotFound
@@ -203,7 +203,7 @@ class ControlRouteTests(TestCase):
         """
         A body that is not JSON, or not a JSON object, answers 400.
         """
-        out, err, code = yield self._curl("-X", "POST", "-d", "{nope", "http://beam/v1/tunnels")
+        out, err, _ = yield self._curl("-X", "POST", "-d", "{nope", "http://beam/v1/tunnels")
         self.assertIn(b'"malformed JSON', out)
         self.assertIn(b"400", err)
         yield self.assertControlError(self.client.request("POST", "/v1/forwards", [1]),  # type: ignore[arg-type]
