@@ -13,7 +13,11 @@ import lz4.block
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.error import ConnectionAborted, ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITransport
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IPushProducer,
+    ITransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure

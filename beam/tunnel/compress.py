@@ -45,7 +45,6 @@ from typing import Any
 import attrs
 import lz4.block
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import connectionDone
 from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableProtocol,
@@ -53,6 +52,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     ITransport,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.error import MessageLengthError
 from twisted.internet.interfaces import (
@@ -42,7 +43,6 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IReactorUDP,
 )
-from twisted.internet.abstract import isIPv6Address
 from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -557,7 +557,9 @@ class UDPHostProtocol(_StreamSide):
             return
         interface = "::" if isIPv6Address(self.host) else ""
         sock = _ServiceSocket(self)
-        listening = self._reactor.listenUDP(0, sock, interface=interface, maxPacketSize=MAX_DATAGRAM)
+        listening = self._reactor.listenUDP(
+            0, sock, interface=interface, maxPacketSize=MAX_DATAGRAM
+        )
         try:
             sock.transport.connect(self.host, self.port)
         except Exception:
