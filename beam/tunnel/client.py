@@ -1,0 +1,449 @@
+"""
+The client side of tunnels: a local port that leads to a peer's service.
+
+L{TunnelForward} listens on a local port.  Each accepted connection is
+paused at once; a tunnel stream is opened to the host peer, the request
+written, and on the host's OK the two are spliced and the connection
+resumed.  A refusal closes the local connection with one log line.
+
+The forward also keeps the peer connection up: while the host is
+reachable new connections cost one stream and one request/response; when
+it goes away the forward re-dials with exponential backoff and jitter (the
+C{retryPolicy}, on the injected reactor), and while the last attempt
+failed new local connections are closed at once (fail fast) instead of
+hanging until a dial times out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Callable, Optional, Sequence
+
+from twisted.application.internet import backoffPolicy
+from twisted.application.service import Service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort, IProtocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from beam.errors import BeamError, DialError, ProtocolError
+from beam.keys import PeerID
+from beam.multiaddr import Multiaddr
+from beam.tunnel.host import COMPRESSIONS, _compressionAvailable, wrapStream
+from beam.tunnel.protocol import (
+    TUNNEL_PROTOCOL,
+    InvalidTunnelMessage,
+    ResponseReader,
+    TunnelRefused,
+    TunnelRequest,
+    TunnelResponse,
+    encodeRequest,
+    refusalFor,
+)
+from beam.tunnel.splice import Splice, TunnelStats
+
+__all__ = ["TunnelForward", "HostUnreachable"]
+
+
+class HostUnreachable(DialError):
+    """
+    The host peer cannot be reached at the moment.
+    """
+
+
+class TunnelForward(Service):
+    """
+    A local port forwarded to a service of a peer.
+
+    @ivar state: C{"stopped"}, C{"connecting"}, C{"connected"} or
+        C{"unreachable: <reason>"}, for status output.
+    @ivar stats: connection and byte counters.
+    @ivar listeningPort: the local listening port, once started.
+    @ivar localAddress: its address (C{.host}, C{.port}), once started.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        node: Any,
+        peer: PeerID,
+        addrs: Sequence[Multiaddr] = (),
+        service: str = "",
+        *,
+        kind: str = "tcp",
+        localPort: int = 0,
+        bind: str = "127.0.0.1",
+        secret: Optional[bytes] = None,
+        compress: bool = False,
+        retryPolicy: Optional[Callable[[int], float]] = None,
+        responseTimeout: float = 30.0,
+    ) -> None:
+        """
+        @param peer: the host's peer ID.
+        @param addrs: addresses to reach it at (added to what the node
+            knows of it).
+        @param service: the service name; C{""} is the host's default.
+        @param kind: C{"tcp"} or C{"udp"}.
+        @param localPort: the local port (0 picks one).
+        @param bind: the local interface to listen on.
+        @param secret: the access secret from the share address.
+        @param compress: offer lz4 compression (the host decides).
+        @param retryPolicy: seconds to wait before re-dial attempt N
+            (counted from 1 after a failure); by default Twisted's
+            L{backoffPolicy} (1 s growing 1.5x to 60 s, with jitter).
+        @param responseTimeout: seconds to wait for the host's answer to a
+            tunnel request.
+        """
+        if kind not in ("tcp", "udp"):
+            raise ValueError(f"tunnel kind must be 'tcp' or 'udp', not {kind!r}")
+        self.reactor = reactor
+        self.node = node
+        self.peer = peer
+        self.addrs = tuple(addrs)
+        self.service = service
+        self.kind = kind
+        self.localPort = localPort
+        self.bind = bind
+        self.secret = secret
+        self.compress = compress
+        self.retryPolicy = retryPolicy or backoffPolicy()
+        self.responseTimeout = responseTimeout
+        self.state = "stopped"
+        self.stats = TunnelStats()
+        self.listeningPort: Optional[IListeningPort] = None
+        self.localAddress: Any = None
+        self._splices: set[Splice] = set()
+        self._failures = 0
+        self._lastError: Optional[str] = None
+        self._dialing: Optional[Deferred[Any]] = None
+        self._retryCall: Any = None
+        self._udp: Any = None
+        offered = ("lz4",) if compress and _compressionAvailable() else ()
+        self.request = TunnelRequest(
+            service=service, kind=kind, compression=tuple(c for c in offered if c in COMPRESSIONS),
+            secret=secret or b"",
+        )
+        self._requestBytes = encodeRequest(self.request)
+
+    @classmethod
+    def fromShare(cls, reactor: Any, node: Any, share: Any, **kw: Any) -> "TunnelForward":
+        """
+        A forward to what a L{beam.share.ShareAddress} names.
+        """
+        return cls(
+            reactor, node, share.peer, share.addrs, share.service, secret=share.secret, **kw
+        )
+
+    @property
+    def label(self) -> str:
+        """
+        C{<peer>/<service>}, for log lines.
+        """
+        return f"{self.peer}/{self.service or 'default'}"
+
+    # -- lifecycle -------------------------------------------------------
+
+    def startService(self) -> Deferred[None]:  # type: ignore[override]
+        """
+        Listen locally and dial the host.  Fires once listening; the dial
+        goes on in the background (see L{state}).
+        """
+        super().startService()
+        self._learnAddrs()
+        self.node.connectionObservers.append(self._connectionEvent)
+        self._dial()
+        if self.kind == "udp":
+            return self._startUDP()
+        endpoint = _serverEndpoint(self.reactor, self.localPort, self.bind)
+        d = endpoint.listen(_ForwardFactory(self))
+
+        def listening(port: IListeningPort) -> None:
+            self.listeningPort = port
+            self.localAddress = port.getHost()
+
+        def failed(f: Failure) -> Failure:
+            self._stopDialling()
+            return Failure(BeamError(f"cannot listen on {self.bind}:{self.localPort}: {f.getErrorMessage()}"))
+
+        return d.addCallbacks(listening, failed)
+
+    def _startUDP(self) -> Deferred[None]:
+        """
+        UDP forwards live in C{beam.tunnel.udp}; hook point.
+        """
+        try:
+            from beam.tunnel import udp
+        except ImportError:
+            raise BeamError("UDP tunnels are not available in this build") from None
+        start = getattr(udp, "startForward", None)
+        if start is None:
+            raise BeamError("UDP tunnels are not available in this build")
+        return start(self)
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """
+        Stop listening, stop re-dialling, abort the tunnelled connections.
+        """
+        super().stopService()
+        self.state = "stopped"
+        self._stopDialling()
+        if self._connectionEvent in self.node.connectionObservers:
+            self.node.connectionObservers.remove(self._connectionEvent)
+        for splice in list(self._splices):
+            splice.abort()
+        port, self.listeningPort = self.listeningPort, None
+        if port is not None:
+            from twisted.internet.defer import maybeDeferred
+
+            return maybeDeferred(port.stopListening)
+        if self._udp is not None:
+            udp, self._udp = self._udp, None
+            return udp.stop()
+        return succeed(None)
+
+    def _stopDialling(self) -> None:
+        if self._retryCall is not None and self._retryCall.active():
+            self._retryCall.cancel()
+        self._retryCall = None
+        if self._dialing is not None:
+            d, self._dialing = self._dialing, None
+            d.cancel()
+
+    # -- the peer connection ---------------------------------------------
+
+    def _learnAddrs(self) -> None:
+        known = self.node.peerAddrs.setdefault(self.peer, [])
+        for addr in self.addrs:
+            addr = addr.withoutPeerID()
+            if addr not in known:
+                known.append(addr)
+
+    def _connected(self) -> bool:
+        conn = self.node.connections.get(self.peer)
+        return conn is not None and not conn.closed
+
+    def _dial(self) -> None:
+        """
+        Dial the host unless already connected or dialling.
+        """
+        if not self.running or self._dialing is not None:
+            return
+        if self._connected():
+            self._failures = 0
+            self._lastError = None
+            self.state = "connected"
+            return
+        self.state = "connecting"
+        self._learnAddrs()
+        d = self.node.connect(self.peer)
+        self._dialing = d
+
+        def ok(_: Any) -> None:
+            self._dialing = None
+            self._failures = 0
+            self._lastError = None
+            self.state = "connected"
+            self.log.info("tunnel to {label}: connected", label=self.label)
+
+        def bad(f: Failure) -> None:
+            if self._dialing is not d:
+                return  # cancelled by stopService
+            self._dialing = None
+            self._hostLost(f.getErrorMessage())
+
+        d.addCallbacks(ok, bad)
+
+    def _hostLost(self, reason: str) -> None:
+        """
+        A dial failed: report, and try again after a backoff.
+        """
+        self._failures += 1
+        self._lastError = reason
+        self.state = f"unreachable: {reason}"
+        if not self.running:
+            return
+        if self._retryCall is None or not self._retryCall.active():
+            delay = self.retryPolicy(self._failures)
+            self.log.info(
+                "tunnel to {label}: host unreachable ({reason}); retrying in {delay:.1f} s",
+                label=self.label, reason=reason, delay=delay,
+            )
+            self._retryCall = self.reactor.callLater(delay, self._retry)
+
+    def _retry(self) -> None:
+        self._retryCall = None
+        self._dial()
+
+    def _connectionEvent(self, event: str, conn: Any) -> None:
+        if event != "disconnected" or conn.remotePeer != self.peer or not self.running:
+            return
+        if self._connected():
+            return
+        if self._retryCall is not None and self._retryCall.active():
+            return
+        self.log.info("tunnel to {label}: connection to the host lost; reconnecting", label=self.label)
+        self._dial()
+
+    # -- one local connection --------------------------------------------
+
+    def _localConnected(self, splice: Splice) -> None:
+        """
+        An app connected (its reading is paused): open a stream and ask.
+        """
+        local = splice.local
+        if self._lastError is not None:
+            self.stats.failed += 1
+            self.log.info(
+                "tunnel to {label} failed: host unreachable ({reason})",
+                label=self.label, reason=self._lastError,
+            )
+            local.transport.abortConnection()
+            return
+        negotiator = _ClientStream(self, splice)
+        d = self.node.openStream(self.peer, [TUNNEL_PROTOCOL], lambda: negotiator)
+        negotiator.opening = d
+
+        def failed(f: Failure) -> None:
+            negotiator.opening = None
+            if local.lost:
+                return
+            self.stats.failed += 1
+            self.log.info("tunnel to {label} failed: {reason}", label=self.label, reason=f.getErrorMessage())
+            local.transport.abortConnection()
+            if f.check(DialError) or not self._connected():
+                if self._dialing is None:
+                    self._hostLost(f.getErrorMessage())
+
+        def opened(_: Any) -> None:
+            negotiator.opening = None
+
+        d.addCallbacks(opened, failed)
+
+    def _accepted(self, splice: Splice, negotiator: "_ClientStream", response: TunnelResponse) -> None:
+        local = splice.local
+        stream = negotiator.transport
+        if local.lost:
+            stream.abortConnection()
+            return
+        wrapped = wrapStream(splice.remote, response.compression)
+        stream.setProtocol(wrapped)
+        if negotiator.reader.leftover:
+            wrapped.dataReceived(negotiator.reader.leftover)
+        self._splices.add(splice)
+        splice.start()
+
+    def _refused(self, splice: Splice, error: BeamError) -> None:
+        if isinstance(error, TunnelRefused):
+            self.stats.refused += 1
+            self.log.warn("tunnel to {label} refused: {reason}", label=self.label, reason=str(error))
+        else:
+            self.stats.failed += 1
+            self.log.warn("tunnel to {label} failed: {reason}", label=self.label, reason=str(error))
+        if not splice.local.lost:
+            splice.local.transport.loseConnection()
+
+    def _spliceEnded(self, splice: Splice) -> None:
+        self._splices.discard(splice)
+
+
+def _serverEndpoint(reactor: Any, port: int, bind: str) -> Any:
+    try:
+        isV6 = ipaddress.ip_address(bind).version == 6
+    except ValueError:
+        isV6 = False
+    if isV6:
+        return endpoints.TCP6ServerEndpoint(reactor, port, interface=bind)
+    return endpoints.TCP4ServerEndpoint(reactor, port, interface=bind)
+
+
+class _ForwardFactory(Factory):
+    """
+    Each accepted local connection gets a new L{Splice}'s local side.
+    """
+
+    noisy = False
+
+    def __init__(self, forward: TunnelForward) -> None:
+        self.forward = forward
+
+    def buildProtocol(self, addr: Any) -> IProtocol:
+        forward = self.forward
+        splice = Splice(
+            forward.stats,
+            onEnd=forward._spliceEnded,
+            onLocalConnected=forward._localConnected,
+        )
+        return splice.local
+
+
+@implementer(IHalfCloseableProtocol)
+class _ClientStream(Protocol):
+    """
+    The protocol on an outbound tunnel stream until it is spliced: writes
+    the request and reads the response.
+    """
+
+    def __init__(self, forward: TunnelForward, splice: Splice) -> None:
+        self.forward = forward
+        self.splice = splice
+        self.reader = ResponseReader()
+        self.opening: Optional[Deferred[Any]] = None
+        self.finished = False
+        self._timer: Any = None
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.forward._requestBytes)
+        self._timer = self.forward.reactor.callLater(self.forward.responseTimeout, self._timedOut)
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self._fail(BeamError(f"the host did not answer within {self.forward.responseTimeout:g} s"))
+        self.transport.abortConnection()
+
+    def _cancelTimer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished:
+            return
+        try:
+            response = self.reader.feed(data)
+        except ProtocolError as e:
+            self._fail(InvalidTunnelMessage(f"bad answer from the host: {e}"))
+            self.transport.abortConnection()
+            return
+        if response is None:
+            return
+        self.finished = True
+        self._cancelTimer()
+        if response.ok:
+            self.forward._accepted(self.splice, self, response)
+        else:
+            self.forward._refused(self.splice, refusalFor(response))
+            self.transport.loseConnection()
+
+    def _fail(self, error: BeamError) -> None:
+        self._cancelTimer()
+        if self.finished:
+            return
+        self.finished = True
+        self.forward._refused(self.splice, error)
+
+    def readConnectionLost(self) -> None:
+        if not self.finished:
+            self._fail(InvalidTunnelMessage("the host closed the stream without answering"))
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.finished:
+            self._fail(BeamError(f"the tunnel stream ended before the host answered ({reason.getErrorMessage()})"))

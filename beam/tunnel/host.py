@@ -1,0 +1,427 @@
+"""
+The host side of tunnels: expose local services to peers.
+
+L{TunnelHost} serves C{/beam/tunnel/1.0.0} on a node.  For each inbound
+stream it reads the L{TunnelRequest} (bounded in size and in time), finds
+the service, checks its L{AccessPolicy}, connects to the local service
+(with a timeout) while the stream is paused, answers, and splices the two.
+Any refusal is answered with a status and a message the client shows, and
+logged here in one line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Optional
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import endpoints
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionRefusedError, TimeoutError as ConnectTimeout
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from beam.errors import BeamError, ProtocolError
+from beam.keys import PeerID
+from beam.tunnel.access import PUBLIC, AccessPolicy
+from beam.tunnel.protocol import (
+    TUNNEL_PROTOCOL,
+    AccessDenied,
+    BadTunnelRequest,
+    RequestReader,
+    ServiceNotFound,
+    ServiceUnavailable,
+    TunnelRefused,
+    TunnelRequest,
+    TunnelResponse,
+    chooseCompression,
+    encodeResponse,
+)
+from beam.tunnel.splice import Splice, TunnelStats
+
+__all__ = ["ServiceSpec", "TunnelHost", "ServiceExists"]
+
+#: Compression methods this host can speak, best first.
+COMPRESSIONS = ("lz4",)
+
+
+class ServiceExists(BeamError):
+    """
+    A service of that name is already exposed.
+    """
+
+
+def _checkKind(instance: Any, attribute: Any, value: str) -> None:
+    if value not in ("tcp", "udp"):
+        raise ValueError(f"service kind must be 'tcp' or 'udp', not {value!r}")
+
+
+def _checkPort(instance: Any, attribute: Any, value: int) -> None:
+    if not 0 < value < 65536:
+        raise ValueError(f"port must be between 1 and 65535, not {value!r}")
+
+
+@attrs.frozen
+class ServiceSpec:
+    """
+    One exposed service.
+
+    @ivar name: what clients ask for (by default the port number).
+    @ivar kind: C{"tcp"} or C{"udp"}.
+    @ivar host: where the service listens, from the host's point of view.
+    @ivar port: its port.
+    @ivar policy: who may use it.
+    @ivar compress: allow lz4 compression when a client offers it.
+    """
+
+    name: str
+    kind: str = attrs.field(default="tcp", validator=_checkKind)
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=0, validator=_checkPort)
+    policy: AccessPolicy = PUBLIC
+    compress: bool = False
+
+    @classmethod
+    def forPort(cls, port: int, name: Optional[str] = None, **kw: Any) -> "ServiceSpec":
+        """
+        A service on C{port}, named C{name} or else the port number
+        (C{beam 3000} exposes service C{"3000"}).
+        """
+        return cls(name=name or str(port), port=port, **kw)
+
+    @property
+    def where(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def _compressionAvailable() -> bool:
+    try:
+        import beam.tunnel.compress  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def wrapStream(proto: IProtocol, compression: str) -> IProtocol:
+    """
+    The protocol to connect to a stream on which C{proto} should speak,
+    with the chosen compression (C{""} for none) in between.
+    """
+    if not compression:
+        return proto
+    from beam.tunnel.compress import DecompressingProtocol
+
+    return DecompressingProtocol(proto)
+
+
+class TunnelHost(Service):
+    """
+    Exposes local services over C{/beam/tunnel/1.0.0} on C{node}.
+
+    Started (as a child of the node, or by hand), it serves the protocol;
+    stopped, it stops serving and aborts the tunnels it carries.  Services
+    can be exposed and withdrawn at any time; withdrawing one leaves its
+    open connections running.
+
+    @ivar services: the exposed services by name, in the order exposed.
+    @ivar stats: counters per service name.
+    """
+
+    log = Logger()
+    name = "tunnels"
+
+    def __init__(
+        self,
+        reactor: Any,
+        node: Any,
+        *,
+        requestTimeout: float = 10.0,
+        connectTimeout: float = 10.0,
+    ) -> None:
+        """
+        @param requestTimeout: seconds a new stream may take to send its
+            request before it is reset.
+        @param connectTimeout: seconds to wait for the local service to
+            accept a connection.
+        """
+        self.reactor = reactor
+        self.node = node
+        self.requestTimeout = requestTimeout
+        self.connectTimeout = connectTimeout
+        self.services: dict[str, ServiceSpec] = {}
+        self.stats: dict[str, TunnelStats] = {}
+        self._splices: set[Splice] = set()
+        self._pending: set[_HostStream] = set()
+
+    # -- services --------------------------------------------------------
+
+    def expose(self, spec: ServiceSpec) -> None:
+        """
+        Start accepting tunnels to C{spec}.
+
+        @raise ServiceExists: a service of that name is exposed.
+        """
+        if spec.name in self.services:
+            raise ServiceExists(f"a service named {spec.name!r} is already exposed")
+        self.services[spec.name] = spec
+        self.stats.setdefault(spec.name, TunnelStats())
+
+    def unexpose(self, name: str) -> ServiceSpec:
+        """
+        Stop accepting new tunnels to C{name}.
+
+        @raise ServiceNotFound: no service of that name is exposed.
+        """
+        try:
+            return self.services.pop(name)
+        except KeyError:
+            raise ServiceNotFound(f"no service named {name!r} is exposed") from None
+
+    def lookup(self, name: str) -> ServiceSpec:
+        """
+        The service a request names; C{""} means the first one exposed.
+
+        @raise ServiceNotFound: none such.
+        """
+        if not name:
+            for spec in self.services.values():
+                return spec
+            raise ServiceNotFound("this host exposes no services")
+        spec = self.services.get(name)
+        if spec is None:
+            raise ServiceNotFound(f"no service named {name!r}")
+        return spec
+
+    @property
+    def totals(self) -> TunnelStats:
+        """
+        The counters of all services added up.
+        """
+        total = TunnelStats()
+        for stats in self.stats.values():
+            for field in TunnelStats.__slots__:
+                setattr(total, field, getattr(total, field) + getattr(stats, field))
+        return total
+
+    # -- service ---------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.node.setStreamHandler(TUNNEL_PROTOCOL, self._newStream)
+
+    def stopService(self) -> None:
+        """
+        Stop serving, drop tunnels being set up and abort open ones.
+        """
+        super().stopService()
+        self.node.removeStreamHandler(TUNNEL_PROTOCOL)
+        for pending in list(self._pending):
+            pending.transport.abortConnection()
+        for splice in list(self._splices):
+            splice.abort()
+
+    def _newStream(self) -> IProtocol:
+        return _HostStream(self)
+
+    # -- one request -----------------------------------------------------
+
+    def _statsFor(self, name: str) -> TunnelStats:
+        return self.stats.setdefault(name, TunnelStats())
+
+    def _handle(self, proto: "_HostStream", request: TunnelRequest, peer: PeerID) -> None:
+        label = request.service or "the default service"
+        try:
+            spec = self.lookup(request.service)
+            label = spec.name
+            if request.kind != spec.kind:
+                raise BadTunnelRequest(
+                    f"service {spec.name!r} is {spec.kind.upper()}, not {request.kind.upper()}"
+                )
+            spec.policy.check(peer, request.secret)
+        except AccessDenied as e:
+            self._statsFor(label).refused += 1
+            self.log.info(
+                "refused tunnel from {peer} for {service}: {reason}",
+                peer=peer, service=label, reason=str(e),
+            )
+            proto.refuse(e)
+            return
+        except TunnelRefused as e:
+            if label in self.stats:
+                self._statsFor(label).refused += 1
+            self.log.info(
+                "refused tunnel from {peer} for {service}: {reason}",
+                peer=peer, service=label, reason=str(e),
+            )
+            proto.refuse(e)
+            return
+        allowed = COMPRESSIONS if spec.compress and _compressionAvailable() else ()
+        compression = chooseCompression(request.compression, allowed)
+        if spec.kind == "udp":
+            self._handleUDP(proto, spec, compression, peer)
+            return
+        self._connectTCP(proto, spec, compression, peer)
+
+    def _handleUDP(self, proto: "_HostStream", spec: ServiceSpec, compression: str, peer: PeerID) -> None:
+        """
+        Hand the stream to the UDP host side (C{beam.tunnel.udp}).
+        """
+        try:
+            from beam.tunnel import udp
+        except ImportError:
+            proto.refuse(BadTunnelRequest("this host does not carry UDP tunnels yet"))
+            return
+        start = getattr(udp, "startHostSession", None)
+        if start is None:
+            proto.refuse(BadTunnelRequest("this host does not carry UDP tunnels yet"))
+            return
+        start(self, proto, spec, compression, peer)
+
+    def _connectTCP(self, proto: "_HostStream", spec: ServiceSpec, compression: str, peer: PeerID) -> None:
+        stats = self._statsFor(spec.name)
+        splice = Splice(stats, onEnd=self._splices.discard)
+        endpoint = _clientEndpoint(self.reactor, spec.host, spec.port, self.connectTimeout)
+        d = endpoints.connectProtocol(endpoint, splice.local)
+        proto.connecting = d
+
+        def connected(_: Any) -> None:
+            proto.connecting = None
+            if proto.gone:
+                splice.local.transport.abortConnection()
+                return
+            self._pending.discard(proto)
+            stream = proto.transport
+            stream.write(encodeResponse(TunnelResponse(compression=compression)))
+            wrapped = wrapStream(splice.remote, compression)
+            stream.setProtocol(wrapped)
+            if proto.leftover:
+                wrapped.dataReceived(proto.leftover)
+            self._splices.add(splice)
+            splice.start()
+
+        def failed(f: Failure) -> None:
+            proto.connecting = None
+            if proto.gone or f.check(CancelledError):
+                return
+            stats.failed += 1
+            if f.check(ConnectionRefusedError):
+                why = f"nothing is listening on {spec.where}"
+            elif f.check(ConnectTimeout):
+                why = f"{spec.where} did not answer within {self.connectTimeout:g} s"
+            else:
+                why = f"cannot reach {spec.where}: {f.getErrorMessage()}"
+            self.log.info(
+                "tunnel from {peer} for {service} failed: {reason}",
+                peer=peer, service=spec.name, reason=why,
+            )
+            proto.refuse(ServiceUnavailable(why))
+
+        d.addCallbacks(connected, failed)
+
+
+def _clientEndpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
+    try:
+        isV6 = ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if isV6:
+        return endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    return endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+
+
+@implementer(IHalfCloseableProtocol)
+class _HostStream(Protocol):
+    """
+    The protocol on an inbound tunnel stream until it is spliced: reads
+    the request, then waits (stream paused) for the host to connect.
+
+    @ivar gone: the stream ended before it was spliced.
+    @ivar connecting: the pending connection to the service.
+    @ivar leftover: bytes that followed the request.
+    """
+
+    def __init__(self, host: TunnelHost) -> None:
+        self.host = host
+        self.reader = RequestReader()
+        self.gone = False
+        self.done = False
+        self.connecting: Optional[Deferred[Any]] = None
+        self.leftover = b""
+        self._timer: Any = None
+
+    def _peer(self) -> Any:
+        conn = getattr(self.transport, "connection", None)
+        return conn.remotePeer if conn is not None else None
+
+    def connectionMade(self) -> None:
+        self.host._pending.add(self)
+        self._timer = self.host.reactor.callLater(self.host.requestTimeout, self._timedOut)
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self.host.log.info(
+            "tunnel request from {peer} did not arrive within {t:g} s", peer=self._peer(),
+            t=self.host.requestTimeout,
+        )
+        self.transport.abortConnection()
+
+    def _cancelTimer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done:
+            return  # after a refusal: discard
+        try:
+            request = self.reader.feed(data)
+        except ProtocolError as e:
+            self._cancelTimer()
+            self.host.log.info("bad tunnel request from {peer}: {reason}", peer=self._peer(), reason=str(e))
+            self.refuse(BadTunnelRequest(f"bad tunnel request: {e}"))
+            return
+        if request is None:
+            return
+        self._cancelTimer()
+        self.done = True
+        self.leftover = self.reader.leftover
+        self.transport.pauseProducing()
+        try:
+            self.host._handle(self, request, self._peer())
+        except Exception:  # noqa: BLE001 - never raise out of dataReceived
+            self.host.log.failure("handling a tunnel request failed")
+            self.refuse(BadTunnelRequest("the host failed to handle the request"))
+
+    def refuse(self, error: TunnelRefused) -> None:
+        """
+        Answer with C{error} and close our side; what the client still
+        sends is read and dropped so the stream can end.
+        """
+        self.done = True
+        self.host._pending.discard(self)
+        self.transport.write(encodeResponse(TunnelResponse.refusing(error)))
+        self.transport.loseConnection()
+        self.transport.resumeProducing()
+
+    def readConnectionLost(self) -> None:
+        if not self.done:
+            self._cancelTimer()
+            self.done = True
+            self.host._pending.discard(self)
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.gone = True
+        self._cancelTimer()
+        self.host._pending.discard(self)
+        if self.connecting is not None:
+            d, self.connecting = self.connecting, None
+            d.cancel()

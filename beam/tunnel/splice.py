@@ -1,0 +1,300 @@
+"""
+Joining a local TCP connection and a tunnel stream.
+
+A L{Splice} owns two protocols: L{Splice.local}, connected to the TCP
+connection (to the user's app on the client, to the service on the host),
+and L{Splice.remote}, connected to the yamux stream (possibly through the
+compression wrappers).  Once both are connected, L{Splice.start} joins
+them:
+
+  - I{Bytes} read on one side are written to the other, and counted.
+  - I{Flow control}: each side's transport is registered as the streaming
+    producer of the other, as Twisted's portforward does: when the TCP send
+    buffer fills, the stream is paused (so its window closes and the remote
+    writer stops); when the stream's send queue fills, the TCP socket stops
+    being read.  The registered producers are thin proxies whose
+    C{stopProducing} does nothing, so that the end of one side is handled
+    here (FIN or RST on purpose) rather than by a transport closing its
+    producer gracefully.
+  - I{Half-close}: TCP end-of-file becomes a stream FIN, a stream FIN
+    becomes C{shutdown(SHUT_WR)} on the TCP socket; the TCP connection is
+    closed once both directions have ended.
+  - I{Abort}: a TCP connection lost uncleanly resets the stream (RST), a
+    stream reset (or its peer connection dying) aborts the TCP connection.
+  - I{Teardown} happens exactly once, when both sides are gone: the stats
+    are updated and C{onEnd} is called.
+
+Before L{start} both sides are expected to be paused by their owner (the
+client pauses the app's socket until the host said OK; the host pauses the
+stream until the service accepted the connection), so no byte is lost or
+reordered.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["Splice", "TunnelStats"]
+
+_log = Logger()
+
+
+class TunnelStats:
+    """
+    Counters of one tunnel (or one exposed service).
+
+    @ivar active: connections being carried now.
+    @ivar total: connections carried since start.
+    @ivar bytesIn: bytes that came out of the tunnel and were written to
+        the local TCP connection.
+    @ivar bytesOut: bytes read from the local TCP connection and sent into
+        the tunnel.
+    @ivar refused: connections the host refused (or, on a host, that it
+        refused).
+    @ivar failed: connections that could not be set up for another reason
+        (host unreachable, service down, ...).
+    """
+
+    __slots__ = ("active", "total", "bytesIn", "bytesOut", "refused", "failed")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.total = 0
+        self.bytesIn = 0
+        self.bytesOut = 0
+        self.refused = 0
+        self.failed = 0
+
+    def asDict(self) -> dict[str, int]:
+        """
+        The counters, for status output.
+        """
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"<TunnelStats {self.asDict()}>"
+
+
+@implementer(IPushProducer)
+class _Throttle:
+    """
+    The producer registered on one side's transport on behalf of the other
+    side: pauses and resumes its reading, but leaves stopping to the splice.
+    """
+
+    def __init__(self, end: "_End") -> None:
+        self._end = end
+
+    def pauseProducing(self) -> None:
+        end = self._end
+        if not end.lost and end.transport is not None:
+            end.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        end = self._end
+        if not end.lost and not end.readClosed and end.transport is not None:
+            end.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class _End(Protocol):
+    """
+    What both sides share.
+
+    @ivar readClosed: our transport's input ended (EOF or FIN).
+    @ivar writeClosed: we closed our transport's output.
+    @ivar lost: our transport is gone.
+    """
+
+    def __init__(self, splice: "Splice") -> None:
+        self.splice = splice
+        self.other: "_End" = None  # type: ignore[assignment]
+        self.readClosed = False
+        self.writeClosed = False
+        self.lost = False
+        self.lostReason: Optional[Failure] = None
+
+    def _count(self, n: int) -> None:
+        raise NotImplementedError()
+
+    def dataReceived(self, data: bytes) -> None:
+        other = self.other
+        if other.lost or other.writeClosed or other.transport is None:
+            return
+        self._count(len(data))
+        other.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        if self.readClosed:
+            return
+        self.readClosed = True
+        if self.splice.started:
+            self.other.closeWrite()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def closeWrite(self) -> None:
+        """
+        The other side's input ended: end our output.
+        """
+        if self.lost or self.writeClosed or self.transport is None:
+            return
+        self.writeClosed = True
+        self.transport.loseWriteConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        self.lostReason = reason
+        self.splice._lost(self, reason)
+
+    def end(self, clean: bool) -> None:
+        """
+        The other side is gone: close (cleanly, flushing) or abort ours.
+        """
+        if self.lost or self.transport is None:
+            return
+        if clean:
+            self.transport.loseConnection()
+        else:
+            self.transport.abortConnection()
+
+
+class _LocalEnd(_End):
+    """
+    The TCP side.  It pauses its socket as soon as it is connected; the
+    splice resumes it.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        self.splice._localConnected()
+
+    def _count(self, n: int) -> None:
+        self.splice.stats.bytesOut += n
+
+    def writeConnectionLost(self) -> None:
+        # Our shutdown(SHUT_WR) went out.  Once input has ended too the
+        # socket has nothing left to do.
+        if self.readClosed and not self.lost:
+            self.transport.loseConnection()
+
+    def readConnectionLost(self) -> None:
+        super().readConnectionLost()
+        if self.writeClosed and not self.lost:
+            self.transport.loseConnection()
+
+
+class _StreamEnd(_End):
+    """
+    The stream side.  The stream ends by itself once FIN went both ways.
+    """
+
+    def _count(self, n: int) -> None:
+        self.splice.stats.bytesIn += n
+
+
+class Splice:
+    """
+    One tunnelled connection: a TCP connection joined to a stream.
+
+    @ivar local: the protocol for the TCP connection.
+    @ivar remote: the protocol for the stream.
+    @ivar stats: counters updated as bytes flow (shared by a tunnel's
+        connections).
+    @ivar started: L{start} was called.
+    @ivar ended: both sides are gone.
+    """
+
+    def __init__(
+        self,
+        stats: Optional[TunnelStats] = None,
+        onEnd: Optional[Callable[["Splice"], None]] = None,
+        onLocalConnected: Optional[Callable[["Splice"], None]] = None,
+    ) -> None:
+        """
+        @param onEnd: called once when both sides are gone (after L{start}).
+        @param onLocalConnected: called when the TCP connection is made
+            (its reading already paused).
+        """
+        self.stats = stats if stats is not None else TunnelStats()
+        self._onEnd = onEnd
+        self._onLocalConnected = onLocalConnected
+        self.local = _LocalEnd(self)
+        self.remote = _StreamEnd(self)
+        self.local.other = self.remote
+        self.remote.other = self.local
+        self.started = False
+        self.ended = False
+
+    def _localConnected(self) -> None:
+        if self._onLocalConnected is not None:
+            self._onLocalConnected(self)
+
+    def start(self) -> None:
+        """
+        Both sides are connected: join them and resume both.  If one side
+        ended or was lost in the meantime, that is propagated now.
+        """
+        if self.started:
+            return
+        self.started = True
+        local, remote = self.local, self.remote
+        self.stats.active += 1
+        self.stats.total += 1
+        if local.lost or remote.lost:
+            lost = local if local.lost else remote
+            self._lost(lost, lost.lostReason or Failure(ConnectionDone()))
+            return
+        remote.transport.registerProducer(_Throttle(local), True)
+        local.transport.registerProducer(_Throttle(remote), True)
+        if remote.readClosed:
+            local.closeWrite()
+        if local.readClosed:
+            remote.closeWrite()
+        if not local.lost and not local.readClosed:
+            local.transport.resumeProducing()
+        if not remote.lost:
+            remote.transport.resumeProducing()
+
+    def abort(self) -> None:
+        """
+        Abort both sides (e.g. the tunnel is being shut down).
+        """
+        for end in (self.local, self.remote):
+            end.end(clean=False)
+
+    def _lost(self, end: _End, reason: Failure) -> None:
+        if not self.started:
+            return
+        other = end.other
+        if not other.lost:
+            # A clean end passes on as a clean close, unless the lost side
+            # is the TCP connection and the stream may still bring bytes
+            # that can no longer be delivered: that is a reset, as TCP
+            # itself would answer.
+            clean = reason.check(ConnectionDone) is not None
+            if end is self.local and not other.readClosed:
+                clean = False
+            other.end(clean=clean)
+        if self.local.lost and self.remote.lost and not self.ended:
+            self.ended = True
+            self.stats.active -= 1
+            if self._onEnd is not None:
+                try:
+                    self._onEnd(self)
+                except Exception:  # noqa: BLE001 - a callback must not break teardown
+                    _log.failure("tunnel teardown callback failed")
+
