@@ -5,7 +5,7 @@ peer, over which every stream to that peer is opened.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
 
@@ -28,6 +28,12 @@ class PeerConnection:
     @ivar identify: what the peer told us in identify, once it has.
     @ivar lastActive: clock time of the last stream opened or closed,
         for closing idle connections.
+    @ivar goingAway: we sent go-away on it (it lost to a duplicate, or the
+        node is stopping): it carries its open streams to their end, and
+        no new ones.
+    @ivar identified: once identify ran on the connection, a Deferred that
+        fires (with the L{IdentifyInfo}, or L{None} if identify failed)
+        when it is done.
     """
 
     def __init__(
@@ -42,7 +48,12 @@ class PeerConnection:
         muxer: str,
         session: YamuxSession,
         openedAt: float,
+        tcpTransport: Any = None,
     ) -> None:
+        """
+        @param tcpTransport: the TCP transport underneath, so that a
+            connection that will not close cleanly can be aborted.
+        """
         self.remotePeer = remotePeer
         self.remotePublicKey = remotePublicKey
         self.direction = direction
@@ -56,7 +67,10 @@ class PeerConnection:
         self.identify: Optional[IdentifyInfo] = None
         self.observedRemote: Multiaddr = remoteAddr
         self.closed = False
+        self.goingAway = False
         self.streamsOpened = 0
+        self.tcpTransport = tcpTransport
+        self.identified: Optional[Deferred[Optional[IdentifyInfo]]] = None
 
     def openStream(self) -> YamuxStream:
         """
@@ -73,11 +87,49 @@ class PeerConnection:
     def streamCount(self) -> int:
         return len(self.session.streams)
 
+    @property
+    def acceptsStreams(self) -> bool:
+        """
+        Whether new streams may be opened: not closed, and no go-away sent
+        or received.
+        """
+        if self.closed or self.goingAway:
+            return False
+        # The session keeps these flags private; reading them spares a
+        # doomed SYN (and a retry) on a connection the peer left.
+        session = self.session
+        return not (
+            getattr(session, "_remoteGoAway", False)
+            or getattr(session, "_localGoAway", False)
+            or getattr(session, "_closing", False)
+            or getattr(session, "_failed", False)
+            or getattr(session, "_lost", False)
+        )
+
+    def goAway(self) -> None:
+        """
+        Refuse new streams from now on; open ones continue.
+        """
+        self.goingAway = True
+        self.session.goAway()
+
     def close(self) -> None:
         """
         Go away and close the connection.
         """
+        self.goingAway = True
         self.session.close()
+
+    def abort(self) -> None:
+        """
+        Cut the connection at once (for a peer that will not let it close).
+        """
+        self.goingAway = True
+        transport = self.tcpTransport
+        if transport is not None and not self.closed:
+            transport.abortConnection()
+        else:
+            self.session.close()
 
     def whenClosed(self) -> Deferred[None]:
         return self.session.whenClosed()

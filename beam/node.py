@@ -8,10 +8,14 @@ the injected reactor, so the pool's idle reaper and dial timeouts run under
 a L{Clock} in tests.
 
 Connection pooling: at most one connection per peer is used for new
-streams.  When two peers dial each other at the same moment, both sides
-keep the connection dialled by the peer with the smaller peer ID and send
-go-away on the other, which then closes once its streams are done, so no
-stream is cut off.
+streams (the I{primary}, C{connections[peer]}).  When two peers dial each
+other at the same moment, both sides keep the connection dialled by the
+peer with the smaller peer ID and send go-away on the other, which then
+closes once its streams are done, so no stream is cut off.  A connection
+the peer sent go-away on is likewise retired: it is no longer handed out,
+and closes when its last stream ends.
+
+Identify (asking, answering, pushing) lives in L{beam._nodeidentify}.
 """
 
 from __future__ import annotations
@@ -30,30 +34,25 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.interfaces import IListeningPort, IProtocol
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IProtocol
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from beam import __version__
+from beam._nodeidentify import NodeIdentify
 from beam.connection import PeerConnection
 from beam.errors import (
     BeamError,
     ConnectionLimitExceeded,
     DialError,
     MuxerClosed,
+    NegotiationFailed,
     NodeStopped,
     PingTimeout,
 )
-from beam.identify import (
-    IDENTIFY_PROTOCOL,
-    IDENTIFY_PUSH_PROTOCOL,
-    PROTOCOL_VERSION,
-    IdentifyInfo,
-    IdentifyReceiver,
-    IdentifySender,
-)
+from beam.identify import IDENTIFY_PROTOCOL, IDENTIFY_PUSH_PROTOCOL, IdentifyInfo
 from beam.keys import Identity, PeerID
 from beam.multiaddr import Multiaddr
 from beam.multistream import MultistreamDialer, MultistreamListener, MultistreamProtocol
@@ -74,12 +73,20 @@ class Node(MultiService):
     A Beam node: one identity, its listening addresses and its peer
     connections.
 
-    @ivar connections: the connection used for each connected peer.
+    @ivar connections: the connection used for new streams to each
+        connected peer.
     @ivar peerAddrs: addresses learned for each peer (dialled or identified).
     @ivar observedAddrs: our addresses as peers reported them in identify.
+    @ivar connectionObservers: callables given C{(event, connection)} for
+        C{"connected"}, C{"identified"} (identify answered), C{"updated"}
+        (identify push) and C{"disconnected"}, in that order per
+        connection.
+    @cvar drainCheckInterval: how often (seconds) connections that went
+        away are checked for their last stream having ended.
     """
 
     log = Logger()
+    drainCheckInterval = 0.1
 
     def __init__(
         self,
@@ -94,9 +101,15 @@ class Node(MultiService):
         handshakeTimeout: float = 15.0,
         negotiationTimeout: float = 15.0,
         dialTimeout: float = 15.0,
+        closeTimeout: float = 5.0,
         agentVersion: str = AGENT_VERSION,
         random: Callable[[int], bytes] = os.urandom,
     ) -> None:
+        """
+        @param closeTimeout: on stop, seconds given to connections to close
+            cleanly (flushing what they have queued) before they are
+            aborted; a peer that stopped reading cannot hold the stop up.
+        """
         super().__init__()
         self.reactor = reactor
         self.identity = identity
@@ -114,6 +127,7 @@ class Node(MultiService):
         self.handshakeTimeout = handshakeTimeout
         self.negotiationTimeout = negotiationTimeout
         self.dialTimeout = dialTimeout
+        self.closeTimeout = closeTimeout
         self.agentVersion = agentVersion
         self._random = random
         self.connections: dict[PeerID, PeerConnection] = {}
@@ -121,6 +135,8 @@ class Node(MultiService):
         self._pending: dict[Any, list[Deferred[PeerConnection]]] = {}
         self._dials: dict[Any, Deferred[PeerConnection]] = {}
         self._upgrading: set[UpgradingProtocol] = set()
+        self._draining: set[PeerConnection] = set()
+        self._drainer: Optional[LoopingCall] = None
         self._ports: list[IListeningPort] = []
         self.listenAddrs: list[Multiaddr] = []
         self.peerAddrs: dict[PeerID, list[Multiaddr]] = {}
@@ -128,9 +144,11 @@ class Node(MultiService):
         self._handlers: dict[str, StreamHandler] = {}
         self._reaper: Optional[LoopingCall] = None
         self._stopping = False
+        self._stopped: Optional[Deferred[None]] = None
+        self._identifier = NodeIdentify(self, negotiationTimeout)
         self.connectionObservers: list[Callable[[str, PeerConnection], None]] = []
-        self.setStreamHandler(IDENTIFY_PROTOCOL, self._identifyResponder)
-        self.setStreamHandler(IDENTIFY_PUSH_PROTOCOL, self._identifyPushHandler)
+        self.setStreamHandler(IDENTIFY_PROTOCOL, self._identifier.responder)
+        self.setStreamHandler(IDENTIFY_PUSH_PROTOCOL, self._identifier.pushHandler)
         self.setStreamHandler(PING_PROTOCOL, PingResponder)
 
     # -- stream handlers -------------------------------------------------
@@ -141,15 +159,22 @@ class Node(MultiService):
         protocol from C{handler()}; its transport is the L{YamuxStream}
         (with C{.connection.remotePeer} telling who is on the other end).
         Connected peers learn of the change through identify push.
+
+        A handler that raises, or whose protocol raises in
+        C{connectionMade}, costs only that stream (it is reset and the
+        error logged).
         """
         self._handlers[protocolId] = handler
-        if self.running:
-            self._pushIdentify()
+        if self.running and not self._stopping:
+            self._identifier.schedulePush()
 
     def removeStreamHandler(self, protocolId: str) -> None:
-        self._handlers.pop(protocolId, None)
-        if self.running:
-            self._pushIdentify()
+        """
+        Stop serving C{protocolId} (streams already open are unaffected);
+        connected peers learn of it through identify push.
+        """
+        if self._handlers.pop(protocolId, None) is not None and self.running and not self._stopping:
+            self._identifier.schedulePush()
 
     @property
     def protocols(self) -> list[str]:
@@ -163,6 +188,7 @@ class Node(MultiService):
         A failure to listen (port in use, ...) fails the returned Deferred.
         """
         self._stopping = False
+        self._stopped = None
         super().startService()
         self._reaper = LoopingCall(self._reapIdle)
         self._reaper.clock = self.reactor
@@ -197,12 +223,24 @@ class Node(MultiService):
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         """
-        Stop listening, fail every pending dial with L{NodeStopped}, close
-        every connection.
+        Stop listening, fail every pending dial with L{NodeStopped}, abort
+        unfinished handshakes, and close every connection (aborting those
+        still open after C{closeTimeout}).  Streams still open, or still
+        negotiating, end with L{MuxerClosed}.
+
+        Calling it again while stopping, or once stopped, returns a
+        Deferred that fires when the first stop is complete.
         """
+        if self._stopped is not None:
+            return self._whenStopped()
         self._stopping = True
+        self._stopped = Deferred()
         if self._reaper is not None and self._reaper.running:
             self._reaper.stop()
+        self._reaper = None
+        self._stopDrainer()
+        self._draining.clear()
+        self._identifier.stop()
         ds: list[Deferred[Any]] = [maybeDeferred(super().stopService)]
         for port in self._ports:
             ds.append(maybeDeferred(port.stopListening))
@@ -212,11 +250,35 @@ class Node(MultiService):
             d.cancel()
         for up in list(self._upgrading):
             up._fail(Failure(NodeStopped()))
-        for conn in list(self._allConnections):
-            closed = conn.whenClosed()
-            ds.append(closed)
+        closing = [conn for conn in self._allConnections if not conn.closed]
+        for conn in closing:
+            ds.append(conn.whenClosed())
             conn.close()
-        return DeferredList(ds, consumeErrors=True).addCallback(lambda _: None)
+        killer: Optional[IDelayedCall] = None
+        if closing:
+            def abortStragglers() -> None:
+                for conn in closing:
+                    if not conn.closed:
+                        self.log.info("aborting connection to {peer}: it did not close in time", peer=conn.remotePeer)
+                        conn.abort()
+
+            killer = self.reactor.callLater(self.closeTimeout, abortStragglers)
+
+        def done(_: Any) -> None:
+            if killer is not None and killer.active():
+                killer.cancel()
+            stopped, self._stopped = self._stopped, succeed(None)
+            assert stopped is not None
+            stopped.callback(None)
+
+        DeferredList(ds, consumeErrors=True).addCallback(done)
+        return self._whenStopped()
+
+    def _whenStopped(self) -> Deferred[None]:
+        assert self._stopped is not None
+        d: Deferred[None] = Deferred()
+        self._stopped.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
 
     # -- addresses -------------------------------------------------------
 
@@ -251,6 +313,9 @@ class Node(MultiService):
         A connection to the peer: the existing one if there is one, else a
         new dial (shared with any dial already under way to that peer).
 
+        Cancelling the returned Deferred withdraws this caller; the dial
+        itself is cancelled once no caller waits for it.
+
         @param target: a multiaddr (with or without C{/p2p/}; without, the
             remote peer is accepted whoever it is), a L{PeerID} whose
             addresses we know, or the text of either.
@@ -264,31 +329,56 @@ class Node(MultiService):
         if peer is not None:
             if peer == self.peerID:
                 return fail(DialError("refusing to dial ourselves"))
-            existing = self.connections.get(peer)
-            if existing is not None and not existing.closed:
+            existing = self._usableConnection(peer)
+            if existing is not None:
                 return succeed(existing)
         if not addrs:
             return fail(DialError(f"no known addresses for peer {peer}"))
         key: Any = peer if peer is not None else addrs[0]
+        mine: Deferred[PeerConnection] = Deferred(lambda d: self._withdraw(key, d))
         waiters = self._pending.get(key)
-        if waiters is None:
-            waiters = self._pending[key] = []
-            dial = self._dialAll(peer, addrs)
+        if waiters is not None:
+            waiters.append(mine)
+            return mine
+        waiters = self._pending[key] = [mine]
+        dial = self._dialAll(peer, addrs)
+        if self._pending.get(key) is waiters and not dial.called:
             self._dials[key] = dial
-
-            def fanOut(result: Any) -> None:
-                del self._pending[key]
-                del self._dials[key]
-                for w in waiters:
-                    if isinstance(result, Failure):
-                        w.errback(result)
-                    else:
-                        w.callback(result)
-
-            dial.addBoth(fanOut)
-        mine: Deferred[PeerConnection] = Deferred()
-        waiters.append(mine)
+        # The dial may already have failed (no usable address, connection
+        # limit): the fan-out then runs at once, and still reaches us.
+        dial.addBoth(self._dialDone, key, waiters)
         return mine
+
+    def _withdraw(self, key: Any, waiter: Deferred[PeerConnection]) -> None:
+        """
+        A caller of L{connect} cancelled: forget it, and cancel the dial if
+        nobody else waits for it.  (L{Deferred.cancel} then fails the
+        caller's Deferred with L{CancelledError}.)
+        """
+        waiters = self._pending.get(key)
+        if waiters is None or waiter not in waiters:
+            return
+        waiters.remove(waiter)
+        if not waiters:
+            dial = self._dials.get(key)
+            if dial is not None:
+                dial.cancel()
+
+    def _dialDone(self, result: Any, key: Any, waiters: list[Deferred[PeerConnection]]) -> None:
+        if self._pending.get(key) is waiters:
+            del self._pending[key]
+            self._dials.pop(key, None)
+        if isinstance(result, PeerConnection) and not result.acceptsStreams:
+            # Our dial lost to a simultaneous one from the peer: hand out
+            # the connection that is kept.
+            result = self._usableConnection(result.remotePeer) or result
+        for w in list(waiters):
+            if w.called:
+                continue
+            if isinstance(result, Failure):
+                w.errback(result)
+            else:
+                w.callback(result)
 
     def _dialAll(self, peer: Optional[PeerID], addrs: list[Multiaddr]) -> Deferred[PeerConnection]:
         errors: list[str] = []
@@ -305,7 +395,11 @@ class Node(MultiService):
                 return
             if i >= len(addrs):
                 where = "; ".join(errors) or "no addresses"
-                result.errback(DialError(f"could not connect to {peer or addrs[0]}: {where}"))
+                if len(addrs) == 1:
+                    who = f"{peer} at {addrs[0]}" if peer is not None else str(addrs[0])
+                else:
+                    who = str(peer or addrs[0])
+                result.errback(DialError(f"could not connect to {who}: {where}"))
                 return
             d = self._dialOne(peer, addrs[i])
             current[:] = [d]
@@ -322,8 +416,8 @@ class Node(MultiService):
                         result.errback(NodeStopped() if f.check(NodeStopped) or self._stopping else f)
                     return
                 if f.check(BeamError) and not f.check(DialError):
-                    # Security errors (wrong peer ID, ...) are about the
-                    # peer, not the address: report them as they are.
+                    # Security errors (wrong peer ID, ...) and the connection
+                    # limit are not about the address: report them as they are.
                     if not result.called:
                         result.errback(f)
                     return
@@ -411,8 +505,9 @@ class Node(MultiService):
         )
         up.done.addCallback(self._registerConnection)
         if not isInitiator:
-            # Nobody waits for an inbound upgrade: its failure is logged by
-            # the upgrading protocol and ends here.
+            # Nobody waits for an inbound upgrade: its failure was logged
+            # (by the upgrading protocol, or by _registerConnection) and
+            # ends here.
             up.done.addErrback(lambda f: None)
         return up
 
@@ -446,6 +541,7 @@ class Node(MultiService):
             muxer=YAMUX_PROTOCOL,
             session=session,
             openedAt=self.reactor.seconds(),
+            tcpTransport=tcp,
         )
         conn.observedRemote = Multiaddr.fromTwistedAddress(tcp.getPeer())
         holder.append(conn)
@@ -454,21 +550,40 @@ class Node(MultiService):
         return conn
 
     def _registerConnection(self, conn: PeerConnection) -> PeerConnection:
+        """
+        Pool a connection whose upgrade finished.  A failure here is our
+        bug, not the peer's: it is logged and costs only this connection.
+        """
+        try:
+            return self._register(conn)
+        except Exception:
+            self.log.failure("registering the connection with {peer} failed", peer=conn.remotePeer)
+            conn.abort()
+            raise
+
+    def _register(self, conn: PeerConnection) -> PeerConnection:
         peer = conn.remotePeer
+        if self._stopping:
+            conn.close()
+            raise NodeStopped()
         if conn.direction == "outbound":
             addrs = self.peerAddrs.setdefault(peer, [])
             if conn.remoteAddr not in addrs:
                 addrs.insert(0, conn.remoteAddr)
         old = self.connections.get(peer)
-        if old is None or old.closed:
+        if old is None or not old.acceptsStreams:
             self.connections[peer] = conn
+            if old is not None:
+                self._retire(old)
         else:
             keep, drop = self._pickSurvivor(old, conn)
             self.connections[peer] = keep
             self.log.debug("duplicate connection to {peer}: going away on one", peer=peer)
-            drop.session.goAway()
+            drop.goAway()
+            self._retire(drop)
         self._notify("connected", conn)
-        self._identify(conn)
+        if conn.acceptsStreams:
+            self._identifier.onConnection(conn)
         return conn
 
     def _pickSurvivor(self, a: PeerConnection, b: PeerConnection) -> tuple[PeerConnection, PeerConnection]:
@@ -484,15 +599,61 @@ class Node(MultiService):
             return a, b
         return (a, b) if dialler(a) < dialler(b) else (b, a)
 
+    def _usableConnection(self, peer: PeerID) -> Optional[PeerConnection]:
+        """
+        The connection to hand out for C{peer}: the primary if it still
+        accepts streams, else another that does (which becomes primary).
+        """
+        primary = self.connections.get(peer)
+        if primary is not None and primary.acceptsStreams:
+            return primary
+        if primary is not None:
+            self._retire(primary)
+        return self.connections.get(peer)
+
+    def _retire(self, conn: PeerConnection) -> None:
+        """
+        C{conn} takes no new streams (go-away either way): stop handing it
+        out, promote another usable connection to the peer if there is one,
+        and close C{conn} once its streams have ended.
+        """
+        peer = conn.remotePeer
+        if self.connections.get(peer) is conn:
+            del self.connections[peer]
+            for other in self._allConnections:
+                if other is not conn and other.remotePeer == peer and other.acceptsStreams:
+                    self.connections[peer] = other
+                    break
+        if conn.closed or self._stopping:
+            return
+        self._draining.add(conn)
+        if self._drainer is None:
+            self._drainer = LoopingCall(self._closeDrained)
+            self._drainer.clock = self.reactor
+            self._drainer.start(self.drainCheckInterval, now=True)
+
+    def _closeDrained(self) -> None:
+        for conn in list(self._draining):
+            if conn.closed:
+                self._draining.discard(conn)
+            elif not conn.streamCount:
+                self._draining.discard(conn)
+                self.log.debug("closing retired connection to {peer}", peer=conn.remotePeer)
+                conn.close()
+        if not self._draining:
+            self._stopDrainer()
+
+    def _stopDrainer(self) -> None:
+        drainer, self._drainer = self._drainer, None
+        if drainer is not None and drainer.running:
+            drainer.stop()
+
     def _connectionClosed(self, conn: PeerConnection) -> None:
         conn.closed = True
         self._allConnections.discard(conn)
+        self._draining.discard(conn)
         if self.connections.get(conn.remotePeer) is conn:
-            del self.connections[conn.remotePeer]
-            for other in self._allConnections:
-                if other.remotePeer == conn.remotePeer:
-                    self.connections[conn.remotePeer] = other
-                    break
+            self._retire(conn)
         self._notify("disconnected", conn)
 
     def _notify(self, event: str, conn: PeerConnection) -> None:
@@ -503,8 +664,14 @@ class Node(MultiService):
                 self.log.failure("connection observer failed")
 
     def _reapIdle(self) -> None:
+        """
+        Close connections without streams: at once if they are not the
+        peer's primary (a retired duplicate), else after C{idleTimeout}.
+        """
         now = self.reactor.seconds()
         for conn in list(self._allConnections):
+            if conn.closed:
+                continue
             if conn.streamCount:
                 conn.lastActive = now
                 continue
@@ -514,6 +681,27 @@ class Node(MultiService):
                 conn.close()
 
     # -- streams ---------------------------------------------------------
+
+    def _startProtocol(self, stream: YamuxStream, proto: IProtocol, leftover: bytes) -> Optional[Failure]:
+        """
+        Connect C{proto} to C{stream} and give it the bytes that came with
+        the end of negotiation.  If it raises, the error is logged, the
+        stream reset, and the failure returned: user code costs only its
+        own stream.
+        """
+        try:
+            stream.setProtocol(proto)
+            if leftover:
+                proto.dataReceived(leftover)
+        except Exception:
+            f = Failure()
+            self.log.failure(
+                "protocol for {protocol} failed to start; resetting the stream",
+                failure=f, protocol=stream.protocolId,
+            )
+            stream.abortConnection()
+            return f
+        return None
 
     def _inboundStream(self, conn: PeerConnection, stream: YamuxStream) -> None:
         stream.connection = conn
@@ -534,9 +722,7 @@ class Node(MultiService):
                 self.log.failure("handler for {protocol} failed", protocol=protocolId)
                 stream.abortConnection()
                 return
-            stream.setProtocol(proto)
-            if leftover:
-                proto.dataReceived(leftover)
+            self._startProtocol(stream, proto, leftover)
 
         def failed(f: Failure) -> None:
             if timer.active():
@@ -556,30 +742,57 @@ class Node(MultiService):
         Open a stream on C{conn}, negotiate one of C{protocols}, and connect
         a protocol from C{factory()} to it; fires with that protocol (the
         chosen ID is C{protocol.transport.protocolId}).
+
+        Fails with L{NegotiationFailed} if the peer supports none of them
+        or does not answer within C{negotiationTimeout}, with whatever
+        C{factory} or the protocol's C{connectionMade} raised, and with
+        L{CancelledError} (resetting the stream) if cancelled first.
         """
         try:
             stream = conn.openStream()
         except BeamError as e:
             return fail(e)
         conn.lastActive = self.reactor.seconds()
-        result: Deferred[IProtocol] = Deferred(lambda _: stream.abortConnection())
-        timer = self.reactor.callLater(self.negotiationTimeout, stream.abortConnection)
+        cancelling = []
+
+        def cancel(_: Any) -> None:
+            cancelling.append(True)
+            stream.abortConnection()
+
+        result: Deferred[IProtocol] = Deferred(cancel)
+
+        def timedOut() -> None:
+            if not result.called:
+                result.errback(NegotiationFailed(
+                    f"the peer did not agree on a protocol within {self.negotiationTimeout:g} s"
+                ))
+            stream.abortConnection()
+
+        timer = self.reactor.callLater(self.negotiationTimeout, timedOut)
 
         def selected(protocolId: str, leftover: bytes) -> None:
             if timer.active():
                 timer.cancel()
             stream.protocolId = protocolId
-            proto = factory()
-            stream.setProtocol(proto)
-            if leftover:
-                proto.dataReceived(leftover)
-            if not result.called:
+            try:
+                proto = factory()
+            except Exception:
+                stream.abortConnection()
+                if not result.called:
+                    result.errback()
+                return
+            problem = self._startProtocol(stream, proto, leftover)
+            if result.called:
+                return
+            if problem is not None:
+                result.errback(problem)
+            else:
                 result.callback(proto)
 
         def failed(f: Failure) -> None:
             if timer.active():
                 timer.cancel()
-            if not result.called:
+            if not result.called and not cancelling:
                 result.errback(f)
 
         stream.setProtocol(MultistreamProtocol(MultistreamDialer(list(protocols)), selected, failed))
@@ -604,7 +817,7 @@ class Node(MultiService):
 
             def retry(f: Failure) -> Any:
                 f.trap(MuxerClosed)
-                self._connectionClosed(conn)
+                self._retire(conn)
                 return self.connect(target).addCallback(
                     lambda c: self.openStreamOn(c, protocols, factory)
                 )
@@ -615,88 +828,11 @@ class Node(MultiService):
 
     # -- identify --------------------------------------------------------
 
-    def _identifyInfoFor(self, transport: Any) -> IdentifyInfo:
-        conn = getattr(transport, "connection", None)
-        observed = conn.observedRemote if conn is not None else None
-        return IdentifyInfo(
-            protocols=tuple(self.protocols),
-            listenAddrs=tuple(a.withoutPeerID() for a in self.shareableAddrs()),
-            observedAddr=observed,
-            publicKey=self.identity.publicKey,
-            agentVersion=self.agentVersion,
-            protocolVersion=PROTOCOL_VERSION,
-        )
-
-    def _identifyResponder(self) -> IProtocol:
-        return IdentifySender(self._identifyInfoFor)
-
-    def _identifyPushHandler(self) -> IProtocol:
-        receiver = IdentifyReceiver()
-
-        def got(info: IdentifyInfo) -> None:
-            conn = receiver.transport.connection
-            if info.publicKey is not None and info.publicKey.peerID() != conn.remotePeer:
-                return
-            self._learnIdentify(conn, info, push=True)
-
-        receiver.result.addCallbacks(got, lambda f: None)
-        return receiver
-
-    def _identify(self, conn: PeerConnection) -> Deferred[IdentifyInfo]:
-        receiver = IdentifyReceiver(conn.remotePeer)
-        d = self.openStreamOn(conn, [IDENTIFY_PROTOCOL], lambda: receiver)
-        d.addCallback(lambda _: receiver.result)
-        d.addCallback(lambda info: self._learnIdentify(conn, info))
-        d.addErrback(lambda f: self.log.debug(
-            "identify with {peer} failed: {why}", peer=conn.remotePeer, why=f.getErrorMessage()))
-        conn.identified = d  # type: ignore[attr-defined]
-        return d
-
     def identifyPeer(self, target: Target) -> Deferred[IdentifyInfo]:
         """
         Run identify against C{target} now and return what it said.
         """
-        def run(conn: PeerConnection) -> Deferred[IdentifyInfo]:
-            receiver = IdentifyReceiver(conn.remotePeer)
-            d = self.openStreamOn(conn, [IDENTIFY_PROTOCOL], lambda: receiver)
-            d.addCallback(lambda _: receiver.result)
-            return d.addCallback(lambda info: self._learnIdentify(conn, info))
-
-        return self.connect(target).addCallback(run)
-
-    def _learnIdentify(self, conn: PeerConnection, info: IdentifyInfo, push: bool = False) -> IdentifyInfo:
-        if push and conn.identify is not None:
-            # A push may omit fields; keep what it leaves out.
-            info = IdentifyInfo(
-                protocols=info.protocols or conn.identify.protocols,
-                listenAddrs=info.listenAddrs or conn.identify.listenAddrs,
-                observedAddr=info.observedAddr or conn.identify.observedAddr,
-                publicKey=info.publicKey or conn.identify.publicKey,
-                agentVersion=info.agentVersion or conn.identify.agentVersion,
-                protocolVersion=info.protocolVersion or conn.identify.protocolVersion,
-            )
-        conn.identify = info
-        addrs = self.peerAddrs.setdefault(conn.remotePeer, [])
-        for a in info.listenAddrs[:32]:
-            a = a.withoutPeerID()
-            if a not in addrs and a.tcpTarget() is not None:
-                addrs.append(a)
-        del addrs[64:]
-        if info.observedAddr is not None and not push:
-            obs = info.observedAddr
-            self.observedAddrs[obs] = self.observedAddrs.get(obs, 0) + 1
-            if len(self.observedAddrs) > 64:
-                least = min(self.observedAddrs, key=self.observedAddrs.__getitem__)
-                del self.observedAddrs[least]
-        self._notify("identified", conn)
-        return info
-
-    def _pushIdentify(self) -> None:
-        for conn in list(self.connections.values()):
-            if conn.identify is not None and IDENTIFY_PUSH_PROTOCOL not in conn.identify.protocols:
-                continue
-            d = self.openStreamOn(conn, [IDENTIFY_PUSH_PROTOCOL], lambda: IdentifySender(self._identifyInfoFor))
-            d.addErrback(lambda f: None)
+        return self.connect(target).addCallback(self._identifier.query)
 
     # -- ping ------------------------------------------------------------
 
