@@ -26,7 +26,11 @@ none.  When a muxer ID wins, L{SecureInfo.earlyMuxer} names it.
 
 Writes are not aggregated here (Twisted's C{BufferingTLSTransport} would need
 a running reactor to flush); the muxer above should batch small frames with
-C{writeSequence}.
+C{writeSequence}.  Reads are: OpenSSL hands out at most one 16 KiB record
+per call, so the plaintext of all the records that one read from the
+socket completes is joined and given to the upper protocol in one
+C{dataReceived} (a yamux session then parses a 64 KiB read once, not in
+four pieces).
 """
 
 from __future__ import annotations
@@ -369,6 +373,8 @@ class TLSChannel(Protocol):
         self._tlsLost = False  # TLSMemoryBIOProtocol.connectionLost has run
         self._lowerLost = False
         self._aborted = False
+        # Plaintext decrypted during the current lower dataReceived.
+        self._incoming: list[bytes] = []
 
     # -- IProtocol, facing the lower transport ------------------------------
 
@@ -386,6 +392,7 @@ class TLSChannel(Protocol):
             return
         try:
             self._tls.dataReceived(data)
+            self._deliverIncoming()
         except Exception:
             # Our own code or the upper protocol broke; never let it unwind
             # into the reactor.
@@ -450,7 +457,7 @@ class TLSChannel(Protocol):
             return
         self._verified = True
         self._upper = upper
-        self._plain.dataReceived = upper.dataReceived  # type: ignore[method-assign]
+        self._plain.dataReceived = self._incoming.append  # type: ignore[method-assign]
         self.secureTransport = TLSSecureTransport(self._tls, self.transport, info)
         try:
             upper.makeConnection(self.secureTransport)
@@ -479,9 +486,26 @@ class TLSChannel(Protocol):
         alpn = conn.get_alpn_proto_negotiated() or None
         return SecureInfo(peer, publicKey, PROTOCOL_ID, self._owner.earlyMuxerFor(alpn))
 
+    def _deliverIncoming(self) -> None:
+        """
+        Give the upper protocol the plaintext collected so far, as one string.
+        """
+        incoming = self._incoming
+        if not incoming:
+            return
+        data = incoming[0] if len(incoming) == 1 else b"".join(incoming)
+        incoming.clear()
+        if self._upper is not None and not self._aborted:
+            self._upper.dataReceived(data)
+
     def _tlsConnectionLost(self, reason: Failure) -> None:
         if self._tlsLost:
             return
+        try:
+            # Plaintext that arrived with the close still belongs to the peer.
+            self._deliverIncoming()
+        except Exception:
+            _log.failure("Upper protocol failed on its last data")
         self._tlsLost = True
         upper, self._upper = self._upper, None
         if upper is not None:

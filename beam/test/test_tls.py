@@ -597,6 +597,27 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual(bytes(p.uppers["server"].received), up)
         self.assertEqual(bytes(p.uppers["client"].received), down)
 
+    def test_recordsOfOneReadDeliveredTogether(self) -> None:
+        """
+        The plaintext of all the TLS records that one read from the lower
+        transport completes reaches the upper protocol in one
+        C{dataReceived}, in order; records completed by later reads come in
+        later calls.
+        """
+        p = Pair(self, *transports())
+        data = bytes(range(256)) * 400  # 102400 bytes: seven 16 KiB records
+        p.uppers["client"].transport.write(data)
+        wire = p.pump.clientTransport.take()
+        server = p.uppers["server"]
+        before = server.chunks
+        p.server.dataReceived(wire)
+        self.assertEqual((server.chunks - before, bytes(server.received)), (1, data))
+        p.uppers["client"].transport.write(data)
+        wire = p.pump.clientTransport.take()
+        p.server.dataReceived(wire[:50000])
+        p.server.dataReceived(wire[50000:])
+        self.assertEqual((server.chunks - before, bytes(server.received)), (3, data * 2))
+
     def test_chunkedDelivery(self) -> None:
         """
         The handshake and the data survive delivery a few bytes at a time,
