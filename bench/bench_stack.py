@@ -472,6 +472,77 @@ async def runRelay(size: int, pattern: bytes, chunk: int, profileDir: Optional[s
         await sink.finish()
 
 
+class _Count(Protocol):
+    def __init__(self) -> None:
+        self.received = 0
+        self.crc = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+
+
+def inProcess(layer: str, size: int, pattern: bytes, chunk: int) -> dict:
+    """
+    Move C{size} bytes through one yamux stream over C{layer} (C{"noise"},
+    C{"tls"} or C{"plain"}: yamux straight on the memory transport) with both
+    ends in this process and no sockets (L{beam.testing.Pump}): the pure
+    cost of our Python and the ciphers, both ends added up.
+    """
+    from twisted.internet.task import Clock
+
+    from beam.keys import Identity
+    from beam.muxer.yamux import YamuxSession
+    from beam.testing import Pump
+
+    clock = Clock()
+    accepted: list[Any] = []
+    sink = _Count()
+
+    def onStream(stream: Any) -> None:
+        accepted.append(stream)
+        stream.setProtocol(sink)
+
+    client = YamuxSession(True, lambda s: None, clock)
+    server = YamuxSession(False, onStream, clock)
+    if layer == "plain":
+        pump = Pump(client, server).connect()
+    else:
+        a, b = Identity.generate(), Identity.generate()
+        clock.advance(time.time())
+        ca = _security(layer, a) if layer == "noise" else _tlsFor(a, clock)
+        cb = _security(layer, b) if layer == "noise" else _tlsFor(b, clock)
+        pump = Pump(ca.wrap(True, None, lambda info: client), cb.wrap(False, None, lambda info: server))
+        pump.connect()
+    stream = client.openStream()
+    stream.setProtocol(Protocol())
+    pump.flush()
+    chunks = [pattern[i:i + chunk] for i in range(0, len(pattern), chunk)]
+    startCpu, startWall = cpuSeconds(), time.perf_counter()
+    sent = 0
+    i = 0
+    while sent < size:
+        for _ in range(16):
+            piece = chunks[i % len(chunks)]
+            i += 1
+            stream.write(piece)
+            sent += len(piece)
+            if sent >= size:
+                break
+        pump.flush()
+    pump.flush()
+    wall = time.perf_counter() - startWall
+    return {"wall": wall, "cpu": cpuSeconds() - startCpu, "bytes": sink.received, "crc32": sink.crc,
+            "mibps": sink.received / MIB / wall}
+
+
+def _tlsFor(identity: Any, clock: Any) -> Any:
+    from beam.security.tls import TLSTransport
+    from beam.upgrade import YAMUX_PROTOCOL
+
+    return TLSTransport(identity, muxers=[YAMUX_PROTOCOL], clock=clock)
+
+
 def machine() -> dict:
     model = ""
     try:
@@ -555,6 +626,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--profile", metavar="DIR", help="write cProfile dumps of each end into DIR")
+    parser.add_argument("--in-process", action="store_true",
+                        help="instead, time both ends in one process over memory transports (no sockets)")
     parser.add_argument("--serve", choices=["noise", "tls", "sink", "relay"], help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
@@ -575,6 +648,27 @@ def main(argv: Optional[list[str]] = None) -> int:
             parser.error(f"unknown mode {m!r}")
     if opts.profile:
         os.makedirs(opts.profile, exist_ok=True)
+    if opts.in_process:
+        size = opts.size_mib * MIB
+        pattern = makePattern()
+        crc = expectedCrc(pattern, size)
+        rows = {}
+        for layer in ("plain", "noise", "tls"):
+            r = inProcess(layer, size, pattern, opts.chunk)
+            if r["bytes"] != size or r["crc32"] != crc:
+                raise RuntimeError(f"in-process {layer}: wrong bytes or CRC")
+            rows[layer] = r
+        if opts.json:
+            print(json.dumps({"machine": machine(), "sizeMiB": opts.size_mib, "inProcess": rows}, indent=2))
+        else:
+            print(f"In one process, no sockets, {opts.size_mib} MiB through one yamux stream "
+                  f"(both ends' CPU together):")
+            print()
+            print("| layer under yamux | MiB/s | CPU s |")
+            print("|---|---:|---:|")
+            for layer, r in rows.items():
+                print(f"| {layer} | {r['mibps']:.0f} | {r['cpu']:.2f} |")
+        return 0
     outcome: dict = {}
 
     def run() -> Deferred[None]:
