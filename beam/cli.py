@@ -4,41 +4,85 @@ The C{beam} command line.
 Only this module (and L{beam.tap}) touches the global reactor.  Every
 failure a user can cause prints one line, C{beam: <what went wrong>}, and
 exits non-zero; tracebacks are for bugs.
+
+C{beam PORT} and C{beam connect TARGET} run a node in the foreground, or,
+when a node already runs for the home directory, ask it over the control
+socket to add the tunnel or forward (and remove it again on Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
-from typing import Any, Sequence, TextIO
+from pathlib import Path
+from typing import Any, Callable, Coroutine, Sequence, TextIO
+from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from beam import __version__
 from beam.errors import BeamError
-from beam.home import loadOrCreateIdentity, resolveHome
-from beam.multiaddr import Multiaddr
 
 DEFAULT_LISTEN = ["/ip4/0.0.0.0/tcp/0"]
+
+
+class UsageError(BeamError):
+    """
+    The command line is not valid.
+    """
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="beam",
         description="Decentralized peer-to-peer tunnels for local apps.",
+        epilog="Expose a port: beam 3000    Reach it from elsewhere: beam connect <share address>",
     )
     p.add_argument("--version", action="version", version=f"beam {__version__}")
     p.add_argument("--home", help="the node's home directory (default: $BEAM_HOME or ~/.local/share/beam)")
+    p.add_argument("--log-format", choices=["text", "json"], default=None,
+                   help="log lines on stderr as text (default) or JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("expose", help="expose a local port (what `beam PORT` runs)")
+    s.add_argument("port", type=int, help="the local port to expose")
+    s.add_argument("--name", help="service name (default: the port number)")
+    s.add_argument("--host", default="127.0.0.1", help="where the service listens (default 127.0.0.1)")
+    s.add_argument("--udp", action="store_true", help="expose a UDP service")
+    s.add_argument("--compress", action="store_true", help="allow lz4 compression")
+    s.add_argument("--allow", action="append", metavar="PEER_ID", help="admit only this peer (repeatable)")
+    s.add_argument("--secret", action="store_true", help="require the secret carried in the share address")
+    s.add_argument("--listen", action="append", metavar="MULTIADDR", help="address to listen on (repeatable)")
+    s.add_argument("--json", action="store_true", help="print one JSON object per event")
+
+    s = sub.add_parser("connect", help="forward a local port to a peer's exposed service")
+    s.add_argument("target", help="a share address (beam://...) or a multiaddr ending in /p2p/PEER_ID")
+    s.add_argument("--port", "-p", type=int, default=0, help="local port (default: any free port)")
+    s.add_argument("--bind", default="127.0.0.1", help="local address to listen on (default 127.0.0.1)")
+    s.add_argument("--service", help="the service to reach (default: the one in the share address)")
+    s.add_argument("--udp", action="store_true", help="forward UDP datagrams")
+    s.add_argument("--compress", action="store_true", help="offer lz4 compression")
+    s.add_argument("--listen", action="append", metavar="MULTIADDR", help="address for this node to listen on")
+    s.add_argument("--json", action="store_true", help="print one JSON object per event")
+
+    s = sub.add_parser("status", help="tunnels, forwards and connections of the running node")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+    s = sub.add_parser("stop", help="remove a tunnel or forward from the running node")
+    s.add_argument("key", metavar="NAME|PORT", help="tunnel name or port, or forward's local port")
+    s.add_argument("--json", action="store_true", help="print JSON")
 
     s = sub.add_parser("id", help="print this node's peer ID")
     s.add_argument("--json", action="store_true", help="print JSON")
 
-    s = sub.add_parser("daemon", help="run a node in the foreground")
+    s = sub.add_parser("daemon", help="run a node in the foreground (tunnels from config.toml)")
     s.add_argument("--listen", action="append", metavar="MULTIADDR",
-                   help="address to listen on (repeatable; default /ip4/0.0.0.0/tcp/0)")
+                   help="address to listen on (repeatable; default from config.toml, else /ip4/0.0.0.0/tcp/0)")
     s.add_argument("--json", action="store_true", help="print one JSON object per event")
 
     s = sub.add_parser("ping", help="ping any libp2p peer")
@@ -46,7 +90,31 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--count", "-c", type=int, default=4, help="number of pings (default 4)")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer")
     s.add_argument("--json", action="store_true", help="print JSON")
+
+    s = sub.add_parser("config", help="check the configuration file")
+    s.add_argument("action", choices=["check"], help="check: validate config.toml")
+    s.add_argument("--json", action="store_true", help="print JSON")
     return p
+
+
+def _rewritePortShortcut(argv: list[str]) -> list[str]:
+    """
+    C{beam 3000 ...} means C{beam expose 3000 ...}.
+    """
+    out = list(argv)
+    i = 0
+    while i < len(out):
+        arg = out[i]
+        if arg in ("--home", "--log-format"):
+            i += 2
+            continue
+        if arg.startswith("-"):
+            i += 1
+            continue
+        if arg.isdigit():
+            out.insert(i, "expose")
+        break
+    return out
 
 
 class _Out:
@@ -54,53 +122,275 @@ class _Out:
         self.stream = stream
         self.asJSON = asJSON
 
-    def event(self, obj: dict[str, Any], text: str) -> None:
-        self.stream.write((json.dumps(obj) if self.asJSON else text) + "\n")
+    def event(self, obj: dict[str, Any], text: str | None) -> None:
+        if self.asJSON:
+            self.stream.write(json.dumps(obj) + "\n")
+        elif text is not None:
+            self.stream.write(text + "\n")
         self.stream.flush()
 
 
-def _parseListen(values: Sequence[str] | None) -> list[Multiaddr]:
-    return [Multiaddr.fromString(v) for v in (values or DEFAULT_LISTEN)]
+def _home(args: argparse.Namespace) -> Path:
+    from beam.home import resolveHome
+
+    return resolveHome(args.home)
+
+
+def _loadConfig(args: argparse.Namespace) -> Any:
+    from beam.config import loadConfig, mergeOptions
+
+    config = loadConfig(_home(args) / "config.toml")
+    return mergeOptions(config, listen=getattr(args, "listen", None), logFormat=args.log_format)
+
+
+def _startLogging(args: argparse.Namespace, config: Any = None) -> None:
+    from beam.logs import startLogging
+
+    fmt = args.log_format or (config.logFormat if config is not None else "text")
+    startLogging(sys.stderr, fmt, LogLevel.warn if args.quiet else LogLevel.info)
+
+
+async def _runDaemon(reactor: Any, args: argparse.Namespace, config: Any, control: bool = True) -> Any:
+    from beam.daemon import BeamDaemon
+    from beam.home import loadOrCreateIdentity
+
+    home = _home(args)
+    identity = loadOrCreateIdentity(home)
+    daemon = BeamDaemon(reactor, home, identity, config, control=control)
+    try:
+        await daemon.start()
+    except BaseException:
+        await daemon.stopService()
+        raise
+    reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
+    return daemon
+
+
+def _forever() -> Deferred[None]:
+    """
+    A Deferred that never fires: the command runs until the reactor stops
+    (Ctrl-C, SIGTERM, or C{POST /v1/shutdown}).
+    """
+    return Deferred()
+
+
+def _serviceListening(host: str, port: int, udp: bool) -> bool:
+    if udp:
+        return True
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _printTunnel(out: _Out, tunnel: dict[str, Any], peerID: str, addrs: list[str]) -> None:
+    access = "private" if tunnel["private"] else "public"
+    out.event(
+        {"event": "ready", "peer_id": peerID, "addrs": addrs, "name": tunnel["name"],
+         "share": tunnel["share"], "connect": tunnel["connect"]},
+        f"Sharing {tunnel['kind']} {tunnel['target']} as {tunnel['name']!r} ({access}).\n"
+        f"On the other side run:\n\n    {tunnel['connect']}\n\n"
+        f"Press Ctrl-C to stop.",
+    )
+
+
+async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
+    from beam.control import ControlClient, nodeRunning
+    from beam.keys import PeerID
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"port must be between 1 and 65535, not {args.port}")
+    allow = [str(PeerID.fromString(a)) for a in args.allow] if args.allow else None
+    if not _serviceListening(args.host, args.port, args.udp):
+        sys.stderr.write(
+            f"beam: warning: nothing is listening on {args.host}:{args.port} yet; "
+            f"connections will be refused until it is\n"
+        )
+    home = _home(args)
+    if nodeRunning(home):
+        client = ControlClient(reactor, home)
+        body: dict[str, Any] = {"port": args.port, "udp": args.udp, "compress": args.compress,
+                                "secret": bool(args.secret)}
+        if args.name:
+            body["name"] = args.name
+        if allow is not None:
+            body["allow"] = allow
+        tunnel = await client.request("POST", "/v1/tunnels", body)
+        status = await client.request("GET", "/v1/status")
+        _printTunnel(out, tunnel, status["peer_id"], status["addrs"])
+
+        def remove() -> Deferred[Any]:
+            return client.request("DELETE", "/v1/tunnels/" + quote(tunnel["name"], safe="")).addErrback(
+                lambda f: None
+            )
+
+        reactor.addSystemEventTrigger("before", "shutdown", remove)
+        await _forever()
+        return 0
+    config = _loadConfig(args)
+    _startLogging(args, config)
+    daemon = await _runDaemon(reactor, args, config)
+
+    tunnel = daemon.addTunnel(
+        args.port, args.name, args.udp, args.compress,
+        [PeerID.fromString(a) for a in allow] if allow else None, bool(args.secret), host=args.host,
+    )
+    _printTunnel(out, tunnel, str(daemon.node.peerID), [str(a) for a in daemon.node.shareableAddrs()])
+    await _forever()
+    return 0
+
+
+async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
+    from beam.control import ControlClient, nodeRunning
+    from beam.share import parseShareAddress
+
+    share = parseShareAddress(args.target, args.service)
+    home = _home(args)
+    if nodeRunning(home):
+        client = ControlClient(reactor, home)
+        body: dict[str, Any] = {"target": args.target, "bind": args.bind, "compress": args.compress,
+                                "udp": args.udp}
+        if args.port:
+            body["port"] = args.port
+        if args.service:
+            body["service"] = args.service
+        fwd = await client.request("POST", "/v1/forwards", body)
+
+        def remove() -> Deferred[Any]:
+            return client.request("DELETE", "/v1/forwards/" + quote(fwd["name"], safe="")).addErrback(
+                lambda f: None
+            )
+
+        reactor.addSystemEventTrigger("before", "shutdown", remove)
+    else:
+        config = _loadConfig(args)
+        _startLogging(args, config)
+        daemon = await _runDaemon(reactor, args, config)
+        fwd = await daemon._startForward(share, args.port, args.bind, args.service, args.compress,
+                                         "udp" if args.udp else "tcp")
+        forward = daemon.forwards[fwd["name"]]
+        await forward.whenReady() if hasattr(forward, "whenReady") else None
+    out.event(
+        {"event": "ready", "listen": fwd["listen"], "peer_id": fwd["peer_id"], "service": fwd["service"]},
+        f"listening on {fwd['listen']} -> {fwd['peer_id']}/{fwd['service'] or 'default'}",
+    )
+    await _forever()
+    return 0
+
+
+async def cmdStatus(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
+    from beam.control import ControlClient
+
+    status = await ControlClient(reactor, _home(args)).request("GET", "/v1/status")
+    if out.asJSON:
+        out.event(status, None)
+        return 0
+    lines = [f"peer {status['peer_id']}"]
+    lines += [f"  {a}" for a in status["addrs"]]
+    lines.append("tunnels:" if status["tunnels"] else "tunnels: none")
+    for t in status["tunnels"]:
+        st = t["stats"]
+        lines.append(
+            f"  {t['name']:<12} {t['kind']} {t['target']:<21} "
+            f"{'private' if t['private'] else 'public':<8} active {st.get('active', 0)} total {st.get('total', 0)} "
+            f"in {_size(st.get('bytesIn', 0))} out {_size(st.get('bytesOut', 0))}"
+        )
+        lines.append(f"    {t['share']}")
+    lines.append("forwards:" if status["forwards"] else "forwards: none")
+    for f in status["forwards"]:
+        st = f["stats"]
+        lines.append(
+            f"  {f['listen']:<21} -> {f['peer_id']}/{f['service'] or 'default'} [{f['state']}] "
+            f"active {st.get('active', 0)} total {st.get('total', 0)} "
+            f"in {_size(st.get('bytesIn', 0))} out {_size(st.get('bytesOut', 0))}"
+        )
+    lines.append(f"connections: {len(status['connections'])}")
+    for c in status["connections"]:
+        lines.append(f"  {c['peer_id']} {c['direction']} {c['remote_addr']} {c['security']} streams {c['streams']}")
+    out.event({}, "\n".join(lines))
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+async def cmdStop(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
+    from beam.control import ControlClient, ControlError
+
+    client = ControlClient(reactor, _home(args))
+    key = quote(args.key, safe="")
+    try:
+        removed = await client.request("DELETE", "/v1/tunnels/" + key)
+        what = "tunnel"
+    except ControlError as e:
+        if e.status != 404:
+            raise
+        try:
+            removed = await client.request("DELETE", "/v1/forwards/" + key)
+        except ControlError as e2:
+            if e2.status == 404:
+                raise BeamError(f"no tunnel or forward named or on port {args.key}") from None
+            raise
+        what = "forward"
+    out.event({"event": "stopped", "kind": what, **removed}, f"stopped {what} {removed['name']}")
+    return 0
 
 
 def cmdID(args: argparse.Namespace, out: _Out) -> int:
-    ident = loadOrCreateIdentity(resolveHome(args.home))
+    from beam.home import loadOrCreateIdentity
+
+    ident = loadOrCreateIdentity(_home(args))
     out.event({"peer_id": str(ident.peerID)}, str(ident.peerID))
     return 0
 
 
-async def cmdDaemon(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
-    from beam.node import Node
+def cmdConfig(args: argparse.Namespace, out: _Out) -> int:
+    from beam.config import checkConfig
 
-    listen = _parseListen(args.listen)
-    ident = loadOrCreateIdentity(resolveHome(args.home))
-    node = Node(reactor, ident, listen)
+    path = _home(args) / "config.toml"
+    problems = checkConfig(path)
+    out.event({"path": str(path), "ok": not problems, "problems": problems},
+              "\n".join(problems) if problems else f"{path}: OK")
+    return 1 if problems else 0
+
+
+async def cmdDaemon(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
+    config = _loadConfig(args)
+    _startLogging(args, config)
+    daemon = await _runDaemon(reactor, args, config)
+    node = daemon.node
 
     def observe(event: str, conn: Any) -> None:
         if out.asJSON:
             out.event({"event": event, "peer_id": str(conn.remotePeer),
-                       "addr": str(conn.remoteAddr), "direction": conn.direction}, "")
+                       "addr": str(conn.remoteAddr), "direction": conn.direction}, None)
 
     node.connectionObservers.append(observe)
-    await node.startService()
     addrs = [str(a) for a in node.shareableAddrs()]
     out.event(
-        {"event": "ready", "peer_id": str(node.peerID), "addrs": addrs},
+        {"event": "ready", "peer_id": str(node.peerID), "addrs": addrs,
+         "tunnels": [t["share"] for t in daemon.status()["tunnels"]]},
         f"Beam node {node.peerID} listening on:\n" + "\n".join(f"  {a}" for a in addrs),
     )
-    stopped: Deferred[None] = Deferred()
-    reactor.addSystemEventTrigger("before", "shutdown", lambda: node.stopService())
-    await stopped  # runs until the reactor is stopped (Ctrl-C, SIGTERM)
+    await _forever()
     return 0
 
 
 async def cmdPing(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
+    from beam.home import loadOrCreateIdentity
+    from beam.multiaddr import Multiaddr
     from beam.node import Node
 
     target = Multiaddr.fromString(args.target)
     if args.count < 1:
-        raise BeamError("--count must be at least 1")
-    ident = loadOrCreateIdentity(resolveHome(args.home))
+        raise UsageError("--count must be at least 1")
+    ident = loadOrCreateIdentity(_home(args))
     node = Node(reactor, ident, [])
     await node.startService()
     try:
@@ -126,18 +416,32 @@ async def cmdPing(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
+ASYNC_COMMANDS: dict[str, Callable[[Any, argparse.Namespace, _Out], Coroutine[Any, Any, int]]] = {
+    "expose": cmdExpose,
+    "connect": cmdConnect,
+    "status": cmdStatus,
+    "stop": cmdStop,
+    "daemon": cmdDaemon,
+    "ping": cmdPing,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """
     Entry point of the C{beam} console script.
     """
-    args = _parser().parse_args(argv)
+    argv = _rewritePortShortcut(list(sys.argv[1:] if argv is None else argv))
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command is None:
-        _parser().print_help()
+        parser.print_help()
         raise SystemExit(2)
     out = _Out(sys.stdout, getattr(args, "json", False))
     try:
         if args.command == "id":
             raise SystemExit(cmdID(args, out))
+        if args.command == "config":
+            raise SystemExit(cmdConfig(args, out))
     except BeamError as e:
         sys.stderr.write(f"beam: {e}\n")
         raise SystemExit(1)
@@ -145,8 +449,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from twisted.internet import reactor
     from twisted.internet.task import react
 
-    commands = {"daemon": cmdDaemon, "ping": cmdPing}
-    command = commands[args.command]
+    command = ASYNC_COMMANDS[args.command]
     exitCode = [0]
 
     def run(reactor: Any) -> Deferred[None]:
@@ -157,7 +460,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         def failed(f: Failure) -> None:
             if f.check(BeamError):
-                sys.stderr.write(f"beam: {f.value}\n")
+                text = str(f.value).strip().replace("\n", "; ")
+                sys.stderr.write(f"beam: {text}\n")
             else:
                 sys.stderr.write(f"beam: unexpected error: {f.getTraceback()}\n")
             exitCode[0] = 1

@@ -154,10 +154,12 @@ class IControlAPI(Interface):
         bind: str | None,
         service: str | None,
         compress: bool,
+        udp: bool,
     ) -> Any:
         """
         Listen locally and forward to C{target} (a share address or a
         multiaddr with C{/p2p/}); L{None} means the node's default.
+        C{udp} forwards datagrams instead of TCP connections.
         """
 
     def removeForward(key: str) -> Any:
@@ -250,7 +252,7 @@ def _tunnelArgs(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _forwardArgs(body: dict[str, Any]) -> dict[str, Any]:
-    _checkUnknown(body, {"target", "port", "bind", "service", "compress"})
+    _checkUnknown(body, {"target", "port", "bind", "service", "compress", "udp"})
     target = _field(body, "target", (str,))
     if not target.strip():
         raise _BadRequest("field 'target' must not be empty")
@@ -266,6 +268,7 @@ def _forwardArgs(body: dict[str, Any]) -> dict[str, Any]:
         "bind": bind,
         "service": _field(body, "service", (str,), None),
         "compress": _field(body, "compress", (bool,), False),
+        "udp": _field(body, "udp", (bool,), False),
     }
 
 

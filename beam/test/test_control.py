@@ -62,8 +62,8 @@ class FakeAPI:
     def removeTunnel(self, key: str) -> Any:
         return self._answer("removeTunnel", key)
 
-    def addForward(self, target: str, port: Any, bind: Any, service: Any, compress: bool) -> Any:
-        return self._answer("addForward", dict(target=target, port=port, bind=bind,
+    def addForward(self, target: str, port: Any, bind: Any, service: Any, compress: bool, udp: bool) -> Any:
+        return self._answer("addForward", dict(target=target, port=port, bind=bind, udp=udp,
                                                service=service, compress=compress))
 
     def removeForward(self, key: str) -> Any:
@@ -229,8 +229,8 @@ class ControlRouteTests(TestCase):
         yield self.client.request("POST", "/v1/forwards", {
             "target": "t", "port": 8080, "bind": "::1", "service": "web", "compress": True})
         self.assertEqual(self.api.calls, [
-            ("addForward", dict(target="beam://x@h:1/web", port=None, bind=None, service=None, compress=False)),
-            ("addForward", dict(target="t", port=8080, bind="::1", service="web", compress=True)),
+            ("addForward", dict(target="beam://x@h:1/web", port=None, bind=None, service=None, compress=False, udp=False)),
+            ("addForward", dict(target="t", port=8080, bind="::1", service="web", compress=True, udp=False)),
         ])
 
     @inlineCallbacks
