@@ -252,7 +252,7 @@ def waitFor(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 
 class TunnelTestsMixin:
     @inlineCallbacks
     def listenService(self, factory: Factory) -> Any:
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        port = yield TCP4ServerEndpoint(reactor, 0, backlog=1024, interface="127.0.0.1").listen(factory)
         self.addCleanup(port.stopListening)
         return port.getHost().port
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort, IProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -46,6 +46,9 @@ from beam.tunnel.protocol import (
 from beam.tunnel.splice import Splice, TunnelStats
 
 __all__ = ["TunnelForward", "HostUnreachable"]
+
+#: The accept queue of a forward's local port.
+LISTEN_BACKLOG = 1024
 
 
 class HostUnreachable(DialError):
@@ -123,6 +126,9 @@ class TunnelForward(Service):
         self._dialing: Optional[Deferred[Any]] = None
         self._retryCall: Any = None
         self._udp: Any = None
+        #: the UDP forwarder's counters (a L{beam.tunnel.udp.UDPStats}),
+        #: for a UDP forward once started.
+        self.udpStats: Any = None
         offered = ("lz4",) if compress and _compressionAvailable() else ()
         self.request = TunnelRequest(
             service=service, kind=kind, compression=tuple(c for c in offered if c in COMPRESSIONS),
@@ -174,16 +180,24 @@ class TunnelForward(Service):
 
     def _startUDP(self) -> Deferred[None]:
         """
-        UDP forwards live in C{beam.tunnel.udp}; hook point.
+        Listen on a local UDP port; each client address becomes a session
+        with its own tunnel stream (L{beam.tunnel.udp}).
         """
+        from beam.tunnel.udp import UDPClientForwarder
+
+        self._udp = UDPClientForwarder(
+            self.reactor, self._openUDPStream, bind=self.bind, port=self.localPort
+        )
         try:
-            from beam.tunnel import udp
-        except ImportError:
-            raise BeamError("UDP tunnels are not available in this build") from None
-        start = getattr(udp, "startForward", None)
-        if start is None:
-            raise BeamError("UDP tunnels are not available in this build")
-        return start(self)
+            port = self._udp.startListening()
+        except Exception as e:  # noqa: BLE001 - reported to the caller
+            self._stopDialling()
+            self._udp = None
+            return fail(BeamError(f"cannot listen on UDP {self.bind}:{self.localPort}: {e}"))
+        self.listeningPort = port
+        self.localAddress = port.getHost()
+        self.udpStats = self._udp.stats
+        return succeed(None)
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         """
@@ -197,13 +211,11 @@ class TunnelForward(Service):
         for splice in list(self._splices):
             splice.abort()
         port, self.listeningPort = self.listeningPort, None
-        if port is not None:
-            from twisted.internet.defer import maybeDeferred
-
-            return maybeDeferred(port.stopListening)
         if self._udp is not None:
             udp, self._udp = self._udp, None
-            return udp.stop()
+            return udp.stopListening()
+        if port is not None:
+            return maybeDeferred(port.stopListening)
         return succeed(None)
 
     def _stopDialling(self) -> None:
@@ -291,61 +303,88 @@ class TunnelForward(Service):
 
     # -- one local connection --------------------------------------------
 
-    def _localConnected(self, splice: Splice) -> None:
+    def _ask(self) -> Deferred[tuple["_ClientStream", TunnelResponse]]:
         """
-        An app connected (its reading is paused): open a stream and ask.
+        Open a tunnel stream and send our request.
+
+        @return: fires with the negotiating protocol (still connected to
+            the stream; the caller installs the tunnel's protocol) and the
+            host's OK, or fails with the refusal (L{TunnelRefused}) or why
+            the stream could not be opened.  Every failure is logged here
+            in one line and counted.  Cancelling it resets the stream.
         """
-        local = splice.local
         if self._lastError is not None:
             self.stats.failed += 1
-            self.log.info(
-                "tunnel to {label} failed: host unreachable ({reason})",
-                label=self.label, reason=self._lastError,
-            )
-            local.transport.abortConnection()
-            return
-        negotiator = _ClientStream(self, splice)
+            reason = f"host unreachable ({self._lastError})"
+            self.log.info("tunnel to {label} failed: {reason}", label=self.label, reason=reason)
+            return fail(HostUnreachable(reason))
+        negotiator = _ClientStream(self)
+        result = negotiator.result
         d = self.node.openStream(self.peer, [TUNNEL_PROTOCOL], lambda: negotiator)
         negotiator.opening = d
 
-        def failed(f: Failure) -> None:
+        def openFailed(f: Failure) -> None:
             negotiator.opening = None
-            if local.lost:
+            if negotiator.finished:
+                return
+            negotiator.finished = True
+            if f.check(CancelledError):
                 return
             self.stats.failed += 1
             self.log.info("tunnel to {label} failed: {reason}", label=self.label, reason=f.getErrorMessage())
-            local.transport.abortConnection()
-            if f.check(DialError) or not self._connected():
-                if self._dialing is None:
-                    self._hostLost(f.getErrorMessage())
+            if (f.check(DialError) or not self._connected()) and self._dialing is None:
+                self._hostLost(f.getErrorMessage())
+            result.errback(f)
 
         def opened(_: Any) -> None:
             negotiator.opening = None
 
-        d.addCallbacks(opened, failed)
+        d.addCallbacks(opened, openFailed)
+        return result
 
-    def _accepted(self, splice: Splice, negotiator: "_ClientStream", response: TunnelResponse) -> None:
+    def _localConnected(self, splice: Splice) -> None:
+        """
+        An app connected (its reading is paused): ask the host, then
+        splice, or close the app's connection.
+        """
         local = splice.local
-        stream = negotiator.transport
-        if local.lost:
-            stream.abortConnection()
-            return
-        wrapped = wrapStream(splice.remote, response.compression)
-        stream.setProtocol(wrapped)
-        if negotiator.reader.leftover:
-            wrapped.dataReceived(negotiator.reader.leftover)
-        self._splices.add(splice)
-        splice.start()
 
-    def _refused(self, splice: Splice, error: BeamError) -> None:
-        if isinstance(error, TunnelRefused):
-            self.stats.refused += 1
-            self.log.warn("tunnel to {label} refused: {reason}", label=self.label, reason=str(error))
-        else:
-            self.stats.failed += 1
-            self.log.warn("tunnel to {label} failed: {reason}", label=self.label, reason=str(error))
-        if not splice.local.lost:
-            splice.local.transport.loseConnection()
+        def accepted(answer: tuple[_ClientStream, TunnelResponse]) -> None:
+            negotiator, response = answer
+            stream = negotiator.transport
+            if local.lost:
+                stream.abortConnection()
+                return
+            wrapped = wrapStream(splice.remote, response.compression)
+            stream.setProtocol(wrapped)
+            if negotiator.reader.leftover:
+                wrapped.dataReceived(negotiator.reader.leftover)
+            self._splices.add(splice)
+            splice.start()
+
+        def failed(f: Failure) -> None:
+            if local.lost:
+                return
+            if f.check(TunnelRefused):
+                local.transport.loseConnection()
+            else:
+                local.transport.abortConnection()
+
+        self._ask().addCallbacks(accepted, failed)
+
+    def _openUDPStream(self, proto: IProtocol) -> Deferred[IProtocol]:
+        """
+        For the UDP forwarder: a tunnel stream connected to C{proto}.
+        """
+        def accepted(answer: tuple[_ClientStream, TunnelResponse]) -> IProtocol:
+            negotiator, response = answer
+            wrapped = wrapStream(proto, response.compression)
+            negotiator.transport.setProtocol(wrapped)
+            if negotiator.reader.leftover:
+                wrapped.dataReceived(negotiator.reader.leftover)
+            return proto
+
+        return self._ask().addCallback(accepted)
 
     def _spliceEnded(self, splice: Splice) -> None:
         self._splices.discard(splice)
@@ -356,9 +395,12 @@ def _serverEndpoint(reactor: Any, port: int, bind: str) -> Any:
         isV6 = ipaddress.ip_address(bind).version == 6
     except ValueError:
         isV6 = False
+    # A deep accept queue: an app opening hundreds of connections at once
+    # (a browser, a load test) must not overflow it while the reactor is
+    # busy, or the kernel resets some of them.
     if isV6:
-        return endpoints.TCP6ServerEndpoint(reactor, port, interface=bind)
-    return endpoints.TCP4ServerEndpoint(reactor, port, interface=bind)
+        return endpoints.TCP6ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG, interface=bind)
+    return endpoints.TCP4ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG, interface=bind)
 
 
 class _ForwardFactory(Factory):
@@ -384,17 +426,28 @@ class _ForwardFactory(Factory):
 @implementer(IHalfCloseableProtocol)
 class _ClientStream(Protocol):
     """
-    The protocol on an outbound tunnel stream until it is spliced: writes
-    the request and reads the response.
+    The protocol on an outbound tunnel stream until the host answered:
+    writes the request and reads the response.
+
+    @ivar result: fires with C{(self, response)} on OK, or fails with the
+        refusal or whatever ended the stream first.
     """
 
-    def __init__(self, forward: TunnelForward, splice: Splice) -> None:
+    def __init__(self, forward: TunnelForward) -> None:
         self.forward = forward
-        self.splice = splice
         self.reader = ResponseReader()
         self.opening: Optional[Deferred[Any]] = None
         self.finished = False
         self._timer: Any = None
+        self.result: Deferred[tuple[_ClientStream, TunnelResponse]] = Deferred(self._cancel)
+
+    def _cancel(self, d: Any) -> None:
+        self.finished = True
+        self._cancelTimer()
+        if self.opening is not None:
+            self.opening.cancel()
+        elif self.transport is not None:
+            self.transport.abortConnection()
 
     def connectionMade(self) -> None:
         self.transport.write(self.forward._requestBytes)
@@ -423,18 +476,25 @@ class _ClientStream(Protocol):
             return
         self.finished = True
         self._cancelTimer()
+        forward = self.forward
         if response.ok:
-            self.forward._accepted(self.splice, self, response)
-        else:
-            self.forward._refused(self.splice, refusalFor(response))
-            self.transport.loseConnection()
+            self.result.callback((self, response))
+            return
+        error = refusalFor(response)
+        forward.stats.refused += 1
+        forward.log.warn("tunnel to {label} refused: {reason}", label=forward.label, reason=str(error))
+        self.transport.loseConnection()
+        self.result.errback(error)
 
     def _fail(self, error: BeamError) -> None:
         self._cancelTimer()
         if self.finished:
             return
         self.finished = True
-        self.forward._refused(self.splice, error)
+        forward = self.forward
+        forward.stats.failed += 1
+        forward.log.warn("tunnel to {label} failed: {reason}", label=forward.label, reason=str(error))
+        self.result.errback(error)
 
     def readConnectionLost(self) -> None:
         if not self.finished:

@@ -129,7 +129,8 @@ class TunnelHost(Service):
     open connections running.
 
     @ivar services: the exposed services by name, in the order exposed.
-    @ivar stats: counters per service name.
+    @ivar stats: counters per service name (for a UDP service, C{total}
+        counts sessions; datagrams are in L{udpStats}).
     """
 
     log = Logger()
@@ -155,6 +156,8 @@ class TunnelHost(Service):
         self.connectTimeout = connectTimeout
         self.services: dict[str, ServiceSpec] = {}
         self.stats: dict[str, TunnelStats] = {}
+        #: datagram counters per UDP service (L{beam.tunnel.udp.UDPStats}).
+        self.udpStats: dict[str, Any] = {}
         self._splices: set[Splice] = set()
         self._pending: set[_HostStream] = set()
 
@@ -269,18 +272,33 @@ class TunnelHost(Service):
 
     def _handleUDP(self, proto: "_HostStream", spec: ServiceSpec, compression: str, peer: PeerID) -> None:
         """
-        Hand the stream to the UDP host side (C{beam.tunnel.udp}).
+        Open a connected UDP socket to the service and hand the stream to
+        L{beam.tunnel.udp.UDPHostProtocol}.
         """
+        from beam.tunnel.udp import UDPHostProtocol, UDPStats
+
+        stats = self.udpStats.setdefault(spec.name, UDPStats())
+        relay = UDPHostProtocol(self.reactor, spec.host, spec.port, stats=stats)
         try:
-            from beam.tunnel import udp
-        except ImportError:
-            proto.refuse(BadTunnelRequest("this host does not carry UDP tunnels yet"))
+            relay.openSocket()
+        except Exception as e:  # noqa: BLE001 - reported to the client
+            why = f"cannot open a UDP socket to {spec.where}: {e}"
+            self._statsFor(spec.name).failed += 1
+            self.log.info(
+                "tunnel from {peer} for {service} failed: {reason}",
+                peer=peer, service=spec.name, reason=why,
+            )
+            proto.refuse(ServiceUnavailable(why))
             return
-        start = getattr(udp, "startHostSession", None)
-        if start is None:
-            proto.refuse(BadTunnelRequest("this host does not carry UDP tunnels yet"))
-            return
-        start(self, proto, spec, compression, peer)
+        self._statsFor(spec.name).total += 1
+        self._pending.discard(proto)
+        stream = proto.transport
+        stream.write(encodeResponse(TunnelResponse(compression=compression)))
+        wrapped = wrapStream(relay, compression)
+        stream.setProtocol(wrapped)
+        if proto.leftover:
+            wrapped.dataReceived(proto.leftover)
+        stream.resumeProducing()
 
     def _connectTCP(self, proto: "_HostStream", spec: ServiceSpec, compression: str, peer: PeerID) -> None:
         stats = self._statsFor(spec.name)
