@@ -533,6 +533,8 @@ class TunnelTests(TunnelTestsMixin, TestCase):
         # Let it settle, then check that nothing keeps flowing.
         yield deferLater(reactor, 0.5, lambda: None)
         written = service.conns[0].written
+        if os.environ.get("BEAM_TEST_VERBOSE"):
+            print(f"\nstalled reader: the service wrote {written / 2**20:.1f} MiB before it was stopped")
         yield deferLater(reactor, 0.3, lambda: None)
         self.assertEqual(service.conns[0].written, written)
         self.assertLess(written, 48 * 1024 * 1024)
@@ -548,6 +550,7 @@ class TunnelTests(TunnelTestsMixin, TestCase):
         state says unreachable; when it comes back on the same port with
         the same identity, the forward reconnects and tunnels work again.
         """
+        logs = LogCapture(self)
         service = serviceFactory(EchoServer)
         port = yield self.listenService(service)
         identity = Identity.generate()
@@ -568,6 +571,7 @@ class TunnelTests(TunnelTestsMixin, TestCase):
         received, _ = yield client.done
         self.assertEqual(received, b"")
         self.assertLess(time.monotonic() - started, 1.0)
+        self.assertTrue(logs.matching(f"tunnel to {a.peerID}/echo failed: host unreachable"), logs.lines)
         # Back on the same address with the same identity.
         a2 = yield startNode(self, listen=(listen,), identity=identity)
         _, host2 = yield self.makeHost(a2)
@@ -597,3 +601,101 @@ class TunnelTests(TunnelTestsMixin, TestCase):
         median = times[len(times) // 2]
         print(f"\nnew tunnelled connection + 64-byte echo: median {median * 1000:.2f} ms")
         self.assertLess(median, 0.05)
+
+    @inlineCallbacks
+    def test_compression(self):
+        """
+        When the client offers lz4 and the service allows it, both sides
+        speak lz4 on the stream, and compressible as well as random data
+        arrive intact.
+        """
+        from beam.tunnel.compress import CompressingTransport
+
+        service = serviceFactory(EchoServer)
+        port = yield self.listenService(service)
+        a, host = yield self.makeHost()
+        host.expose(ServiceSpec.forPort(port, name="z", compress=True))
+        forward = yield self.makeForward(a, "z", compress=True)
+        self.assertEqual(forward.request.compression, ("lz4",))
+        text = b"all work and no play makes jack a dull boy " * 20000
+        client = Collector()
+        yield connectLocal(forward.localAddress.port, client)
+        client.transport.write(text)
+        yield waitFor(lambda: len(client.received) >= len(text))
+        (splice,) = forward._splices
+        self.assertIsInstance(splice.remote.transport, CompressingTransport)
+        (hostSplice,) = host._splices
+        self.assertIsInstance(hostSplice.remote.transport, CompressingTransport)
+        self.assertLess(splice.remote.transport.compressor.bytesOut, len(text) // 10)
+        client.transport.loseWriteConnection()
+        received, _ = yield client.done
+        self.assertEqual(received, text)
+        problems = yield moveConcurrently(forward.localAddress.port, 5, 100_000)
+        self.assertEqual(problems, [])
+
+    @inlineCallbacks
+    def test_compressionNotAllowed(self):
+        """
+        A service that does not allow compression answers an lz4 offer
+        with none, and the tunnel carries raw bytes.
+        """
+        a, host, forward, service = yield self.echoTunnel(compress=True)
+        client = Collector()
+        yield connectLocal(forward.localAddress.port, client)
+        client.transport.write(b"ping")
+        yield waitFor(lambda: client.received == b"ping")
+        from beam.tunnel.compress import CompressingTransport
+
+        (splice,) = forward._splices
+        self.assertNotIsInstance(splice.remote.transport, CompressingTransport)
+        self.assertEqual(splice.remote.transport.protocolId, "/beam/tunnel/1.0.0")
+        client.transport.abortConnection()
+
+    @inlineCallbacks
+    def test_udp(self):
+        """
+        A UDP service behind a tunnel: datagrams from a local UDP client
+        reach it through the forward's UDP port and its answers come back.
+        """
+        from twisted.internet.protocol import DatagramProtocol
+
+        class UDPEcho(DatagramProtocol):
+            def datagramReceived(self, data: bytes, addr: Any) -> None:
+                self.transport.write(b"echo:" + data, addr)
+
+        class UDPClient(DatagramProtocol):
+            def __init__(self) -> None:
+                self.got: list[bytes] = []
+
+            def datagramReceived(self, data: bytes, addr: Any) -> None:
+                self.got.append(data)
+
+        servicePort = reactor.listenUDP(0, UDPEcho(), interface="127.0.0.1")
+        self.addCleanup(servicePort.stopListening)
+        a, host = yield self.makeHost()
+        host.expose(ServiceSpec.forPort(servicePort.getHost().port, name="dns", kind="udp"))
+        forward = yield self.makeForward(a, "dns", kind="udp")
+        client = UDPClient()
+        clientPort = reactor.listenUDP(0, client, interface="127.0.0.1")
+        self.addCleanup(clientPort.stopListening)
+        target = ("127.0.0.1", forward.localAddress.port)
+        for i in range(5):
+            clientPort.write(b"datagram %d" % i, target)
+        yield waitFor(lambda: len(client.got) == 5)
+        self.assertEqual(sorted(client.got), [b"echo:datagram %d" % i for i in range(5)])
+        self.assertEqual(host.stats["dns"].total, 1)
+
+    @inlineCallbacks
+    def test_udpRequestToTCPService(self):
+        """
+        Asking for a TCP service as UDP is refused as a bad request.
+        """
+        logs = LogCapture(self)
+        a, host, forward, service = yield self.echoTunnel()
+        from twisted.internet.protocol import DatagramProtocol
+
+        udpForward = yield self.makeForward(a, "echo", kind="udp", node=forward.node)
+        clientPort = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(clientPort.stopListening)
+        clientPort.write(b"hello", ("127.0.0.1", udpForward.localAddress.port))
+        yield waitFor(lambda: logs.matching("refused: service 'echo' is TCP, not UDP"))
