@@ -15,7 +15,8 @@ closes once its streams are done, so no stream is cut off.  A connection
 the peer sent go-away on is likewise retired: it is no longer handed out,
 and closes when its last stream ends.
 
-Identify (asking, answering, pushing) lives in L{beam._nodeidentify}.
+Dialling lives in L{beam._dialer}, identify (asking, answering, pushing)
+in L{beam._nodeidentify}.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IProtocol
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -41,11 +41,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from beam import __version__
+from beam._dialer import Dialer
 from beam._nodeidentify import NodeIdentify
 from beam.connection import PeerConnection
 from beam.errors import (
     BeamError,
-    ConnectionLimitExceeded,
     DialError,
     MuxerClosed,
     NegotiationFailed,
@@ -132,8 +132,7 @@ class Node(MultiService):
         self._random = random
         self.connections: dict[PeerID, PeerConnection] = {}
         self._allConnections: set[PeerConnection] = set()
-        self._pending: dict[Any, list[Deferred[PeerConnection]]] = {}
-        self._dials: dict[Any, Deferred[PeerConnection]] = {}
+        self._dialer = Dialer(self)
         self._upgrading: set[UpgradingProtocol] = set()
         self._draining: set[PeerConnection] = set()
         self._drainer: Optional[LoopingCall] = None
@@ -246,8 +245,7 @@ class Node(MultiService):
             ds.append(maybeDeferred(port.stopListening))
         self._ports = []
         self.listenAddrs = []
-        for d in list(self._dials.values()):
-            d.cancel()
+        self._dialer.cancelAll()
         for up in list(self._upgrading):
             up._fail(Failure(NodeStopped()))
         closing = [conn for conn in self._allConnections if not conn.closed]
@@ -334,140 +332,7 @@ class Node(MultiService):
                 return succeed(existing)
         if not addrs:
             return fail(DialError(f"no known addresses for peer {peer}"))
-        key: Any = peer if peer is not None else addrs[0]
-        mine: Deferred[PeerConnection] = Deferred(lambda d: self._withdraw(key, d))
-        waiters = self._pending.get(key)
-        if waiters is not None:
-            waiters.append(mine)
-            return mine
-        waiters = self._pending[key] = [mine]
-        dial = self._dialAll(peer, addrs)
-        if self._pending.get(key) is waiters and not dial.called:
-            self._dials[key] = dial
-        # The dial may already have failed (no usable address, connection
-        # limit): the fan-out then runs at once, and still reaches us.
-        dial.addBoth(self._dialDone, key, waiters)
-        return mine
-
-    def _withdraw(self, key: Any, waiter: Deferred[PeerConnection]) -> None:
-        """
-        A caller of L{connect} cancelled: forget it, and cancel the dial if
-        nobody else waits for it.  (L{Deferred.cancel} then fails the
-        caller's Deferred with L{CancelledError}.)
-        """
-        waiters = self._pending.get(key)
-        if waiters is None or waiter not in waiters:
-            return
-        waiters.remove(waiter)
-        if not waiters:
-            dial = self._dials.get(key)
-            if dial is not None:
-                dial.cancel()
-
-    def _dialDone(self, result: Any, key: Any, waiters: list[Deferred[PeerConnection]]) -> None:
-        if self._pending.get(key) is waiters:
-            del self._pending[key]
-            self._dials.pop(key, None)
-        if isinstance(result, PeerConnection) and not result.acceptsStreams:
-            # Our dial lost to a simultaneous one from the peer: hand out
-            # the connection that is kept.
-            result = self._usableConnection(result.remotePeer) or result
-        for w in list(waiters):
-            if w.called:
-                continue
-            if isinstance(result, Failure):
-                w.errback(result)
-            else:
-                w.callback(result)
-
-    def _dialAll(self, peer: Optional[PeerID], addrs: list[Multiaddr]) -> Deferred[PeerConnection]:
-        errors: list[str] = []
-        current: list[Deferred[Any]] = []
-
-        def cancel(d: Deferred[Any]) -> None:
-            for c in current:
-                c.cancel()
-
-        result: Deferred[PeerConnection] = Deferred(cancel)
-
-        def attempt(i: int) -> None:
-            if result.called:
-                return
-            if i >= len(addrs):
-                where = "; ".join(errors) or "no addresses"
-                if len(addrs) == 1:
-                    who = f"{peer} at {addrs[0]}" if peer is not None else str(addrs[0])
-                else:
-                    who = str(peer or addrs[0])
-                result.errback(DialError(f"could not connect to {who}: {where}"))
-                return
-            d = self._dialOne(peer, addrs[i])
-            current[:] = [d]
-
-            def ok(conn: PeerConnection) -> None:
-                if not result.called:
-                    result.callback(conn)
-
-            def bad(f: Failure) -> None:
-                if f.check(CancelledError) and result.called:
-                    return
-                if f.check(NodeStopped, CancelledError):
-                    if not result.called:
-                        result.errback(NodeStopped() if f.check(NodeStopped) or self._stopping else f)
-                    return
-                if f.check(BeamError) and not f.check(DialError):
-                    # Security errors (wrong peer ID, ...) and the connection
-                    # limit are not about the address: report them as they are.
-                    if not result.called:
-                        result.errback(f)
-                    return
-                reason = f.getErrorMessage()
-                errors.append(reason if len(addrs) == 1 else f"{addrs[i]}: {reason}")
-                attempt(i + 1)
-
-            d.addCallbacks(ok, bad)
-
-        attempt(0)
-        return result
-
-    def _dialOne(self, peer: Optional[PeerID], addr: Multiaddr) -> Deferred[PeerConnection]:
-        if len(self._allConnections) + len(self._upgrading) >= self.maxConnections:
-            return fail(ConnectionLimitExceeded(
-                f"already {self.maxConnections} connections open"
-            ))
-        try:
-            endpoint = endpoints.clientFromString(self.reactor, addr.clientEndpointDescription())
-        except (ValueError, BeamError) as e:
-            return fail(DialError(f"cannot dial {addr}: {e}"))
-        if hasattr(endpoint, "_timeout"):
-            endpoint._timeout = self.dialTimeout
-        upgrading = self._makeUpgrading(isInitiator=True, expectedPeer=peer, dialledAddr=addr)
-        connecting = endpoints.connectProtocol(endpoint, upgrading)
-        result: Deferred[PeerConnection] = Deferred(lambda _: connecting.cancel() if not connecting.called else upgrading._fail(Failure(CancelledError())))
-
-        def connected(_: Any) -> None:
-            def relay(r: Any) -> None:
-                if result.called:
-                    return
-                if isinstance(r, Failure):
-                    result.errback(r)
-                else:
-                    result.callback(r)
-
-            upgrading.done.addBoth(relay)
-
-        def failed(f: Failure) -> None:
-            if result.called:
-                return
-            if self._stopping:
-                result.errback(NodeStopped())
-            elif f.check(CancelledError, ConnectingCancelledError):
-                result.errback(CancelledError())
-            else:
-                result.errback(DialError(f.getErrorMessage()))
-
-        connecting.addCallbacks(connected, failed)
-        return result
+        return self._dialer.dial(peer, addrs)
 
     # -- connection setup ------------------------------------------------
 
