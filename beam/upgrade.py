@@ -24,7 +24,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from beam.errors import BeamError, HandshakeFailed, MuxerClosed
+from beam.errors import BeamError, ConnectionLimitExceeded, HandshakeFailed, MuxerClosed
 from beam.keys import PeerID
 from beam.multistream import MultistreamDialer, MultistreamListener, MultistreamProtocol
 from beam.security.interfaces import ISecureTransport, SecureInfo
@@ -95,8 +95,9 @@ class UpgradingProtocol(_Delegating):
 
     def connectionMade(self) -> None:
         if self._onConnected is not None and not self._onConnected(self):
-            self.transport.abortConnection()
-            self._fail(Failure(BeamError("connection limit reached")))
+            self._fail(Failure(ConnectionLimitExceeded(
+                "the node refused the connection (stopping, or at its connection limit)"
+            )))
             return
         self._timer = self.clock.callLater(self.handshakeTimeout, self._timedOut)
         negotiator: MultistreamDialer | MultistreamListener
@@ -169,6 +170,8 @@ class _MuxerStage(_Delegating):
     security handshake already agreed on it), then hand over to the session.
     """
 
+    log = Logger()
+
     def __init__(self, upgrading: UpgradingProtocol, info: SecureInfo) -> None:
         self.upgrading = upgrading
         self.info = info
@@ -187,8 +190,18 @@ class _MuxerStage(_Delegating):
     def _selected(self, protocolId: str, leftover: bytes) -> None:
         if self.upgrading.finished:
             return
-        conn = self.upgrading._muxerReady(self, self.transport)
-        self.setInner(conn.session)
+        try:
+            conn = self.upgrading._muxerReady(self, self.transport)
+            self.setInner(conn.session)
+        except Exception:
+            # Our bug, not the peer's: say so (rather than letting the
+            # secure channel report a vague handshake failure) and drop
+            # only this connection.
+            failure = Failure()
+            self.log.failure("setting up the connection with {peer} failed", failure=failure,
+                             peer=self.upgrading.transport.getPeer() if self.upgrading.transport else None)
+            self.upgrading._fail(failure)
+            return
         self.upgrading._succeed(conn)
         if leftover:
             conn.session.dataReceived(leftover)

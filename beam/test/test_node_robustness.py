@@ -679,3 +679,34 @@ class DialerTests(TestCase):
         f = yield self.assertFailure(a.connect(addr), DialError)
         self.assertIn(str(b.peerID), str(f))
         self.assertIn("127.0.0.1", str(f))
+
+
+class UpgradeErrorTests(TestCase):
+    """
+    Our own errors while finishing an upgrade cost only that connection.
+    """
+
+    @inlineCallbacks
+    def test_connectionSetupRaises(self):
+        """
+        If building the peer connection raises, the error is logged, the
+        TCP connection dropped and the dial fails (rather than hanging);
+        the node then connects normally.
+        """
+        a = yield startNode(self)
+        b = yield startNode(self)
+        real = a._newConnection
+
+        def broken(*args, **kw):
+            raise Boom("setup")
+
+        a._newConnection = broken
+        d = a.connect(addrOf(b))
+        d.addTimeout(5, reactor)
+        yield self.assertFailure(d, DialError, Boom)
+        self.assertEqual(len(self.flushLoggedErrors(Boom)), 1)
+        self.assertEqual((a._upgrading, a._allConnections), (set(), set()))
+        a._newConnection = real
+        yield waitFor(lambda: not b._allConnections)
+        yield a.ping(addrOf(b))
+        assertNoLoggedErrors(self)
