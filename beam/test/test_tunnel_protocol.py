@@ -388,18 +388,37 @@ class SpliceTests(SynchronousTestCase):
 
     def test_backpressure(self):
         """
-        Each side's registered producer pauses and resumes the other
-        side's reading, but stopping it is left to the splice.
+        Each side's registered producer pauses the other side's reading,
+        lazily: the side stops reading only when data arrives while it is
+        paused (that chunk is still passed on), and resumes once resumed.
+        Stopping the producer is left to the splice.
         """
         self.splice.start()
         self.tcp.producer.pauseProducing()
+        self.assertFalse(self.stream.paused)
+        self.splice.remote.dataReceived(b"one more")
+        self.assertEqual(bytes(self.tcp.written), b"one more")
         self.assertTrue(self.stream.paused)
         self.tcp.producer.resumeProducing()
         self.assertFalse(self.stream.paused)
         self.stream.producer.pauseProducing()
+        self.splice.local.dataReceived(b"x")
         self.assertTrue(self.tcp.paused)
         self.stream.producer.stopProducing()
         self.assertFalse(self.tcp.closed or self.tcp.aborted)
+
+    def test_resumeWithoutStopIsFree(self):
+        """
+        A pause and resume with no data in between never touch the
+        transport (no system calls for idle sockets).
+        """
+        self.splice.start()
+        calls = []
+        self.tcp.pauseProducing = lambda: calls.append("pause")  # type: ignore[method-assign]
+        self.tcp.resumeProducing = lambda: calls.append("resume")  # type: ignore[method-assign]
+        self.stream.producer.pauseProducing()
+        self.stream.producer.resumeProducing()
+        self.assertEqual(calls, [])
 
     def test_noResumeAfterEOF(self):
         """
@@ -407,8 +426,10 @@ class SpliceTests(SynchronousTestCase):
         would report end-of-file twice).
         """
         self.splice.start()
-        self.splice.local.readConnectionLost()
         self.stream.producer.pauseProducing()
+        self.splice.local.dataReceived(b"x")
+        self.assertTrue(self.tcp.paused)
+        self.splice.local.readConnectionLost()
         self.stream.producer.resumeProducing()
         self.assertTrue(self.tcp.paused)
 

@@ -87,20 +87,30 @@ class _Throttle:
     """
     The producer registered on one side's transport on behalf of the other
     side: pauses and resumes its reading, but leaves stopping to the splice.
+
+    Pausing is lazy: it only marks the side paused, and the side stops
+    reading when data actually arrives while marked (after passing that
+    one chunk on).  A muxed connection pauses and resumes every stream's
+    producer together whenever the connection's send buffer fills and
+    drains; done eagerly, that is two epoll system calls per tunnelled
+    socket per cycle, most of them for sockets with nothing to read.
+    Lazily, only busy sockets pay, and memory stays bounded: at most one
+    read's worth (64 KiB for TCP) per connection beyond the high-water mark.
     """
 
     def __init__(self, end: "_End") -> None:
         self._end = end
 
     def pauseProducing(self) -> None:
-        end = self._end
-        if not end.lost and end.transport is not None:
-            end.transport.pauseProducing()
+        self._end.throttled = True
 
     def resumeProducing(self) -> None:
         end = self._end
-        if not end.lost and not end.readClosed and end.transport is not None:
-            end.transport.resumeProducing()
+        end.throttled = False
+        if end.readStopped:
+            end.readStopped = False
+            if not end.lost and not end.readClosed and end.transport is not None:
+                end.transport.resumeProducing()
 
     def stopProducing(self) -> None:
         pass
@@ -114,6 +124,8 @@ class _End(Protocol):
     @ivar readClosed: our transport's input ended (EOF or FIN).
     @ivar writeClosed: we closed our transport's output.
     @ivar lost: our transport is gone.
+    @ivar throttled: the other side's transport asked us to pause.
+    @ivar readStopped: we paused our transport's reading for it.
     """
 
     def __init__(self, splice: "Splice") -> None:
@@ -123,6 +135,10 @@ class _End(Protocol):
         self.writeClosed = False
         self.lost = False
         self.lostReason: Optional[Failure] = None
+        # The other side asked us to pause (see _Throttle), and whether we
+        # did stop our transport's reading for it.
+        self.throttled = False
+        self.readStopped = False
 
     def _count(self, n: int) -> None:
         raise NotImplementedError()
@@ -133,6 +149,9 @@ class _End(Protocol):
             return
         self._count(len(data))
         other.transport.write(data)
+        if self.throttled and not self.readStopped and not self.lost:
+            self.readStopped = True
+            self.transport.pauseProducing()
 
     def readConnectionLost(self) -> None:
         if self.readClosed:
