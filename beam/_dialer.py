@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any, Optional
 from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from beam.connection import PeerConnection
-from beam.errors import BeamError, ConnectionLimitExceeded, DialError, NodeStopped
+from beam.errors import BeamError, ConnectionLimitExceeded, DialError, NodeStopped, PeerIDMismatch
 from beam.keys import PeerID
 from beam.multiaddr import Multiaddr
 
@@ -118,12 +119,16 @@ class Dialer:
                 c.cancel()
 
         result: Deferred[PeerConnection] = Deferred(cancel)
+        mismatches: list[Failure] = []
 
         def attempt(i: int) -> None:
             if result.called:
                 return
             if i >= len(addrs):
-                where = "; ".join(errors) or "no addresses"
+                if mismatches and not errors:
+                    result.errback(mismatches[0])
+                    return
+                where = "; ".join(errors + [m.getErrorMessage() for m in mismatches]) or "no addresses"
                 if len(addrs) == 1:
                     who = f"{peer} at {addrs[0]}" if peer is not None else str(addrs[0])
                 else:
@@ -144,6 +149,13 @@ class Dialer:
                     if not result.called:
                         stopped = f.check(NodeStopped) or self.node._stopping
                         result.errback(NodeStopped() if stopped else f)
+                    return
+                if f.check(PeerIDMismatch) and i + 1 < len(addrs):
+                    # Someone else answers at that address (a stale or
+                    # loopback address of another node): try the others,
+                    # and report the mismatch only if none of them works.
+                    mismatches.append(f)
+                    attempt(i + 1)
                     return
                 if f.check(BeamError) and not f.check(DialError):
                     # Security errors (wrong peer ID, ...) and the connection
@@ -173,7 +185,7 @@ class Dialer:
         if hasattr(endpoint, "_timeout"):
             endpoint._timeout = node.dialTimeout
         upgrading = node._makeUpgrading(isInitiator=True, expectedPeer=peer, dialledAddr=addr)
-        connecting = endpoints.connectProtocol(endpoint, upgrading)
+        connecting = endpoint.connect(_OneProtocolFactory(upgrading))
 
         def cancel(_: Any) -> None:
             if not connecting.called:
@@ -206,3 +218,18 @@ class Dialer:
 
         connecting.addCallbacks(connected, failed)
         return result
+
+
+class _OneProtocolFactory(Factory):
+    """
+    Hands out one prepared protocol, quietly (C{connectProtocol}'s factory
+    logs a line per dial).
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol_ = protocol
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.protocol_

@@ -199,6 +199,7 @@ class Node(MultiService):
         Start listening on more addresses.
         """
         factory = Factory.forProtocol(lambda: self._makeUpgrading(isInitiator=False, expectedPeer=None))
+        factory.noisy = False
         ds = []
         for addr in addrs:
             try:

@@ -129,6 +129,19 @@ class NodeTestsMixin(TwoNodeMixin):
         self.assertEqual(a.connections, {})
 
     @inlineCallbacks
+    def test_wrongPeerAtOneAddress(self):
+        """
+        When another node answers at one of a peer's addresses, the dialler
+        goes on to the next address instead of giving up.
+        """
+        a, b = yield self.makePair()
+        cid = Identity.generate()
+        c = yield startNode(self, identity=cid, securities=only(self.security)(cid))
+        a.peerAddrs[b.peerID] = [addrOf(c, withPeer=False), addrOf(b, withPeer=False)]
+        conn = yield a.connect(b.peerID)
+        self.assertEqual(conn.remotePeer, b.peerID)
+
+    @inlineCallbacks
     def test_unknownProtocol(self):
         """
         Opening a stream for a protocol the peer does not serve fails with
