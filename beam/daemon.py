@@ -245,8 +245,12 @@ class BeamDaemon(MultiService):
         self.tunnels.expose(spec)
         if secretBytes is not None:
             self.secrets[spec.name] = secretBytes
-        self.log.info("exposing {kind} {where} as {name}", kind=kind, where=spec.where, name=spec.name)
-        return self._describeTunnel(spec)
+        described = self._describeTunnel(spec)
+        self.log.info(
+            "exposing {kind} {where} as {name}; on the other side run: {connect}",
+            kind=kind, where=spec.where, name=spec.name, connect=described["connect"],
+        )
+        return described
 
     def _describeTunnel(self, spec: ServiceSpec) -> dict[str, Any]:
         share = self.shareAddress(spec.name)
