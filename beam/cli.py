@@ -268,9 +268,7 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         _startLogging(args, config)
         daemon = await _runDaemon(reactor, args, config)
         fwd = await daemon._startForward(share, args.port, args.bind, args.service, args.compress,
-                                         "udp" if args.udp else "tcp")
-        forward = daemon.forwards[fwd["name"]]
-        await forward.whenReady() if hasattr(forward, "whenReady") else None
+                                         "udp" if args.udp else "tcp", probe=True)
     out.event(
         {"event": "ready", "listen": fwd["listen"], "peer_id": fwd["peer_id"], "service": fwd["service"]},
         f"listening on {fwd['listen']} -> {fwd['peer_id']}/{fwd['service'] or 'default'}",

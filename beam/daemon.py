@@ -40,6 +40,7 @@ from beam.share import ShareAddress, parseShareAddress
 from beam.tunnel.access import PUBLIC, AccessPolicy
 from beam.tunnel.client import TunnelForward
 from beam.tunnel.host import ServiceSpec, TunnelHost
+from beam.tunnel.protocol import TunnelRefused
 
 STATE_FILE = "state.json"
 SECRET_BYTES = 16
@@ -295,10 +296,11 @@ class BeamDaemon(MultiService):
         udp: bool = False,
     ) -> Deferred[dict[str, Any]]:
         """
-        Listen on C{bind}:C{port} and forward to C{target}.
+        Listen on C{bind}:C{port} and forward to C{target}, after checking
+        that the host is reachable and accepts us.
         """
         share = parseShareAddress(target, service)
-        return self._startForward(share, port, bind, service, compress, "udp" if udp else "tcp")
+        return self._startForward(share, port, bind, service, compress, "udp" if udp else "tcp", probe=True)
 
     @inlineCallbacks
     def _startForward(
@@ -309,7 +311,14 @@ class BeamDaemon(MultiService):
         service: Optional[str],
         compress: bool,
         kind: str,
+        probe: bool = False,
     ) -> Any:
+        """
+        @param probe: first check that the host is reachable and would
+            accept our tunnels, failing with a clear error if not (for
+            C{beam connect}); forwards from the configuration file start
+            regardless and keep retrying.
+        """
         if service:
             share = ShareAddress(peer=share.peer, addrs=share.addrs, service=service, secret=share.secret)
         if share.peer == self.node.peerID:
@@ -324,6 +333,15 @@ class BeamDaemon(MultiService):
             fwd.stopService()
             where = f"{bind or '127.0.0.1'}:{port or 0}"
             raise TunnelSpecError(f"cannot listen on {where}: {_why(e)}") from None
+        if probe:
+            try:
+                yield fwd.probe()
+            except TunnelRefused as e:
+                yield fwd.stopService()
+                raise TunnelSpecError(f"the host refused the tunnel: {e}") from None
+            except BaseException:
+                yield fwd.stopService()
+                raise
         key = str(fwd.localAddress.port)
         self.forwards[key] = fwd
         self.log.info("forwarding {bind}:{port} to {label}", bind=fwd.bind, port=key, label=fwd.label)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Callable, Optional, Sequence
 
+import attrs
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import endpoints
@@ -303,6 +304,26 @@ class TunnelForward(Service):
 
     # -- one local connection --------------------------------------------
 
+    def probe(self) -> Deferred[None]:
+        """
+        Check, without opening a tunnel, that the host is reachable and would
+        accept ours (service exists, right kind, access granted).
+
+        @return: fires with L{None}, or fails with the dial error or the
+            refusal (L{TunnelRefused}), worded for the user.
+        """
+        request = attrs.evolve(self.request, probe=True)
+
+        def ask(_: Any) -> Deferred[Any]:
+            negotiator = _ClientStream(self, encodeRequest(request))
+            opened = self.node.openStream(self.peer, [TUNNEL_PROTOCOL], lambda: negotiator)
+            return opened.addCallback(lambda _: negotiator.result).addCallback(
+                lambda answer: answer[0].transport.loseConnection()
+            )
+
+        self._learnAddrs()
+        return self.node.connect(self.peer).addCallback(ask)
+
     def _ask(self) -> Deferred[tuple["_ClientStream", TunnelResponse]]:
         """
         Open a tunnel stream and send our request.
@@ -433,8 +454,9 @@ class _ClientStream(Protocol):
         refusal or whatever ended the stream first.
     """
 
-    def __init__(self, forward: TunnelForward) -> None:
+    def __init__(self, forward: TunnelForward, requestBytes: Optional[bytes] = None) -> None:
         self.forward = forward
+        self.requestBytes = forward._requestBytes if requestBytes is None else requestBytes
         self.reader = ResponseReader()
         self.opening: Optional[Deferred[Any]] = None
         self.finished = False
@@ -450,7 +472,7 @@ class _ClientStream(Protocol):
             self.transport.abortConnection()
 
     def connectionMade(self) -> None:
-        self.transport.write(self.forward._requestBytes)
+        self.transport.write(self.requestBytes)
         self._timer = self.forward.reactor.callLater(self.forward.responseTimeout, self._timedOut)
 
     def _timedOut(self) -> None:

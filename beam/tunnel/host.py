@@ -265,6 +265,9 @@ class TunnelHost(Service):
             return
         allowed = COMPRESSIONS if spec.compress and _compressionAvailable() else ()
         compression = chooseCompression(request.compression, allowed)
+        if request.probe:
+            proto.answerProbe(TunnelResponse(compression=compression))
+            return
         if spec.kind == "udp":
             self._handleUDP(proto, spec, compression, peer)
             return
@@ -414,6 +417,16 @@ class _HostStream(Protocol):
         except Exception:  # noqa: BLE001 - never raise out of dataReceived
             self.host.log.failure("handling a tunnel request failed")
             self.refuse(BadTunnelRequest("the host failed to handle the request"))
+
+    def answerProbe(self, response: TunnelResponse) -> None:
+        """
+        A probe passed every check: say so and close, as for a refusal.
+        """
+        self.done = True
+        self.host._pending.discard(self)
+        self.transport.write(encodeResponse(response))
+        self.transport.loseConnection()
+        self.transport.resumeProducing()
 
     def refuse(self, error: TunnelRefused) -> None:
         """

@@ -129,12 +129,17 @@ class TunnelRequest:
     @ivar kind: C{"tcp"} or C{"udp"}.
     @ivar compression: compression methods offered, in order of preference.
     @ivar secret: the access secret from the share address, C{b""} if none.
+    @ivar probe: only ask whether a tunnel I{would} be accepted (access,
+        service, kind); the host answers and closes the stream without
+        touching the local service.  C{beam connect} probes once at start
+        so that a refusal is a clear error there and then.
     """
 
     service: str = ""
     kind: str = "tcp"
     compression: tuple[str, ...] = ()
     secret: bytes = b""
+    probe: bool = False
 
 
 @attrs.frozen
@@ -186,6 +191,7 @@ def encodeRequest(request: TunnelRequest) -> bytes:
         kind=_KIND_VALUES[request.kind],
         compression=list(request.compression),
         secret=request.secret,
+        probe=request.probe,
     )
     return encodeLengthPrefixed(msg.SerializeToString())
 
@@ -237,6 +243,7 @@ def decodeRequest(payload: bytes) -> TunnelRequest:
         kind=kind,
         compression=tuple(msg.compression),
         secret=bytes(msg.secret),
+        probe=msg.probe,
     )
     _checkRequest(request, InvalidTunnelMessage)
     return request

@@ -1,0 +1,181 @@
+"""
+L{beam.daemon.BeamDaemon} in one process: two daemons on loopback, their
+control API called directly.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from beam.config import Config, TunnelConfig
+from beam.control import NodeAlreadyRunning
+from beam.daemon import BeamDaemon, TunnelSpecError
+from beam.errors import Conflict, DialError, NotFound
+from beam.keys import Identity
+from beam.multiaddr import Multiaddr
+from beam.share import parseShareAddress
+
+LOOPBACK = (Multiaddr.fromString("/ip4/127.0.0.1/tcp/0"),)
+
+
+@implementer(IHalfCloseableProtocol)
+class _Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+def _roundTrip(port: int, payload: bytes = b"hello beam") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
+class DaemonTests(TestCase):
+    """
+    Tunnels, forwards and status through the daemon's control API.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def startDaemon(self, config: Config = Config(listen=LOOPBACK), home: Path | None = None, **kw):
+        home = home or Path(self.mktemp())
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        daemon = BeamDaemon(reactor, home, kw.pop("identity", None) or Identity.generate(), config, **kw)
+        yield daemon.start()
+        self.addCleanup(daemon.stopService)
+        return daemon
+
+    def echoService(self) -> int:
+        port = reactor.listenTCP(0, Factory.forProtocol(_Echo), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @inlineCallbacks
+    def test_exposeAndConnect(self):
+        """
+        A tunnel exposed on one daemon is reached through a forward on
+        another; status on both sides reports it with byte counts.
+        """
+        host = yield self.startDaemon()
+        client = yield self.startDaemon()
+        svc = self.echoService()
+        tunnel = host.addTunnel(svc)
+        self.assertEqual(tunnel["name"], str(svc))
+        self.assertTrue(tunnel["connect"].startswith("beam connect beam://"))
+        fwd = yield client.addForward(tunnel["share"])
+        port = int(fwd["listen"].rsplit(":", 1)[1])
+        got = yield _deferToThread(_roundTrip, port)
+        self.assertEqual(got, b"hello beam")
+        status = host.status()
+        self.assertEqual(status["tunnels"][0]["stats"]["total"], 1)
+        self.assertEqual(status["tunnels"][0]["stats"]["bytesIn"], len(b"hello beam"))
+        cstatus = client.status()
+        self.assertEqual(cstatus["forwards"][0]["state"], "connected")
+        self.assertEqual(cstatus["connections"][0]["peer_id"], str(host.node.peerID))
+
+    @inlineCallbacks
+    def test_probeRefusals(self):
+        """
+        A forward checks the host first: an unknown service, a peer not on
+        the allow list, a missing secret and an unreachable host each fail
+        with a clear error, and leave no forward behind.
+        """
+        host = yield self.startDaemon()
+        client = yield self.startDaemon()
+        svc = self.echoService()
+        private = host.addTunnel(svc, name="private", allow=[Identity.generate().peerID])
+        secret = host.addTunnel(self.echoService(), name="secret", secret=True)
+        share = parseShareAddress(private["share"])
+        e = yield self.assertFailure(client.addForward(private["share"]), TunnelSpecError)
+        self.assertIn("not on the allow list", str(e))
+        e = yield self.assertFailure(client.addForward(private["share"], service="nope"), TunnelSpecError)
+        self.assertIn("nope", str(e))
+        stripped = secret["share"].split("#")[0]
+        e = yield self.assertFailure(client.addForward(stripped), TunnelSpecError)
+        self.assertIn("secret", str(e))
+        ok = yield client.addForward(secret["share"])
+        self.assertEqual(ok["service"], "secret")
+        dead = f"beam://{Identity.generate().peerID}@127.0.0.1:{_freePort()}/{share.service}"
+        yield self.assertFailure(client.addForward(dead), DialError)
+        self.assertEqual(list(client.forwards), [ok["name"]])
+
+    @inlineCallbacks
+    def test_conflictsAndRemoval(self):
+        """
+        Exposing a port twice is a conflict; removing by name or port works
+        once and then reports not found.
+        """
+        host = yield self.startDaemon()
+        svc = self.echoService()
+        host.addTunnel(svc, name="web")
+        self.assertRaises(Conflict, host.addTunnel, svc)
+        self.assertRaises(Conflict, host.addTunnel, svc + 1 if svc < 65535 else svc - 1, name="web")
+        self.assertEqual(host.removeTunnel(str(svc))["name"], "web")
+        self.assertRaises(NotFound, host.removeTunnel, "web")
+        self.assertRaises(NotFound, host.removeForward, "1234")
+
+    @inlineCallbacks
+    def test_configTunnelsAndRememberedPort(self):
+        """
+        Tunnels in the configuration are exposed at start, and a restarted
+        daemon listens on the port of its previous run.
+        """
+        home = Path(self.mktemp())
+        ident = Identity.generate()
+        svc = self.echoService()
+        config = Config(listen=LOOPBACK, tunnels=(TunnelConfig(port=svc, name="web"),))
+        first = yield self.startDaemon(config, home=home, identity=ident)
+        self.assertEqual(list(first.tunnels.services), ["web"])
+        port = first.node.listenAddrs[0].tcpTarget()[1]
+        self.assertEqual(json.loads((home / "state.json").read_text())["listen_port"], port)
+        self.assertEqual((home / "state.json").stat().st_mode & 0o777, 0o600)
+        yield first.stopService()
+        second = yield self.startDaemon(config, home=home, identity=ident)
+        self.assertEqual(second.node.listenAddrs[0].tcpTarget()[1], port)
+
+    @inlineCallbacks
+    def test_secondDaemonRefused(self):
+        """
+        A second daemon for the same home fails to start with
+        L{NodeAlreadyRunning} and does not bind anything.
+        """
+        home = Path(self.mktemp())
+        yield self.startDaemon(home=home)
+        second = BeamDaemon(reactor, home, Identity.generate(), Config(listen=LOOPBACK))
+        yield self.assertFailure(second.start(), NodeAlreadyRunning)
+        yield second.stopService()
+        self.assertEqual(second.node.listenAddrs, [])
+
+
+def _freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _deferToThread(f, *args):
+    from twisted.internet.threads import deferToThread
+
+    return deferToThread(f, *args)
