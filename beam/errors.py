@@ -157,3 +157,21 @@ class Conflict(BeamError):
     """
     That conflicts with something already set up on this node.
     """
+
+
+class InvalidDHTMessage(DecodeError):
+    """
+    A peer sent a malformed DHT message.
+    """
+
+
+class InvalidRecord(BeamError):
+    """
+    The record is not valid.
+    """
+
+
+class RecordRefused(BeamError):
+    """
+    The record was not stored: the store is full, the sender is over its quota, or a better record is held.
+    """
