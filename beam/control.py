@@ -172,6 +172,38 @@ class IControlAPI(Interface):
         The connected peers.
         """
 
+    def registerName(name: str, services: list[str]) -> Any:
+        """
+        Publish a signed name record for this node (and keep republishing it).
+        """
+
+    def withdrawName(name: str) -> Any:
+        """
+        Stop publishing C{name} and publish a short-lived empty record.
+        """
+
+    def resolveName(name: str, acceptNewKey: bool) -> Any:
+        """
+        Resolve C{name}: which peer, which addresses, how it was found.
+        """
+
+    def networkStatus() -> Any:
+        """
+        Peer ID, listen and observed addresses, DHT mode, routing-table size,
+        records held.
+        """
+
+    def networkRoutes() -> Any:
+        """
+        The DHT routing table by bucket.
+        """
+
+    def networkBootstrap(addrs: list[str]) -> Any:
+        """
+        Join the DHT through C{addrs} (or the saved routing table and
+        configured bootstrap peers when empty).
+        """
+
     def shutdown() -> Any:
         """
         Stop the node.  The implementation must not stop the reactor before
@@ -272,6 +304,28 @@ def _forwardArgs(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _nameArgs(body: dict[str, Any]) -> dict[str, Any]:
+    _checkUnknown(body, {"name", "services"})
+    name = _field(body, "name", (str,))
+    services = _field(body, "services", (list,), [])
+    if not all(isinstance(s, str) for s in services):
+        raise _BadRequest("field 'services' must be a list of service names")
+    return {"name": name, "services": services}
+
+
+def _bootstrapArgs(body: dict[str, Any]) -> dict[str, Any]:
+    _checkUnknown(body, {"addrs"})
+    addrs = _field(body, "addrs", (list,), [])
+    if not all(isinstance(a, str) for a in addrs):
+        raise _BadRequest("field 'addrs' must be a list of multiaddrs")
+    return {"addrs": addrs}
+
+
+def _flag(request: Request, name: bytes) -> bool:
+    values = (request.args or {}).get(name, [])
+    return bool(values) and values[-1] in (b"1", b"true", b"yes")
+
+
 def _parseBody(request: Request) -> dict[str, Any]:
     raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
     if len(raw) > MAX_BODY:
@@ -321,6 +375,18 @@ class ControlResource(Resource):
             return {b"DELETE": lambda r: api.removeTunnel(path[2])}
         if len(path) == 3 and path[:2] == ["v1", "forwards"] and path[2]:
             return {b"DELETE": lambda r: api.removeForward(path[2])}
+        if path == ["v1", "names"]:
+            return {b"POST": lambda r: api.registerName(**_nameArgs(_parseBody(r)))}
+        if len(path) == 3 and path[:2] == ["v1", "names"] and path[2]:
+            return {b"DELETE": lambda r: api.withdrawName(path[2])}
+        if len(path) == 3 and path[:2] == ["v1", "resolve"] and path[2]:
+            return {b"GET": lambda r: api.resolveName(path[2], _flag(r, b"accept_new_key"))}
+        if path == ["v1", "network", "status"]:
+            return {b"GET": lambda r: api.networkStatus()}
+        if path == ["v1", "network", "routes"]:
+            return {b"GET": lambda r: api.networkRoutes()}
+        if path == ["v1", "network", "bootstrap"]:
+            return {b"POST": lambda r: api.networkBootstrap(**_bootstrapArgs(_parseBody(r)))}
         return None
 
     def render(self, request: Request) -> Any:
@@ -338,7 +404,7 @@ class ControlResource(Resource):
         if handler is None:
             request.setHeader(b"allow", b", ".join(sorted(routes)))
             return self._respond(request, 405, {"error": f"{method.decode('latin-1')} is not allowed here; use {', '.join(m.decode() for m in sorted(routes))}"})
-        success = 201 if method == b"POST" and path[-1] in ("tunnels", "forwards") else 200
+        success = 201 if method == b"POST" and path[-1] in ("tunnels", "forwards", "names") else 200
         finished = [False]
         request.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
 
