@@ -75,6 +75,24 @@ class FakeAPI:
     def shutdown(self) -> Any:
         return self._answer("shutdown", None)
 
+    def registerName(self, name: str, services: list[str]) -> Any:
+        return self._answer("registerName", dict(name=name, services=services))
+
+    def withdrawName(self, name: str) -> Any:
+        return self._answer("withdrawName", dict(name=name))
+
+    def resolveName(self, name: str, acceptNewKey: bool) -> Any:
+        return self._answer("resolveName", dict(name=name, acceptNewKey=acceptNewKey))
+
+    def networkStatus(self) -> Any:
+        return self._answer("networkStatus", None)
+
+    def networkRoutes(self) -> Any:
+        return self._answer("networkRoutes", None)
+
+    def networkBootstrap(self, addrs: list[str]) -> Any:
+        return self._answer("networkBootstrap", dict(addrs=addrs))
+
 
 def _shortHome(testCase: TestCase) -> Path:
     # mktemp() paths are too long for sun_path; use a short private dir.
@@ -232,6 +250,33 @@ class ControlRouteTests(TestCase):
             ("addForward", dict(target="beam://x@h:1/web", port=None, bind=None, service=None, compress=False, udp=False)),
             ("addForward", dict(target="t", port=8080, bind="::1", service="web", compress=True, udp=False)),
         ])
+
+    @inlineCallbacks
+    def test_nameAndNetworkRoutes(self) -> Any:
+        """
+        The name and network routes reach their API methods with their
+        arguments; POST /v1/names answers 201.
+        """
+        yield self.client.request("POST", "/v1/names", {"name": "alice", "services": ["web"]})
+        yield self.client.request("DELETE", "/v1/names/alice")
+        yield self.client.request("GET", "/v1/resolve/bob?accept_new_key=1")
+        yield self.client.request("GET", "/v1/resolve/bob")
+        yield self.client.request("GET", "/v1/network/status")
+        yield self.client.request("GET", "/v1/network/routes")
+        yield self.client.request("POST", "/v1/network/bootstrap", {"addrs": ["/ip4/127.0.0.1/tcp/1"]})
+        self.assertEqual(self.api.calls, [
+            ("registerName", dict(name="alice", services=["web"])),
+            ("withdrawName", dict(name="alice")),
+            ("resolveName", dict(name="bob", acceptNewKey=True)),
+            ("resolveName", dict(name="bob", acceptNewKey=False)),
+            ("networkStatus", None),
+            ("networkRoutes", None),
+            ("networkBootstrap", dict(addrs=["/ip4/127.0.0.1/tcp/1"])),
+        ])
+        e = yield self.assertFailure(
+            self.client.request("POST", "/v1/names", {"name": "x", "services": [1]}), ControlError
+        )
+        self.assertEqual(e.status, 400)
 
     @inlineCallbacks
     def test_addForwardBadFields(self) -> Any:
