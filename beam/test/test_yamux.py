@@ -955,8 +955,9 @@ class FlowControlTests(SynchronousTestCase):
     def test_sessionPausePausesStreams(self) -> None:
         """
         When the connection's transport pauses the session, stream writes
-        queue and every stream's producer pauses; when it drains they resume
-        and all data arrives.
+        queue and each stream's producer is paused by its next write (idle
+        producers are left alone, as a TCP transport leaves them); when it
+        drains they resume and all data arrives.
         """
         transport = MemoryTransport(highWater=100_000)
         pair = Pair(clientTransport=transport)
@@ -969,11 +970,14 @@ class FlowControlTests(SynchronousTestCase):
             producers.append(producer)
         producers[0].produce(200_000)
         self.assertTrue(transport.producerPaused)
-        self.assertTrue(all(p.paused for p in producers))
+        self.assertTrue(producers[0].paused)
+        self.assertEqual([p.pauses for p in producers[1:]], [0, 0])
         self.assertLessEqual(len(transport.buffer), 100_000 + 8192 + 12)
         held = len(transport.buffer)
         streams[1][0].write(b"z" * 1000)
         self.assertEqual(len(transport.buffer), held)
+        self.assertEqual(streams[1][0]._queued, 1000)
+        self.assertTrue(producers[1].paused)
         producers[1].sent += b"z" * 1000
         pair.flush()
         for _ in range(200):
@@ -984,6 +988,151 @@ class FlowControlTests(SynchronousTestCase):
         for remote in pair.serverStreams:
             self.assertEqual(remote.protocol.data, bytes(producers[remote.streamID // 2].sent))
             self.assertGreaterEqual(len(remote.protocol.data), 200_000)
+
+    def test_resumeIsRoundRobin(self) -> None:
+        """
+        When a connection congested with many streams' queued data drains a
+        little at a time, each resume serves the streams in the order they
+        started waiting and sends a stream that still has data to the back:
+        every stream gets a turn before any gets a third, none starves, and
+        all data arrives intact.
+        """
+        transport = MemoryTransport(highWater=10_000)
+        pair = Pair(clientKw={"maxFrameSize": 4096}, clientTransport=transport)
+        streams = [pair.open()[0] for _ in range(20)]
+        pair.flush()
+        payloads = {s.streamID: os.urandom(40_000) for s in streams}
+        for s in streams:
+            s.write(payloads[s.streamID])
+        self.assertTrue(transport.producerPaused)
+        self.assertEqual(list(pair.client._waiting), streams)
+        rounds: list[list[int]] = []
+        while True:
+            # take() drains the transport, which resumes the session; what
+            # that resume sends is in the next take().
+            data = transport.take()
+            if not data:
+                break
+            rounds.append(
+                sorted({f.streamID for f in frames(data) if f.type == TYPE_DATA})
+            )
+            pair.server.dataReceived(data)
+        # Round 0 is the first stream's own write; each resume after it
+        # serves one stream (three frames fill the transport).
+        self.assertEqual(rounds[1:21], [[s.streamID] for s in streams])
+        turns = [r[0] for r in rounds[1:]]
+        for i in range(0, len(turns) - 20, 20):
+            self.assertEqual(sorted(turns[i : i + 20]), sorted(payloads))
+        pair.flush()
+        for remote in pair.serverStreams:
+            self.assertEqual(remote.protocol.data, payloads[remote.streamID])
+        self.assertEqual(len(pair.client._waiting), 0)
+
+    def test_manyProducersAllProgress(self) -> None:
+        """
+        Many streams with producers sharing a congested connection all
+        make progress through repeated pause/resume cycles, every queue
+        stays within the high-water mark plus one write, and everything
+        arrives; afterwards no stream is left waiting.
+        """
+        transport = MemoryTransport(highWater=50_000)
+        pair = Pair(clientTransport=transport)
+        streams = [pair.open()[0] for _ in range(40)]
+        pair.flush()
+        producers = []
+        for stream in streams:
+            producer = PushProducer(stream, chunk=8192)
+            stream.registerProducer(producer, True)
+            producers.append(producer)
+        total = 36 * 8192
+        progress = []
+        for _ in range(2000):
+            for p in producers:
+                p.produce(total)
+            for s in streams:
+                self.assertLessEqual(s._queued, pair.client.streamHighWater + 8192)
+            pair.flush(chunk=40_000)
+            progress.append([len(r.protocol.data) for r in pair.serverStreams])
+            if all(len(r.protocol.data) == total for r in pair.serverStreams):
+                break
+        # Halfway through, every stream had moved something.
+        self.assertTrue(all(n > 0 for n in progress[len(progress) // 2]))
+        for remote in pair.serverStreams:
+            self.assertEqual(remote.protocol.data, bytes(producers[remote.streamID // 2].sent))
+            self.assertEqual(len(remote.protocol.data), total)
+        self.assertEqual(len(pair.client._waiting), 0)
+
+    def test_waitingBookkeeping(self) -> None:
+        """
+        The session tracks just the streams a resume has work for: a stream
+        joins when its write is held back by the congested connection and
+        leaves when its queue drains, when it is reset, or when the
+        connection is lost; an idle stream's producer is never touched.
+        """
+        transport = MemoryTransport(highWater=10_000)
+        pair = Pair(clientTransport=transport)
+        streams = [pair.open()[0] for _ in range(4)]
+        idle, _ = pair.open()
+        idleProducer = PushProducer(idle)
+        idle.registerProducer(idleProducer, True)
+        pair.flush()
+        streams[0].write(b"a" * 20_000)
+        self.assertTrue(transport.producerPaused)
+        self.assertEqual(list(pair.client._waiting), [])
+        for s in streams[1:]:
+            s.write(b"b" * 1000)
+        self.assertEqual(list(pair.client._waiting), streams[1:])
+        streams[2].abortConnection()
+        self.assertEqual(list(pair.client._waiting), [streams[1], streams[3]])
+        pair.flush()
+        self.assertEqual(list(pair.client._waiting), [])
+        self.assertEqual((idleProducer.pauses, idleProducer.resumes), (0, 0))
+        # A paused producer whose queue is low waits for the resume, and
+        # leaves once it was resumed.
+        busy = PushProducer(streams[1], chunk=8192)
+        streams[1].registerProducer(busy, True)
+        streams[0].write(b"a" * 20_000)
+        busy.produce(8192)
+        self.assertTrue(busy.paused)
+        self.assertIn(streams[1], pair.client._waiting)
+        pair.flush()
+        self.assertFalse(busy.paused)
+        self.assertEqual(list(pair.client._waiting), [])
+        streams[0].write(b"a" * 20_000)
+        streams[3].write(b"c" * 1000)
+        self.assertEqual(list(pair.client._waiting), [streams[3]])
+        pair.client.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(pair.client._waiting), 0)
+
+    def test_pauseResumeCostIsPerBusyStream(self) -> None:
+        """
+        Pausing and resuming a session with hundreds of idle streams (each
+        with a registered producer) visits only the streams that wrote
+        while it was paused.
+        """
+        transport = MemoryTransport(highWater=10_000)
+        pair = Pair(clientTransport=transport)
+        streams = [pair.open()[0] for _ in range(300)]
+        for s in streams:
+            s.registerProducer(PushProducer(s), True)
+        pair.flush()
+        visits = []
+        original = YamuxStream._updateProducer
+
+        def counting(stream: YamuxStream) -> None:
+            visits.append(stream)
+            original(stream)
+
+        self.patch(YamuxStream, "_updateProducer", counting)
+        for _ in range(10):
+            streams[0].write(b"a" * 20_000)
+            self.assertTrue(transport.producerPaused)
+            streams[1].write(b"b" * 1000)
+            pair.flush()
+            self.assertFalse(transport.producerPaused)
+        # Stream 1 is visited for the window updates its data earns.
+        self.assertLessEqual(len(visits), 10 * 4)
+        self.assertEqual(set(visits), {streams[0], streams[1]})
 
     def test_pullProducer(self) -> None:
         """
@@ -1149,6 +1298,8 @@ def _validFrames() -> st.SearchStrategy[list[bytes]]:
 def _checkBounded(session: YamuxSession) -> None:
     assert session._parser.buffered <= 12 + session.initialWindow
     assert 0 <= session._windowGrowth <= session.windowBudget
+    for stream in session._waiting:
+        assert session.streams.get(stream.streamID) is stream
     for stream in session.streams.values():
         assert stream._buffered <= stream._recvMax
         assert 0 <= stream._recvWindow <= stream._recvMax
