@@ -1,0 +1,265 @@
+"""
+The records a DHT node holds for others (and its own, for republishing).
+
+Keys are namespaced, C{b"/<namespace>/<rest>"}, and only namespaces with a
+validator are accepted: a node stores nothing it cannot check, so the DHT
+cannot be used as free storage.  The validator (L{IValidator}) decides
+whether a value is well-formed and unexpired, which of several values is
+best, whether a new value may replace the held one (ownership), and when a
+value expires.
+
+Memory is bounded three ways: at most C{maxRecords} records, values of at
+most L{MAX_VALUE_BYTES}, and per sending peer at most C{maxPerPeer} accepted
+puts in any C{quotaWindow} seconds, so one peer cannot flood the store nor
+push out other peers' records.  Our own records (C{origin} is the local peer,
+see L{RecordStore.put}) are exempt from quota and size-of-store limits: the
+owner must keep them to republish them (L{RecordStore.republishable}).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final, Mapping, Optional, Sequence
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import Interface
+
+from beam.dht.messages import MAX_KEY_BYTES, MAX_VALUE_BYTES
+from beam.errors import InvalidRecord, RecordRefused
+from beam.keys import PeerID
+
+DEFAULT_MAX_RECORDS: Final = 2048
+DEFAULT_MAX_PER_PEER: Final = 32
+DEFAULT_QUOTA_WINDOW: Final = 3600.0
+
+
+class IValidator(Interface):
+    """
+    The rules of one key namespace.
+    """
+
+    def validate(key: bytes, value: bytes, now: float) -> None:
+        """
+        Check that C{value} is a well-formed, unexpired value for C{key}.
+
+        @raise InvalidRecord: it is not.
+        """
+
+    def select(key: bytes, values: Sequence[bytes]) -> int:
+        """
+        The index of the best of several valid C{values} for C{key}.
+        """
+
+    def mayReplace(key: bytes, old: bytes, new: bytes) -> bool:
+        """
+        Whether the valid C{new} may replace the held, unexpired C{old}
+        (e.g. same owner and newer).
+        """
+
+    def expires(value: bytes) -> float:
+        """
+        When (unix seconds) the valid C{value} stops being valid.
+        """
+
+
+@attrs.define
+class StoredRecord:
+    """
+    A record held by the store.
+
+    @ivar origin: who asked us to store it (C{None}: unknown).
+    """
+
+    key: bytes
+    value: bytes
+    expires: float
+    received: float
+    origin: Optional[PeerID]
+
+
+def namespaceOf(key: bytes) -> str:
+    """
+    The namespace of C{b"/ns/rest"}.
+
+    @raise InvalidRecord: the key is not of that form.
+    """
+    if not key.startswith(b"/"):
+        raise InvalidRecord("record key does not start with '/'")
+    ns, sep, rest = key[1:].partition(b"/")
+    if not sep or not ns or not rest:
+        raise InvalidRecord("record key is not /namespace/name")
+    try:
+        return ns.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidRecord("record namespace is not ASCII") from None
+
+
+class RecordStore:
+    """
+    Validated, expiring records with per-peer quotas.
+
+    @param localPeer: records whose origin is this peer are ours (never
+        refused for quota or space; listed by L{republishable}).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        validators: Mapping[str, IValidator],
+        maxRecords: int = DEFAULT_MAX_RECORDS,
+        maxPerPeer: int = DEFAULT_MAX_PER_PEER,
+        quotaWindow: float = DEFAULT_QUOTA_WINDOW,
+        localPeer: Optional[PeerID] = None,
+    ) -> None:
+        self._clock = clock
+        self.validators = dict(validators)
+        self.maxRecords = maxRecords
+        self.maxPerPeer = maxPerPeer
+        self.quotaWindow = quotaWindow
+        self.localPeer = localPeer
+        self._records: dict[bytes, StoredRecord] = {}
+        self._puts: dict[PeerID, deque[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    # --- validation ------------------------------------------------------
+
+    def validator(self, key: bytes) -> IValidator:
+        """
+        @raise InvalidRecord: no validator for C{key}'s namespace.
+        """
+        if len(key) > MAX_KEY_BYTES:
+            raise InvalidRecord(f"record key longer than {MAX_KEY_BYTES} bytes")
+        ns = namespaceOf(key)
+        v = self.validators.get(ns)
+        if v is None:
+            raise InvalidRecord(f"no validator for namespace {ns!r}")
+        return v
+
+    def validate(self, key: bytes, value: bytes) -> None:
+        """
+        Check C{value} for C{key} now (e.g. one found by a lookup).
+
+        @raise InvalidRecord: it is invalid, expired, oversize or in an
+            unknown namespace.
+        """
+        if len(value) > MAX_VALUE_BYTES:
+            raise InvalidRecord(f"record value longer than {MAX_VALUE_BYTES} bytes")
+        self.validator(key).validate(key, value, self._clock.seconds())
+
+    def select(self, key: bytes, values: Sequence[bytes]) -> int:
+        """
+        The index of the best of several valid values.
+        """
+        i = self.validator(key).select(key, values)
+        if not 0 <= i < len(values):
+            raise InvalidRecord("validator selected no value")
+        return i
+
+    # --- storage ---------------------------------------------------------
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        """
+        The unexpired value held for C{key}, if any.
+        """
+        rec = self._records.get(key)
+        if rec is None:
+            return None
+        if rec.expires <= self._clock.seconds():
+            del self._records[key]
+            return None
+        return rec.value
+
+    def record(self, key: bytes) -> Optional[StoredRecord]:
+        """
+        The unexpired held record with its metadata, if any.
+        """
+        return self._records.get(key) if self.get(key) is not None else None
+
+    def put(self, key: bytes, value: bytes, origin: Optional[PeerID] = None) -> bool:
+        """
+        Validate and store C{value} under C{key} on behalf of C{origin}.
+
+        @return: C{True} if stored, C{False} if the same value was already
+            held (its expiry and origin untouched, no quota spent).
+        @raise InvalidRecord: the record is invalid.
+        @raise RecordRefused: a better record is held or may not be
+            replaced, the store is full, or C{origin} is over its quota.
+        """
+        validator = self.validator(key)
+        self.validate(key, value)
+        now = self._clock.seconds()
+        old = self.get(key)
+        if old == value:
+            return False
+        if old is not None:
+            if not validator.mayReplace(key, old, value):
+                raise RecordRefused("a record held for this key may not be replaced by this one")
+            if validator.select(key, [old, value]) == 0:
+                raise RecordRefused("a better record is held for this key")
+        ours = origin is not None and origin == self.localPeer
+        if not ours:
+            if old is None and len(self._records) >= self.maxRecords:
+                self.expire()
+                if len(self._records) >= self.maxRecords:
+                    raise RecordRefused("the record store is full")
+            if origin is not None:
+                self._chargeQuota(origin, now)
+        expires = float(validator.expires(value))
+        prior = self._records.get(key)
+        if prior is not None and prior.origin == self.localPeer and not ours:
+            # Someone else published a newer version of our record (e.g. the
+            # same identity on another machine): keep republishing the newest.
+            origin = self.localPeer
+        self._records[key] = StoredRecord(key, value, expires, now, origin)
+        return True
+
+    def _chargeQuota(self, origin: PeerID, now: float) -> None:
+        puts = self._puts.get(origin)
+        if puts is None:
+            puts = self._puts[origin] = deque()
+        while puts and puts[0] <= now - self.quotaWindow:
+            puts.popleft()
+        if len(puts) >= self.maxPerPeer:
+            raise RecordRefused(f"peer {origin} stored too many records recently")
+        puts.append(now)
+
+    def remove(self, key: bytes) -> bool:
+        return self._records.pop(key, None) is not None
+
+    def expire(self) -> int:
+        """
+        Drop expired records and stale quota counters.
+
+        @return: how many records were dropped.
+        """
+        now = self._clock.seconds()
+        dead = [k for k, r in self._records.items() if r.expires <= now]
+        for k in dead:
+            del self._records[k]
+        for peer in [p for p, q in self._puts.items() if not q or q[-1] <= now - self.quotaWindow]:
+            del self._puts[peer]
+        return len(dead)
+
+    def republishable(self, owner: Optional[PeerID] = None) -> list[tuple[bytes, bytes]]:
+        """
+        The unexpired C{(key, value)} pairs stored on behalf of C{owner}
+        (default: the local peer), which that owner should put again
+        before the DHT forgets them.
+        """
+        owner = self.localPeer if owner is None else owner
+        now = self._clock.seconds()
+        return [
+            (r.key, r.value)
+            for r in list(self._records.values())
+            if r.origin is not None and r.origin == owner and r.expires > now
+        ]
+
+    def items(self) -> list[StoredRecord]:
+        """
+        Every unexpired record (for status displays and tests).
+        """
+        now = self._clock.seconds()
+        return [r for r in self._records.values() if r.expires > now]
