@@ -31,6 +31,7 @@ from beam.dht.routing import RoutingTable, kadID, peerKadID, xorDistance
 from beam.dht.store import IValidator, RecordStore
 
 __all__ = [
+    "PROTOCOL_ID",
     "IKadNetwork",
     "IValidator",
     "KademliaNode",
@@ -38,7 +39,6 @@ __all__ = [
     "LookupResult",
     "Message",
     "MessageType",
-    "PROTOCOL_ID",
     "PeerInfo",
     "Record",
     "RecordStore",

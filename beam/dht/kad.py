@@ -35,7 +35,8 @@ peer failing repeatedly is dropped (L{RoutingTable.markFailed}).
 from __future__ import annotations
 
 import random as _random
-from typing import Any, Callable, Final, Iterable, Literal, Optional, Union
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Literal
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -68,7 +69,7 @@ class IKadNetwork(Interface):
     How a L{KademliaNode} reaches other nodes.
     """
 
-    def request(peer: PeerInfo, message: Message) -> "Deferred[Message]":
+    def request(peer: PeerInfo, message: Message) -> Deferred[Message]:
         """
         Send C{message} to C{peer} and return its response.
 
@@ -98,14 +99,14 @@ class KademliaNode:
     def __init__(
         self,
         clock: IReactorTime,
-        localPeer: Union[PeerInfo, Callable[[], PeerInfo]],
+        localPeer: PeerInfo | Callable[[], PeerInfo],
         network: Any,
         store: RecordStore,
         *,
         mode: Mode = "server",
         k: int = 20,
         alpha: int = 3,
-        random: Optional[_random.Random] = None,
+        random: _random.Random | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         slowTimeout: float = DEFAULT_SLOW_TIMEOUT,
         paths: int = 1,
@@ -196,7 +197,7 @@ class KademliaNode:
 
     # --- requests out ----------------------------------------------------
 
-    def _request(self, peer: PeerInfo, message: Message, track: bool = False) -> "Deferred[Message]":
+    def _request(self, peer: PeerInfo, message: Message, track: bool = False) -> Deferred[Message]:
         """
         Send C{message}, check that the answer is a response of the same
         type, time it out after C{timeout}.
@@ -220,7 +221,7 @@ class KademliaNode:
             self._track(d)
         return d
 
-    def _track(self, d: "Deferred[Any]") -> None:
+    def _track(self, d: Deferred[Any]) -> None:
         self._inflight.add(d)
 
         def untrack(result: object) -> object:
@@ -233,7 +234,7 @@ class KademliaNode:
         self,
         key: bytes,
         request: Message,
-        onResponse: Optional[Callable[[PeerInfo, Message], bool]] = None,
+        onResponse: Callable[[PeerInfo, Message], bool] | None = None,
         seeds: Iterable[PeerInfo] = (),
     ) -> Lookup:
         target = kadID(key)
@@ -254,7 +255,7 @@ class KademliaNode:
             onFailure=lambda info: self.peerFailed(info.peer),
         )
 
-    def _run(self, lookup: Lookup) -> "Deferred[LookupResult]":
+    def _run(self, lookup: Lookup) -> Deferred[LookupResult]:
         if self._stopped:
             raise NodeStopped()
         d = lookup.start()
@@ -268,7 +269,7 @@ class KademliaNode:
 
     # --- public operations -----------------------------------------------
 
-    def closestPeers(self, key: bytes, seeds: Iterable[PeerInfo] = ()) -> "Deferred[LookupResult]":
+    def closestPeers(self, key: bytes, seeds: Iterable[PeerInfo] = ()) -> Deferred[LookupResult]:
         """
         Look up the k peers nearest to C{key} (a DHT key or peer ID bytes)
         with FIND_NODE; C{result.closest} lists those that answered.
@@ -276,7 +277,7 @@ class KademliaNode:
         lookup = self._lookup(key, Message(MessageType.FIND_NODE, key), seeds=seeds)
         return maybeDeferred(self._run, lookup)
 
-    def findPeer(self, peer: PeerID) -> "Deferred[PeerInfo]":
+    def findPeer(self, peer: PeerID) -> Deferred[PeerInfo]:
         """
         The addresses of C{peer}: from the routing table if it is there with
         addresses, else from a FIND_NODE lookup that stops as soon as some
@@ -308,7 +309,7 @@ class KademliaNode:
 
         return maybeDeferred(self._run, lookup).addCallback(done)
 
-    def getValue(self, key: bytes) -> "Deferred[tuple[bytes, LookupResult]]":
+    def getValue(self, key: bytes) -> Deferred[tuple[bytes, LookupResult]]:
         """
         Find the best valid record for C{key}: a GET_VALUE lookup that stops
         once C{quorum} peers (counting ourselves) returned a valid record,
@@ -322,7 +323,7 @@ class KademliaNode:
             self.store.validator(key)
         except InvalidRecord as e:
             return Deferred.fromFailure(Failure(e))
-        found: list[tuple[Optional[PeerInfo], bytes]] = []
+        found: list[tuple[PeerInfo | None, bytes]] = []
         local = self.store.get(key)
         if local is not None:
             found.append((None, local))
@@ -359,7 +360,7 @@ class KademliaNode:
         d = self._request(peer, Message(MessageType.PUT_VALUE, key, Record(key, value)), track=True)
         d.addErrback(lambda f: None)
 
-    def putValue(self, key: bytes, value: bytes) -> "Deferred[int]":
+    def putValue(self, key: bytes, value: bytes) -> Deferred[int]:
         """
         Publish C{value} under C{key}: store it here (always, so that we can
         republish it), look up the k peers nearest to C{key} and send each a
@@ -376,7 +377,7 @@ class KademliaNode:
             return Deferred.fromFailure(Failure(e))
         request = Message(MessageType.PUT_VALUE, key, Record(key, value))
 
-        def send(result: LookupResult) -> "Deferred[int]":
+        def send(result: LookupResult) -> Deferred[int]:
             target = result.target
             closest = result.closest
             here = len(closest) < self.k or xorDistance(peerKadID(self.peerID), target) < xorDistance(
@@ -388,7 +389,7 @@ class KademliaNode:
 
         return self.closestPeers(key).addCallback(send)
 
-    def _put(self, peer: PeerInfo, request: Message) -> "Deferred[bool]":
+    def _put(self, peer: PeerInfo, request: Message) -> Deferred[bool]:
         def ok(response: Message) -> bool:
             rec = response.record
             return rec is not None and request.record is not None and rec.value == request.record.value
@@ -401,7 +402,7 @@ class KademliaNode:
 
         return self._request(peer, request, track=True).addCallbacks(ok, failed)
 
-    def bootstrap(self, seeds: Iterable[PeerInfo], refreshBuckets: bool = True) -> "Deferred[LookupResult]":
+    def bootstrap(self, seeds: Iterable[PeerInfo], refreshBuckets: bool = True) -> Deferred[LookupResult]:
         """
         Join the DHT: look up our own ID starting from C{seeds} (plus our
         routing table), which fills the buckets near us; then refresh the
@@ -412,13 +413,13 @@ class KademliaNode:
         d = self.closestPeers(self.peerID.bytes, seeds=seeds)
         if refreshBuckets:
 
-            def thenRefresh(result: LookupResult) -> "Deferred[LookupResult]":
+            def thenRefresh(result: LookupResult) -> Deferred[LookupResult]:
                 return self.refresh().addCallback(lambda _: result)
 
             d.addCallback(thenRefresh)
         return d
 
-    def refresh(self, force: bool = False) -> "Deferred[int]":
+    def refresh(self, force: bool = False) -> Deferred[int]:
         """
         Look up a random key in every bucket not searched for
         C{refreshInterval} seconds (every bucket when C{force}).
@@ -433,7 +434,7 @@ class KademliaNode:
         ]
         return gatherResults(lookups, consumeErrors=True).addCallback(lambda rs: len(rs))
 
-    def republish(self) -> "Deferred[int]":
+    def republish(self) -> Deferred[int]:
         """
         Put every unexpired record we published again, before the peers
         holding it drop it.

@@ -38,7 +38,8 @@ Time comes from the injected clock; nothing here touches a reactor.
 from __future__ import annotations
 
 import bisect
-from typing import Any, Callable, Final, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any, Final
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
@@ -92,9 +93,9 @@ class _Candidate:
     distance: int
     depth: int
     state: int = _HEARD
-    owner: Optional["_Path"] = None
+    owner: _Path | None = None
     slow: bool = False
-    deferred: Optional[Deferred[Any]] = None
+    deferred: Deferred[Any] | None = None
     timers: list[IDelayedCall] = attrs.field(factory=list)
 
 
@@ -134,7 +135,7 @@ class Lookup:
         self,
         target: bytes,
         seeds: Iterable[PeerInfo],
-        query: Callable[[PeerInfo], "Deferred[Message]"],
+        query: Callable[[PeerInfo], Deferred[Message]],
         clock: IReactorTime,
         *,
         k: int = 20,
@@ -142,10 +143,10 @@ class Lookup:
         paths: int = 1,
         timeout: float = DEFAULT_TIMEOUT,
         slowTimeout: float = DEFAULT_SLOW_TIMEOUT,
-        localPeer: Optional[PeerID] = None,
-        onResponse: Optional[Callable[[PeerInfo, Message], bool]] = None,
-        onSuccess: Optional[Callable[[PeerInfo], None]] = None,
-        onFailure: Optional[Callable[[PeerInfo], None]] = None,
+        localPeer: PeerID | None = None,
+        onResponse: Callable[[PeerInfo, Message], bool] | None = None,
+        onSuccess: Callable[[PeerInfo], None] | None = None,
+        onFailure: Callable[[PeerInfo], None] | None = None,
     ) -> None:
         if k < 1 or alpha < 1 or paths < 1:
             raise ValueError("k, alpha and paths must be positive")
@@ -167,7 +168,7 @@ class Lookup:
         self._queries = 0
         self._failures = 0
         self._responders: list[PeerID] = []
-        self._started: Optional[float] = None
+        self._started: float | None = None
         self._finished = False
         self._stoppedEarly = False
         self._pumping = False
@@ -186,7 +187,7 @@ class Lookup:
 
     # --- public ----------------------------------------------------------
 
-    def start(self) -> "Deferred[LookupResult]":
+    def start(self) -> Deferred[LookupResult]:
         """
         Begin querying.  The lookup finishes at once if there are no seeds.
         """
@@ -320,19 +321,19 @@ class Lookup:
 
     def _errored(self, reason: Failure, path: _Path, cand: _Candidate) -> None:
         if self._finished or cand.state != _WAITING:
-            return None
+            return
         if not reason.check(CancelledError):
             self.log.debug("DHT query to {peer} failed: {why}", peer=cand.info.peer, why=reason.value)
         self._fail(path, cand)
-        return None
+        return
 
     def _answered(self, response: object, path: _Path, cand: _Candidate) -> None:
         if self._finished or cand.state != _WAITING:
-            return None
+            return
         if not isinstance(response, Message):
             self.log.debug("DHT peer {peer} answered with {r!r}", peer=cand.info.peer, r=response)
             self._fail(path, cand)
-            return None
+            return
         stop = False
         if self._onResponse is not None:
             try:
@@ -340,7 +341,7 @@ class Lookup:
             except Exception as e:
                 self.log.debug("DHT peer {peer} answered garbage: {e}", peer=cand.info.peer, e=e)
                 self._fail(path, cand)
-                return None
+                return
         self._settle(path, cand, _SUCCEEDED)
         self._responders.append(cand.info.peer)
         if self._onSuccess is not None:
@@ -348,14 +349,14 @@ class Lookup:
         if stop:
             self._stoppedEarly = True
             self._finish()
-            return None
+            return
         # Only the k nearest of what one peer says can matter; more is noise.
         told = sorted(response.closerPeers, key=lambda p: self._distance(p.peer))[: self.k]
         for info in told:
             if info.peer != cand.info.peer:
                 self._learn(path, info, cand.depth + 1)
         self._pump()
-        return None
+        return
 
     # --- the end ---------------------------------------------------------
 
@@ -390,7 +391,7 @@ class Lookup:
         if not self._result.called:
             self._result.callback(result)
 
-    def _cancel(self, d: "Deferred[LookupResult]") -> None:
+    def _cancel(self, d: Deferred[LookupResult]) -> None:
         # The caller gave up: the Deferred errbacks with CancelledError once
         # this returns; stop the queries in flight.
         if not self._finished:

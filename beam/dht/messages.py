@@ -23,11 +23,16 @@ prefixed (L{beam.framing}), at most L{MAX_MESSAGE_SIZE} bytes.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Final, Optional
+from typing import Final
 
 import attrs
 
-from beam.errors import InvalidDHTMessage, InvalidMultiaddr, InvalidPeerID, MessageTooLarge
+from beam.errors import (
+    InvalidDHTMessage,
+    InvalidMultiaddr,
+    InvalidPeerID,
+    MessageTooLarge,
+)
 from beam.keys import PeerID
 from beam.multiaddr import Multiaddr
 from beam.proto import dht_pb2
@@ -90,12 +95,12 @@ class Message:
 
     type: int
     key: bytes = b""
-    record: Optional[Record] = None
+    record: Record | None = None
     closerPeers: tuple[PeerInfo, ...] = ()
     clusterLevel: int = 0
 
 
-def _peerToProto(info: PeerInfo, out: "dht_pb2.Message.Peer") -> None:
+def _peerToProto(info: PeerInfo, out: dht_pb2.Message.Peer) -> None:
     out.id = info.peer.bytes
     out.addrs.extend(a.toBytes() for a in info.addrs[:MAX_ADDRS])
 
@@ -133,7 +138,7 @@ def encodeMessage(message: Message) -> bytes:
     return data
 
 
-def _peerFromProto(pb: "dht_pb2.Message.Peer") -> Optional[PeerInfo]:
+def _peerFromProto(pb: dht_pb2.Message.Peer) -> PeerInfo | None:
     if len(pb.addrs) > MAX_ADDRS:
         raise InvalidDHTMessage(f"a peer with more than {MAX_ADDRS} addresses")
     try:
@@ -171,7 +176,7 @@ def decodeMessage(data: bytes) -> Message:
         raise InvalidDHTMessage(f"key longer than {MAX_KEY_BYTES} bytes")
     if len(pb.closerPeers) > MAX_CLOSER_PEERS:
         raise InvalidDHTMessage(f"more than {MAX_CLOSER_PEERS} closer peers")
-    record: Optional[Record] = None
+    record: Record | None = None
     if pb.HasField("record"):
         r = pb.record
         if len(r.key) > MAX_KEY_BYTES:

@@ -28,7 +28,8 @@ import hashlib
 import heapq
 import json
 from collections import OrderedDict
-from typing import Any, Final, Iterable, Iterator, Optional, Union
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
 
 import attrs
 
@@ -97,7 +98,7 @@ class AddOutcome:
     """
 
     result: str
-    candidate: Optional[PeerInfo] = None
+    candidate: PeerInfo | None = None
 
 
 @attrs.frozen
@@ -134,7 +135,7 @@ class RoutingTable:
         localPeer: PeerID,
         k: int = 20,
         maxFailures: int = 2,
-        maxReplacements: Optional[int] = None,
+        maxReplacements: int | None = None,
     ) -> None:
         self.localPeer = localPeer
         self.localID = peerKadID(localPeer)
@@ -166,7 +167,7 @@ class RoutingTable:
     def __contains__(self, peer: object) -> bool:
         return peer in self._index
 
-    def get(self, peer: PeerID) -> Optional[Entry]:
+    def get(self, peer: PeerID) -> Entry | None:
         i = self._index.get(peer)
         return None if i is None else self._buckets[i].entries[peer]
 
@@ -176,7 +177,7 @@ class RoutingTable:
                 yield e.info
 
     def closest(
-        self, target: bytes, n: Optional[int] = None, exclude: Iterable[PeerID] = ()
+        self, target: bytes, n: int | None = None, exclude: Iterable[PeerID] = ()
     ) -> list[PeerInfo]:
         """
         The C{n} (default C{k}) peers nearest to C{target}, nearest first.
@@ -336,8 +337,8 @@ class RoutingTable:
 
     @classmethod
     def fromJSON(
-        cls, localPeer: PeerID, text: Union[str, bytes], k: int = 20, maxFailures: int = 2
-    ) -> "RoutingTable":
+        cls, localPeer: PeerID, text: str | bytes, k: int = 20, maxFailures: int = 2
+    ) -> RoutingTable:
         """
         Rebuild a table saved by L{toJSON}.  Entries that do not parse are
         skipped, so one bad line does not lose the whole table.

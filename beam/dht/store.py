@@ -19,7 +19,8 @@ owner must keep them to republish them (L{RecordStore.republishable}).
 from __future__ import annotations
 
 from collections import deque
-from typing import Final, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Final
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -75,7 +76,7 @@ class StoredRecord:
     value: bytes
     expires: float
     received: float
-    origin: Optional[PeerID]
+    origin: PeerID | None
 
 
 def namespaceOf(key: bytes) -> str:
@@ -110,7 +111,7 @@ class RecordStore:
         maxRecords: int = DEFAULT_MAX_RECORDS,
         maxPerPeer: int = DEFAULT_MAX_PER_PEER,
         quotaWindow: float = DEFAULT_QUOTA_WINDOW,
-        localPeer: Optional[PeerID] = None,
+        localPeer: PeerID | None = None,
     ) -> None:
         self._clock = clock
         self.validators = dict(validators)
@@ -160,7 +161,7 @@ class RecordStore:
 
     # --- storage ---------------------------------------------------------
 
-    def get(self, key: bytes) -> Optional[bytes]:
+    def get(self, key: bytes) -> bytes | None:
         """
         The unexpired value held for C{key}, if any.
         """
@@ -172,13 +173,13 @@ class RecordStore:
             return None
         return rec.value
 
-    def record(self, key: bytes) -> Optional[StoredRecord]:
+    def record(self, key: bytes) -> StoredRecord | None:
         """
         The unexpired held record with its metadata, if any.
         """
         return self._records.get(key) if self.get(key) is not None else None
 
-    def put(self, key: bytes, value: bytes, origin: Optional[PeerID] = None) -> bool:
+    def put(self, key: bytes, value: bytes, origin: PeerID | None = None) -> bool:
         """
         Validate and store C{value} under C{key} on behalf of C{origin}.
 
@@ -243,7 +244,7 @@ class RecordStore:
             del self._puts[peer]
         return len(dead)
 
-    def republishable(self, owner: Optional[PeerID] = None) -> list[tuple[bytes, bytes]]:
+    def republishable(self, owner: PeerID | None = None) -> list[tuple[bytes, bytes]]:
         """
         The unexpired C{(key, value)} pairs stored on behalf of C{owner}
         (default: the local peer), which that owner should put again
