@@ -13,16 +13,38 @@
 //                       loopback only)
 //   --no-connection-monitor
 //                       disable libp2p's periodic ping of every connection
+//   --dht               run @libp2p/kad-dht on /beam/kad/1.0.0 in server mode
+//                       (see dht.mjs), with a validator and selector for
+//                       Beam's "beam-name" records
+//   --dht-client        the same in client mode (queries only; the protocol
+//                       is not handled, so identify does not list it)
+//   --name-seq-field N  the beam-name selector picks the highest uvarint
+//                       field N of the record payload (default: the first)
 //
 // stdout carries nothing but JSON lines:
 //   {"event":"ready","peerId":..,"addrs":[..]} once listening, then replies
 //   {"id":..,"ok":true,...} / {"id":..,"ok":false,"error":".."} to commands
-//   and events: peer:connect, peer:disconnect, identify.
+//   and events: peer:connect, peer:disconnect, identify, and with a DHT
+//   dht:peer:add / dht:peer:remove ({"event":..,"peerId":..}) as the routing
+//   table changes.
 // Diagnostics go to stderr.
 //
+// Commands ({"cmd":..,"id":..,"timeoutMs":..,...}): dial, ping, identify,
+// echo, peers, hangup (see makeCommands), and with --dht/--dht-client
+// (keys are "key" as UTF-8, "keyHex" as hex, or "peerId" for its multihash):
+//   dhtBootstrap {addrs, minPeers=1, selfLookup=false}
+//       -> {dialled, size, peers, found}   dial, wait for routing table size
+//   dhtRoutingTable -> {mode, size, peers}
+//   dhtClosest {key} -> {peers, infos:[{peerId, addrs}], queried, errors}
+//   dhtGet {key} -> {value (hex), from, errors}
+//   dhtGetLocal {key} -> {value}            this node's datastore only
+//   dhtPut {key, value (hex)} -> {storedOn, errors}
+//   dhtFindPeer {peerId, useCache=false} -> {peerId, addrs, from}
+//
 // Safety: a connection gater refuses to dial anything that is not a loopback
-// IP address, there is no bootstrap, no mDNS, no DHT, so this peer never
-// contacts anything but loopback.
+// IP address, there is no bootstrap, no mDNS, and the only DHT is Beam's
+// (/beam/kad/1.0.0, never the IPFS one), so this peer never contacts
+// anything but loopback.
 
 import { createHash, createCipheriv } from 'node:crypto'
 import { createInterface } from 'node:readline'
@@ -35,6 +57,7 @@ import { tcp } from '@libp2p/tcp'
 import { tls } from '@libp2p/tls'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
+import { beamKadDHT, makeDhtCommands, watchRoutingTable } from './dht.mjs'
 
 export const ECHO_PROTOCOL = '/beam/echo/1.0.0'
 const CHUNK = 64 * 1024
@@ -62,7 +85,9 @@ function parseArgs (argv) {
     seed: null,
     ipv6: false,
     listen: [],
-    connectionMonitor: true
+    connectionMonitor: true,
+    dht: null,
+    nameSeqField: null
   }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]
@@ -99,6 +124,19 @@ function parseArgs (argv) {
       case '--no-connection-monitor':
         opts.connectionMonitor = false
         break
+      case '--dht':
+      case '--dht-client': {
+        const mode = arg === '--dht' ? 'server' : 'client'
+        if (opts.dht != null && opts.dht !== mode) throw new Error('--dht and --dht-client exclude each other')
+        opts.dht = mode
+        break
+      }
+      case '--name-seq-field': {
+        const v = Number(next())
+        if (!Number.isSafeInteger(v) || v < 1 || v >= 2 ** 29) throw new Error('--name-seq-field must be a protobuf field number')
+        opts.nameSeqField = v
+        break
+      }
       default:
         throw new Error(`unknown option ${arg}`)
     }
@@ -278,7 +316,12 @@ async function echoClient (node, cmd) {
 // ---------------------------------------------------------------- commands
 
 function makeCommands (node) {
+  const dhtCommands = makeDhtCommands(node, parseAddr)
+  const withSignal = Object.fromEntries(Object.entries(dhtCommands).map(
+    ([name, fn]) => [name, (cmd) => fn(cmd, timeoutSignal(cmd))]))
   return {
+    ...withSignal,
+
     async dial (cmd) {
       const conn = await node.dial(parseAddr(cmd.addr), { signal: timeoutSignal(cmd) })
       return describeConnection(conn)
@@ -324,6 +367,10 @@ async function main () {
     ? await generateKeyPairFromSeed('Ed25519', opts.seed)
     : await generateKeyPair('Ed25519')
   const encrypters = { noise: () => noise(), tls: () => tls() }
+  const services = { identify: identify(), ping: ping() }
+  if (opts.dht != null) {
+    services.dht = beamKadDHT({ clientMode: opts.dht === 'client', seqField: opts.nameSeqField })
+  }
 
   const node = await createLibp2p({
     privateKey,
@@ -337,10 +384,7 @@ async function main () {
       denyDialMultiaddr: (ma) => !isLoopback(ma)
     },
     connectionMonitor: { enabled: opts.connectionMonitor },
-    services: {
-      identify: identify(),
-      ping: ping()
-    }
+    services
   })
 
   await node.handle(ECHO_PROTOCOL, echoHandler)
@@ -360,13 +404,16 @@ async function main () {
     })
   })
 
+  if (node.services.dht != null) watchRoutingTable(node, emit)
+
   await node.start()
   const peerId = node.peerId.toString()
   emit({
     event: 'ready',
     peerId,
     addrs: node.getMultiaddrs().map(ma => withPeerId(ma, peerId)),
-    security: opts.security
+    security: opts.security,
+    dht: opts.dht
   })
 
   const commands = makeCommands(node)

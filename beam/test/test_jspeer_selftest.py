@@ -17,11 +17,21 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from beam.keys import Identity
+from beam.keys import Identity, PeerID
+from beam.test.jsdht import (
+    DHT_PROTOCOL,
+    JSDHT,
+    nameInOrder,
+    nameKey,
+    seqPayload,
+    signEnvelope,
+    sortByDistance,
+)
 from beam.test.jspeer import (
     ECHO_PROTOCOL,
     JSPeer,
     JSPeerCommandFailed,
+    JSPeerError,
     echoPayload,
     interopAvailable,
     requireInterop,
@@ -210,6 +220,149 @@ class DriverTests(JSPeerTestCase):
         self.assertEqual(a.exitStatus, 0)
         yield self.assertFailure(a.peers(), Exception)
         yield a.stop()
+
+
+class DHTTests(JSPeerTestCase):
+    """
+    Two or more js peers running kad-dht on /beam/kad/1.0.0 with the
+    beam-name validator and selector: the harness Beam's DHT interop tests
+    stand on.
+    """
+
+    @defer.inlineCallbacks
+    def startDHT(self, mode: str = "--dht", *extra: str, **kw: Any) -> Any:
+        peer = yield self.startPeer("noise", extraArgs=[mode, *extra], **kw)
+        return peer, JSDHT(peer)
+
+    @defer.inlineCallbacks
+    def test_bootstrapClosestPutGet(self) -> Any:
+        """
+        A server peer bootstraps from another, a client from that one; the
+        servers list /beam/kad/1.0.0 in identify and enter routing tables,
+        the client does not serve the protocol; the client's closest-peers
+        lookup finds both servers ordered by SHA-256 XOR distance and finds
+        a peer's address; a correctly signed beam-name record put by the
+        client lands on both servers and a fresh client gets it back.
+        """
+        (a, dhtA), (b, dhtB), (c, dhtC) = yield defer.gatherResults(
+            [self.startDHT(), self.startDHT(), self.startDHT("--dht-client")]
+        )
+        booted = yield dhtB.bootstrap([a.addr])
+        self.assertEqual(booted["dialled"], [a.peerId])
+        self.assertEqual(booted["peers"], [a.peerId])
+        identified = yield b.waitForEvent("identify", lambda e: e["peerId"] == a.peerId)
+        self.assertIn(DHT_PROTOCOL, identified["protocols"])
+        yield a.waitForEvent("dht:peer:add", lambda e: e["peerId"] == b.peerId)
+
+        booted = yield dhtC.bootstrap([b.addr], selfLookup=True)
+        # the self-lookup through b may already have taught c about a
+        self.assertIn(b.peerId, booted["peers"])
+        self.assertLessEqual(set(booted["peers"]), {a.peerId, b.peerId})
+        table = yield dhtC.routingTable()
+        self.assertEqual(table["mode"], "client")
+        identified = yield b.waitForEvent("identify", lambda e: e["peerId"] == c.peerId)
+        self.assertNotIn(DHT_PROTOCOL, identified["protocols"])
+        table = yield dhtB.routingTable()
+        self.assertEqual((table["mode"], table["peers"]), ("server", [a.peerId]))
+
+        # c knows b for sure, so a must be closer to the key for c to
+        # follow b's answer to it (js only follows closer peers)
+        raw = {p: PeerID.fromString(p).bytes for p in (a.peerId, b.peerId)}
+        name = nameInOrder([raw[a.peerId], raw[b.peerId]])
+        key = nameKey(name)
+        closest = yield dhtC.closest(key)
+        self.assertEqual(closest["peers"], [a.peerId, b.peerId])
+        self.assertEqual(closest["peers"], sortByDistance(key, raw.items()))
+        self.assertEqual(sorted(closest["queried"]), sorted(raw))
+        self.assertEqual(closest["errors"], [])
+
+        found = yield dhtC.findPeer(a.peerId)
+        self.assertEqual(found["peerId"], a.peerId)
+        self.assertIn(a.addr.rsplit("/p2p/", 1)[0], found["addrs"])
+
+        record = signEnvelope(Identity.generate(), seqPayload(1))
+        put = yield dhtC.put(key, record)
+        self.assertEqual(sorted(put["storedOn"]), sorted(raw))
+        for dht in (dhtA, dhtB):
+            stored = yield dht.getLocal(key)
+            self.assertEqual(stored, record)
+
+        d, dhtD = yield self.startDHT("--dht-client")
+        yield dhtD.bootstrap([a.addr])
+        value, sender, errors = yield dhtD.get(f"/beam-name/{name}")
+        self.assertEqual(value, record)
+        self.assertIn(sender, raw)
+        self.assertEqual(errors, [])
+
+    @defer.inlineCallbacks
+    def test_validatorRefusesBadRecords(self) -> Any:
+        """
+        Records with a bad signature, the wrong signing domain or payload
+        type, an unparsable envelope, or a key that is not a valid name are
+        refused by a server (not stored) and by a getter.
+        """
+        (a, dhtA), (b, dhtB) = yield defer.gatherResults(
+            [self.startDHT(), self.startDHT("--dht-client")]
+        )
+        yield dhtB.bootstrap([a.addr])
+        ident = Identity.generate()
+        good = signEnvelope(ident, seqPayload(1))
+        tampered = bytearray(good)
+        tampered[-1] ^= 1
+        cases = [
+            ("alice", bytes(tampered)),
+            ("alice", signEnvelope(ident, seqPayload(1), domain=b"libp2p-routing-state")),
+            ("alice", signEnvelope(ident, seqPayload(1), payloadType=b"/other/1")),
+            ("alice", b"\x0a\x05hello"),
+            ("Alice", good),
+            ("a..b", good),
+            ("x" * 64, good),
+        ]
+        for name, value in cases:
+            put = yield dhtB.put(nameKey(name), value)
+            self.assertEqual(put["storedOn"], [], name)
+            self.assertTrue(put["errors"], name)
+            yield self.assertFailure(dhtA.getLocal(nameKey(name)), JSPeerCommandFailed)
+            yield self.assertFailure(dhtB.get(nameKey(name)), JSPeerCommandFailed)
+        put = yield dhtB.put(nameKey("ok.name-1"), good)
+        self.assertEqual(put["storedOn"], [a.peerId])
+
+    @defer.inlineCallbacks
+    def test_selectorPrefersHighestSeq(self) -> Any:
+        """
+        With --name-seq-field 1, a getter that finds seq 1 on one server
+        and seq 2 on another returns seq 2 and corrects the stale server.
+        """
+        args = ("--name-seq-field", "1")
+        (a, dhtA), (b, dhtB), (c, dhtC) = yield defer.gatherResults(
+            [self.startDHT("--dht", *args), self.startDHT("--dht", *args),
+             self.startDHT("--dht-client", *args)]
+        )
+        ident = Identity.generate()
+        old, new = (signEnvelope(ident, seqPayload(n)) for n in (1, 2))
+        key = nameKey("alice")
+        # neither server knows another, so each put only stores locally
+        yield dhtA.put(key, old)
+        yield dhtB.put(key, new)
+        yield dhtC.bootstrap([a.addr, b.addr], minPeers=2)
+        value, sender, _ = yield dhtC.get(key)
+        self.assertEqual((value, sender), (new, b.peerId))
+        corrected = yield dhtA.getLocal(key)
+        self.assertEqual(corrected, new)
+
+    @defer.inlineCallbacks
+    def test_dhtFlags(self) -> Any:
+        """
+        Without a DHT flag the DHT commands fail; --dht with --dht-client
+        is refused at start.
+        """
+        a = yield self.startPeer("noise")
+        f = yield self.assertFailure(JSDHT(a).routingTable(), JSPeerCommandFailed)
+        self.assertIn("not enabled", str(f))
+        f = yield self.assertFailure(
+            JSPeer.start(reactor, extraArgs=["--dht", "--dht-client"]), JSPeerError
+        )
+        self.assertIn("exclude each other", str(f))
 
 
 class RequireInteropTests(SynchronousTestCase):
