@@ -1,0 +1,965 @@
+"""
+Beam's TCP tunnel end to end, against no tunnel, socat and C{ssh -L}, on
+loopback.
+
+Run it from the repository root (C{bench/setup.sh} installs socat and
+OpenSSH if they are missing)::
+
+    .venv/bin/python bench/bench_tunnel.py                   # every contender once
+    .venv/bin/python bench/bench_tunnel.py --repeat 3        # medians of three runs
+    .venv/bin/python bench/bench_tunnel.py --size-mib 128 --json
+    .venv/bin/python bench/bench_tunnel.py --contenders beam,ssh
+    BEAM_PROFILE_DIR=/tmp/prof .venv/bin/python bench/bench_tunnel.py --contenders beam
+
+The contenders, all between this process (the client) and one service
+process (C{--serve}, a thread per connection, blocking sockets, so it runs
+at the kernel's speed):
+
+  - C{direct}: the client connects straight to the service;
+  - C{socat}: C{socat TCP-LISTEN:P,fork,reuseaddr TCP:127.0.0.1:SVC};
+  - C{ssh -L}: a private C{sshd} started here on a high loopback port
+    (throwaway host and user keys in a temporary directory) and
+    C{ssh -N -L P:127.0.0.1:SVC}; the cipher is whatever the two pick by
+    default and is reported;
+  - C{beam}: two real C{beam} processes, C{beam --home H1 SVC} exposing the
+    service and C{beam --home H2 connect SHARE --port P}.
+
+Every contender gets the same client code and the same metrics:
+
+  1. bulk throughput, upload and download, of incompressible data;
+  2. 64-byte request/response round trips over one connection (p50/p99);
+  3. connection setup through the established tunnel: C{connect()} to the
+     first echoed byte, for sequential new connections (p50/p99);
+  4. many concurrent connections, each echoing a small message: total wall
+     time and how many succeeded;
+  5. peak memory of the tunnel's processes, from C{/proc}.
+
+And then C{beam --compress} against plain C{beam}, on a compressible JSON
+body and on random data.
+
+C{BEAM_PROFILE_DIR} makes the two Beam processes write cProfile dumps
+there when they exit (see L{_PROFILE_HOOK}).
+
+This is a benchmark, not a test: it opens real sockets, starts daemons and
+takes a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from typing import Any, Callable, Iterator, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIB = 1024 * 1024
+PATTERN_SIZE = 4 * MIB
+CONTENDERS = ("direct", "socat", "ssh", "beam")
+LABELS = {"direct": "direct TCP", "socat": "socat", "ssh": "ssh -L", "beam": "beam"}
+
+#: Request header to the service: mode, payload kind, length.
+#: Modes: C{U} upload (the service consumes C{length} bytes and answers with
+#: their count and CRC-32), C{D} download (the service sends C{length} bytes
+#: of the pattern), C{E} echo (everything after the header, until EOF).
+#: Kinds: C{R} random bytes, C{J} JSON text.
+_HEADER = struct.Struct(">ccQ")
+_ANSWER = struct.Struct(">QI")
+
+#: Run as the Beam processes' interpreter when profiling: cProfile the CLI
+#: and dump on SIGTERM/exit.  The bench starts C{python -c HOOK DIR NAME
+#: beam-args...}.
+_PROFILE_HOOK = r"""
+import atexit, cProfile, os, sys
+d, name = sys.argv[1], sys.argv[2]
+sys.argv = ["beam"] + sys.argv[3:]
+p = cProfile.Profile()
+def dump(*a):
+    p.disable(); p.dump_stats(os.path.join(d, name + ".prof"))
+atexit.register(dump)
+from beam.cli import main
+p.enable()
+sys.exit(main())
+"""
+
+
+# -- payloads -------------------------------------------------------------------
+
+
+def randomPattern() -> bytes:
+    """
+    A fixed block of pseudo-random (incompressible) bytes.
+    """
+    return random.Random(0xBEA).randbytes(PATTERN_SIZE)
+
+
+def jsonPattern() -> bytes:
+    """
+    A fixed block of JSON like an API's answer: records with repeated keys
+    and varied values (lz4 shrinks it roughly 3-5x, like real JSON).
+    """
+    rng = random.Random(0x15)
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
+             "kilo", "lima", "mike", "november", "oscar", "papa"]
+    out = bytearray(b"[")
+    i = 0
+    while len(out) < PATTERN_SIZE:
+        record = {
+            "id": i,
+            "uuid": "%032x" % rng.getrandbits(128),
+            "name": " ".join(rng.choice(words) for _ in range(3)),
+            "email": f"{rng.choice(words)}.{rng.choice(words)}@example.com",
+            "active": rng.random() < 0.5,
+            "score": round(rng.random() * 1000, 3),
+            "tags": rng.sample(words, 3),
+            "created": f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:00:00Z",
+        }
+        out += json.dumps(record).encode() + b",\n"
+        i += 1
+    return bytes(out[:PATTERN_SIZE])
+
+
+def patternFor(kind: bytes) -> bytes:
+    return jsonPattern() if kind == b"J" else randomPattern()
+
+
+def crcOf(pattern: bytes, size: int) -> int:
+    crc = 0
+    full, rest = divmod(size, len(pattern))
+    for _ in range(full):
+        crc = zlib.crc32(pattern, crc)
+    return zlib.crc32(pattern[:rest], crc)
+
+
+# -- the service ----------------------------------------------------------------
+
+
+def _recvExactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+def _serveOne(sock: socket.socket, patterns: dict[bytes, bytes]) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        mode, kind, length = _HEADER.unpack(_recvExactly(sock, _HEADER.size))
+        if mode == b"E":
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        elif mode == b"U":
+            buf = bytearray(MIB)
+            view = memoryview(buf)
+            got, crc = 0, 0
+            while got < length:
+                n = sock.recv_into(view, min(len(buf), length - got))
+                if not n:
+                    break
+                crc = zlib.crc32(view[:n], crc)
+                got += n
+            sock.sendall(_ANSWER.pack(got, crc))
+        elif mode == b"D":
+            pattern = memoryview(patterns[kind])
+            sent = 0
+            while sent < length:
+                piece = pattern[: min(len(pattern), length - sent)]
+                sock.sendall(piece)
+                sent += len(piece)
+            sock.shutdown(socket.SHUT_WR)
+        # Wait for the client's EOF so that it, not we, closes first.
+        while sock.recv(65536):
+            pass
+    except (OSError, EOFError):
+        pass
+    finally:
+        sock.close()
+
+
+def serveService() -> None:
+    """
+    The service every contender leads to; prints C{LISTEN host:port}.
+    """
+    patterns = {b"R": randomPattern(), b"J": jsonPattern()}
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4096)
+    threading.stack_size(256 * 1024)
+    print(f"LISTEN 127.0.0.1:{lsock.getsockname()[1]}", flush=True)
+    while True:
+        conn, _ = lsock.accept()
+        threading.Thread(target=_serveOne, args=(conn, patterns), daemon=True).start()
+
+
+# -- the client -----------------------------------------------------------------
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def upload(port: int, size: int, pattern: bytes, chunk: int = 256 * 1024) -> float:
+    """
+    Send C{size} bytes; return MiB/s, timed to the service's answer (which
+    must match in count and CRC).
+    """
+    expected = crcOf(pattern, size)
+    view = memoryview(pattern)
+    sock = _connect(port)
+    try:
+        start = time.perf_counter()
+        sock.sendall(_HEADER.pack(b"U", b"R", size))
+        sent = 0
+        while sent < size:
+            offset = sent % len(pattern)
+            piece = view[offset: offset + min(chunk, size - sent)]
+            sock.sendall(piece)
+            sent += len(piece)
+        got, crc = _ANSWER.unpack(_recvExactly(sock, _ANSWER.size))
+        wall = time.perf_counter() - start
+    finally:
+        sock.close()
+    if got != size or crc != expected:
+        raise RuntimeError(f"upload: service got {got} bytes, CRC {crc:#x}; expected {size}, {expected:#x}")
+    return size / MIB / wall
+
+
+def download(port: int, size: int, pattern: bytes, kind: bytes = b"R") -> float:
+    """
+    Receive C{size} bytes of the pattern C{kind}; return MiB/s, timed to
+    the last byte (count and CRC checked).
+    """
+    expected = crcOf(pattern, size)
+    buf = bytearray(MIB)
+    view = memoryview(buf)
+    sock = _connect(port)
+    try:
+        start = time.perf_counter()
+        sock.sendall(_HEADER.pack(b"D", kind, size))
+        got, crc = 0, 0
+        while got < size:
+            n = sock.recv_into(view)
+            if not n:
+                break
+            crc = zlib.crc32(view[:n], crc)
+            got += n
+        wall = time.perf_counter() - start
+    finally:
+        sock.close()
+    if got != size or crc != expected:
+        raise RuntimeError(f"download: got {got} bytes, CRC {crc:#x}; expected {size}, {expected:#x}")
+    return size / MIB / wall
+
+
+def _percentile(sorted_: list[float], q: float) -> float:
+    return sorted_[min(len(sorted_) - 1, int(round(q * (len(sorted_) - 1))))]
+
+
+def roundTrips(port: int, count: int, size: int = 64, warmup: int = 200) -> dict[str, float]:
+    """
+    C{count} request/response exchanges of C{size} bytes over one
+    connection; microseconds.
+    """
+    sock = _connect(port)
+    message = b"r" * size
+    times = []
+    try:
+        sock.sendall(_HEADER.pack(b"E", b"R", 0))
+        for i in range(warmup + count):
+            start = time.perf_counter()
+            sock.sendall(message)
+            got = 0
+            while got < size:
+                data = sock.recv(size - got)
+                if not data:
+                    raise RuntimeError("round trip: connection closed")
+                got += len(data)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    finally:
+        sock.close()
+    times.sort()
+    return {"p50": _percentile(times, 0.5) * 1e6, "p99": _percentile(times, 0.99) * 1e6,
+            "mean": statistics.fmean(times) * 1e6}
+
+
+def connectionSetup(port: int, count: int) -> dict[str, float]:
+    """
+    C{count} sequential new connections: C{connect()} to the first echoed
+    byte; milliseconds.
+    """
+    times = []
+    request = _HEADER.pack(b"E", b"R", 0) + b"x"
+    for _ in range(count):
+        start = time.perf_counter()
+        sock = socket.create_connection(("127.0.0.1", port))
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(request)
+            if sock.recv(1) != b"x":
+                raise RuntimeError("connection setup: no echo")
+            times.append(time.perf_counter() - start)
+        finally:
+            sock.close()
+    times.sort()
+    return {"p50": _percentile(times, 0.5) * 1e3, "p99": _percentile(times, 0.99) * 1e3,
+            "mean": statistics.fmean(times) * 1e3}
+
+
+def concurrent(port: int, count: int, size: int, timeout: float = 60.0) -> dict[str, Any]:
+    """
+    C{count} connections opened at once, each echoing C{size} bytes: wall
+    time until all finished, and how many got their bytes back intact.
+    """
+    message = bytes(random.Random(7).randbytes(size))
+    header = _HEADER.pack(b"E", b"R", 0)
+
+    async def one() -> bool:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=4 * size)
+            writer.write(header + message)
+            await writer.drain()
+            got = await reader.readexactly(size)
+            writer.close()
+            return got == message
+        except (OSError, asyncio.IncompleteReadError):
+            return False
+
+    async def run() -> tuple[list[Any], float]:
+        start = time.perf_counter()
+        done = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count)),
+                                                     return_exceptions=True), timeout)
+        return done, time.perf_counter() - start
+
+    results, wall = asyncio.run(run())
+    ok = sum(1 for r in results if r is True)
+    return {"ok": ok, "count": count, "wall": wall}
+
+
+# -- processes and memory ---------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        tree.setdefault(ppid, []).append(int(name))
+    return tree
+
+
+def _descendants(roots: list[int], tree: dict[int, list[int]]) -> list[int]:
+    out, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(tree.get(pid, ()))
+    return out
+
+
+def _memory(pid: int) -> tuple[int, int]:
+    """
+    (VmRSS, VmHWM) of C{pid} in KiB, or (0, 0) if it is gone.
+    """
+    rss = hwm = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, hwm
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def treeCpu(roots: list[int]) -> float:
+    """
+    CPU seconds (user + system, including reaped children's) of the
+    process trees under C{roots} so far.
+    """
+    total = 0
+    for pid in _descendants(roots, _children()):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])
+    return total / _TICK
+
+
+def _pss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class MemorySampler:
+    """
+    Every C{interval} s, the RSS summed over the process trees under
+    C{roots}: the peak of that sum, and each process's own high-water mark
+    (C{VmHWM}, which catches peaks between samples).
+    """
+
+    def __init__(self, roots: list[int], interval: float = 0.05) -> None:
+        self.roots = roots
+        self.interval = interval
+        self.peakSumKiB = 0
+        self.hwmKiB: dict[int, int] = {}
+        self.alive: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def sample(self) -> None:
+        total = 0
+        alive = set()
+        for pid in _descendants(self.roots, _children()):
+            rss, hwm = _memory(pid)
+            if not hwm:
+                continue
+            alive.add(pid)
+            total += rss
+            self.hwmKiB[pid] = max(self.hwmKiB.get(pid, 0), hwm)
+        self.alive = alive
+        self.peakSumKiB = max(self.peakSumKiB, total)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def idle(self) -> None:
+        """
+        Note the tunnel's memory before any traffic.
+        """
+        self.sample()
+        self.idleSumKiB = sum(_memory(p)[0] for p in self.alive)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        return {
+            "idleSumMiB": getattr(self, "idleSumKiB", 0) / 1024,
+            # Proportional set size: shared pages (the same libraries mapped
+            # by both Beam processes) counted once, not once per process.
+            "pssEndMiB": sum(_pss(p) for p in self.alive) / 1024,
+            "peakSumMiB": self.peakSumKiB / 1024,
+            # The high-water marks of the processes still there at the end
+            # (the tunnel's own, not socat's or sshd's per-connection ones).
+            "hwmSumMiB": sum(self.hwmKiB[p] for p in self.alive) / 1024,
+            "processes": len(self.hwmKiB),
+        }
+
+
+def _waitForPort(port: int, timeout: float = 30.0, proc: Optional[subprocess.Popen] = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def _freePort() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _readLine(proc: subprocess.Popen, timeout: float, what: str) -> str:
+    import select
+
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.strip():
+            return line
+    _stop(proc)
+    raise RuntimeError(f"{what} did not start")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Contender:
+    """
+    A way from a local port to the service.  L{start} returns the port the
+    client connects to; L{roots} are the processes whose memory counts.
+    """
+
+    name = ""
+    info: dict[str, Any]
+
+    def __init__(self, servicePort: int, workdir: str) -> None:
+        self.servicePort = servicePort
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen] = []
+        self.info = {}
+
+    def start(self) -> int:
+        raise NotImplementedError
+
+    def roots(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            _stop(proc)
+
+
+class Direct(Contender):
+    name = "direct"
+
+    def start(self) -> int:
+        return self.servicePort
+
+
+class Socat(Contender):
+    name = "socat"
+
+    def start(self) -> int:
+        port = _freePort()
+        # backlog=1024 as Beam's forward (socat's default is 5, which
+        # makes the kernel drop SYNs of a burst of connections).
+        proc = subprocess.Popen(
+            ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=1024",
+             f"TCP:127.0.0.1:{self.servicePort}"],
+            stdin=subprocess.DEVNULL, stderr=open(os.path.join(self.workdir, "socat.err"), "w"),
+        )
+        self.procs.append(proc)
+        _waitForPort(port, proc=proc)
+        version = subprocess.run(["socat", "-V"], capture_output=True, text=True).stdout
+        for line in version.splitlines():
+            if line.startswith("socat version"):
+                self.info["version"] = line.strip()
+        return port
+
+
+class SSH(Contender):
+    name = "ssh"
+
+    def start(self) -> int:
+        d = os.path.join(self.workdir, "ssh")
+        os.makedirs(d, mode=0o700)
+        hostKey, userKey = os.path.join(d, "host_ed25519"), os.path.join(d, "user_ed25519")
+        for key in (hostKey, userKey):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+        shutil.copy(userKey + ".pub", os.path.join(d, "authorized_keys"))
+        sshdPort = _freePort()
+        config = os.path.join(d, "sshd_config")
+        with open(config, "w") as f:
+            f.write(
+                f"Port {sshdPort}\nListenAddress 127.0.0.1\nHostKey {hostKey}\n"
+                f"AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\n"
+                "UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                "PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nUseDNS no\n"
+                "MaxStartups 100\nLogLevel INFO\n"
+            )
+        if os.geteuid() == 0:
+            # sshd run by root insists on its privilege-separation directory.
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        proc = subprocess.Popen([os.path.abspath(sshd), "-D", "-e", "-f", config],
+                                stdin=subprocess.DEVNULL, stderr=open(os.path.join(d, "sshd.log"), "w"))
+        self.procs.append(proc)
+        _waitForPort(sshdPort, proc=proc)
+        port = _freePort()
+        self.sshLog = os.path.join(d, "ssh.log")
+        client = subprocess.Popen(
+            ["ssh", "-v", "-N", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-F", "/dev/null", "-i", userKey,
+             "-L", f"{port}:127.0.0.1:{self.servicePort}", "-p", str(sshdPort), "localhost"],
+            stdin=subprocess.DEVNULL, stderr=open(self.sshLog, "w"),
+        )
+        self.procs.append(client)
+        _waitForPort(port, proc=client)
+        with open(self.sshLog) as f:
+            for line in f:
+                if "kex: client->server cipher:" in line:
+                    # "debug1: kex: client->server cipher: chacha20-poly1305@openssh.com MAC: <implicit> ..."
+                    self.info["cipher"] = line.split("cipher:", 1)[1].split()[0]
+                elif line.startswith("OpenSSH") or "OpenSSH_" in line and "version" not in self.info:
+                    self.info["version"] = line.strip().split(",")[0]
+        return port
+
+
+class Beam(Contender):
+    name = "beam"
+
+    def __init__(self, servicePort: int, workdir: str, compress: bool = False) -> None:
+        super().__init__(servicePort, workdir)
+        self.compress = compress
+        self.tag = "beam-compress" if compress else "beam"
+
+    def _beam(self, home: str, args: list[str], name: str) -> subprocess.Popen:
+        profileDir = os.environ.get("BEAM_PROFILE_DIR")
+        if profileDir:
+            os.makedirs(profileDir, exist_ok=True)
+            cmd = [sys.executable, "-c", _PROFILE_HOOK, profileDir, f"{self.tag}-{name}"]
+        else:
+            cmd = [sys.executable, "-c", "import sys; from beam.cli import main; sys.argv[0] = 'beam'; sys.exit(main())"]
+        proc = subprocess.Popen(
+            [*cmd, "--home", home, *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            stderr=open(os.path.join(self.workdir, f"{self.tag}-{name}.log"), "w"),
+        )
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> int:
+        flags = ["--compress"] if self.compress else []
+        listen = ["--listen", "/ip4/127.0.0.1/tcp/0"]
+        h1, h2 = os.path.join(self.workdir, f"{self.tag}-h1"), os.path.join(self.workdir, f"{self.tag}-h2")
+        host = self._beam(h1, [str(self.servicePort), *listen, *flags, "--json"], "host")
+        ready = json.loads(_readLine(host, 60, "beam (host)"))
+        port = _freePort()
+        client = self._beam(h2, ["connect", ready["share"], "--port", str(port), *listen, *flags, "--json"],
+                            "client")
+        json.loads(_readLine(client, 60, "beam connect"))
+        _waitForPort(port, proc=client)
+        return port
+
+
+# -- running ----------------------------------------------------------------------
+
+
+def runAll(names: list[str], servicePort: int, workdir: str, opts: argparse.Namespace,
+           log: Callable[[str], None]) -> tuple[dict, Optional[dict]]:
+    """
+    Start every contender, then, in each repetition, run each metric on
+    every contender in turn (so load from elsewhere on the machine falls on
+    all of them alike), and stop them.
+    """
+    classes: dict[str, Callable[[], Contender]] = {
+        "direct": lambda: Direct(servicePort, workdir),
+        "socat": lambda: Socat(servicePort, workdir),
+        "ssh": lambda: SSH(servicePort, workdir),
+        "beam": lambda: Beam(servicePort, workdir),
+        "beam-compress": lambda: Beam(servicePort, workdir, compress=True),
+    }
+    compression = not opts.no_compression and "beam" in names
+    started = list(names) + (["beam-compress"] if compression else [])
+    contenders: dict[str, Contender] = {}
+    ports: dict[str, int] = {}
+    samplers: dict[str, MemorySampler] = {}
+    size = opts.size_mib * MIB
+    rand, js = randomPattern(), jsonPattern()
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    compRuns: list[dict] = []
+    try:
+        for n in started:
+            contenders[n] = classes[n]()
+            ports[n] = contenders[n].start()
+            samplers[n] = MemorySampler(contenders[n].roots())
+            samplers[n].idle()
+            samplers[n].start()
+        for rep in range(opts.repeat):
+            r: dict[str, dict[str, Any]] = {n: {} for n in names}
+            for way, move in (("upload", lambda n: upload(ports[n], size, rand)),
+                              ("download", lambda n: download(ports[n], size, rand))):
+                for n in names:
+                    roots = contenders[n].roots()
+                    cpu = treeCpu(roots)
+                    r[n][way + "MiBps"] = move(n)
+                    # CPU the tunnel's processes spent per GiB moved: unlike
+                    # MiB/s, hardly changed by other load on the machine.
+                    r[n][way + "CpuPerGiB"] = (treeCpu(roots) - cpu) / (size / (1024 * MIB))
+            for n in names:
+                r[n]["rtt"] = roundTrips(ports[n], opts.round_trips)
+            for n in names:
+                r[n]["setup"] = connectionSetup(ports[n], opts.connections)
+            for n in names:
+                r[n]["concurrent"] = concurrent(ports[n], opts.concurrent, opts.concurrent_kib * 1024)
+            for n in names:
+                x = r[n]
+                log(f"run {rep + 1} {n}: up {x['uploadMiBps']:.0f} MiB/s, down {x['downloadMiBps']:.0f} MiB/s, "
+                    f"rtt p50 {x['rtt']['p50']:.0f} µs, setup p50 {x['setup']['p50']:.2f} ms, "
+                    f"{x['concurrent']['ok']}/{opts.concurrent} concurrent in {x['concurrent']['wall']:.2f} s")
+                runs[n].append(x)
+            if compression:
+                c: dict[str, Any] = {}
+                for tag in ("beam", "beam-compress"):
+                    for payload, pattern, kind in (("json", js, b"J"), ("random", rand, b"R")):
+                        c[f"{tag} {payload} upload"] = upload(ports[tag], size, pattern)
+                        c[f"{tag} {payload} download"] = download(ports[tag], size, pattern, kind)
+                log(f"run {rep + 1} compression: " + ", ".join(f"{k} {v:.0f}" for k, v in c.items()))
+                compRuns.append(c)
+    finally:
+        memory = {n: samplers[n].stop() for n in samplers}
+        for contender in contenders.values():
+            contender.stop()
+    results = {n: {"runs": runs[n], "median": _medianRun(runs[n]), "memory": memory[n],
+                   "info": contenders[n].info} for n in names}
+    comp = None
+    if compression:
+        comp = {"median": {k: statistics.median(c[k] for c in compRuns) for k in compRuns[0]},
+                "runs": compRuns, "memory": memory["beam-compress"]}
+        try:
+            import lz4.block
+
+            j = js[:65536]
+            comp["lz4RatioJson"] = len(j) / len(lz4.block.compress(j, store_size=False))
+        except ImportError:
+            pass
+    return results, comp
+
+
+def _medianRun(runs: list[dict]) -> dict:
+    """
+    Each metric's median over the runs.
+    """
+    def med(get: Callable[[dict], float]) -> float:
+        return statistics.median(get(r) for r in runs)
+
+    return {
+        "uploadMiBps": med(lambda r: r["uploadMiBps"]),
+        "downloadMiBps": med(lambda r: r["downloadMiBps"]),
+        "uploadCpuPerGiB": med(lambda r: r["uploadCpuPerGiB"]),
+        "downloadCpuPerGiB": med(lambda r: r["downloadCpuPerGiB"]),
+        "rttP50us": med(lambda r: r["rtt"]["p50"]),
+        "rttP99us": med(lambda r: r["rtt"]["p99"]),
+        "setupP50ms": med(lambda r: r["setup"]["p50"]),
+        "setupP99ms": med(lambda r: r["setup"]["p99"]),
+        "concurrentWall": med(lambda r: r["concurrent"]["wall"]),
+        "concurrentOk": min(r["concurrent"]["ok"] for r in runs),
+    }
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import twisted
+
+    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "system": platform.platform(), "twisted": twisted.__version__}
+
+
+def _fmtRatio(value: float, base: Optional[float]) -> str:
+    return f" ({value / base:.2f}×)" if base else ""
+
+
+def table(results: dict, opts: argparse.Namespace) -> str:
+    names = [n for n in CONTENDERS if n in results]
+    ssh = results.get("ssh", {}).get("median")
+    sshMem = results.get("ssh", {}).get("memory")
+    header = "| metric | " + " | ".join(LABELS[n] for n in names) + " |"
+    rows = [header, "|---|" + "---:|" * len(names)]
+
+    def row(label: str, get: Callable[[dict], float], fmt: str, ratio: bool = True,
+            tunnelOnly: bool = False) -> None:
+        cells = []
+        for n in names:
+            if tunnelOnly and n == "direct":
+                cells.append("-")
+                continue
+            v = get(results[n])
+            base = get(results["ssh"]) if ssh and ratio else None
+            cells.append(format(v, fmt) + (_fmtRatio(v, base) if n != "ssh" and v is not None else ""))
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    m = lambda key: (lambda r: r["median"][key])  # noqa: E731
+    row(f"upload MiB/s ({opts.size_mib} MiB)", m("uploadMiBps"), ".0f")
+    row(f"download MiB/s ({opts.size_mib} MiB)", m("downloadMiBps"), ".0f")
+    row("tunnel CPU s per GiB uploaded", m("uploadCpuPerGiB"), ".2f", tunnelOnly=True)
+    row("tunnel CPU s per GiB downloaded", m("downloadCpuPerGiB"), ".2f", tunnelOnly=True)
+    row("64 B round trip p50 µs", m("rttP50us"), ".0f")
+    row("64 B round trip p99 µs", m("rttP99us"), ".0f")
+    row("new connection p50 ms", m("setupP50ms"), ".2f")
+    row("new connection p99 ms", m("setupP99ms"), ".2f")
+    row(f"{opts.concurrent} concurrent × {opts.concurrent_kib} KiB echo, s", m("concurrentWall"), ".2f")
+    rows.append(f"| … of which succeeded | " + " | ".join(
+        str(results[n]["median"]["concurrentOk"]) for n in names) + " |")
+    rows.append("| tunnel processes' peak RSS MiB (sum of VmHWM) | " + " | ".join(
+        ("-" if n == "direct" else f"{results[n]['memory']['hwmSumMiB']:.1f}"
+         + (_fmtRatio(results[n]['memory']['hwmSumMiB'], sshMem['hwmSumMiB']) if sshMem and n != "ssh" else ""))
+        for n in names) + " |")
+    for label, key in (("… idle, before any traffic (sum of VmRSS)", "idleSumMiB"),
+                       ("… at the end, shared pages counted once (sum of PSS)", "pssEndMiB"),
+                       ("peak of sampled RSS sum MiB (incl. per-connection processes)", "peakSumMiB")):
+        rows.append(f"| {label} | " + " | ".join(
+            ("-" if n == "direct" else f"{results[n]['memory'][key]:.1f}") for n in names) + " |")
+    return "\n".join(rows)
+
+
+def compressionTable(comp: dict) -> str:
+    m = comp["median"]
+    rows = ["| payload | direction | beam MiB/s | beam --compress MiB/s | --compress / plain |",
+            "|---|---|---:|---:|---:|"]
+    for payload in ("json", "random"):
+        for way in ("upload", "download"):
+            a, b = m[f"beam {payload} {way}"], m[f"beam-compress {payload} {way}"]
+            rows.append(f"| {payload} | {way} | {a:.0f} | {b:.0f} | {b / a:.2f} |")
+    return "\n".join(rows)
+
+
+def targets(results: dict) -> list[tuple[str, bool, str]]:
+    """
+    The issue's targets, judged on these results.
+    """
+    b, s = results.get("beam"), results.get("ssh")
+    out = []
+    if b and s:
+        bm, sm = b["median"], s["median"]
+        for way in ("upload", "download"):
+            v, w = bm[way + "MiBps"], sm[way + "MiBps"]
+            out.append((f"bulk {way} >= ssh -L", v >= w, f"{v:.0f} vs {w:.0f} MiB/s ({v / w:.2f}×)"))
+        out.append(("round trip p50 <= 2× ssh -L", bm["rttP50us"] <= 2 * sm["rttP50us"],
+                    f"{bm['rttP50us']:.0f} vs {sm['rttP50us']:.0f} µs ({bm['rttP50us'] / sm['rttP50us']:.2f}×)"))
+    if b:
+        out.append(("new connection < 2 ms", b["median"]["setupP50ms"] < 2,
+                    f"p50 {b['median']['setupP50ms']:.2f} ms, p99 {b['median']['setupP99ms']:.2f} ms"))
+        mem = b["memory"]["hwmSumMiB"]
+        out.append(("both beam processes < 100 MiB RSS", mem < 100, f"{mem:.1f} MiB"))
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=512, help="MiB per bulk transfer, each way (default 512)")
+    parser.add_argument("--round-trips", type=int, default=5000, help="64-byte round trips (default 5000)")
+    parser.add_argument("--connections", type=int, default=500, help="sequential new connections (default 500)")
+    parser.add_argument("--concurrent", type=int, default=1000, help="concurrent connections (default 1000)")
+    parser.add_argument("--concurrent-kib", type=int, default=16, help="KiB each concurrent one echoes (default 16)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help="comma-separated subset of " + ",".join(CONTENDERS))
+    parser.add_argument("--no-compression", action="store_true", help="skip the beam --compress runs")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per contender; medians reported (default 1)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    opts = parser.parse_args(argv)
+    if opts.serve:
+        serveService()
+        return 0
+    names = [n.strip() for n in opts.contenders.split(",") if n.strip()]
+    for n in names:
+        if n not in CONTENDERS:
+            parser.error(f"unknown contender {n!r}")
+    for tool, needed in (("socat", "socat" in names), ("ssh", "ssh" in names), ("ssh-keygen", "ssh" in names)):
+        if needed and shutil.which(tool) is None:
+            parser.error(f"{tool} is not installed: run bench/setup.sh")
+
+    def log(line: str) -> None:
+        if not opts.json:
+            print(line, file=sys.stderr, flush=True)
+
+    workdir = tempfile.mkdtemp(prefix="beam-bench-tunnel-")
+    service = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve"],
+                               stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    results: dict[str, Any] = {}
+    comp: Optional[dict] = None
+    load = [os.getloadavg()[0]]
+    try:
+        servicePort = int(_readLine(service, 30, "the service").split(":")[-1])
+        results, comp = runAll(names, servicePort, workdir, opts, log)
+    finally:
+        _stop(service)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+    load.append(os.getloadavg()[0])
+    verdicts = targets(results)
+    if opts.json:
+        print(json.dumps({"machine": machine(), "options": vars(opts), "loadavg": load, "results": results,
+                          "compression": comp,
+                          "targets": [{"target": t, "met": ok, "detail": d} for t, ok, d in verdicts]},
+                         indent=2))
+        return 0
+    info = machine()
+    print(f"{opts.size_mib} MiB each way, {opts.round_trips} round trips, {opts.connections} new connections, "
+          f"{opts.concurrent} concurrent × {opts.concurrent_kib} KiB; {opts.repeat} run(s), medians; "
+          f"{info['cpus']} CPUs ({info['cpu']}), Python {info['python']}, Twisted {info['twisted']}; "
+          f"load average {load[0]:.1f} before, {load[1]:.1f} after")
+    extras = []
+    if "ssh" in results:
+        extras.append(f"ssh cipher: {results['ssh']['info'].get('cipher', '?')} "
+                      f"({results['ssh']['info'].get('version', '')})")
+    if "socat" in results:
+        extras.append(results["socat"]["info"].get("version", ""))
+    if extras:
+        print("; ".join(e for e in extras if e))
+    print()
+    print(table(results, opts))
+    if comp is not None:
+        print()
+        ratio = comp.get("lz4RatioJson")
+        print(f"Compression ({opts.size_mib} MiB each way; the JSON body compresses "
+              f"{ratio:.1f}:1 with lz4)" if ratio else "Compression:")
+        print()
+        print(compressionTable(comp))
+    if verdicts:
+        print()
+        for t, ok, d in verdicts:
+            print(f"- {'met' if ok else 'MISSED'}: {t}: {d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
