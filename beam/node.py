@@ -219,7 +219,15 @@ class Node(MultiService):
         self.listenAddrs.append(Multiaddr.fromTwistedAddress(port.getHost()))
 
     def _listenFailed(self, failure: Failure, addr: Multiaddr) -> Failure:
-        return Failure(DialError(f"cannot listen on {addr}: {failure.getErrorMessage()}"))
+        import errno
+
+        why = failure.getErrorMessage()
+        socketError = getattr(failure.value, "socketError", None)
+        if getattr(socketError, "errno", None) == errno.EADDRINUSE:
+            why = "the port is already in use"
+        elif getattr(socketError, "errno", None) == errno.EADDRNOTAVAIL:
+            why = "that address is not on this machine"
+        return Failure(DialError(f"cannot listen on {addr}: {why}"))
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         """
