@@ -38,7 +38,7 @@ import random as _random
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Literal
 
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -322,7 +322,7 @@ class KademliaNode:
         try:
             self.store.validator(key)
         except InvalidRecord as e:
-            return Deferred.fromFailure(Failure(e))
+            return fail(e)
         found: list[tuple[PeerInfo | None, bytes]] = []
         local = self.store.get(key)
         if local is not None:
@@ -346,7 +346,9 @@ class KademliaNode:
 
         def done(result: LookupResult) -> tuple[bytes, LookupResult]:
             if not found:
-                raise NotFound(f"no valid record for {key!r} in the DHT")
+                error = NotFound(f"no valid record for {key!r} in the DHT")
+                error.result = result  # type: ignore[attr-defined]  # what the lookup cost, for callers' reports
+                raise error
             values = [v for _, v in found]
             best = values[self.store.select(key, values)]
             for sender, value in found:
@@ -374,7 +376,7 @@ class KademliaNode:
             self.store.validate(key, value)
             self.store.put(key, value, origin=self.peerID)
         except BeamError as e:
-            return Deferred.fromFailure(Failure(e))
+            return fail(e)
         request = Message(MessageType.PUT_VALUE, key, Record(key, value))
 
         def send(result: LookupResult) -> Deferred[int]:

@@ -1,0 +1,393 @@
+"""
+The DHT on a Beam node: L{KademliaNode} spoken over libp2p streams.
+
+L{KademliaService} is the node's C{"kademlia"} child.  It implements
+L{IKadNetwork} with streams: every request opens a stream to the peer
+(pooled connection), negotiates C{/beam/kad/1.0.0}, writes one
+uvarint-length-prefixed C{Message} and reads one back.  As a server it
+answers requests on the same protocol, several per stream if the peer
+sends several (go and js do).
+
+Who joins the routing table: peers whose identify lists
+C{/beam/kad/1.0.0} (they are servers) and peers that answered us.  Our
+own mode: a node that listens somewhere is a server; one that listens
+nowhere (C{beam resolve} without a running node) is a client and does not
+register the protocol, so it never appears in routing tables.  (AutoNAT,
+a later issue, will refine "listens" into "is reachable".)
+
+The routing table is saved to C{<home>/routing.json} (atomically) every
+minute and on stop, and reloaded at start: a node that has been online
+once rejoins through the peers it knew, with no fixed bootstrap server.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from beam.dht.kad import KademliaNode
+from beam.dht.messages import Message, PeerInfo, decodeMessage, encodeMessage
+from beam.dht.routing import RoutingTable
+from beam.dht.store import RecordStore
+from beam.errors import BeamError, DecodeError, NotFound, ProtocolError
+from beam.fileutil import atomicWrite
+from beam.framing import LengthPrefixedReader, encodeLengthPrefixed
+from beam.keys import PeerID
+from beam.multiaddr import Multiaddr
+from beam.names.validator import NameValidator
+
+KAD_PROTOCOL = "/beam/kad/1.0.0"
+MAX_KAD_MESSAGE = 64 * 1024
+ROUTING_FILE = "routing.json"
+
+
+class NoDHTPeers(BeamError):
+    """
+    This node knows no DHT peers: add one with --bootstrap MULTIADDR or `beam network bootstrap MULTIADDR`.
+    """
+
+
+class _KadClient(Protocol):
+    """
+    One request: write it, read one answer, close.
+    """
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.reader = LengthPrefixedReader(MAX_KAD_MESSAGE)
+        self.result: Deferred[Message] = Deferred(lambda d: self._abort())
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.result.called:
+            return
+        try:
+            messages = self.reader.feed(data)
+            if not messages:
+                return
+            message = decodeMessage(messages[0])
+        except ProtocolError as e:
+            self._abort()
+            self.result.errback(Failure(e))
+            return
+        self.transport.loseConnection()
+        self.result.callback(message)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if not self.result.called:
+            self.result.errback(Failure(BeamError("the DHT peer closed the stream without answering")))
+
+
+@implementer(IHalfCloseableProtocol)
+class _KadServer(Protocol):
+    """
+    Answer requests on one stream until the peer closes it.  Any error
+    (malformed message, refused record) is logged and resets the stream,
+    as other libp2p implementations do.
+    """
+
+    log = Logger()
+
+    def __init__(self, service: "KademliaService") -> None:
+        self.service = service
+        self.reader = LengthPrefixedReader(MAX_KAD_MESSAGE)
+
+    def dataReceived(self, data: bytes) -> None:
+        stream = self.transport
+        conn = getattr(stream, "connection", None)
+        if conn is None:
+            stream.abortConnection()
+            return
+        try:
+            for raw in self.reader.feed(data):
+                request = decodeMessage(raw)
+                response = self.service._handle(conn, request)
+                stream.write(encodeLengthPrefixed(encodeMessage(response)))
+        except BeamError as e:
+            self.log.debug("DHT request from {peer} refused: {why}", peer=conn.remotePeer, why=e)
+            stream.abortConnection()
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+class KademliaService(Service):
+    """
+    The DHT service of a node.
+
+    @ivar kad: the L{KademliaNode}.
+    """
+
+    log = Logger()
+    name = "kademlia"
+
+    def __init__(
+        self,
+        reactor: Any,
+        node: Any,
+        home: Optional[Path],
+        *,
+        bootstrapAddrs: Sequence[Multiaddr] = (),
+        mode: str = "auto",
+        timeout: float = 5.0,
+        refreshInterval: float = 600.0,
+        saveInterval: float = 60.0,
+        random: Optional[_random.Random] = None,
+        validators: Optional[dict[str, Any]] = None,
+    ) -> None:
+        self.reactor = reactor
+        self.node = node
+        self.home = Path(home) if home is not None else None
+        self.bootstrapAddrs = list(bootstrapAddrs)
+        self.timeout = timeout
+        self.refreshInterval = refreshInterval
+        self.saveInterval = saveInterval
+        store = RecordStore(reactor, validators or {"beam-name": NameValidator()})
+        self.kad = KademliaNode(
+            reactor, self._localInfo, self, store, mode=mode if mode != "auto" else "auto",
+            random=random, timeout=timeout, refreshInterval=refreshInterval,
+        )
+        self._loops: list[LoopingCall] = []
+
+    # -- IKadNetwork -------------------------------------------------------
+
+    def _localInfo(self) -> PeerInfo:
+        return PeerInfo(
+            self.node.peerID, tuple(a.withoutPeerID() for a in self.node.shareableAddrs())[:16]
+        )
+
+    def request(self, peer: PeerInfo, message: Message) -> Deferred[Message]:
+        """
+        Send one request to C{peer} on a new stream and read its answer.
+        """
+        if peer.peer == self.node.peerID:
+            return fail(BeamError("refusing to send a DHT request to ourselves"))
+        known = self.node.peerAddrs.setdefault(peer.peer, [])
+        for addr in peer.addrs:
+            addr = addr.withoutPeerID()
+            if addr.tcpTarget() is not None and addr not in known and len(known) < 32:
+                known.append(addr)
+        try:
+            client = _KadClient(encodeLengthPrefixed(encodeMessage(message)))
+        except BeamError as e:
+            return fail(e)
+        opened = self.node.openStream(peer.peer, [KAD_PROTOCOL], lambda: client)
+        opened.addErrback(lambda f: client.result.errback(f) if not client.result.called else None)
+        d = client.result
+        d.addTimeout(self.timeout, self.reactor)
+        return d
+
+    # -- requests in -------------------------------------------------------
+
+    def _handle(self, conn: Any, request: Message) -> Message:
+        identified = conn.identify
+        addrs: tuple[Multiaddr, ...] = ()
+        isServer = False
+        if identified is not None:
+            addrs = tuple(a.withoutPeerID() for a in identified.listenAddrs)[:16]
+            isServer = KAD_PROTOCOL in identified.protocols
+        sender = PeerInfo(conn.remotePeer, addrs)
+        return self.kad.handleRequest(sender, request, senderIsServer=isServer)
+
+    def _connectionEvent(self, event: str, conn: Any) -> None:
+        if event not in ("identified", "updated") or conn.identify is None:
+            return
+        if KAD_PROTOCOL in conn.identify.protocols:
+            addrs = tuple(
+                a.withoutPeerID() for a in conn.identify.listenAddrs if a.tcpTarget() is not None
+            )[:16]
+            if not addrs and conn.direction == "outbound":
+                addrs = (conn.remoteAddr.withoutPeerID(),)
+            self.kad.addPeer(PeerInfo(conn.remotePeer, addrs))
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        if self.kad.mode == "auto":
+            self.kad.setReachable(bool(self.node.listenAddrs))
+        if self.kad.isServer:
+            self.node.setStreamHandler(KAD_PROTOCOL, lambda: _KadServer(self))
+        self.node.connectionObservers.append(self._connectionEvent)
+        self._loadRoutingTable()
+        for interval, fn in ((self.refreshInterval, self._refresh), (self.saveInterval, self.saveRoutingTable)):
+            loop = LoopingCall(fn)
+            loop.clock = self.reactor
+            loop.start(interval, now=False)
+            self._loops.append(loop)
+        if self.bootstrapAddrs or self.kad.routingTable.size:
+            self.bootstrap(self.bootstrapAddrs).addErrback(
+                lambda f: self.log.info("DHT bootstrap: {why}", why=f.getErrorMessage())
+            )
+
+    def stopService(self) -> None:
+        super().stopService()
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        self.saveRoutingTable()
+        self.kad.stop()
+        try:
+            self.node.connectionObservers.remove(self._connectionEvent)
+        except ValueError:
+            pass
+        if KAD_PROTOCOL in self.node._handlers:
+            self.node.removeStreamHandler(KAD_PROTOCOL)
+
+    def _refresh(self) -> None:
+        if self.kad.routingTable.size:
+            self.kad.refresh().addErrback(lambda f: None)
+
+    # -- persistence -------------------------------------------------------
+
+    def _loadRoutingTable(self) -> None:
+        if self.home is None:
+            return
+        path = self.home / ROUTING_FILE
+        try:
+            text = path.read_text()
+        except OSError:
+            return
+        try:
+            saved = RoutingTable.fromJSON(self.node.peerID, text, k=self.kad.k)
+        except DecodeError as e:
+            self.log.warn("ignoring {path}: {why}", path=str(path), why=e)
+            return
+        for info in saved.peers():
+            self.kad.routingTable.add(info, 0.0)
+            known = self.node.peerAddrs.setdefault(info.peer, [])
+            for a in info.addrs:
+                if a not in known:
+                    known.append(a)
+
+    def saveRoutingTable(self) -> None:
+        if self.home is None or not self.kad.routingTable.size:
+            return
+        try:
+            atomicWrite(self.home / ROUTING_FILE, self.kad.routingTable.toJSON().encode(), 0o600)
+        except OSError as e:
+            self.log.warn("could not save the routing table: {why}", why=e)
+
+    # -- the API the daemon uses ------------------------------------------
+
+    def routingTableSize(self) -> int:
+        return self.kad.routingTable.size
+
+    def bootstrap(self, addrs: Iterable[Multiaddr | str] = ()) -> Deferred[dict[str, Any]]:
+        """
+        Connect to C{addrs} (multiaddrs with C{/p2p/}), then look ourselves
+        up through them and whatever the routing table holds.
+
+        @raise NoDHTPeers: nothing to bootstrap from.
+        """
+        targets = [Multiaddr.fromString(a) if isinstance(a, str) else a for a in addrs]
+        dials = [self.node.connect(a) for a in targets]
+
+        def dialled(results: list[tuple[bool, Any]]) -> Deferred[Any]:
+            seeds = []
+            for ok, conn in results:
+                if ok:
+                    seeds.append(PeerInfo(conn.remotePeer, (conn.remoteAddr.withoutPeerID(),)))
+            for seed in seeds:
+                self.kad.addPeer(seed)
+            if not seeds and not self.kad.routingTable.size:
+                errors = "; ".join(str(r.value) for ok, r in results if not ok)
+                raise NoDHTPeers(f"could not reach any bootstrap peer: {errors}" if errors else None)
+            return self.kad.bootstrap(seeds)
+
+        def done(result: Any) -> dict[str, Any]:
+            self.saveRoutingTable()
+            return {
+                "routing_table_size": self.kad.routingTable.size,
+                "rounds": result.rounds,
+                "queried": result.queries,
+            }
+
+        d = DeferredList(dials, consumeErrors=True).addCallback(dialled).addCallback(done)
+        return d
+
+    def getValue(self, key: bytes) -> Deferred[tuple[Optional[bytes], dict[str, Any]]]:
+        """
+        @return: C{(value, stats)}; C{value} is L{None} when no valid record
+            was found.
+        """
+        if not self.kad.routingTable.size and self.kad.store.get(key) is None:
+            return fail(NoDHTPeers())
+        started = self.reactor.seconds()
+
+        def found(result: tuple[bytes, Any]) -> tuple[Optional[bytes], dict[str, Any]]:
+            value, lookup = result
+            return value, _stats(lookup, self.reactor.seconds() - started)
+
+        def missing(f: Failure) -> tuple[Optional[bytes], dict[str, Any]]:
+            f.trap(NotFound)
+            lookup = getattr(f.value, "result", None)
+            stats = _stats(lookup, self.reactor.seconds() - started) if lookup is not None else {
+                "queried": self.kad.routingTable.size, "rounds": 0,
+                "elapsed_ms": round((self.reactor.seconds() - started) * 1000, 3),
+            }
+            return None, stats
+
+        return self.kad.getValue(key).addCallbacks(found, missing)
+
+    def putValue(self, key: bytes, value: bytes) -> Deferred[int]:
+        return self.kad.putValue(key, value)
+
+    def closestPeers(self, key: bytes) -> Deferred[list[PeerInfo]]:
+        return self.kad.closestPeers(key).addCallback(lambda r: list(r.closest))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "dht_mode": "server" if self.kad.isServer else "client",
+            "routing_table_size": self.kad.routingTable.size,
+            "records_held": len(self.kad.store),
+        }
+
+    def routes(self) -> dict[str, Any]:
+        buckets = []
+        for view in self.kad.routingTable.buckets():
+            if not view.entries:
+                continue
+            buckets.append({
+                "index": view.index,
+                "peers": [
+                    {"peer_id": str(e.info.peer), "addrs": [str(a) for a in e.info.addrs],
+                     "last_seen": e.lastSeen, "failures": e.failures}
+                    for e in view.entries
+                ],
+                "replacements": len(view.replacements),
+            })
+        return {"k": self.kad.k, "size": self.kad.routingTable.size, "buckets": buckets}
+
+
+def _stats(lookup: Any, elapsed: float) -> dict[str, Any]:
+    return {
+        "queried": lookup.queries,
+        "failures": lookup.failures,
+        "rounds": lookup.rounds,
+        "responders": len(lookup.responders),
+        "elapsed_ms": round(elapsed * 1000, 3),
+    }
+
+
+__all__ = ["KAD_PROTOCOL", "KademliaService", "NoDHTPeers", "succeed", "PeerID"]
