@@ -14,7 +14,8 @@ The algorithm, per path::
         K = the k nearest candidates that have not failed
         if every peer in K answered: done
         while fewer than alpha queries are in flight (not counting slow
-              ones): query the nearest not-yet-queried peer in K
+              ones): query the nearest not-yet-queried peer in K, or
+              beyond K by as many peers as K has awaiting an answer
         each answer adds its closer peers as candidates (one hop deeper)
         a query unanswered after slowTimeout stops counting as in flight,
               so a slow peer cannot stall the walk; one unanswered after
@@ -226,18 +227,26 @@ class Lookup:
         self._seq += 1
         bisect.insort(path.order, (cand.distance, self._seq, cand), key=lambda e: (e[0], e[1]))
 
-    def _nearest(self, path: _Path) -> list[_Candidate]:
+    def _window(self, path: _Path) -> list[_Candidate]:
         """
-        The path's k nearest usable candidates: not failed, not taken by
-        another path.
+        The path's usable candidates (not failed, not taken by another
+        path), nearest first, until k of them are not awaiting an answer.
+
+        Its first k entries are the k nearest, which decide termination.
+        Queries go to unqueried peers anywhere in it: each peer in flight
+        might be dead, so we look that much further ahead rather than
+        discover the next candidate only when a timeout removes one.
         """
         out: list[_Candidate] = []
+        settled = 0
         for _, _, cand in path.order:
             if cand.state == _FAILED or (cand.owner is not None and cand.owner is not path):
                 continue
             out.append(cand)
-            if len(out) >= self.k:
-                break
+            if cand.state != _WAITING:
+                settled += 1
+                if settled >= self.k:
+                    break
         return out
 
     # --- the walk --------------------------------------------------------
@@ -261,11 +270,11 @@ class Lookup:
         for path in self._paths:
             if path.done:
                 continue
-            nearest = self._nearest(path)
-            if all(c.state == _SUCCEEDED for c in nearest):
+            window = self._window(path)
+            if all(c.state == _SUCCEEDED for c in window[: self.k]):
                 path.done = True
                 continue
-            for cand in nearest:
+            for cand in window:
                 if path.active >= self.alpha:
                     break
                 if cand.state == _HEARD:
@@ -338,7 +347,7 @@ class Lookup:
         if self._onResponse is not None:
             try:
                 stop = bool(self._onResponse(cand.info, response))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - whatever the hook rejects is garbage
                 self.log.debug("DHT peer {peer} answered garbage: {e}", peer=cand.info.peer, e=e)
                 self._fail(path, cand)
                 return

@@ -88,7 +88,9 @@ class LookupTests(SynchronousTestCase):
         self.assertEqual(result.queries, len(net.queried()))
         self.assertEqual(result.failures, 0)
         self.assertGreaterEqual(result.rounds, 2)
-        self.assertEqual(set(result.responders), set(net.queried()))
+        self.assertTrue(set(result.closest) <= set(net.infos))
+        self.assertTrue(set(result.responders) <= set(net.queried()))
+        self.assertEqual(len(net.cancelled), len(net.queried()) - len(result.responders))
         self.assertGreaterEqual(result.elapsed, 0.1 * result.rounds)
         self.assertLess(result.elapsed, 2.0)
 
