@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["text", "json"], default=None,
                    help="log lines on stderr as text (default) or JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only")
+    p.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
+                   help="a DHT peer to join through, /.../p2p/PEER_ID (repeatable; also in config.toml)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("expose", help="expose a local port (what `beam PORT` runs)")
@@ -58,10 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--allow", action="append", metavar="PEER_ID", help="admit only this peer (repeatable)")
     s.add_argument("--secret", action="store_true", help="require the secret carried in the share address")
     s.add_argument("--listen", action="append", metavar="MULTIADDR", help="address to listen on (repeatable)")
+    s.add_argument("--no-register", action="store_true",
+                   help="do not publish the node's name in the DHT (share the beam:// address only)")
     s.add_argument("--json", action="store_true", help="print one JSON object per event")
 
     s = sub.add_parser("connect", help="forward a local port to a peer's exposed service")
-    s.add_argument("target", help="a share address (beam://...) or a multiaddr ending in /p2p/PEER_ID")
+    s.add_argument("target", help="a name (NAME or NAME/SERVICE), a share address (beam://...) "
+                                  "or a multiaddr ending in /p2p/PEER_ID")
+    s.add_argument("--accept-new-key", action="store_true",
+                   help="accept that the name now belongs to a different key than last time")
     s.add_argument("--port", "-p", type=int, default=0, help="local port (default: any free port)")
     s.add_argument("--bind", default="127.0.0.1", help="local address to listen on (default 127.0.0.1)")
     s.add_argument("--service", help="the service to reach (default: the one in the share address)")
@@ -69,6 +76,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--compress", action="store_true", help="offer lz4 compression")
     s.add_argument("--listen", action="append", metavar="MULTIADDR", help="address for this node to listen on")
     s.add_argument("--json", action="store_true", help="print one JSON object per event")
+
+    s = sub.add_parser("register", help="publish a name for this node in the DHT")
+    s.add_argument("name", help="lower-case DNS-style name, e.g. alice or alice.home")
+    s.add_argument("--service", action="append", metavar="SERVICE",
+                   help="service the name offers (repeatable; default: every exposed service)")
+    s.add_argument("--listen", action="append", metavar="MULTIADDR", help="address to listen on (repeatable)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+    s = sub.add_parser("resolve", help="look a name up in the DHT")
+    s.add_argument("name")
+    s.add_argument("--accept-new-key", action="store_true",
+                   help="accept that the name now belongs to a different key than last time")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+    s = sub.add_parser("network", help="the node's view of the network")
+    s.add_argument("action", choices=["status", "peers", "routes", "bootstrap"])
+    s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help="for bootstrap: peers to join through")
+    s.add_argument("--json", action="store_true", help="print JSON")
 
     s = sub.add_parser("status", help="tunnels, forwards and connections of the running node")
     s.add_argument("--json", action="store_true", help="print JSON")
@@ -140,7 +165,8 @@ def _loadConfig(args: argparse.Namespace) -> Any:
     from beam.config import loadConfig, mergeOptions
 
     config = loadConfig(_home(args) / "config.toml")
-    return mergeOptions(config, listen=getattr(args, "listen", None), logFormat=args.log_format)
+    return mergeOptions(config, listen=getattr(args, "listen", None), logFormat=args.log_format,
+                        bootstrap=args.bootstrap)
 
 
 def _startLogging(args: argparse.Namespace, config: Any = None) -> None:
@@ -150,13 +176,15 @@ def _startLogging(args: argparse.Namespace, config: Any = None) -> None:
     startLogging(sys.stderr, fmt, LogLevel.warn if args.quiet else LogLevel.info)
 
 
-async def _runDaemon(reactor: Any, args: argparse.Namespace, config: Any, control: bool = True) -> Any:
+async def _runDaemon(
+    reactor: Any, args: argparse.Namespace, config: Any, control: bool = True, rememberPort: bool = True
+) -> Any:
     from beam.daemon import BeamDaemon
     from beam.home import loadOrCreateIdentity
 
     home = _home(args)
     identity = loadOrCreateIdentity(home)
-    daemon = BeamDaemon(reactor, home, identity, config, control=control)
+    daemon = BeamDaemon(reactor, home, identity, config, control=control, rememberPort=rememberPort)
     try:
         await daemon.start()
     except BaseException:
@@ -184,14 +212,39 @@ def _serviceListening(host: str, port: int, udp: bool) -> bool:
         return False
 
 
-def _printTunnel(out: _Out, tunnel: dict[str, Any], peerID: str, addrs: list[str]) -> None:
+def _printTunnel(
+    out: _Out,
+    tunnel: dict[str, Any],
+    peerID: str,
+    addrs: list[str],
+    registered: dict[str, Any] | None = None,
+    tunnels: int = 1,
+) -> None:
+    """
+    The share line.  When the node's name is published on other peers
+    (not just kept here), the command to run is by name; the beam://
+    address always works too.  A secret tunnel is always shared by
+    address, since the secret travels in it.
+    """
     access = "private" if tunnel["private"] else "public"
+    command = tunnel["connect"]
+    byName = None
+    secret = "#" in tunnel["share"]
+    if registered is not None and registered.get("stored_on", 0) > 1 and not secret:
+        target = registered["name"] if tunnels == 1 else f"{registered['name']}/{tunnel['name']}"
+        byName = f"beam connect {target}" + (" --udp" if tunnel["kind"] == "udp" else "")
+    text = (
+        f"Sharing {tunnel['kind']} {tunnel['target']} as {tunnel['name']!r} ({access}).\n"
+        f"On the other side run:\n\n    {byName or command}\n\n"
+    )
+    if byName:
+        text += f"(or, without the DHT: {command})\n"
+    text += "Press Ctrl-C to stop."
     out.event(
         {"event": "ready", "peer_id": peerID, "addrs": addrs, "name": tunnel["name"],
-         "share": tunnel["share"], "connect": tunnel["connect"]},
-        f"Sharing {tunnel['kind']} {tunnel['target']} as {tunnel['name']!r} ({access}).\n"
-        f"On the other side run:\n\n    {tunnel['connect']}\n\n"
-        f"Press Ctrl-C to stop.",
+         "share": tunnel["share"], "connect": byName or command, "connect_share": command,
+         "registered": registered},
+        text,
     )
 
 
@@ -218,7 +271,12 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
             body["allow"] = allow
         tunnel = await client.request("POST", "/v1/tunnels", body)
         status = await client.request("GET", "/v1/status")
-        _printTunnel(out, tunnel, status["peer_id"], status["addrs"])
+        registered = None
+        if not args.no_register:
+            from beam.nameservice import memorableName
+
+            registered = await client.request("POST", "/v1/names", {"name": memorableName(home)})
+        _printTunnel(out, tunnel, status["peer_id"], status["addrs"], registered, len(status["tunnels"]))
 
         def remove() -> Deferred[Any]:
             return client.request("DELETE", "/v1/tunnels/" + quote(tunnel["name"], safe="")).addErrback(
@@ -236,7 +294,14 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         args.port, args.name, args.udp, args.compress,
         [PeerID.fromString(a) for a in allow] if allow else None, bool(args.secret), host=args.host,
     )
-    _printTunnel(out, tunnel, str(daemon.node.peerID), [str(a) for a in daemon.node.shareableAddrs()])
+    registered = None
+    if not args.no_register:
+        from beam.nameservice import memorableName
+
+        await daemon.kademlia.whenBootstrapped()
+        registered = await daemon.registerName(memorableName(daemon.home))
+    _printTunnel(out, tunnel, str(daemon.node.peerID), [str(a) for a in daemon.node.shareableAddrs()],
+                 registered, len(daemon.tunnels.services))
     await _forever()
     return 0
 
@@ -245,7 +310,9 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     from beam.control import ControlClient, nodeRunning
     from beam.share import parseShareAddress
 
-    share = parseShareAddress(args.target, args.service)
+    isName = not args.target.startswith(("beam://", "/"))
+    if not isName:
+        parseShareAddress(args.target, args.service)  # fail fast on a malformed address
     home = _home(args)
     if nodeRunning(home):
         client = ControlClient(reactor, home)
@@ -255,6 +322,9 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
             body["port"] = args.port
         if args.service:
             body["service"] = args.service
+        if isName and args.accept_new_key:
+            await client.request("GET", "/v1/resolve/" + quote(args.target.partition("/")[0], safe="")
+                                 + "?accept_new_key=1")
         fwd = await client.request("POST", "/v1/forwards", body)
 
         def remove() -> Deferred[Any]:
@@ -267,8 +337,10 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         config = _loadConfig(args)
         _startLogging(args, config)
         daemon = await _runDaemon(reactor, args, config)
+        share = await daemon.resolveTarget(args.target, args.service, args.accept_new_key)
         fwd = await daemon._startForward(share, args.port, args.bind, args.service, args.compress,
-                                         "udp" if args.udp else "tcp", probe=True)
+                                         "udp" if args.udp else "tcp", probe=True,
+                                         name=args.target.partition("/")[0] if isName else None)
     out.event(
         {"event": "ready", "listen": fwd["listen"], "peer_id": fwd["peer_id"], "service": fwd["service"]},
         f"listening on {fwd['listen']} -> {fwd['peer_id']}/{fwd['service'] or 'default'}",
@@ -331,12 +403,109 @@ async def cmdStop(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
             raise
         try:
             removed = await client.request("DELETE", "/v1/forwards/" + key)
+            what = "forward"
         except ControlError as e2:
-            if e2.status == 404:
-                raise BeamError(f"no tunnel or forward named or on port {args.key}") from None
-            raise
-        what = "forward"
+            if e2.status != 404:
+                raise
+            try:
+                removed = await client.request("DELETE", "/v1/names/" + key)
+                what = "name"
+            except ControlError as e3:
+                if e3.status in (400, 404):
+                    raise BeamError(f"no tunnel, forward or name {args.key!r} on this node") from None
+                raise
     out.event({"event": "stopped", "kind": what, **removed}, f"stopped {what} {removed['name']}")
+    return 0
+
+
+async def cmdRegister(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
+    from beam.control import ControlClient, nodeRunning
+
+    home = _home(args)
+    if nodeRunning(home):
+        result = await ControlClient(reactor, home).request(
+            "POST", "/v1/names", {"name": args.name, "services": args.service or []})
+        _printRegistered(out, result)
+        return 0
+    config = _loadConfig(args)
+    _startLogging(args, config)
+    daemon = await _runDaemon(reactor, args, config)
+    await daemon.kademlia.whenBootstrapped()
+    result = await daemon.registerName(args.name, args.service or [])
+    _printRegistered(out, result)
+    out.event({"event": "running"}, "Keeping the name published; press Ctrl-C to stop.")
+    await _forever()
+    return 0
+
+
+def _printRegistered(out: _Out, result: dict[str, Any]) -> None:
+    where = f"stored on {result['stored_on']} peer(s)"
+    if result.get("error"):
+        where += f" (publishing failed: {result['error']})"
+    out.event({"event": "registered", **result},
+              f"registered {result['name']} -> {result['peer_id']} ({where})")
+
+
+async def cmdResolve(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
+    from beam.control import ControlClient, nodeRunning
+
+    home = _home(args)
+    if nodeRunning(home):
+        path = "/v1/resolve/" + quote(args.name, safe="") + ("?accept_new_key=1" if args.accept_new_key else "")
+        result = await ControlClient(reactor, home).request("GET", path)
+    else:
+        import attr
+
+        config = attr.evolve(_loadConfig(args), listen=())
+        daemon = await _runDaemon(reactor, args, config, control=False, rememberPort=False)
+        try:
+            result = await daemon.resolveName(args.name, args.accept_new_key)
+        finally:
+            await daemon.stopService()
+    lines = [f"{result['name']} -> {result['peer_id']}"]
+    lines += [f"  {a}" for a in result["addrs"]]
+    if result["services"]:
+        lines.append(f"  services: {', '.join(result['services'])}")
+    lines.append(
+        f"  found via {result['source']} in {result['elapsed_ms']:.1f} ms, asked {result['queried']} peers"
+        f" ({result['rounds']} rounds); key {result['pin']}"
+    )
+    out.event(result, "\n".join(lines))
+    return 0
+
+
+async def cmdNetwork(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
+    from beam.control import ControlClient
+
+    client = ControlClient(reactor, _home(args))
+    if args.action == "status":
+        r = await client.request("GET", "/v1/network/status")
+        text = "\n".join([
+            f"peer {r['peer_id']}",
+            "listen: " + (", ".join(r["listen_addrs"]) or "none"),
+            "observed: " + (", ".join(r["observed_addrs"]) or "none"),
+            f"DHT: {r['dht_mode']}, {r['routing_table_size']} peers in the routing table, "
+            f"{r['records_held']} records held",
+            "names: " + (", ".join(n["name"] for n in r["names"]) or "none"),
+        ])
+    elif args.action == "peers":
+        r = await client.request("GET", "/v1/network/peers")
+        text = "\n".join(
+            f"{p['peer_id']} {p['direction']} {p['remote_addr']} {p['security']} streams {p['streams']}"
+            + (f" {p['agent']}" if p.get("agent") else "")
+            for p in r["peers"]
+        ) or "no peers connected"
+    elif args.action == "routes":
+        r = await client.request("GET", "/v1/network/routes")
+        lines = [f"{r['size']} peers (k = {r['k']})"]
+        for b in r["buckets"]:
+            lines.append(f"bucket {b['index']}: {len(b['peers'])} peers, {b['replacements']} replacements")
+            lines += [f"  {p['peer_id']} {' '.join(p['addrs'][:2])}" for p in b["peers"]]
+        text = "\n".join(lines)
+    else:
+        r = await client.request("POST", "/v1/network/bootstrap", {"addrs": args.addrs})
+        text = f"bootstrapped: {r['routing_table_size']} peers in the routing table"
+    out.event(r, text)
     return 0
 
 
@@ -421,6 +590,9 @@ ASYNC_COMMANDS: dict[str, Callable[[Any, argparse.Namespace, _Out], Coroutine[An
     "stop": cmdStop,
     "daemon": cmdDaemon,
     "ping": cmdPing,
+    "register": cmdRegister,
+    "resolve": cmdResolve,
+    "network": cmdNetwork,
 }
 
 

@@ -30,6 +30,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from beam.config import Config
+from beam.dht.service import KademliaService
+from beam.nameservice import NameService
 from beam.control import ControlService, IControlAPI
 from beam.errors import BeamError, Conflict, NotFound
 from beam.fileutil import atomicWrite
@@ -85,6 +87,7 @@ class BeamDaemon(MultiService):
         onShutdown: Optional[Callable[[], Any]] = None,
         random: Callable[[int], bytes] = os.urandom,
         nodeOptions: Optional[dict[str, Any]] = None,
+        dhtOptions: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -106,6 +109,16 @@ class BeamDaemon(MultiService):
         self.node.setServiceParent(self)
         self.tunnels = TunnelHost(reactor, self.node)
         self.tunnels.setServiceParent(self.node)
+        self.kademlia = KademliaService(
+            reactor, self.node, self.home, bootstrapAddrs=config.bootstrap, **(dhtOptions or {})
+        )
+        self.kademlia.setServiceParent(self.node)
+        self.names = NameService(
+            reactor, identity, self.kademlia, self.home,
+            addrs=self._recordAddrs, services=lambda: list(self.tunnels.services),
+        )
+        self.names.setName("names")
+        self.names.setServiceParent(self)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -164,6 +177,7 @@ class BeamDaemon(MultiService):
             else:
                 raise
         self._savePort()
+        self.names.startService()
         for tunnel in self.config.tunnels:
             self.addTunnel(tunnel.port, tunnel.name, tunnel.udp, tunnel.compress,
                            list(tunnel.allow) if tunnel.allow else None, tunnel.secret)
@@ -195,6 +209,14 @@ class BeamDaemon(MultiService):
         return d.addCallback(lambda _: MultiService.stopService(self))
 
     # -- sharing ---------------------------------------------------------
+
+    def _recordAddrs(self) -> list[Multiaddr]:
+        """
+        The addresses our name records carry: non-loopback first.
+        """
+        return sorted(
+            (a.withoutPeerID() for a in self.node.shareableAddrs()), key=lambda a: a.isLoopback()
+        )
 
     def shareAddress(self, name: str) -> ShareAddress:
         """
@@ -246,6 +268,7 @@ class BeamDaemon(MultiService):
         self.tunnels.expose(spec)
         if secretBytes is not None:
             self.secrets[spec.name] = secretBytes
+        self.names.republishAll()
         described = self._describeTunnel(spec)
         self.log.info(
             "exposing {kind} {where} as {name}; on the other side run: {connect}",
@@ -283,6 +306,7 @@ class BeamDaemon(MultiService):
         described = self._describeTunnel(spec)
         self.tunnels.unexpose(spec.name)
         self.secrets.pop(spec.name, None)
+        self.names.republishAll()
         self.log.info("stopped exposing {where} ({name})", where=spec.where, name=spec.name)
         return described
 
@@ -299,8 +323,13 @@ class BeamDaemon(MultiService):
         Listen on C{bind}:C{port} and forward to C{target}, after checking
         that the host is reachable and accepts us.
         """
-        share = parseShareAddress(target, service)
-        return self._startForward(share, port, bind, service, compress, "udp" if udp else "tcp", probe=True)
+        d = self.resolveTarget(target, service)
+        return d.addCallback(
+            lambda share: self._startForward(
+                share, port, bind, service, compress, "udp" if udp else "tcp", probe=True,
+                name=None if target.startswith(("beam://", "/")) else target.partition("/")[0],
+            )
+        )
 
     @inlineCallbacks
     def _startForward(
@@ -312,6 +341,7 @@ class BeamDaemon(MultiService):
         compress: bool,
         kind: str,
         probe: bool = False,
+        name: Optional[str] = None,
     ) -> Any:
         """
         @param probe: first check that the host is reachable and would
@@ -323,9 +353,15 @@ class BeamDaemon(MultiService):
             share = ShareAddress(peer=share.peer, addrs=share.addrs, service=service, secret=share.secret)
         if share.peer == self.node.peerID:
             raise TunnelSpecError("that share address is this node's own: connect to the service directly")
+        resolveAddrs = None
+        if name is not None:
+            def resolveAddrs() -> Deferred[Any]:
+                return self.names.resolve(name).addCallback(
+                    lambda r: [Multiaddr.fromString(a) for a in r["addrs"]]
+                )
         fwd = TunnelForward.fromShare(
             self.reactor, self.node, share, kind=kind, localPort=port or 0,
-            bind=bind or "127.0.0.1", compress=compress,
+            bind=bind or "127.0.0.1", compress=compress, resolveAddrs=resolveAddrs,
         )
         try:
             yield fwd.startService()
@@ -367,6 +403,62 @@ class BeamDaemon(MultiService):
         self.log.info("stopped forwarding port {port}", port=key)
         return maybeDeferred(fwd.stopService).addCallback(lambda _: described)
 
+    # -- names and the network ------------------------------------------
+
+    def registerName(self, name: str, services: Optional[list[str]] = None) -> Deferred[dict[str, Any]]:
+        return self.names.register(name, services or ())
+
+    def withdrawName(self, name: str) -> Deferred[dict[str, Any]]:
+        return self.names.withdraw(name)
+
+    def resolveName(self, name: str, acceptNewKey: bool = False) -> Deferred[dict[str, Any]]:
+        return self.names.resolve(name, acceptNewKey)
+
+    def networkStatus(self) -> dict[str, Any]:
+        node = self.node
+        return {
+            "peer_id": str(node.peerID),
+            "listen_addrs": [str(a) for a in node.listenAddrs],
+            "addrs": [str(a) for a in node.shareableAddrs()],
+            "observed_addrs": [str(a) for a in node.observedAddrs],
+            "connections": len(node.connections),
+            "names": [self.names.describe(r) for r in self.names.registrations.values()],
+            **self.kademlia.status(),
+        }
+
+    def networkRoutes(self) -> dict[str, Any]:
+        return self.kademlia.routes()
+
+    def networkBootstrap(self, addrs: Optional[list[str]] = None) -> Deferred[dict[str, Any]]:
+        from beam.errors import InvalidMultiaddr
+
+        parsed = []
+        for a in addrs or []:
+            try:
+                ma = Multiaddr.fromString(a)
+            except InvalidMultiaddr as e:
+                raise TunnelSpecError(f"invalid bootstrap address {a!r}: {e}") from None
+            if ma.peerID() is None:
+                raise TunnelSpecError(f"bootstrap address {a} must end in /p2p/<peer ID>")
+            parsed.append(ma)
+        return self.kademlia.bootstrap(parsed or list(self.config.bootstrap))
+
+    @inlineCallbacks
+    def resolveTarget(self, target: str, service: Optional[str] = None, acceptNewKey: bool = False) -> Any:
+        """
+        A share address, a /p2p/ multiaddr, or a name (C{NAME} or
+        C{NAME/SERVICE}) as a L{ShareAddress}.
+        """
+        if target.startswith(("beam://", "/")):
+            return parseShareAddress(target, service)
+        name, _, svc = target.partition("/")
+        resolved = yield self.names.resolve(name, acceptNewKey)
+        return ShareAddress(
+            peer=PeerID.fromString(resolved["peer_id"]),
+            addrs=tuple(Multiaddr.fromString(a) for a in resolved["addrs"]),
+            service=service or svc or "",
+        )
+
     def status(self) -> dict[str, Any]:
         node = self.node
         return {
@@ -376,6 +468,7 @@ class BeamDaemon(MultiService):
             "tunnels": [self._describeTunnel(s) for s in self.tunnels.services.values()],
             "forwards": [self._describeForward(k, f) for k, f in self.forwards.items()],
             "connections": [c.describe() for c in node.connections.values()],
+            "names": [self.names.describe(r) for r in self.names.registrations.values()],
         }
 
     def peers(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
+from beam.dht.service import NoDHTPeers
 from beam.errors import BeamError, NotFound
 from beam.names.pins import NamePins
 from beam.names.record import (
@@ -51,12 +52,6 @@ class NameNotFound(NotFound):
 class NameOwnedByAnother(BeamError):
     """
     That name is held by another key.
-    """
-
-
-class NoBootstrapPeers(BeamError):
-    """
-    This node knows no DHT peers: add one with --bootstrap MULTIADDR or `beam network bootstrap MULTIADDR`.
     """
 
 
@@ -144,7 +139,7 @@ class NameService(Service):
         if checkOwner:
             try:
                 held = yield self._lookup(reg.name)
-            except NameNotFound:
+            except (NameNotFound, NoDHTPeers):
                 held = None
             if held is not None and held.peer != self.identity.peerID and not held.isExpired(now):
                 raise NameOwnedByAnother(
@@ -236,8 +231,7 @@ class NameService(Service):
         if reg is not None and reg.record is not None:
             rec, source, stats = reg.record, "self", {"queried": 0, "rounds": 0}
         else:
-            if self.dht.routingTableSize() == 0:
-                raise NoBootstrapPeers()
+            yield self.dht.whenBootstrapped()
             value, stats = yield self.dht.getValue(dhtKey(name))
             if value is None:
                 raise NameNotFound(

@@ -167,6 +167,7 @@ class KademliaService(Service):
             random=random, timeout=timeout, refreshInterval=refreshInterval,
         )
         self._loops: list[LoopingCall] = []
+        self._initial: Optional[Deferred[Any]] = None
 
     # -- IKadNetwork -------------------------------------------------------
 
@@ -224,7 +225,9 @@ class KademliaService(Service):
     def startService(self) -> None:
         super().startService()
         if self.kad.mode == "auto":
-            self.kad.setReachable(bool(self.node.listenAddrs))
+            # Started as the node's child, before its ports are bound:
+            # what it is configured to listen on is what counts.
+            self.kad.setReachable(bool(self.node.configuredListenAddrs or self.node.listenAddrs))
         if self.kad.isServer:
             self.node.setStreamHandler(KAD_PROTOCOL, lambda: _KadServer(self))
         self.node.connectionObservers.append(self._connectionEvent)
@@ -235,9 +238,21 @@ class KademliaService(Service):
             loop.start(interval, now=False)
             self._loops.append(loop)
         if self.bootstrapAddrs or self.kad.routingTable.size:
-            self.bootstrap(self.bootstrapAddrs).addErrback(
+            self._initial = self.bootstrap(self.bootstrapAddrs)
+            self._initial.addErrback(
                 lambda f: self.log.info("DHT bootstrap: {why}", why=f.getErrorMessage())
             )
+
+    def whenBootstrapped(self) -> Deferred[None]:
+        """
+        Fires (never fails) once the bootstrap started at start-up ended,
+        so a lookup made right after start sees a filled routing table.
+        """
+        if self._initial is None or self._initial.called:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._initial.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
 
     def stopService(self) -> None:
         super().stopService()

@@ -86,6 +86,7 @@ class TunnelForward(Service):
         compress: bool = False,
         retryPolicy: Optional[Callable[[int], float]] = None,
         responseTimeout: float = 30.0,
+        resolveAddrs: Optional[Callable[[], Deferred[Sequence[Multiaddr]]]] = None,
     ) -> None:
         """
         @param peer: the host's peer ID.
@@ -117,6 +118,7 @@ class TunnelForward(Service):
         self.compress = compress
         self.retryPolicy = retryPolicy or backoffPolicy()
         self.responseTimeout = responseTimeout
+        self.resolveAddrs = resolveAddrs
         self.state = "stopped"
         self.stats = TunnelStats()
         self.listeningPort: Optional[IListeningPort] = None
@@ -236,6 +238,18 @@ class TunnelForward(Service):
             if addr not in known:
                 known.append(addr)
 
+    def _refreshAddrs(self, addrs: Sequence[Multiaddr]) -> None:
+        """
+        The host's current addresses (re-resolved from its name record)
+        go first, so a host that moved is found at its new address.
+        """
+        fresh = [a.withoutPeerID() for a in addrs]
+        if not fresh:
+            return
+        self.addrs = tuple(fresh)
+        known = self.node.peerAddrs.setdefault(self.peer, [])
+        known[:] = fresh + [a for a in known if a not in fresh]
+
     def _connected(self) -> bool:
         conn = self.node.connections.get(self.peer)
         return conn is not None and not conn.closed
@@ -290,7 +304,16 @@ class TunnelForward(Service):
 
     def _retry(self) -> None:
         self._retryCall = None
-        self._dial()
+        if self.resolveAddrs is None:
+            self._dial()
+            return
+
+        def failed(f: Failure) -> None:
+            self.log.info("tunnel to {label}: re-resolving failed: {why}", label=self.label, why=f.getErrorMessage())
+
+        d = maybeDeferred(self.resolveAddrs)
+        d.addCallbacks(self._refreshAddrs, failed)
+        d.addBoth(lambda _: self._dial() if self.running else None)
 
     def _connectionEvent(self, event: str, conn: Any) -> None:
         if event != "disconnected" or conn.remotePeer != self.peer or not self.running:
