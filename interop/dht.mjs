@@ -10,10 +10,13 @@
 // and the record's name field are Beam's to check (its validator is the
 // authority); this one only has to keep junk out of the js node.
 //
-// The selector picks the record with the highest sequence number when the
-// payload's seq field number is given with --name-seq-field N (a uvarint
-// field of the payload protobuf), else the first record (index 0), which
-// is what kad-dht does for a single record anyway.
+// The selector picks the record whose payload protobuf has the highest
+// uvarint in field N (--name-seq-field N; 5 by default, the seq field of
+// beam/proto/names.proto), ties and unparsable records going to the first.
+// That is simpler than Beam's own choice (the owner most holders agree on,
+// then the highest seq): between records of one owner both agree, and the
+// js side is only a client of Beam's names.  With --name-seq-field 0 it
+// always picks the first record (index 0).
 
 import { publicKeyFromProtobuf } from '@libp2p/crypto/keys'
 import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'

@@ -18,8 +18,9 @@
 //                       Beam's "beam-name" records
 //   --dht-client        the same in client mode (queries only; the protocol
 //                       is not handled, so identify does not list it)
-//   --name-seq-field N  the beam-name selector picks the highest uvarint
-//                       field N of the record payload (default: the first)
+//   --name-seq-field N  the beam-name selector picks the record whose payload
+//                       has the highest uvarint field N (default 5, the seq
+//                       of Beam's names.proto; 0 = always the first record)
 //
 // stdout carries nothing but JSON lines:
 //   {"event":"ready","peerId":..,"addrs":[..]} once listening, then replies
@@ -87,7 +88,7 @@ function parseArgs (argv) {
     listen: [],
     connectionMonitor: true,
     dht: null,
-    nameSeqField: null
+    nameSeqField: 5
   }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]
@@ -133,8 +134,8 @@ function parseArgs (argv) {
       }
       case '--name-seq-field': {
         const v = Number(next())
-        if (!Number.isSafeInteger(v) || v < 1 || v >= 2 ** 29) throw new Error('--name-seq-field must be a protobuf field number')
-        opts.nameSeqField = v
+        if (!Number.isSafeInteger(v) || v < 0 || v >= 2 ** 29) throw new Error('--name-seq-field must be a protobuf field number or 0')
+        opts.nameSeqField = v === 0 ? null : v
         break
       }
       default:

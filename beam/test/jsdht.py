@@ -92,7 +92,8 @@ def sortByDistance(key: bytes, peerIdBytes: Iterable[tuple[str, bytes]]) -> list
 def nameInOrder(order: Sequence[bytes], prefix: str = "alice") -> str:
     """
     The first name C{prefix-N} whose key has the peers C{order} (peer ID
-    multihashes) in exactly that order of distance, closest first.
+    multihashes) in exactly that order of distance, closest first.  Any
+    order of two peers occurs; for more, see L{nameWithFarthest}.
 
     js-libp2p only follows a response's closer peers that are strictly
     closer to the key than the peer that answered, so a lookup seeded with
@@ -105,6 +106,25 @@ def nameInOrder(order: Sequence[bytes], prefix: str = "alice") -> str:
         if sorted(order, key=lambda raw: kadDistance(key, raw)) == list(order):
             return name
     raise ValueError("no name found for that order")
+
+
+def nameWithFarthest(farthest: bytes, others: Iterable[bytes], prefix: str = "alice") -> str:
+    """
+    The first name C{prefix-N} whose key is farther from C{farthest} (a
+    peer ID multihash) than from any of C{others}.
+
+    Unlike L{nameInOrder} this always exists (a key hashing near the
+    complement of C{farthest}'s SHA-256 qualifies), whereas with XOR
+    distance not every order of three or more peers can occur.
+    """
+    rest = list(others)
+    for n in range(100000):
+        name = f"{prefix}-{n}"
+        key = nameKey(name)
+        far = kadDistance(key, farthest)
+        if all(kadDistance(key, raw) < far for raw in rest):
+            return name
+    raise ValueError("no name found with that peer farthest")
 
 
 def _keyFields(key: bytes | str) -> dict[str, str]:

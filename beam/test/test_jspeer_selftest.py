@@ -287,7 +287,7 @@ class DHTTests(JSPeerTestCase):
             stored = yield dht.getLocal(key)
             self.assertEqual(stored, record)
 
-        d, dhtD = yield self.startDHT("--dht-client")
+        _d, dhtD = yield self.startDHT("--dht-client")
         yield dhtD.bootstrap([a.addr])
         value, sender, errors = yield dhtD.get(f"/beam-name/{name}")
         self.assertEqual(value, record)
@@ -301,7 +301,7 @@ class DHTTests(JSPeerTestCase):
         type, an unparsable envelope, or a key that is not a valid name are
         refused by a server (not stored) and by a getter.
         """
-        (a, dhtA), (b, dhtB) = yield defer.gatherResults(
+        (a, dhtA), (_b, dhtB) = yield defer.gatherResults(
             [self.startDHT(), self.startDHT("--dht-client")]
         )
         yield dhtB.bootstrap([a.addr])
@@ -334,7 +334,7 @@ class DHTTests(JSPeerTestCase):
         and seq 2 on another returns seq 2 and corrects the stale server.
         """
         args = ("--name-seq-field", "1")
-        (a, dhtA), (b, dhtB), (c, dhtC) = yield defer.gatherResults(
+        (a, dhtA), (b, dhtB), (_c, dhtC) = yield defer.gatherResults(
             [self.startDHT("--dht", *args), self.startDHT("--dht", *args),
              self.startDHT("--dht-client", *args)]
         )
