@@ -131,6 +131,9 @@ class Node(MultiService):
         self.agentVersion = agentVersion
         self._random = random
         self.connections: dict[PeerID, PeerConnection] = {}
+        # Peers whose connection is kept open even when idle (a tunnel
+        # forward's host): counts, since several users may ask.
+        self.keepAlive: dict[PeerID, int] = {}
         self._allConnections: set[PeerConnection] = set()
         self._dialer = Dialer(self)
         self._upgrading: set[UpgradingProtocol] = set()
@@ -551,6 +554,8 @@ class Node(MultiService):
                 conn.lastActive = now
                 continue
             primary = self.connections.get(conn.remotePeer) is conn
+            if primary and self.keepAlive.get(conn.remotePeer):
+                continue
             if not primary or now - conn.lastActive >= self.idleTimeout:
                 self.log.debug("closing idle connection to {peer}", peer=conn.remotePeer)
                 conn.close()

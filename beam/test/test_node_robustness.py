@@ -710,3 +710,24 @@ class UpgradeErrorTests(TestCase):
         yield waitFor(lambda: not b._allConnections)
         yield a.ping(addrOf(b))
         assertNoLoggedErrors(self)
+
+
+class KeepAliveTests(TestCase):
+    """
+    Peers marked keep-alive are not idle-reaped.
+    """
+
+    @inlineCallbacks
+    def test_keepAliveSurvivesIdleReaping(self):
+        """
+        A connection to a peer in C{node.keepAlive} stays open past the idle
+        timeout; once unmarked, it is reaped.
+        """
+        a = yield startNode(self, idleTimeout=0.2)
+        b = yield startNode(self)
+        a.keepAlive[b.peerID] = 1
+        conn = yield a.connect(addrOf(b))
+        yield deferLater(reactor, 0.6, lambda: None)
+        self.assertFalse(conn.closed)
+        del a.keepAlive[b.peerID]
+        yield conn.whenClosed()

@@ -119,6 +119,7 @@ class TunnelForward(Service):
         self.retryPolicy = retryPolicy or backoffPolicy()
         self.responseTimeout = responseTimeout
         self.resolveAddrs = resolveAddrs
+        self._keptAlive = False
         self.state = "stopped"
         self.stats = TunnelStats()
         self.listeningPort: Optional[IListeningPort] = None
@@ -163,6 +164,11 @@ class TunnelForward(Service):
         goes on in the background (see L{state}).
         """
         super().startService()
+        # Keep the host connection open while idle: re-dialling after the
+        # node's idle timeout would only add latency to the next request.
+        if not self._keptAlive:
+            self._keptAlive = True
+            self.node.keepAlive[self.peer] = self.node.keepAlive.get(self.peer, 0) + 1
         self._learnAddrs()
         self.node.connectionObservers.append(self._connectionEvent)
         self._dial()
@@ -208,6 +214,13 @@ class TunnelForward(Service):
         """
         super().stopService()
         self.state = "stopped"
+        if self._keptAlive:
+            self._keptAlive = False
+            left = self.node.keepAlive.get(self.peer, 1) - 1
+            if left > 0:
+                self.node.keepAlive[self.peer] = left
+            else:
+                self.node.keepAlive.pop(self.peer, None)
         self._stopDialling()
         if self._connectionEvent in self.node.connectionObservers:
             self.node.connectionObservers.remove(self._connectionEvent)
