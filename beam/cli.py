@@ -130,7 +130,7 @@ def _rewritePortShortcut(argv: list[str]) -> list[str]:
     i = 0
     while i < len(out):
         arg = out[i]
-        if arg in ("--home", "--log-format"):
+        if arg in ("--home", "--log-format", "--bootstrap"):
             i += 2
             continue
         if arg.startswith("-"):
