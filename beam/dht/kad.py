@@ -60,6 +60,7 @@ from beam.keys import PeerID
 
 DEFAULT_REFRESH_INTERVAL: Final = 600.0
 DEFAULT_QUORUM: Final = 3
+DEFAULT_MIN_SLOW_TIMEOUT: Final = 0.25
 
 Mode = Literal["auto", "server", "client"]
 
@@ -87,8 +88,10 @@ class KademliaNode:
     @param localPeer: our L{PeerInfo}, or a callable returning it (so the
         addresses we hand out can follow our listeners).
     @param timeout: seconds before an unanswered request has failed.
-    @param slowTimeout: seconds after which a lookup stops waiting for a
-        request before starting another (L{Lookup}).
+    @param slowTimeout: the most a lookup waits for a request before
+        starting another in parallel (L{Lookup}).
+    @param minSlowTimeout: the least it waits; in between, the wait follows
+        the round trips this node measures (L{currentSlowTimeout}).
     @param paths: disjoint lookup paths (S/Kademlia); 1 is plain Kademlia.
     @param quorum: L{getValue} stops once this many peers (ourselves
         included) returned a valid record.
@@ -112,6 +115,7 @@ class KademliaNode:
         paths: int = 1,
         quorum: int = DEFAULT_QUORUM,
         refreshInterval: float = DEFAULT_REFRESH_INTERVAL,
+        minSlowTimeout: float = DEFAULT_MIN_SLOW_TIMEOUT,
     ) -> None:
         if mode not in ("auto", "server", "client"):
             raise ValueError(f"unknown DHT mode {mode!r}")
@@ -125,6 +129,9 @@ class KademliaNode:
         self.random = random if random is not None else _random.Random()
         self.timeout = timeout
         self.slowTimeout = slowTimeout
+        self.minSlowTimeout = min(minSlowTimeout, slowTimeout)
+        self._srtt: float | None = None
+        self._rttvar = 0.0
         self.paths = paths
         self.quorum = quorum
         self.refreshInterval = refreshInterval
@@ -202,12 +209,14 @@ class KademliaNode:
         Send C{message}, check that the answer is a response of the same
         type, time it out after C{timeout}.
         """
+        sent = self._clock.seconds()
         d: Deferred[Message] = maybeDeferred(self.network.request, peer, message)
         timer = self._clock.callLater(self.timeout, d.cancel)
 
         def check(response: object) -> Message:
             if not isinstance(response, Message) or response.type != message.type:
                 raise UnexpectedMessage(f"DHT peer {peer.peer} answered {message.type!r} with {response!r}")
+            self._sampleRoundTrip(self._clock.seconds() - sent)
             return response
 
         def done(result: object) -> object:
@@ -220,6 +229,35 @@ class KademliaNode:
         if track:
             self._track(d)
         return d
+
+    def _sampleRoundTrip(self, rtt: float) -> None:
+        # RFC 6298's estimator: smoothed round trip and its mean deviation.
+        if self._srtt is None:
+            self._srtt = rtt
+            self._rttvar = rtt / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
+            self._srtt = 0.875 * self._srtt + 0.125 * rtt
+
+    def currentSlowTimeout(self) -> float:
+        """
+        How long a lookup waits for an answer before asking one more peer in
+        parallel: the retransmission timeout of RFC 6298 over the round trips
+        of our answered requests (smoothed round trip plus four mean
+        deviations), kept within [C{minSlowTimeout}, C{slowTimeout}], and
+        C{slowTimeout} until something has answered.
+
+        Each time all C{alpha} queries of a lookup wait on dead peers, the
+        lookup stalls this long; with a fixed second (ten round trips on
+        50 ms links) those stalls were most of the resolution time when
+        many peers are dead (bench/bench_dht.py, 30% dead: p99 2.3 s, see
+        docs/benchmarks.md).  Waiting less costs only a query sent in
+        parallel: the slow peer still has until C{timeout} to answer.
+        """
+        if self._srtt is None:
+            return self.slowTimeout
+        rto = self._srtt + 4 * self._rttvar
+        return min(self.slowTimeout, max(self.minSlowTimeout, rto))
 
     def _track(self, d: Deferred[Any]) -> None:
         self._inflight.add(d)
@@ -248,7 +286,7 @@ class KademliaNode:
             alpha=self.alpha,
             paths=self.paths,
             timeout=self.timeout,
-            slowTimeout=self.slowTimeout,
+            slowTimeout=self.currentSlowTimeout(),
             localPeer=self.peerID,
             onResponse=onResponse,
             onSuccess=self.addPeer,

@@ -446,3 +446,59 @@ class NetworkTests(SynchronousTestCase):
         result = self.successResultOf(d)
         self.assertEqual(result.failures, 2)
         self.assertNotIn(target.peer, nodes[0].routingTable)
+
+
+class SlowTimeoutTests(SynchronousTestCase):
+    """
+    A lookup's slow timeout follows the round trips the node measures.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.net = FakeNetwork(self.clock, latency=0.05)
+        self.node = self.net.addNode("me", slowTimeout=1.0, minSlowTimeout=0.25)
+        self.other = self.net.addNode("you").localInfo()
+
+    def ping(self, times: int) -> None:
+        for _ in range(times):
+            d = self.node._request(self.other, Message(MessageType.PING))
+            self.clock.pump([0.05] * 60)
+            self.successResultOf(d)
+
+    def test_untilAnswered(self) -> None:
+        """
+        Until a request was answered, lookups wait the full slowTimeout; a
+        request that times out teaches nothing.
+        """
+        self.assertEqual(self.node.currentSlowTimeout(), 1.0)
+        self.net.dead.add(self.other.peer)
+        d = self.node._request(self.other, Message(MessageType.PING))
+        self.clock.advance(10)
+        self.failureResultOf(d)
+        self.assertEqual(self.node.currentSlowTimeout(), 1.0)
+
+    def test_fastPeers(self) -> None:
+        """
+        The first answer (0.1 s round trip) sets it to three round trips;
+        steady 0.1 s round trips bring it down to minSlowTimeout, which new
+        lookups use.
+        """
+        self.ping(1)
+        self.assertAlmostEqual(self.node.currentSlowTimeout(), 0.3, places=6)
+        self.ping(30)
+        self.assertEqual(self.node.currentSlowTimeout(), 0.25)
+        lookup = self.node._lookup(b"/toy/x", Message(MessageType.FIND_NODE, b"/toy/x"))
+        self.assertEqual(lookup.slowTimeout, 0.25)
+
+    def test_slowPeers(self) -> None:
+        """
+        Slower round trips raise it (0.6 s ones to a little more), but never
+        past slowTimeout.
+        """
+        self.net.slow[self.other.peer] = 0.5
+        self.ping(60)
+        # Round trips of 0.6-0.65 s (the clock moves in 0.05 s steps).
+        self.assertTrue(0.6 <= self.node.currentSlowTimeout() < 0.8, self.node.currentSlowTimeout())
+        self.net.slow[self.other.peer] = 2.0
+        self.ping(10)
+        self.assertEqual(self.node.currentSlowTimeout(), 1.0)
