@@ -204,7 +204,7 @@ class PackagingTests(SynchronousTestCase):
         """
         out = Path(self.mktemp())
         build = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+            [sys.executable, "-m", "pip", "wheel", "--no-deps",
              "-w", str(out), str(REPO)],
             capture_output=True, text=True, timeout=300,
         )
