@@ -181,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         print(_row(results[n], extra[n]["wall"], extra[n]["requestsPerLookup"], results[n].published))
     print()
+    print("requests per lookup by type (routing-table upkeep included):")
+    for n in names:
+        mix = extra[n]["resolveRequestsByType"]
+        lookups = max(1, results[n].lookups)
+        print(f"  {n}: " + ", ".join(f"{t} {c / lookups:.1f}" for t, c in sorted(mix.items())))
+    print()
     print("| target | measured | holds |")
     print("|---|---:|---|")
     for t, m, ok in targets(results):
