@@ -18,6 +18,7 @@ resolve locally.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -28,6 +29,7 @@ from twisted.logger import Logger
 
 from beam.dht.service import NoDHTPeers
 from beam.errors import BeamError, NotFound
+from beam.fileutil import atomicWrite
 from beam.names.pins import NamePins
 from beam.names.record import (
     DEFAULT_TTL,
@@ -98,7 +100,37 @@ class NameService(Service):
         self._services = services
         self.republishInterval = republishInterval
         self.ttl = ttl
+        self.home = Path(home)
         self.registrations: dict[str, _Registration] = {}
+
+    def startService(self) -> None:
+        """
+        Publish again the names this node had registered before it
+        stopped, once the DHT bootstrap is done, so a restarted owner
+        (perhaps at a new address) keeps its names without being asked.
+        """
+        super().startService()
+        saved = _readState(self.home).get("names", [])
+        if not isinstance(saved, list):
+            return
+        for entry in saved:
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                continue
+            services = [s for s in entry.get("services", []) if isinstance(s, str)]
+            d = self.dht.whenBootstrapped()
+            d.addCallback(lambda _, n=entry["name"], s=services: self.register(n, s) if self.running else None)
+            d.addErrback(lambda f, n=entry["name"]: self.log.warn(
+                "could not republish name {name}: {why}", name=n, why=f.getErrorMessage()))
+
+    def _saveNames(self) -> None:
+        state = _readState(self.home)
+        state["names"] = [
+            {"name": r.name, "services": list(r.services)} for r in self.registrations.values()
+        ]
+        try:
+            atomicWrite(self.home / "state.json", json.dumps(state).encode(), 0o600)
+        except OSError as e:
+            self.log.warn("could not save registered names: {why}", why=e)
 
     def stopService(self) -> None:
         super().stopService()
@@ -123,12 +155,16 @@ class NameService(Service):
         self.registrations[name] = reg
         d = self._publish(reg, checkOwner=True)
 
+        def published(result: Any) -> Any:
+            self._saveNames()
+            return result
+
         def failed(f: Any) -> Any:
             if self.registrations.get(name) is reg and reg.record is None:
                 del self.registrations[name]
             return f
 
-        return d.addErrback(failed)
+        return d.addCallbacks(published, failed)
 
     @inlineCallbacks
     def _publish(self, reg: _Registration, checkOwner: bool = False, ttl: Optional[float] = None) -> Any:
@@ -187,6 +223,7 @@ class NameService(Service):
         reg = self.registrations.pop(name, None)
         if reg is None:
             raise NotFound(f"this node has not registered the name {name!r}")
+        self._saveNames()
         return self._publish(reg, ttl=WITHDRAWN_TTL)
 
     def describe(self, reg: _Registration) -> dict[str, Any]:
@@ -259,6 +296,14 @@ class NameService(Service):
             "queried": stats.get("queried", 0),
             "rounds": stats.get("rounds", 0),
         }
+
+
+def _readState(home: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((Path(home) / "state.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def memorableName(home: Path, random: Callable[[int], bytes] = os.urandom) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.trial.unittest import TestCase
@@ -25,6 +26,16 @@ from beam.multiaddr import Multiaddr
 from beam.share import parseShareAddress
 
 LOOPBACK = (Multiaddr.fromString("/ip4/127.0.0.1/tcp/0"),)
+
+
+@inlineCallbacks
+def _startDaemon(test, config: Config = Config(listen=LOOPBACK), home: Path | None = None, **kw):
+    home = home or Path(test.mktemp())
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    daemon = BeamDaemon(reactor, home, kw.pop("identity", None) or Identity.generate(), config, **kw)
+    yield daemon.start()
+    test.addCleanup(daemon.stopService)
+    return daemon
 
 
 @implementer(IHalfCloseableProtocol)
@@ -58,14 +69,8 @@ class DaemonTests(TestCase):
 
     timeout = 60
 
-    @inlineCallbacks
     def startDaemon(self, config: Config = Config(listen=LOOPBACK), home: Path | None = None, **kw):
-        home = home or Path(self.mktemp())
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        daemon = BeamDaemon(reactor, home, kw.pop("identity", None) or Identity.generate(), config, **kw)
-        yield daemon.start()
-        self.addCleanup(daemon.stopService)
-        return daemon
+        return _startDaemon(self, config, home, **kw)
 
     def echoService(self) -> int:
         port = reactor.listenTCP(0, Factory.forProtocol(_Echo), interface="127.0.0.1")
@@ -179,3 +184,48 @@ def _deferToThread(f, *args):
     from twisted.internet.threads import deferToThread
 
     return deferToThread(f, *args)
+
+
+class DaemonNameTests(TestCase):
+    """
+    Names through the daemon, on a small DHT of in-process daemons.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_registerResolveAndRestart(self):
+        """
+        A name registered on one daemon resolves on another; after the owner
+        restarts (same home, new port) it republishes the name by itself and
+        resolvers see the new address.
+        """
+        seed = yield _startDaemon(self)
+        boot = (seed.node.listenAddrs[0].withPeerID(seed.node.peerID),)
+        ownerHome = Path(self.mktemp())
+        ownerID = Identity.generate()
+        config = Config(listen=LOOPBACK, bootstrap=boot)
+        owner = yield _startDaemon(self, config, home=ownerHome, identity=ownerID,
+                                              rememberPort=False)
+        resolver = yield _startDaemon(self, config)
+        yield owner.kademlia.whenBootstrapped()
+        yield resolver.kademlia.whenBootstrapped()
+        registered = yield owner.registerName("alice", ["web"])
+        self.assertGreaterEqual(registered["stored_on"], 2)
+        found = yield resolver.resolveName("alice")
+        self.assertEqual(found["peer_id"], str(ownerID.peerID))
+        self.assertEqual(found["services"], ["web"])
+        self.assertEqual(found["pin"], "new")
+        oldAddrs = found["addrs"]
+        yield owner.stopService()
+        owner2 = yield _startDaemon(self, config, home=ownerHome, identity=ownerID,
+                                               rememberPort=False)
+        yield owner2.kademlia.whenBootstrapped()
+        for _ in range(50):
+            if "alice" in owner2.names.registrations and owner2.names.registrations["alice"].record:
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        found2 = yield resolver.resolveName("alice")
+        self.assertEqual(found2["pin"], "known")
+        self.assertNotEqual(found2["addrs"], oldAddrs)
+        self.assertGreater(found2["seq"], found["seq"])
