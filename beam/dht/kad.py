@@ -115,6 +115,7 @@ class KademliaNode:
         paths: int = 1,
         quorum: int = DEFAULT_QUORUM,
         refreshInterval: float = DEFAULT_REFRESH_INTERVAL,
+        recentlySeen: float = 60.0,
         minSlowTimeout: float = DEFAULT_MIN_SLOW_TIMEOUT,
     ) -> None:
         if mode not in ("auto", "server", "client"):
@@ -135,6 +136,7 @@ class KademliaNode:
         self.paths = paths
         self.quorum = quorum
         self.refreshInterval = refreshInterval
+        self.recentlySeen = recentlySeen
         self.peerID = self.localInfo().peer
         self.routingTable = RoutingTable(self.peerID, k=k)
         if store.localPeer is None:
@@ -177,8 +179,15 @@ class KademliaNode:
         """
         if info.peer == self.peerID or self._stopped:
             return
-        outcome = self.routingTable.add(info, self._clock.seconds())
+        now = self._clock.seconds()
+        outcome = self.routingTable.add(info, now)
         if outcome.result == "full" and outcome.candidate is not None:
+            entry = self.routingTable.get(outcome.candidate.peer)
+            if entry is not None and now - entry.lastSeen < self.recentlySeen:
+                # Heard from it lately: it is alive, keep it without asking.
+                # (Pinging anyway made every request start a cascade of
+                # pings through full buckets.)
+                return
             self._pingBeforeEvict(outcome.candidate)
 
     def peerFailed(self, peer: PeerID) -> None:
@@ -378,7 +387,10 @@ class KademliaNode:
                     self.log.debug("invalid record from {peer}: {e}", peer=sender.peer, e=e)
                 else:
                     found.append((sender, rec.value))
-            return len(found) >= self.quorum
+            # Stop early only on a unanimous quorum: when answers disagree
+            # (an outdated record, or a liar's own claim) keep looking so
+            # the peers nearest the key get the final say.
+            return len(found) >= self.quorum and len({v for _, v in found}) == 1
 
         lookup = self._lookup(key, Message(MessageType.GET_VALUE, key), onResponse)
 
@@ -387,7 +399,9 @@ class KademliaNode:
                 error = NotFound(f"no valid record for {key!r} in the DHT")
                 error.result = result  # type: ignore[attr-defined]  # what the lookup cost, for callers' reports
                 raise error
-            values = [v for _, v in found]
+            nearest = {info.peer for info in result.closest}
+            trusted = [(s, v) for s, v in found if s is None or s.peer in nearest]
+            values = [v for _, v in (trusted if any(s is not None for s, _ in trusted) else found)]
             best = values[self.store.select(key, values)]
             for sender, value in found:
                 if sender is not None and value != best:

@@ -175,6 +175,22 @@ class UpkeepTests(SynchronousTestCase):
         self.node.addPeer(old)
         self.clock.advance(1)
         self.node.addPeer(mid)
+        # Members heard from within recentlySeen are kept without a ping.
+        self.clock.advance(self.node.recentlySeen)
+
+    def test_recentlySeenNotPinged(self) -> None:
+        """
+        A newcomer to a full bucket whose stalest member was heard from
+        within C{recentlySeen} seconds sends no ping: the member stays and
+        the newcomer waits as a replacement.
+        """
+        old, mid, new = self.bucket0
+        self.node.addPeer(old)  # heard from just now
+        self.node.addPeer(mid)
+        self.node.addPeer(new)
+        self.assertEqual([m for _, _, m in self.net.sent if m.type == MessageType.PING], [])
+        self.assertIn(old.peer, self.node.routingTable)
+        self.assertNotIn(new.peer, self.node.routingTable)
 
     def test_pingBeforeEvictDead(self) -> None:
         """
