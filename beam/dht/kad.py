@@ -115,7 +115,7 @@ class KademliaNode:
         paths: int = 1,
         quorum: int = DEFAULT_QUORUM,
         refreshInterval: float = DEFAULT_REFRESH_INTERVAL,
-        recentlySeen: float = 60.0,
+        recentlySeen: float = 10.0,
         minSlowTimeout: float = DEFAULT_MIN_SLOW_TIMEOUT,
     ) -> None:
         if mode not in ("auto", "server", "client"):
@@ -387,10 +387,14 @@ class KademliaNode:
                     self.log.debug("invalid record from {peer}: {e}", peer=sender.peer, e=e)
                 else:
                     found.append((sender, rec.value))
-            # Stop early only on a unanimous quorum: when answers disagree
-            # (an outdated record, or a liar's own claim) keep looking so
-            # the peers nearest the key get the final say.
-            return len(found) >= self.quorum and len({v for _, v in found}) == 1
+            # Stop early once C{quorum} peers returned the I{same} record:
+            # the owner's record is held identically by the peers nearest
+            # the key, while a liar's own claim is held by nobody else, so
+            # it cannot make up a quorum alone.
+            counts: dict[bytes, int] = {}
+            for _, v in found:
+                counts[v] = counts.get(v, 0) + 1
+            return max(counts.values(), default=0) >= self.quorum
 
         lookup = self._lookup(key, Message(MessageType.GET_VALUE, key), onResponse)
 
