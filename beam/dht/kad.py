@@ -115,7 +115,8 @@ class KademliaNode:
         paths: int = 1,
         quorum: int = DEFAULT_QUORUM,
         refreshInterval: float = DEFAULT_REFRESH_INTERVAL,
-        recentlySeen: float = 10.0,
+        recentlySeen: float = 0.0,
+        inboundPingInterval: float = 1.0,
         minSlowTimeout: float = DEFAULT_MIN_SLOW_TIMEOUT,
     ) -> None:
         if mode not in ("auto", "server", "client"):
@@ -137,6 +138,8 @@ class KademliaNode:
         self.quorum = quorum
         self.refreshInterval = refreshInterval
         self.recentlySeen = recentlySeen
+        self.inboundPingInterval = inboundPingInterval
+        self._inboundPings: dict[int, float] = {}
         self.peerID = self.localInfo().peer
         self.routingTable = RoutingTable(self.peerID, k=k)
         if store.localPeer is None:
@@ -171,7 +174,7 @@ class KademliaNode:
 
     # --- routing-table upkeep --------------------------------------------
 
-    def addPeer(self, info: PeerInfo) -> None:
+    def addPeer(self, info: PeerInfo, ping: bool = True) -> None:
         """
         C{info.peer} is a live DHT server (it answered us, or identify says
         it speaks the protocol): add it, pinging the stalest peer of a full
@@ -181,7 +184,13 @@ class KademliaNode:
             return
         now = self._clock.seconds()
         outcome = self.routingTable.add(info, now)
-        if outcome.result == "full" and outcome.candidate is not None:
+        if outcome.result == "full" and outcome.candidate is not None and not ping:
+            bucket = self.routingTable.bucketIndex(peerKadID(outcome.candidate.peer))
+            if now - self._inboundPings.get(bucket, -1e18) < self.inboundPingInterval:
+                return
+            self._inboundPings[bucket] = now
+            ping = True
+        if outcome.result == "full" and outcome.candidate is not None and ping:
             entry = self.routingTable.get(outcome.candidate.peer)
             if entry is not None and now - entry.lastSeen < self.recentlySeen:
                 # Heard from it lately: it is alive, keep it without asking.
@@ -535,7 +544,12 @@ class KademliaNode:
         if not self.isServer:
             raise UnexpectedMessage("this node is a DHT client and answers no requests")
         if senderIsServer:
-            self.addPeer(sender)
+            # Requesters may trigger at most one ping-before-evict per
+            # bucket per C{inboundPingInterval}: unlimited, the peer we ping
+            # adds us, pings its own stalest peer, and so on down a chain
+            # (most of the DHT's traffic); never, and dead peers linger in
+            # tables that nobody's answers refresh.
+            self.addPeer(sender, ping=False)
         t = request.type
         if t == MessageType.PING:
             return Message(MessageType.PING)
