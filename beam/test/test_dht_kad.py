@@ -185,12 +185,30 @@ class UpkeepTests(SynchronousTestCase):
         the newcomer waits as a replacement.
         """
         old, mid, new = self.bucket0
+        self.node.recentlySeen = 60.0
         self.node.addPeer(old)  # heard from just now
         self.node.addPeer(mid)
         self.node.addPeer(new)
         self.assertEqual([m for _, _, m in self.net.sent if m.type == MessageType.PING], [])
         self.assertIn(old.peer, self.node.routingTable)
         self.assertNotIn(new.peer, self.node.routingTable)
+
+    def test_inboundPingsRateLimited(self) -> None:
+        """
+        Requesters that land in a full bucket trigger at most one ping per
+        bucket per C{inboundPingInterval}, so pings cannot cascade.
+        """
+        old, mid, new = self.bucket0
+        ping = Message(MessageType.PING)
+        self.node.handleRequest(new, ping, senderIsServer=True)
+        self.node.handleRequest(new, ping, senderIsServer=True)
+        pings = [m for _, _, m in self.net.sent if m.type == MessageType.PING]
+        self.assertEqual(len(pings), 1)
+        settle(self.clock, self.node.inboundPingInterval + 1)
+        self.node.routingTable.remove(new.peer)
+        self.node.handleRequest(new, ping, senderIsServer=True)
+        pings = [m for _, _, m in self.net.sent if m.type == MessageType.PING]
+        self.assertEqual(len(pings), 2)
 
     def test_pingBeforeEvictDead(self) -> None:
         """
