@@ -616,7 +616,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stderr.write(f"beam: {e}\n")
         raise SystemExit(1)
 
-    from twisted.internet import reactor
     from twisted.internet.task import react
 
     command = ASYNC_COMMANDS[args.command]

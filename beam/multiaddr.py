@@ -21,7 +21,6 @@ before any parsing, because multiaddrs arrive from untrusted peers.
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 import re
 import urllib.parse
@@ -31,7 +30,7 @@ from typing import Callable, Final, Optional, Union
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import quoteStringArgument
 
-from beam.base58 import b58decode, b58encode
+from beam.base58 import b58decode
 from beam.errors import DecodeError, InvalidMultiaddr
 from beam.keys import PeerID
 from beam.varint import decode_uvarint_exact, encode_uvarint

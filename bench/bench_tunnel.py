@@ -63,7 +63,7 @@ import tempfile
 import threading
 import time
 import zlib
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1024 * 1024
@@ -836,7 +836,7 @@ def table(results: dict, opts: argparse.Namespace) -> str:
     row("new connection p50 ms", m("setupP50ms"), ".2f")
     row("new connection p99 ms", m("setupP99ms"), ".2f")
     row(f"{opts.concurrent} concurrent × {opts.concurrent_kib} KiB echo, s", m("concurrentWall"), ".2f")
-    rows.append(f"| … of which succeeded | " + " | ".join(
+    rows.append("| … of which succeeded | " + " | ".join(
         str(results[n]["median"]["concurrentOk"]) for n in names) + " |")
     rows.append("| tunnel processes' peak RSS MiB (sum of VmHWM) | " + " | ".join(
         ("-" if n == "direct" else f"{results[n]['memory']['hwmSumMiB']:.1f}"

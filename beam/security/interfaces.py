@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import attr
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol
 from zope.interface import Attribute, Interface
 

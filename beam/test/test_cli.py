@@ -5,7 +5,6 @@ The command line and twistd plugin, run as real processes on loopback.
 from __future__ import annotations
 
 import json
-import os
 import select
 import signal
 import socket

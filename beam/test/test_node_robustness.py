@@ -39,7 +39,7 @@ from beam.identify import IDENTIFY_PROTOCOL
 from beam.keys import Identity
 from beam.multiaddr import Multiaddr
 from beam.multistream import PROTOCOL_ID as MULTISTREAM, encodeMessage
-from beam.test.nodeutil import EchoClient, addrOf, randomPayload, startNode
+from beam.test.nodeutil import addrOf, randomPayload, startNode
 
 
 @inlineCallbacks
