@@ -395,25 +395,17 @@ async def cmdStop(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
 
     client = ControlClient(reactor, _home(args))
     key = quote(args.key, safe="")
-    try:
-        removed = await client.request("DELETE", "/v1/tunnels/" + key)
-        what = "tunnel"
-    except ControlError as e:
-        if e.status != 404:
-            raise
+    # A tunnel (by name or port), else a forward (by local port), else a
+    # registered name: the first that exists is removed.
+    for what, route in (("tunnel", "tunnels"), ("forward", "forwards"), ("name", "names")):
         try:
-            removed = await client.request("DELETE", "/v1/forwards/" + key)
-            what = "forward"
-        except ControlError as e2:
-            if e2.status != 404:
+            removed = await client.request("DELETE", f"/v1/{route}/{key}")
+            break
+        except ControlError as e:
+            if e.status not in (400, 404) or (e.status == 400 and route != "names"):
                 raise
-            try:
-                removed = await client.request("DELETE", "/v1/names/" + key)
-                what = "name"
-            except ControlError as e3:
-                if e3.status in (400, 404):
-                    raise BeamError(f"no tunnel, forward or name {args.key!r} on this node") from None
-                raise
+    else:
+        raise BeamError(f"no tunnel, forward or name {args.key!r} on this node")
     out.event({"event": "stopped", "kind": what, **removed}, f"stopped {what} {removed['name']}")
     return 0
 
