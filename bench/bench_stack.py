@@ -544,15 +544,9 @@ def _tlsFor(identity: Any, clock: Any) -> Any:
 
 
 def machine() -> dict:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from benchutil import cpuModel
+
+    model = cpuModel()
     import cryptography
     import OpenSSL
     import twisted

@@ -788,15 +788,9 @@ def _medianRun(runs: list[dict]) -> dict:
 
 
 def machine() -> dict:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from benchutil import cpuModel
+
+    model = cpuModel()
     import twisted
 
     return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version(),
