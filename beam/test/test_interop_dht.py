@@ -22,6 +22,7 @@ from typing import Any
 from unittest import SkipTest
 
 from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 import beam
@@ -131,6 +132,16 @@ class BeamJSDHTTests(TestCase):
             nodes.append(node)
         for node in nodes[1:]:
             yield kademlia(node).bootstrap([addrOf(nodes[0])])
+        # Identify runs after each connection is up, so a node may learn a
+        # peer is a DHT server a moment after the bootstrap returned: wait
+        # until every node knows every other one (on a loaded machine this
+        # takes longer than the bootstrap itself).
+        deadline = reactor.seconds() + 20
+        while any(kademlia(n).routingTableSize() < count - 1 for n in nodes):
+            if reactor.seconds() > deadline:
+                sizes = [kademlia(n).routingTableSize() for n in nodes]
+                raise AssertionError(f"Beam DHT did not converge: routing table sizes {sizes}")
+            yield deferLater(reactor, 0.05, lambda: None)
         return nodes
 
     @defer.inlineCallbacks
