@@ -216,7 +216,10 @@ class BeamJSDHTTests(TestCase):
         """
         beams = yield self.startBeams(3)
         _js, dht = yield self.startJS()
-        yield dht.bootstrap([str(addrOf(beams[0]))], selfLookup=True)
+        # js only follows peers strictly closer to the key than the one
+        # that named them, so with a single seed whether it reaches all
+        # three depends on the random IDs: seed it with all of them.
+        yield dht.bootstrap([str(addrOf(b)) for b in beams], minPeers=3, selfLookup=True)
         ident = Identity.generate()
         record = signedName(ident, "bob", [])
         put = yield dht.put(nameKey("bob"), record)
