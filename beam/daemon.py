@@ -19,7 +19,6 @@ it the same way.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -34,7 +33,7 @@ from beam.dht.service import KademliaService
 from beam.nameservice import NameService
 from beam.control import ControlService, IControlAPI
 from beam.errors import BeamError, Conflict, NotFound
-from beam.fileutil import atomicWrite
+from beam.home import readState, updateState
 from beam.keys import Identity, PeerID
 from beam.multiaddr import Multiaddr
 from beam.node import Node
@@ -44,7 +43,6 @@ from beam.tunnel.client import TunnelForward
 from beam.tunnel.host import ServiceSpec, TunnelHost
 from beam.tunnel.protocol import TunnelRefused
 
-STATE_FILE = "state.json"
 SECRET_BYTES = 16
 
 
@@ -52,14 +50,6 @@ class TunnelSpecError(BeamError):
     """
     That tunnel cannot be set up.
     """
-
-
-def _loadState(home: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((home / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 @implementer(IControlAPI)
@@ -130,7 +120,7 @@ class BeamDaemon(MultiService):
         """
         if not self._rememberPort:
             return list(configured)
-        port = _loadState(self.home).get("listen_port")
+        port = readState(self.home).get("listen_port")
         out = []
         for addr in configured:
             target = addr.tcpTarget()
@@ -191,12 +181,10 @@ class BeamDaemon(MultiService):
         for addr in self.node.listenAddrs:
             target = addr.tcpTarget()
             if target is not None:
-                state = _loadState(self.home)
-                state["listen_port"] = target[1]
                 try:
-                    atomicWrite(self.home / STATE_FILE, json.dumps(state).encode(), 0o600)
+                    updateState(self.home, listen_port=target[1])
                 except OSError as e:
-                    self.log.warn("could not save {file}: {why}", file=STATE_FILE, why=e)
+                    self.log.warn("could not save the listen port: {why}", why=e)
                 return
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]

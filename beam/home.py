@@ -8,14 +8,17 @@ C{$XDG_DATA_HOME/beam}, then C{~/.local/share/beam}.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from beam.errors import BeamError, InvalidKey
 from beam.fileutil import atomicWrite, ensurePrivateDirectory
 from beam.keys import Identity
 
 IDENTITY_FILE = "identity.key"
+STATE_FILE = "state.json"
 
 
 class HomeError(BeamError):
@@ -68,3 +71,28 @@ def loadOrCreateIdentity(home: Path) -> Identity:
         raise HomeError(f"{path} is not a valid Beam identity: {e}") from None
     except OSError as e:
         raise HomeError(f"cannot read {path}: {e.strerror}") from None
+
+
+def readState(home: Path) -> dict[str, Any]:
+    """
+    What the node remembers between runs (C{state.json}: its listen port,
+    its memorable name, the names it registered); C{{}} when the file is
+    missing or unreadable, since all of it can be rebuilt.
+    """
+    try:
+        state = json.loads((Path(home) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def updateState(home: Path, **changes: Any) -> None:
+    """
+    Set keys of C{state.json}, keeping the others; written atomically,
+    mode 0600.
+
+    @raise OSError: the file cannot be written.
+    """
+    state = readState(home)
+    state.update(changes)
+    atomicWrite(Path(home) / STATE_FILE, json.dumps(state).encode(), 0o600)

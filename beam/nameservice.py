@@ -18,7 +18,6 @@ resolve locally.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -29,7 +28,7 @@ from twisted.logger import Logger
 
 from beam.dht.service import NoDHTPeers
 from beam.errors import BeamError, NotFound
-from beam.fileutil import atomicWrite
+from beam.home import readState, updateState
 from beam.names.pins import NamePins
 from beam.names.record import (
     DEFAULT_TTL,
@@ -110,7 +109,7 @@ class NameService(Service):
         (perhaps at a new address) keeps its names without being asked.
         """
         super().startService()
-        saved = _readState(self.home).get("names", [])
+        saved = readState(self.home).get("names", [])
         if not isinstance(saved, list):
             return
         for entry in saved:
@@ -123,12 +122,9 @@ class NameService(Service):
                 "could not republish name {name}: {why}", name=n, why=f.getErrorMessage()))
 
     def _saveNames(self) -> None:
-        state = _readState(self.home)
-        state["names"] = [
-            {"name": r.name, "services": list(r.services)} for r in self.registrations.values()
-        ]
+        names = [{"name": r.name, "services": list(r.services)} for r in self.registrations.values()]
         try:
-            atomicWrite(self.home / "state.json", json.dumps(state).encode(), 0o600)
+            updateState(self.home, names=names)
         except OSError as e:
             self.log.warn("could not save registered names: {why}", why=e)
 
@@ -298,38 +294,19 @@ class NameService(Service):
         }
 
 
-def _readState(home: Path) -> dict[str, Any]:
-    try:
-        state = json.loads((Path(home) / "state.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
-
-
 def memorableName(home: Path, random: Callable[[int], bytes] = os.urandom) -> str:
     """
     This node's default name: picked at random once, then kept in the
     home's state so the share line survives restarts.
     """
-    import json
-
-    from beam.fileutil import atomicWrite
     from beam.names.words import randomName
 
-    path = Path(home) / "state.json"
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        state = {}
-    if not isinstance(state, dict):
-        state = {}
-    name = state.get("name")
+    name = readState(home).get("name")
     if isinstance(name, str):
         try:
             return normalizeName(name)
         except BeamError:
             pass
     name = randomName(random)
-    state["name"] = name
-    atomicWrite(path, json.dumps(state).encode(), 0o600)
+    updateState(home, name=name)
     return name
