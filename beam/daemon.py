@@ -36,7 +36,7 @@ from beam.errors import BeamError, Conflict, NotFound
 from beam.home import readState, updateState
 from beam.keys import Identity, PeerID
 from beam.multiaddr import Multiaddr
-from beam.node import Node
+from beam.node import Node, listenFailureReason
 from beam.share import ShareAddress, parseShareAddress
 from beam.tunnel.access import PUBLIC, AccessPolicy
 from beam.tunnel.client import TunnelForward
@@ -356,7 +356,7 @@ class BeamDaemon(MultiService):
         except Exception as e:
             fwd.stopService()
             where = f"{bind or '127.0.0.1'}:{port or 0}"
-            raise TunnelSpecError(f"cannot listen on {where}: {_why(e)}") from None
+            raise TunnelSpecError(f"cannot listen on {where}: {listenFailureReason(e)}") from None
         if probe:
             try:
                 yield fwd.probe()
@@ -468,10 +468,3 @@ class BeamDaemon(MultiService):
         else:
             self.reactor.callLater(0, self.reactor.stop)
         return {"stopping": True}
-
-
-def _why(e: BaseException) -> str:
-    text = str(e)
-    if "Address already in use" in text or "98" in text and "bind" in text.lower():
-        return "the port is already in use"
-    return text

@@ -222,15 +222,7 @@ class Node(MultiService):
         self.listenAddrs.append(Multiaddr.fromTwistedAddress(port.getHost()))
 
     def _listenFailed(self, failure: Failure, addr: Multiaddr) -> Failure:
-        import errno
-
-        why = failure.getErrorMessage()
-        socketError = getattr(failure.value, "socketError", None)
-        if getattr(socketError, "errno", None) == errno.EADDRINUSE:
-            why = "the port is already in use"
-        elif getattr(socketError, "errno", None) == errno.EADDRNOTAVAIL:
-            why = "that address is not on this machine"
-        return Failure(DialError(f"cannot listen on {addr}: {why}"))
+        return Failure(DialError(f"cannot listen on {addr}: {listenFailureReason(failure.value)}"))
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         """
@@ -758,6 +750,21 @@ class Node(MultiService):
             return done
 
         return self.openStream(target, [PING_PROTOCOL], lambda: client).addCallback(loop)
+
+
+def listenFailureReason(error: BaseException) -> str:
+    """
+    Why listening failed, in the words the CLI prints: the common socket
+    errors by their errno, anything else as Twisted put it.
+    """
+    import errno
+
+    code = getattr(getattr(error, "socketError", None), "errno", None)
+    if code == errno.EADDRINUSE:
+        return "the port is already in use"
+    if code == errno.EADDRNOTAVAIL:
+        return "that address is not on this machine"
+    return str(error)
 
 
 def _expandUnspecified(addr: Multiaddr) -> list[Multiaddr]:
