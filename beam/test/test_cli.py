@@ -188,34 +188,3 @@ class TwistdTests(SynchronousTestCase):
         self.assertNotEqual(out.returncode, 0)
         self.assertIn("invalid", (out.stdout + out.stderr).lower())
         self.assertNotIn("Traceback", out.stdout + out.stderr)
-
-
-class PackagingTests(SynchronousTestCase):
-    """
-    What C{pip install .} installs.
-    """
-
-    def test_wheelCarriesPlugin(self) -> None:
-        """
-        The wheel holds twisted/plugins/beam_plugin.py without an
-        C{__init__.py} there (which would shadow Twisted's own package),
-        every beam subpackage, the .proto files, and the console script.
-        """
-        out = Path(self.mktemp())
-        build = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps",
-             "-w", str(out), str(REPO)],
-            capture_output=True, text=True, timeout=300,
-        )
-        self.assertEqual(build.returncode, 0, build.stderr)
-        (wheel,) = out.glob("*.whl")
-        names = set(zipfile.ZipFile(wheel).namelist())
-        self.assertIn("twisted/plugins/beam_plugin.py", names)
-        self.assertNotIn("twisted/plugins/__init__.py", names)
-        self.assertNotIn("twisted/__init__.py", names)
-        for module in ["beam/node.py", "beam/muxer/yamux.py", "beam/security/noise.py",
-                       "beam/security/tls.py", "beam/proto/crypto_pb2.py", "beam/proto/crypto.proto"]:
-            self.assertIn(module, names)
-        entry = [n for n in names if n.endswith("entry_points.txt")]
-        text = zipfile.ZipFile(wheel).read(entry[0]).decode()
-        self.assertIn("beam = beam.cli:main", text)
