@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
