@@ -156,13 +156,13 @@ class _Out:
 
 
 def _home(args: argparse.Namespace) -> Path:
-    from beam.home import resolveHome
+    from beam.storage.home import resolveHome
 
     return resolveHome(args.home)
 
 
 def _loadConfig(args: argparse.Namespace) -> Any:
-    from beam.config import loadConfig, mergeOptions
+    from beam.daemon.config import loadConfig, mergeOptions
 
     config = loadConfig(_home(args) / "config.toml")
     return mergeOptions(config, listen=getattr(args, "listen", None), logFormat=args.log_format,
@@ -170,7 +170,7 @@ def _loadConfig(args: argparse.Namespace) -> Any:
 
 
 def _startLogging(args: argparse.Namespace, config: Any = None) -> None:
-    from beam.logs import startLogging
+    from beam.daemon.logs import startLogging
 
     fmt = args.log_format or (config.logFormat if config is not None else "text")
     startLogging(sys.stderr, fmt, LogLevel.warn if args.quiet else LogLevel.info)
@@ -179,8 +179,8 @@ def _startLogging(args: argparse.Namespace, config: Any = None) -> None:
 async def _runDaemon(
     reactor: Any, args: argparse.Namespace, config: Any, control: bool = True, rememberPort: bool = True
 ) -> Any:
-    from beam.daemon import BeamDaemon
-    from beam.home import loadOrCreateIdentity
+    from beam.daemon.service import BeamDaemon
+    from beam.storage.home import loadOrCreateIdentity
 
     home = _home(args)
     identity = loadOrCreateIdentity(home)
@@ -249,8 +249,8 @@ def _printTunnel(
 
 
 async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
-    from beam.control import ControlClient, nodeRunning
-    from beam.keys import PeerID
+    from beam.daemon.control import ControlClient, nodeRunning
+    from beam.identity.keys import PeerID
 
     if not 0 < args.port < 65536:
         raise UsageError(f"port must be between 1 and 65535, not {args.port}")
@@ -273,7 +273,7 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         status = await client.request("GET", "/v1/status")
         registered = None
         if not args.no_register:
-            from beam.nameservice import memorableName
+            from beam.names.service import memorableName
 
             registered = await client.request("POST", "/v1/names", {"name": memorableName(home)})
         _printTunnel(out, tunnel, status["peer_id"], status["addrs"], registered, len(status["tunnels"]))
@@ -296,7 +296,7 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     )
     registered = None
     if not args.no_register:
-        from beam.nameservice import memorableName
+        from beam.names.service import memorableName
 
         await daemon.kademlia.whenBootstrapped()
         registered = await daemon.registerName(memorableName(daemon.home))
@@ -307,8 +307,8 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
 
 
 async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
-    from beam.control import ControlClient, nodeRunning
-    from beam.share import parseShareAddress
+    from beam.daemon.control import ControlClient, nodeRunning
+    from beam.tunnel.share import parseShareAddress
 
     isName = not args.target.startswith(("beam://", "/"))
     if not isName:
@@ -350,7 +350,7 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
 
 
 async def cmdStatus(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
-    from beam.control import ControlClient
+    from beam.daemon.control import ControlClient
 
     status = await ControlClient(reactor, _home(args)).request("GET", "/v1/status")
     if out.asJSON:
@@ -391,7 +391,7 @@ def _size(n: int) -> str:
 
 
 async def cmdStop(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
-    from beam.control import ControlClient, ControlError
+    from beam.daemon.control import ControlClient, ControlError
 
     client = ControlClient(reactor, _home(args))
     key = quote(args.key, safe="")
@@ -411,7 +411,7 @@ async def cmdStop(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
 
 
 async def cmdRegister(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
-    from beam.control import ControlClient, nodeRunning
+    from beam.daemon.control import ControlClient, nodeRunning
 
     home = _home(args)
     if nodeRunning(home):
@@ -439,7 +439,7 @@ def _printRegistered(out: _Out, result: dict[str, Any]) -> None:
 
 
 async def cmdResolve(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
-    from beam.control import ControlClient, nodeRunning
+    from beam.daemon.control import ControlClient, nodeRunning
 
     home = _home(args)
     if nodeRunning(home):
@@ -467,7 +467,7 @@ async def cmdResolve(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
 
 
 async def cmdNetwork(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
-    from beam.control import ControlClient
+    from beam.daemon.control import ControlClient
 
     client = ControlClient(reactor, _home(args))
     if args.action == "status":
@@ -502,7 +502,7 @@ async def cmdNetwork(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
 
 
 def cmdID(args: argparse.Namespace, out: _Out) -> int:
-    from beam.home import loadOrCreateIdentity
+    from beam.storage.home import loadOrCreateIdentity
 
     ident = loadOrCreateIdentity(_home(args))
     out.event({"peer_id": str(ident.peerID)}, str(ident.peerID))
@@ -510,7 +510,7 @@ def cmdID(args: argparse.Namespace, out: _Out) -> int:
 
 
 def cmdConfig(args: argparse.Namespace, out: _Out) -> int:
-    from beam.config import checkConfig
+    from beam.daemon.config import checkConfig
 
     path = _home(args) / "config.toml"
     problems = checkConfig(path)
@@ -542,9 +542,9 @@ async def cmdDaemon(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
 
 
 async def cmdPing(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
-    from beam.home import loadOrCreateIdentity
-    from beam.multiaddr import Multiaddr
-    from beam.node import Node
+    from beam.storage.home import loadOrCreateIdentity
+    from beam.identity.multiaddr import Multiaddr
+    from beam.p2p.host.node import Node
 
     target = Multiaddr.fromString(args.target)
     if args.count < 1:

@@ -2,7 +2,7 @@
 C{twistd beam}: options and the service they assemble.
 
 Options validate everything (raising L{usage.UsageError}); L{makeService}
-only composes the daemon's L{MultiService} (see L{beam.daemon}).
+only composes the daemon's L{MultiService} (see L{beam.daemon.service}).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from beam.config import ConfigError, TunnelConfig, loadConfig, mergeOptions
+from beam.daemon.config import ConfigError, TunnelConfig, loadConfig, mergeOptions
 from beam.errors import BeamError, InvalidMultiaddr, InvalidPeerID
-from beam.home import resolveHome
-from beam.keys import PeerID
-from beam.multiaddr import Multiaddr
+from beam.storage.home import resolveHome
+from beam.identity.keys import PeerID
+from beam.identity.multiaddr import Multiaddr
 
 
 class Options(usage.Options):
@@ -91,8 +91,8 @@ def makeService(options: Any) -> IService:
     """
     from twisted.internet import reactor
 
-    from beam.daemon import BeamDaemon
-    from beam.home import loadOrCreateIdentity
+    from beam.daemon.service import BeamDaemon
+    from beam.storage.home import loadOrCreateIdentity
 
     try:
         identity = loadOrCreateIdentity(options["home"])

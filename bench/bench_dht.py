@@ -9,7 +9,7 @@ Run it from the repository root::
 
 Every node is a real L{beam.dht.kad.KademliaNode} (routing table, record
 store with the name-record validator, iterative lookups); only the network
-is simulated (L{beam.dht.sim}): messages go through the real codec and take
+is simulated (L{beam.testing.dhtsim}): messages go through the real codec and take
 C{--latency} seconds each way, on a simulated clock.  Each scenario builds a
 fresh converged network, publishes C{--names} signed name records from
 random nodes with C{putValue}, applies its faults, and resolves every name
@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from beam.dht.sim import ScenarioResult, makeIdentities, runScenario
+from beam.testing.dhtsim import ScenarioResult, makeIdentities, runScenario
 
 SCENARIOS: dict[str, dict[str, float]] = {
     "none": {},

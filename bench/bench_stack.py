@@ -12,7 +12,7 @@ Every case moves the same bytes from a sender (this process) to a receiver
 in I{another} process, so that the two ends do not share one event loop (and
 one core).  The cases:
 
-  - C{noise}, C{tls}: two Beam nodes (L{beam.node.Node}) speaking only that
+  - C{noise}, C{tls}: two Beam nodes (L{beam.p2p.host.node.Node}) speaking only that
     security protocol; the sender opens one stream with the protocol
     C{/beam/bench/1.0.0} and writes to it as a registered push producer, so
     yamux windows and TCP back-pressure pause and resume it as they would a
@@ -164,8 +164,8 @@ def serveNode(security: str, profile: Optional[str]) -> None:
     """
     Run a Beam node with a sink handler for one transfer, then exit.
     """
-    from beam.keys import Identity
-    from beam.node import Node
+    from beam.identity.keys import Identity
+    from beam.p2p.host.node import Node
 
     identity = Identity.generate()
     node = Node(reactor, identity, ["/ip4/127.0.0.1/tcp/0"], securities=[_security(security, identity)])
@@ -342,9 +342,9 @@ class Sender(Protocol):
 
 
 def _security(name: str, identity: Any) -> Any:
-    from beam.security.noise import NoiseTransport
-    from beam.security.tls import TLSTransport
-    from beam.upgrade import YAMUX_PROTOCOL
+    from beam.p2p.security.noise import NoiseTransport
+    from beam.p2p.security.tls import TLSTransport
+    from beam.p2p.upgrade import YAMUX_PROTOCOL
 
     if name == "noise":
         return NoiseTransport(identity, muxers=[YAMUX_PROTOCOL])
@@ -424,8 +424,8 @@ def _dump(p: Optional[cProfile.Profile], profileDir: Optional[str], name: str) -
 
 
 async def runNode(security: str, size: int, pattern: bytes, chunk: int, profileDir: Optional[str]) -> dict:
-    from beam.keys import Identity
-    from beam.node import Node
+    from beam.identity.keys import Identity
+    from beam.p2p.host.node import Node
 
     child = Child(["--serve", security, *_profArgs(profileDir, f"{security}-receiver.prof")])
     identity = Identity.generate()
@@ -491,8 +491,8 @@ def inProcess(layer: str, size: int, pattern: bytes, chunk: int) -> dict:
     """
     from twisted.internet.task import Clock
 
-    from beam.keys import Identity
-    from beam.muxer.yamux import YamuxSession
+    from beam.identity.keys import Identity
+    from beam.p2p.muxer.yamux import YamuxSession
     from beam.testing import Pump
 
     clock = Clock()
@@ -537,8 +537,8 @@ def inProcess(layer: str, size: int, pattern: bytes, chunk: int) -> dict:
 
 
 def _tlsFor(identity: Any, clock: Any) -> Any:
-    from beam.security.tls import TLSTransport
-    from beam.upgrade import YAMUX_PROTOCOL
+    from beam.p2p.security.tls import TLSTransport
+    from beam.p2p.upgrade import YAMUX_PROTOCOL
 
     return TLSTransport(identity, muxers=[YAMUX_PROTOCOL], clock=clock)
 

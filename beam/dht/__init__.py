@@ -11,7 +11,7 @@ The core is transport-agnostic:
     L{IKadNetwork}.
 
 Adapters give it a network: C{beam.dht.service} (libp2p streams) and
-C{beam.dht.sim} (a simulated network on a clock).
+C{beam.testing.dhtsim} (a simulated network on a clock).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ from beam.errors import (
     NotFound,
     UnexpectedMessage,
 )
-from beam.keys import PeerID
+from beam.identity.keys import PeerID
 
 DEFAULT_REFRESH_INTERVAL: Final = 600.0
 DEFAULT_QUORUM: Final = 3

@@ -50,7 +50,7 @@ from twisted.python.failure import Failure
 
 from beam.dht.messages import Message, PeerInfo
 from beam.dht.routing import peerKadID
-from beam.keys import PeerID
+from beam.identity.keys import PeerID
 
 DEFAULT_TIMEOUT: Final = 5.0
 DEFAULT_SLOW_TIMEOUT: Final = 1.0

@@ -17,7 +17,7 @@ simply know more protocols.  A peer entry with an invalid peer ID is dropped
 for the same reason.
 
 The protocol is C{/beam/kad/1.0.0}: each message travels uvarint-length
-prefixed (L{beam.framing}), at most L{MAX_MESSAGE_SIZE} bytes.
+prefixed (L{beam.encoding.framing}), at most L{MAX_MESSAGE_SIZE} bytes.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from beam.errors import (
     InvalidPeerID,
     MessageTooLarge,
 )
-from beam.keys import PeerID
-from beam.multiaddr import Multiaddr
+from beam.identity.keys import PeerID
+from beam.identity.multiaddr import Multiaddr
 from beam.proto import dht_pb2
 
 PROTOCOL_ID: Final = "/beam/kad/1.0.0"

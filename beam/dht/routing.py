@@ -35,8 +35,8 @@ import attrs
 
 from beam.dht.messages import PeerInfo
 from beam.errors import DecodeError, InvalidMultiaddr, InvalidPeerID
-from beam.keys import PeerID
-from beam.multiaddr import Multiaddr
+from beam.identity.keys import PeerID
+from beam.identity.multiaddr import Multiaddr
 
 ID_BITS: Final = 256
 JSON_VERSION: Final = 1

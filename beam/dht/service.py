@@ -40,11 +40,10 @@ from beam.dht.messages import Message, PeerInfo, decodeMessage, encodeMessage
 from beam.dht.routing import RoutingTable
 from beam.dht.store import RecordStore
 from beam.errors import BeamError, DecodeError, NotFound, ProtocolError
-from beam.fileutil import atomicWrite
-from beam.framing import LengthPrefixedReader, encodeLengthPrefixed
-from beam.keys import PeerID
-from beam.multiaddr import Multiaddr
-from beam.names.validator import NameValidator
+from beam.storage.fileutil import atomicWrite
+from beam.encoding.framing import LengthPrefixedReader, encodeLengthPrefixed
+from beam.identity.keys import PeerID
+from beam.identity.multiaddr import Multiaddr
 
 KAD_PROTOCOL = "/beam/kad/1.0.0"
 MAX_KAD_MESSAGE = 64 * 1024
@@ -161,13 +160,23 @@ class KademliaService(Service):
         self.timeout = timeout
         self.refreshInterval = refreshInterval
         self.saveInterval = saveInterval
-        store = RecordStore(reactor, validators or {"beam-name": NameValidator()})
+        store = RecordStore(reactor, validators or {})
+        self.store = store
         self.kad = KademliaNode(
             reactor, self._localInfo, self, store, mode=mode if mode != "auto" else "auto",
             random=random, timeout=timeout, refreshInterval=refreshInterval,
         )
         self._loops: list[LoopingCall] = []
         self._initial: Optional[Deferred[Any]] = None
+
+    def addValidator(self, namespace: str, validator: Any) -> None:
+        """
+        Accept records under C{/namespace/...}, checked and ordered by
+        C{validator} (an L{beam.dht.store.IValidator}).  The DHT knows no
+        record kind of its own: services above it (the name service)
+        register theirs, so the DHT never imports them.
+        """
+        self.store.validators[namespace] = validator
 
     # -- IKadNetwork -------------------------------------------------------
 

@@ -28,7 +28,7 @@ from zope.interface import Interface
 
 from beam.dht.messages import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from beam.errors import InvalidRecord, RecordRefused
-from beam.keys import PeerID
+from beam.identity.keys import PeerID
 
 DEFAULT_MAX_RECORDS: Final = 2048
 DEFAULT_MAX_PER_PEER: Final = 32

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Final, Literal
 
 from beam.errors import BeamError
-from beam.fileutil import atomicWrite
-from beam.keys import PeerID
+from beam.storage.fileutil import atomicWrite
+from beam.identity.keys import PeerID
 from beam.names.record import normalizeName
 
 FILENAME: Final = "known_names.json"

@@ -29,10 +29,10 @@ from typing import Final, Iterable
 import attrs
 
 from beam.errors import BeamError, InvalidRecord, ProtocolError
-from beam.keys import Identity, PeerID, PublicKey
-from beam.multiaddr import Multiaddr
+from beam.identity.keys import Identity, PeerID, PublicKey
+from beam.identity.multiaddr import Multiaddr
 from beam.proto import envelope_pb2, names_pb2
-from beam.varint import encode_uvarint
+from beam.encoding.varint import encode_uvarint
 
 DOMAIN: Final = "beam-name-record"
 """The signed-envelope domain separating name records from other signatures."""

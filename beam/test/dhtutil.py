@@ -1,7 +1,7 @@
 """
 Small fakes for the DHT unit tests: fast peer IDs, a toy record validator,
 and an in-memory L{IKadNetwork} on a L{Clock} (deliberately tiny; the real
-simulator is L{beam.dht.sim}).
+simulator is L{beam.testing.dhtsim}).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from beam.dht.messages import Message, PeerInfo, decodeMessage, encodeMessage
 from beam.dht.routing import peerKadID, xorDistance
 from beam.dht.store import IValidator, RecordStore
 from beam.errors import BeamError, InvalidDHTMessage, InvalidRecord
-from beam.keys import PeerID
-from beam.multiaddr import Multiaddr
+from beam.identity.keys import PeerID
+from beam.identity.multiaddr import Multiaddr
 
 
 def fakePeer(n: int | str) -> PeerID:

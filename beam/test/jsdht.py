@@ -20,10 +20,10 @@ from typing import Any
 
 from twisted.internet import defer
 
-from beam.keys import Identity
+from beam.identity.keys import Identity
 from beam.proto import envelope_pb2
 from beam.test.jspeer import JSPeer
-from beam.varint import encode_uvarint as encodeUvarint
+from beam.encoding.varint import encode_uvarint as encodeUvarint
 
 #: Beam's DHT protocol, which the js peer speaks instead of /ipfs/kad/1.0.0.
 DHT_PROTOCOL = "/beam/kad/1.0.0"

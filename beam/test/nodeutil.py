@@ -1,5 +1,5 @@
 """
-Helpers for tests that run real L{beam.node.Node}s on loopback.
+Helpers for tests that run real L{beam.p2p.host.node.Node}s on loopback.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from beam.echo import ECHO_PROTOCOL, EchoProtocol
-from beam.keys import Identity
-from beam.node import Node
+from beam.p2p.protocols.echo import ECHO_PROTOCOL, EchoProtocol
+from beam.identity.keys import Identity
+from beam.p2p.host.node import Node
 
 
 @inlineCallbacks

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from beam.keys import Identity
+from beam.identity.keys import Identity
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]

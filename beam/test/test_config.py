@@ -1,5 +1,5 @@
 """
-Tests for L{beam.config}: reading, validating and merging config.toml.
+Tests for L{beam.daemon.config}: reading, validating and merging config.toml.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import attr
 from twisted.trial.unittest import SynchronousTestCase
 
-from beam.config import (
+from beam.daemon.config import (
     Config,
     ConfigError,
     ForwardConfig,
@@ -20,9 +20,9 @@ from beam.config import (
     mergeOptions,
 )
 from beam.errors import BeamError
-from beam.keys import Identity
-from beam.multiaddr import Multiaddr
-from beam.share import parseShareAddress
+from beam.identity.keys import Identity
+from beam.identity.multiaddr import Multiaddr
+from beam.tunnel.share import parseShareAddress
 
 PEER = str(Identity.fromSeed(b"\x01" * 32).peerID)
 OTHER = str(Identity.fromSeed(b"\x02" * 32).peerID)

@@ -1,5 +1,5 @@
 """
-Tests for L{beam.control}: the control API over a real UNIX socket.
+Tests for L{beam.daemon.control}: the control API over a real UNIX socket.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from beam.control import (
+from beam.daemon.control import (
     ControlClient,
     ControlError,
     ControlService,
@@ -31,7 +31,7 @@ from beam.control import (
     nodeRunning,
 )
 from beam.errors import BeamError, Conflict, NotFound
-from beam.keys import Identity, PeerID
+from beam.identity.keys import Identity, PeerID
 
 
 @implementer(IControlAPI)

@@ -1,5 +1,5 @@
 """
-L{beam.daemon.BeamDaemon} in one process: two daemons on loopback, their
+L{beam.daemon.service.BeamDaemon} in one process: two daemons on loopback, their
 control API called directly.
 """
 
@@ -17,13 +17,13 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from beam.config import Config, TunnelConfig
-from beam.control import NodeAlreadyRunning
-from beam.daemon import BeamDaemon, TunnelSpecError
+from beam.daemon.config import Config, TunnelConfig
+from beam.daemon.control import NodeAlreadyRunning
+from beam.daemon.service import BeamDaemon, TunnelSpecError
 from beam.errors import Conflict, DialError, NotFound
-from beam.keys import Identity
-from beam.multiaddr import Multiaddr
-from beam.share import parseShareAddress
+from beam.identity.keys import Identity
+from beam.identity.multiaddr import Multiaddr
+from beam.tunnel.share import parseShareAddress
 
 LOOPBACK = (Multiaddr.fromString("/ip4/127.0.0.1/tcp/0"),)
 

@@ -16,8 +16,8 @@ from beam.dht.kad import KademliaNode
 from beam.dht.messages import Message, MessageType, PeerInfo, Record, decodeMessage, encodeMessage
 from beam.dht.store import RecordStore
 from beam.errors import BeamError
-from beam.keys import Identity
-from beam.multiaddr import Multiaddr
+from beam.identity.keys import Identity
+from beam.identity.multiaddr import Multiaddr
 from beam.names.record import dhtKey, makeRecord, openRecord, signRecord
 from beam.names.validator import NameValidator
 from beam.test.dhtutil import fakeInfo

@@ -13,7 +13,7 @@ from beam.dht.lookup import Lookup
 from beam.dht.messages import Message, MessageType, PeerInfo
 from beam.dht.routing import RoutingTable, kadID, peerKadID
 from beam.errors import InvalidDHTMessage
-from beam.keys import PeerID
+from beam.identity.keys import PeerID
 from beam.test.dhtutil import bruteClosest, fakeInfo, fakePeer
 
 LOCAL = fakePeer("local")

@@ -22,7 +22,7 @@ from beam.dht.messages import (
     encodeMessage,
 )
 from beam.errors import InvalidDHTMessage, MessageTooLarge
-from beam.multiaddr import Multiaddr
+from beam.identity.multiaddr import Multiaddr
 from beam.proto import dht_pb2
 from beam.test.dhtutil import fakeInfo, fakePeer
 

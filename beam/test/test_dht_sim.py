@@ -1,5 +1,5 @@
 """
-Tests for L{beam.dht.sim}: the heap clock, the simulated network (latency,
+Tests for L{beam.testing.dhtsim}: the heap clock, the simulated network (latency,
 loss, dead peers, liars, the real codec), the converged routing tables, and
 the DHT's resilience properties at 1,000 nodes.
 """
@@ -17,7 +17,7 @@ from zope.interface.verify import verifyObject
 from beam.dht.kad import IKadNetwork
 from beam.dht.messages import Message, MessageType, PeerInfo, Record
 from beam.dht.routing import kadID
-from beam.dht.sim import (
+from beam.testing.dhtsim import (
     ScenarioResult,
     SimClock,
     SimNetwork,
@@ -30,7 +30,7 @@ from beam.dht.sim import (
     runScenario,
 )
 from beam.errors import DecodeError, ProtocolError, RecordRefused
-from beam.multiaddr import Multiaddr
+from beam.identity.multiaddr import Multiaddr
 
 
 class SimClockTests(SynchronousTestCase):

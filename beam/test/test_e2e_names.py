@@ -10,7 +10,7 @@ foreground, exactly as a user would run them.
 
 The attacks are made by a bare libp2p client of our own: this module run
 as C{python -m beam.test.test_e2e_names kad SPEC} starts a listen-nowhere
-L{beam.node.Node}, opens C{/beam/kad/1.0.0} streams to the daemons and
+L{beam.p2p.host.node.Node}, opens C{/beam/kad/1.0.0} streams to the daemons and
 sends them raw C{GET_VALUE}/C{PUT_VALUE} requests crafted in the test
 (forged and replayed name records), printing one JSON line per answer or
 refusal (a stream reset).
@@ -35,8 +35,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from beam.keys import Identity
-from beam.multiaddr import Multiaddr
+from beam.identity.keys import Identity
+from beam.identity.multiaddr import Multiaddr
 from beam.names.record import (
     DOMAIN,
     PAYLOAD_TYPE,
@@ -55,7 +55,7 @@ from beam.test.test_e2e_tunnel import (
     echo,
     waitUntil,
 )
-from beam.varint import encode_uvarint
+from beam.encoding.varint import encode_uvarint
 
 GRID = 20
 """Daemons in the issue's scenario."""
@@ -91,8 +91,8 @@ def kadTool(spec: dict[str, Any]) -> None:
         encodeMessage,
     )
     from beam.dht.service import KAD_PROTOCOL, MAX_KAD_MESSAGE
-    from beam.framing import LengthPrefixedReader, encodeLengthPrefixed
-    from beam.node import Node
+    from beam.encoding.framing import LengthPrefixedReader, encodeLengthPrefixed
+    from beam.p2p.host.node import Node
 
     class OneRequest(Protocol):
         def __init__(self, request: bytes) -> None:

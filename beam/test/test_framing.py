@@ -1,5 +1,5 @@
 """
-Tests for L{beam.framing}.
+Tests for L{beam.encoding.framing}.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from beam.errors import DecodeError, MessageTooLarge, ProtocolError
-from beam.framing import LengthPrefixedReader, encodeLengthPrefixed
-from beam.varint import decode_uvarint, encode_uvarint
+from beam.encoding.framing import LengthPrefixedReader, encodeLengthPrefixed
+from beam.encoding.varint import decode_uvarint, encode_uvarint
 
 
 class FramingTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{beam.home} and L{beam.fileutil}: the identity file.
+Tests for L{beam.storage.home} and L{beam.storage.fileutil}: the identity file.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from beam.fileutil import atomicWrite
-from beam.home import HomeError, loadOrCreateIdentity, resolveHome
+from beam.storage.fileutil import atomicWrite
+from beam.storage.home import HomeError, loadOrCreateIdentity, resolveHome
 
 
 class HomeTests(SynchronousTestCase):

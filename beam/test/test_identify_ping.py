@@ -8,11 +8,11 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from beam.framing import encodeLengthPrefixed
-from beam.identify import IdentifyError, IdentifyInfo, IdentifyReceiver, IdentifySender
-from beam.keys import Identity
-from beam.multiaddr import Multiaddr
-from beam.ping import PING_SIZE, PingClient, PingMismatch, PingResponder
+from beam.encoding.framing import encodeLengthPrefixed
+from beam.p2p.protocols.identify import IdentifyError, IdentifyInfo, IdentifyReceiver, IdentifySender
+from beam.identity.keys import Identity
+from beam.identity.multiaddr import Multiaddr
+from beam.p2p.protocols.ping import PING_SIZE, PingClient, PingMismatch, PingResponder
 from beam.proto import identify_pb2
 from beam.testing import MemoryTransport, Pump
 

@@ -16,16 +16,16 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from beam.echo import ECHO_PROTOCOL
-from beam.identify import IDENTIFY_PROTOCOL
-from beam.keys import Identity, PeerID
-from beam.multiaddr import Multiaddr
-from beam.ping import PING_PROTOCOL
-from beam.security.noise import NoiseTransport
-from beam.security.tls import TLSTransport
+from beam.p2p.protocols.echo import ECHO_PROTOCOL
+from beam.p2p.protocols.identify import IDENTIFY_PROTOCOL
+from beam.identity.keys import Identity, PeerID
+from beam.identity.multiaddr import Multiaddr
+from beam.p2p.protocols.ping import PING_PROTOCOL
+from beam.p2p.security.noise import NoiseTransport
+from beam.p2p.security.tls import TLSTransport
 from beam.test.jspeer import JSPeer, requireInterop
 from beam.test.nodeutil import EchoClient, addrOf, randomPayload, startNode
-from beam.upgrade import YAMUX_PROTOCOL
+from beam.p2p.upgrade import YAMUX_PROTOCOL
 
 TEN_MIB = 10 * 1024 * 1024
 SECURITY_IDS = {"noise": "/noise", "tls": "/tls/1.0.0"}

@@ -26,9 +26,9 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 import beam
-from beam.keys import Identity, PeerID
-from beam.multiaddr import Multiaddr
-from beam.node import Node
+from beam.identity.keys import Identity, PeerID
+from beam.identity.multiaddr import Multiaddr
+from beam.p2p.host.node import Node
 from beam.test.jsdht import (
     DHT_PROTOCOL,
     JSDHT,
@@ -63,7 +63,9 @@ def addKademlia(node: Node, home: Path) -> Any:
     """
     from beam.dht.service import KademliaService
 
-    service = KademliaService(reactor, node, home, mode="server")
+    from beam.names.validator import NameValidator
+
+    service = KademliaService(reactor, node, home, mode="server", validators={"beam-name": NameValidator()})
     service.setServiceParent(node)
     return service
 

@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from beam.keys import Identity, PeerID
+from beam.identity.keys import Identity, PeerID
 from beam.test.jsdht import (
     DHT_PROTOCOL,
     JSDHT,

@@ -1,5 +1,5 @@
 """
-Tests for L{beam.keys}: peer IDs and identities as libp2p defines them.
+Tests for L{beam.identity.keys}: peer IDs and identities as libp2p defines them.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from beam.errors import InvalidKey, InvalidPeerID
-from beam.keys import Identity, PeerID, PublicKey
+from beam.identity.keys import Identity, PeerID, PublicKey
 
 # From libp2p/specs peer-ids/peer-ids.md "Test vectors" (ed25519 keys).
 SPEC_ED25519_PUBLIC = bytes.fromhex(

@@ -1,5 +1,5 @@
 """
-Tests for L{beam.logs}: text and JSON log lines, levels, failures.
+Tests for L{beam.daemon.logs}: text and JSON log lines, levels, failures.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from twisted.logger import LogBeginner, Logger, LogLevel, LogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from beam.logs import formatJSON, formatText, makeObserver, startLogging
+from beam.daemon.logs import formatJSON, formatText, makeObserver, startLogging
 
 T = 1795626000.0  # 2026-11-25T17:00:00Z
 
@@ -56,13 +56,13 @@ class TextTests(SynchronousTestCase):
         log.failure prints the message line and then the whole traceback.
         """
         stream = io.StringIO()
-        log = Logger(namespace="beam.node", observer=makeObserver(stream, "text"))
+        log = Logger(namespace="beam.p2p.host.node", observer=makeObserver(stream, "text"))
         try:
             boom()
         except ZeroDivisionError:
             log.failure("dial to {peer} failed", peer="12D3")
         lines = stream.getvalue().splitlines()
-        self.assertRegex(lines[0], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \[beam\.node\] CRITICAL: dial to 12D3 failed$")
+        self.assertRegex(lines[0], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \[beam\.p2p\.host\.node\] CRITICAL: dial to 12D3 failed$")
         self.assertIn("Traceback", lines[1])
         self.assertIn("in boom", stream.getvalue())
         self.assertIn("ZeroDivisionError", lines[-1])
@@ -119,7 +119,7 @@ class JSONTests(SynchronousTestCase):
         A failure adds the error and its traceback.
         """
         stream = io.StringIO()
-        log = Logger(namespace="beam.node", observer=makeObserver(stream, "json"))
+        log = Logger(namespace="beam.p2p.host.node", observer=makeObserver(stream, "json"))
         try:
             boom()
         except ZeroDivisionError:

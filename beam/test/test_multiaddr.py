@@ -1,5 +1,5 @@
 """
-Tests for L{beam.multiaddr}.
+Tests for L{beam.identity.multiaddr}.
 
 Vectors marked "go-multiaddr" are from multiformats/go-multiaddr
 C{multiaddr_test.go} (TestStringToBytes, TestBytesToString, TestZone,
@@ -15,9 +15,9 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.trial.unittest import SynchronousTestCase
 
 from beam.errors import InvalidMultiaddr
-from beam.keys import Identity, PeerID
-from beam.multiaddr import MAX_BYTES, PROTOCOLS, Multiaddr
-from beam.varint import encode_uvarint
+from beam.identity.keys import Identity, PeerID
+from beam.identity.multiaddr import MAX_BYTES, PROTOCOLS, Multiaddr
+from beam.encoding.varint import encode_uvarint
 
 # go-multiaddr TestStringToBytes / TestBytesToString / TestZone, plus vectors
 # derived by hand from protocols.csv (dns4, ip6, p2p, certhash).

@@ -1,5 +1,5 @@
 """
-Tests for L{beam.multistream}.
+Tests for L{beam.p2p.multistream}.
 
 The wire vectors come from the multistream-select README (C{na} is
 C{0x036e610a}, C{ls} is C{0x036c730a}, the header is C{/multistream/1.0.0})
@@ -24,7 +24,7 @@ from beam.errors import (
     TooManyProposals,
     UnexpectedMessage,
 )
-from beam.multistream import (
+from beam.p2p.multistream import (
     MAX_FAILED_PROPOSALS,
     PROTOCOL_ID,
     MultistreamDialer,

@@ -19,8 +19,8 @@ from zope.interface.verify import verifyObject
 from beam.dht.store import IValidator, RecordStore
 
 from beam.errors import BeamError, InvalidRecord, ProtocolError, RecordRefused
-from beam.keys import Identity, PublicKey
-from beam.multiaddr import Multiaddr
+from beam.identity.keys import Identity, PublicKey
+from beam.identity.multiaddr import Multiaddr
 from beam.names import (
     NAMESPACE,
     CLOCK_SKEW,
@@ -50,7 +50,7 @@ from beam.names import (
 from beam.names import record as recordModule
 from beam.names.words import ADJECTIVES, ANIMALS
 from beam.proto import envelope_pb2, names_pb2
-from beam.varint import encode_uvarint
+from beam.encoding.varint import encode_uvarint
 
 NOW = 1_700_000_000.0
 ALICE = Identity.fromSeed(b"\x01" * 32)

@@ -1,5 +1,5 @@
 """
-Real-socket tests of L{beam.node.Node}: two nodes on loopback, the whole
+Real-socket tests of L{beam.p2p.host.node.Node}: two nodes on loopback, the whole
 stack (TCP, multistream, Noise or TLS, yamux) between them.
 """
 
@@ -15,15 +15,15 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-from beam.echo import ECHO_PROTOCOL
+from beam.p2p.protocols.echo import ECHO_PROTOCOL
 from beam.errors import DialError, HandshakeFailed, NegotiationFailed, NodeStopped, PeerIDMismatch
-from beam.keys import Identity
-from beam.multiaddr import Multiaddr
-from beam.ping import PING_PROTOCOL
-from beam.security.noise import NoiseTransport
-from beam.security.tls import TLSTransport
+from beam.identity.keys import Identity
+from beam.identity.multiaddr import Multiaddr
+from beam.p2p.protocols.ping import PING_PROTOCOL
+from beam.p2p.security.noise import NoiseTransport
+from beam.p2p.security.tls import TLSTransport
 from beam.test.nodeutil import EchoClient, addrOf, randomPayload, startNode
-from beam.upgrade import YAMUX_PROTOCOL
+from beam.p2p.upgrade import YAMUX_PROTOCOL
 
 
 def only(security: str):

@@ -1,5 +1,5 @@
 """
-Real-socket tests of L{beam.node.Node} under stress and misbehaviour:
+Real-socket tests of L{beam.p2p.host.node.Node} under stress and misbehaviour:
 simultaneous dials, identify push, peers that never negotiate or send
 garbage, handlers that raise, stopping with work in flight, idle reaping,
 and the dialer's bookkeeping.
@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from beam.echo import ECHO_PROTOCOL
+from beam.p2p.protocols.echo import ECHO_PROTOCOL
 from beam.errors import (
     ConnectionLimitExceeded,
     DialError,
@@ -35,10 +35,10 @@ from beam.errors import (
     NodeStopped,
     StreamReset,
 )
-from beam.identify import IDENTIFY_PROTOCOL
-from beam.keys import Identity
-from beam.multiaddr import Multiaddr
-from beam.multistream import PROTOCOL_ID as MULTISTREAM, encodeMessage
+from beam.p2p.protocols.identify import IDENTIFY_PROTOCOL
+from beam.identity.keys import Identity
+from beam.identity.multiaddr import Multiaddr
+from beam.p2p.multistream import PROTOCOL_ID as MULTISTREAM, encodeMessage
 from beam.test.nodeutil import addrOf, randomPayload, startNode
 
 

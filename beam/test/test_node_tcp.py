@@ -1,5 +1,5 @@
 """
-Tests for what L{beam.node.Node} does to the TCP sockets of its peer
+Tests for what L{beam.p2p.host.node.Node} does to the TCP sockets of its peer
 connections.
 """
 

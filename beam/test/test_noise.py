@@ -1,5 +1,5 @@
 """
-Tests for L{beam.security.noise} and L{beam.security._noise_state}.
+Tests for L{beam.p2p.security.noise} and L{beam.p2p.security._noise_state}.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from beam.errors import (
     PeerIDMismatch,
     SecurityError,
 )
-from beam.keys import Identity
+from beam.identity.keys import Identity
 from beam.proto import noise_pb2
-from beam.security._noise_state import (
+from beam.p2p.security._noise_state import (
     MAX_NONCE,
     PROTOCOL_NAME,
     CipherState,
@@ -39,8 +39,8 @@ from beam.security._noise_state import (
     nonceBytes,
     publicBytes,
 )
-from beam.security.interfaces import ISecureChannel, ISecureTransport, SecureInfo
-from beam.security.noise import (
+from beam.p2p.security.interfaces import ISecureChannel, ISecureTransport, SecureInfo
+from beam.p2p.security.noise import (
     MAX_MESSAGE,
     MAX_PLAINTEXT,
     FrameReader,

@@ -1,5 +1,5 @@
 """
-Tests for L{beam.share}: share addresses.
+Tests for L{beam.tunnel.share}: share addresses.
 """
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from beam.keys import Identity
-from beam.multiaddr import Multiaddr
-from beam.share import InvalidShareAddress, ShareAddress, parseShareAddress
+from beam.identity.keys import Identity
+from beam.identity.multiaddr import Multiaddr
+from beam.tunnel.share import InvalidShareAddress, ShareAddress, parseShareAddress
 
 
 class ShareAddressTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{beam.security.tls} and L{beam.security._tlscert}.
+Tests for L{beam.p2p.security.tls} and L{beam.p2p.security._tlscert}.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from beam.errors import (
     ProtocolError,
     SecurityError,
 )
-from beam.keys import Identity, PeerID
-from beam.security import _tlscert
-from beam.security._tlscert import (
+from beam.identity.keys import Identity, PeerID
+from beam.p2p.security import _tlscert
+from beam.p2p.security._tlscert import (
     LIBP2P_EXTENSION_OID,
     MAX_SIGNED_KEY_BYTES,
     SIGNATURE_PREFIX,
@@ -42,8 +42,8 @@ from beam.security._tlscert import (
     rawSubjectPublicKeyInfo,
     verifyCertificate,
 )
-from beam.security.interfaces import ISecureChannel, ISecureTransport, SecureInfo
-from beam.security.tls import PROTOCOL_ID, TLSChannel, TLSTransport
+from beam.p2p.security.interfaces import ISecureChannel, ISecureTransport, SecureInfo
+from beam.p2p.security.tls import PROTOCOL_ID, TLSChannel, TLSTransport
 from beam.testing import MemoryTransport, Pump
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)

@@ -26,7 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from beam.keys import Identity
+from beam.identity.keys import Identity
 from beam.test.nodeutil import EchoClient, addrOf, startNode
 from beam.tunnel import AccessPolicy, ServiceSpec, TunnelForward, TunnelHost
 

@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from beam.errors import ProtocolError
-from beam.muxer.yamux import YamuxSession, YamuxStream
+from beam.p2p.muxer.yamux import YamuxSession, YamuxStream
 from beam.testing import MemoryTransport, Pump
 from beam.tunnel.compress import (
     CHUNK,

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from beam.errors import DecodeError, MessageTooLarge, ProtocolError, StreamReset
-from beam.keys import Identity
+from beam.identity.keys import Identity
 from beam.proto import tunnel_pb2
 from beam.tunnel.access import PUBLIC, AccessPolicy
 from beam.tunnel.host import ServiceExists, ServiceSpec, TunnelHost
@@ -41,7 +41,7 @@ from beam.tunnel.protocol import (
     refusalFor,
 )
 from beam.tunnel.splice import Splice, TunnelStats
-from beam.varint import encode_uvarint
+from beam.encoding.varint import encode_uvarint
 
 SETTINGS = settings(deadline=None, max_examples=200)
 

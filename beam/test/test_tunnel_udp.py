@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from beam.muxer.yamux import YamuxSession, YamuxStream
+from beam.p2p.muxer.yamux import YamuxSession, YamuxStream
 from beam.testing import Pump
 from beam.tunnel.udp import (
     MAX_DATAGRAM,

@@ -1,5 +1,5 @@
 """
-Tests for L{beam.muxer.yamux} and its frame codec.
+Tests for L{beam.p2p.muxer.yamux} and its frame codec.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from beam.errors import MuxerClosed, ProtocolError, StreamLimitExceeded, StreamReset
-from beam.muxer._yamux_frames import (
+from beam.p2p.muxer._yamux_frames import (
     DEFAULT_WINDOW,
     FLAG_ACK,
     FLAG_FIN,
@@ -43,7 +43,7 @@ from beam.muxer._yamux_frames import (
     encodeFrame,
     encodeHeader,
 )
-from beam.muxer.yamux import YamuxSession, YamuxStream
+from beam.p2p.muxer.yamux import YamuxSession, YamuxStream
 from beam.testing import MemoryTransport, Pump
 
 

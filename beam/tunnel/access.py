@@ -14,7 +14,7 @@ from typing import Optional
 
 import attrs
 
-from beam.keys import PeerID
+from beam.identity.keys import PeerID
 from beam.tunnel.protocol import AccessDenied
 
 __all__ = ["AccessPolicy", "PUBLIC"]

@@ -31,8 +31,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from beam.errors import BeamError, DialError, ProtocolError
-from beam.keys import PeerID
-from beam.multiaddr import Multiaddr
+from beam.identity.keys import PeerID
+from beam.identity.multiaddr import Multiaddr
 from beam.tunnel.host import COMPRESSIONS, _compressionAvailable, wrapStream
 from beam.tunnel.protocol import (
     TUNNEL_PROTOCOL,
@@ -143,7 +143,7 @@ class TunnelForward(Service):
     @classmethod
     def fromShare(cls, reactor: Any, node: Any, share: Any, **kw: Any) -> "TunnelForward":
         """
-        A forward to what a L{beam.share.ShareAddress} names.
+        A forward to what a L{beam.tunnel.share.ShareAddress} names.
         """
         return cls(
             reactor, node, share.peer, share.addrs, share.service, secret=share.secret, **kw

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from beam.errors import BeamError, ProtocolError
-from beam.keys import PeerID
+from beam.identity.keys import PeerID
 from beam.tunnel.access import PUBLIC, AccessPolicy
 from beam.tunnel.protocol import (
     TUNNEL_PROTOCOL,

@@ -17,9 +17,9 @@ import attrs
 from google.protobuf.message import DecodeError as _PBDecodeError
 
 from beam.errors import BeamError, DecodeError, MessageTooLarge, ProtocolError
-from beam.framing import encodeLengthPrefixed
+from beam.encoding.framing import encodeLengthPrefixed
 from beam.proto import tunnel_pb2
-from beam.varint import decode_uvarint
+from beam.encoding.varint import decode_uvarint
 
 __all__ = [
     "TUNNEL_PROTOCOL",

@@ -1,0 +1,3 @@
+"""
+The daemon: the MultiService a user runs, its config, logs and control socket.
+"""

@@ -1,0 +1,548 @@
+"""
+The node's configuration file, C{<home>/config.toml}.
+
+Everything in it can also be given on the command line; the file is for
+what a node should do every time it starts.  A missing file means all
+defaults.  Schema (every key optional)::
+
+    # Addresses to listen on: /ip4 or /ip6 with /tcp.
+    listen = ["/ip4/0.0.0.0/tcp/4001", "/ip6/::/tcp/4001"]
+    # Peers to connect to at start: multiaddrs ending in /p2p/<peer ID>.
+    bootstrap = ["/ip4/192.0.2.7/tcp/4001/p2p/12D3KooW..."]
+    # "text" (one readable line per event) or "json" (one object per line).
+    log_format = "text"
+
+    # A local service exposed to peers; repeat the table for more.
+    [[tunnel]]
+    port = 3000               # required, 1-65535
+    name = "web"              # DNS-label-like: letters, digits, '-', <= 63
+    udp = false
+    compress = false          # lz4 on the tunnel's streams
+    allow = ["12D3KooW..."]   # only these peers (absent: everyone)
+    secret = false            # true: generate one; or "a string" to use
+
+    # A remote service made reachable on a local port.
+    [[forward]]
+    target = "beam://12D3KooW...@192.0.2.7:4001/web"   # or /.../p2p/<id>
+    port = 8080               # local port (absent: let the node choose)
+    bind = "127.0.0.1"        # an IP address
+    service = "web"           # when target names none
+
+Unknown keys are errors, so a typo (C{comprees = true}) is reported instead
+of silently ignored.  Problems are reported all at once, each as
+C{config.toml:LINE: message}.  TOML parsers do not keep line numbers for
+values, so L{_Locator} finds them by scanning the text for the table header
+and the C{key =} line; it is right for ordinary hand-written files and falls
+back to the table's or file's name otherwise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attr
+
+from beam.errors import BeamError, InvalidMultiaddr, InvalidPeerID
+from beam.identity.keys import PeerID
+from beam.identity.multiaddr import Multiaddr
+from beam.tunnel.share import InvalidShareAddress, ShareAddress, parseShareAddress
+
+CONFIG_FILE = "config.toml"
+DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/0",)
+DEFAULT_BIND = "127.0.0.1"
+LOG_FORMATS = ("text", "json")
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+class ConfigError(BeamError):
+    """
+    The configuration file is not valid.
+
+    @ivar problems: one C{"config.toml:LINE: message"} line per problem.
+    """
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__(*problems)
+        self.problems = list(problems)
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+@attr.s(frozen=True, auto_attribs=True, kw_only=True)
+class TunnelConfig:
+    """
+    One C{[[tunnel]]}: a local service to expose.
+
+    @ivar allow: the peers admitted, or L{None} for no allow list.
+    @ivar secret: C{False} for none, C{True} to generate one, or the secret.
+    """
+
+    port: int
+    name: str | None = None
+    udp: bool = False
+    compress: bool = False
+    allow: tuple[PeerID, ...] | None = None
+    secret: bool | str = False
+
+
+@attr.s(frozen=True, auto_attribs=True, kw_only=True)
+class ForwardConfig:
+    """
+    One C{[[forward]]}: a remote service on a local port.
+
+    @ivar target: the text as written.
+    @ivar address: C{target} parsed, with C{service} applied when the
+        target names none.
+    """
+
+    target: str
+    address: ShareAddress
+    port: int | None = None
+    bind: str = DEFAULT_BIND
+    service: str | None = None
+
+
+def _defaultListen() -> tuple[Multiaddr, ...]:
+    return tuple(Multiaddr.fromString(a) for a in DEFAULT_LISTEN)
+
+
+@attr.s(frozen=True, auto_attribs=True, kw_only=True)
+class Config:
+    """
+    A validated configuration; C{Config()} is the defaults.
+    """
+
+    listen: tuple[Multiaddr, ...] = attr.ib(factory=_defaultListen)
+    bootstrap: tuple[Multiaddr, ...] = ()
+    logFormat: str = "text"
+    tunnels: tuple[TunnelConfig, ...] = ()
+    forwards: tuple[ForwardConfig, ...] = ()
+
+
+# -- finding lines -------------------------------------------------------------
+
+_HEADER = re.compile(r"""^\s*(\[\[?)\s*([A-Za-z0-9_.-]+|"[^"]*"|'[^']*')\s*\]\]?\s*(?:#.*)?$""")
+_KEY = re.compile(r"""^\s*([A-Za-z0-9_-]+|"[^"]*"|'[^']*')\s*(?:\.[^=]*)?=""")
+
+Context = tuple[str, int]
+_TOP: Context = ("", 0)
+
+
+class _Locator:
+    """
+    Best-effort line numbers for keys and values of a TOML text.
+
+    A context is C{("", 0)} for the top level, or C{(table, n)} for the
+    n-th (0-based) C{[[table]]} or the C{[table]}.  Lines inside multi-line
+    strings are skipped.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.lines = source.splitlines()
+        self.headers: dict[Context, int] = {}
+        self.keys: dict[tuple[Context, str], int] = {}
+        self.spans: dict[Context, tuple[int, int]] = {}
+        counts: dict[str, int] = {}
+        context, start = _TOP, 1
+        inString: str | None = None
+        for number, line in enumerate(self.lines, start=1):
+            if inString is not None:
+                if line.count(inString) % 2 == 1:
+                    inString = None
+                continue
+            header = _HEADER.match(line)
+            if header:
+                self.spans.setdefault(context, (start, number - 1))
+                name = header.group(2).strip("\"'")
+                if header.group(1) == "[[":
+                    index = counts.get(name, 0)
+                    counts[name] = index + 1
+                else:
+                    index = 0
+                context, start = (name, index), number
+                self.headers.setdefault(context, number)
+                continue
+            key = _KEY.match(line)
+            if key:
+                self.keys.setdefault((context, key.group(1).strip("\"'")), number)
+            for quote in ('"""', "'''"):
+                if line.count(quote) % 2 == 1:
+                    inString = quote
+        self.spans.setdefault(context, (start, len(self.lines)))
+
+    def line(self, context: Context, key: str | None = None, value: str | None = None) -> int | None:
+        """
+        The line of C{key} in C{context} (or of the C{value} string
+        literal after it, for list items), else of the context's header.
+        """
+        if key is not None:
+            found = self.keys.get((context, key))
+            if found is not None:
+                if value is not None:
+                    _, end = self.spans.get(context, (found, len(self.lines)))
+                    for number in range(found, end + 1):
+                        text = self.lines[number - 1]
+                        if f'"{value}"' in text or f"'{value}'" in text:
+                            return number
+                return found
+        header = self.headers.get(context)
+        if header is None and context != _TOP:
+            # e.g. a dotted key `tunnel.port = 1` at the top level.
+            return self.keys.get((_TOP, context[0]))
+        return header
+
+
+class _Problems:
+    def __init__(self, fileName: str, locator: _Locator) -> None:
+        self.fileName = fileName
+        self.locator = locator
+        self.items: list[tuple[int, str]] = []
+
+    def add(self, message: str, context: Context = _TOP, key: str | None = None,
+            value: str | None = None) -> None:
+        line = self.locator.line(context, key, value)
+        where = f"{self.fileName}:{line}" if line is not None else self.fileName
+        self.items.append((line or 0, f"{where}: {message}"))
+
+    def sorted(self) -> list[str]:
+        return [text for _, text in sorted(self.items, key=lambda item: item[0])]
+
+
+# -- validation ----------------------------------------------------------------
+
+_TOP_KEYS = {"listen", "bootstrap", "log_format", "tunnel", "forward"}
+_TUNNEL_KEYS = {"port", "name", "udp", "compress", "allow", "secret"}
+_FORWARD_KEYS = {"target", "port", "bind", "service"}
+
+
+def _typeName(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", str: "a string", list: "a list",
+            dict: "a table", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _isInt(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _Validator:
+    def __init__(self, data: dict[str, Any], problems: _Problems) -> None:
+        self.data = data
+        self.p = problems
+
+    def multiaddrs(self, key: str, listen: bool) -> tuple[Multiaddr, ...]:
+        value = self.data[key]
+        if not isinstance(value, list):
+            self.p.add(f"{key} must be a list of multiaddr strings, not {_typeName(value)}", key=key)
+            return ()
+        out = []
+        for item in value:
+            if not isinstance(item, str):
+                self.p.add(f"{key} entries must be strings, not {_typeName(item)}", key=key)
+                continue
+            try:
+                ma = Multiaddr.fromString(item)
+                if listen:
+                    ma.serverEndpointDescription()
+                elif ma.peerID() is None:
+                    raise InvalidMultiaddr(f"{item} must end in /p2p/<peer ID>")
+            except InvalidMultiaddr as e:
+                self.p.add(f"{key}: {e}", key=key, value=item)
+                continue
+            out.append(ma)
+        return tuple(out)
+
+    def tables(self, key: str) -> list[tuple[Context, dict[str, Any]]]:
+        value = self.data[key]
+        if isinstance(value, dict):
+            self.p.add(f"[{key}] must be written [[{key}]] (there can be several)", (key, 0))
+            return []
+        if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+            self.p.add(f"{key} must be a list of [[{key}]] tables", key=key)
+            return []
+        return [((key, i), t) for i, t in enumerate(value)]
+
+    def unknown(self, table: dict[str, Any], known: set[str], context: Context, what: str) -> None:
+        for key in sorted(set(table) - known):
+            if context == _TOP and isinstance(table[key], dict):
+                self.p.add(f"unknown table [{key}]", (key, 0))
+            else:
+                self.p.add(f"unknown key {key!r} in {what} (expected one of: {', '.join(sorted(known))})",
+                           context, key)
+
+    def port(self, table: dict[str, Any], context: Context, required: bool) -> int | None:
+        if "port" not in table:
+            if required:
+                self.p.add("port is required", context)
+            return None
+        value = table["port"]
+        if not _isInt(value) or not 1 <= value <= 65535:
+            self.p.add(f"port must be a number from 1 to 65535, not {value!r}", context, "port")
+            return None
+        return value  # type: ignore[no-any-return]
+
+    def flag(self, table: dict[str, Any], key: str, context: Context) -> bool:
+        value = table.get(key, False)
+        if not isinstance(value, bool):
+            self.p.add(f"{key} must be true or false, not {value!r}", context, key)
+            return False
+        return value
+
+    def label(self, table: dict[str, Any], key: str, context: Context) -> str | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _LABEL.match(value):
+            self.p.add(f"{key} must be 1-63 letters, digits or '-' (not starting or ending with '-'), "
+                       f"not {value!r}", context, key)
+            return None
+        return value
+
+    def tunnel(self, context: Context, table: dict[str, Any]) -> TunnelConfig | None:
+        self.unknown(table, _TUNNEL_KEYS, context, "[[tunnel]]")
+        before = len(self.p.items)
+        port = self.port(table, context, required=True)
+        name = self.label(table, "name", context)
+        udp = self.flag(table, "udp", context)
+        compress = self.flag(table, "compress", context)
+        allow: tuple[PeerID, ...] | None = None
+        if "allow" in table:
+            value = table["allow"]
+            if not isinstance(value, list):
+                self.p.add(f"allow must be a list of peer IDs, not {_typeName(value)}", context, "allow")
+            elif not value:
+                self.p.add("allow is empty, which would admit no one; remove it to admit everyone",
+                           context, "allow")
+            else:
+                peers = []
+                for item in value:
+                    try:
+                        if not isinstance(item, str):
+                            raise InvalidPeerID(f"allow entries must be peer ID strings, not {_typeName(item)}")
+                        peers.append(PeerID.fromString(item))
+                    except InvalidPeerID as e:
+                        self.p.add(str(e), context, "allow", item if isinstance(item, str) else None)
+                allow = tuple(peers)
+        secret = table.get("secret", False)
+        if not isinstance(secret, (bool, str)) or secret == "":
+            self.p.add("secret must be true, false or a non-empty string", context, "secret")
+            secret = False
+        if port is None or len(self.p.items) > before:
+            return None
+        return TunnelConfig(port=port, name=name, udp=udp, compress=compress, allow=allow, secret=secret)
+
+    def forward(self, context: Context, table: dict[str, Any]) -> ForwardConfig | None:
+        self.unknown(table, _FORWARD_KEYS, context, "[[forward]]")
+        before = len(self.p.items)
+        port = self.port(table, context, required=False)
+        service = self.label(table, "service", context)
+        bind = table.get("bind", DEFAULT_BIND)
+        try:
+            if not isinstance(bind, str):
+                raise ValueError
+            ipaddress.ip_address(bind)
+        except ValueError:
+            self.p.add(f"bind must be an IP address such as \"127.0.0.1\", not {bind!r}", context, "bind")
+        target = table.get("target")
+        address = None
+        if target is None:
+            self.p.add("target is required", context)
+        elif not isinstance(target, str):
+            self.p.add(f"target must be a string, not {_typeName(target)}", context, "target")
+        else:
+            try:
+                address = parseShareAddress(target, service)
+            except InvalidShareAddress as e:
+                self.p.add(f"target: {e}", context, "target")
+        if address is None or len(self.p.items) > before:
+            return None
+        assert isinstance(target, str)
+        return ForwardConfig(target=target, address=address, port=port, bind=bind, service=service)
+
+    def config(self) -> Config:
+        d = self.data
+        self.unknown(d, _TOP_KEYS, _TOP, "the top level")
+        kw: dict[str, Any] = {}
+        if "listen" in d:
+            kw["listen"] = self.multiaddrs("listen", listen=True)
+        if "bootstrap" in d:
+            kw["bootstrap"] = self.multiaddrs("bootstrap", listen=False)
+        if "log_format" in d:
+            fmt = d["log_format"]
+            if fmt not in LOG_FORMATS:
+                self.p.add(f"log_format must be \"text\" or \"json\", not {fmt!r}", key="log_format")
+            else:
+                kw["logFormat"] = fmt
+        tunnels = []
+        if "tunnel" in d:
+            names: dict[str, int] = {}
+            ports: dict[tuple[int, bool], int] = {}
+            for index, (context, table) in enumerate(self.tables("tunnel")):
+                tunnel = self.tunnel(context, table)
+                if tunnel is None:
+                    continue
+                if tunnel.name is not None:
+                    if tunnel.name in names:
+                        self.p.add(f"tunnel name {tunnel.name!r} is already used by tunnel "
+                                   f"#{names[tunnel.name] + 1}", context, "name")
+                        continue
+                    names[tunnel.name] = index
+                key = (tunnel.port, tunnel.udp)
+                if key in ports:
+                    self.p.add(f"{'UDP' if tunnel.udp else 'TCP'} port {tunnel.port} is already exposed by "
+                               f"tunnel #{ports[key] + 1}", context, "port")
+                    continue
+                ports[key] = index
+                tunnels.append(tunnel)
+        kw["tunnels"] = tuple(tunnels)
+        forwards = []
+        if "forward" in d:
+            local: dict[tuple[str, int], int] = {}
+            for index, (context, table) in enumerate(self.tables("forward")):
+                forward = self.forward(context, table)
+                if forward is None:
+                    continue
+                if forward.port is not None:
+                    where = (forward.bind, forward.port)
+                    if where in local:
+                        self.p.add(f"local port {forward.port} is already used by forward #{local[where] + 1}",
+                                   context, "port")
+                        continue
+                    local[where] = index
+                forwards.append(forward)
+        kw["forwards"] = tuple(forwards)
+        return Config(**kw)
+
+
+_SYNTAX_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+
+
+def _load(path: Path) -> tuple[Config, list[str]]:
+    name = path.name
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Config(), []
+    except OSError as e:
+        return Config(), [f"{name}: cannot read {path}: {e.strerror}"]
+    try:
+        source = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        return Config(), [f"{name}:{line}: not valid UTF-8"]
+    try:
+        data = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as e:
+        message = str(e)
+        match = _SYNTAX_LINE.search(message)
+        if match:
+            message = message[: match.start()]
+            return Config(), [f"{name}:{match.group(1)}: {message} (column {match.group(2)})"]
+        return Config(), [f"{name}: {message}"]
+    problems = _Problems(name, _Locator(source))
+    config = _Validator(data, problems).config()
+    if any(isinstance(t.secret, str) for t in config.tunnels):
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            mode = 0
+        if mode & 0o077:
+            problems.items.append((0, (f"{name}: contains a tunnel secret but is readable by other users "
+                                       f"(mode {mode:o}); run: chmod 600 {path}")))
+    return config, problems.sorted()
+
+
+def loadConfig(path: Path | str) -> Config:
+    """
+    Read and validate the configuration; a missing file gives the defaults.
+
+    @raise ConfigError: listing every problem found.
+    """
+    config, problems = _load(Path(path))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def checkConfig(path: Path | str) -> list[str]:
+    """
+    The problems C{beam config check} reports; empty when the file is valid
+    (or absent).
+    """
+    return _load(Path(path))[1]
+
+
+# -- command-line flags ----------------------------------------------------------------
+
+
+def _flagAddrs(flag: str, values: Iterable[Multiaddr | str], listen: bool) -> tuple[Multiaddr, ...]:
+    out, problems = [], []
+    for value in values:
+        try:
+            ma = value if isinstance(value, Multiaddr) else Multiaddr.fromString(value)
+            if listen:
+                ma.serverEndpointDescription()
+            elif ma.peerID() is None:
+                raise InvalidMultiaddr(f"{ma} must end in /p2p/<peer ID>")
+            out.append(ma)
+        except InvalidMultiaddr as e:
+            problems.append(f"{flag}: {e}")
+    if problems:
+        raise ConfigError(problems)
+    return tuple(out)
+
+
+def mergeOptions(config: Config, **flags: Any) -> Config:
+    """
+    Combine the file's configuration with command-line flags; flags win.
+
+    The rule: a flag that was not given (L{None}, or an empty list) leaves
+    the file's value alone.  C{listen}, C{bootstrap} and C{logFormat}
+    I{replace} the file's value (C{--listen} given twice means exactly those
+    two addresses).  C{tunnels} and C{forwards} (sequences of
+    L{TunnelConfig} / L{ForwardConfig}) are I{added} to the file's: a
+    command-line tunnel replaces a file tunnel with the same name or the
+    same port and protocol, and a command-line forward replaces a file
+    forward on the same local port and bind address, so C{beam 3000
+    --compress} overrides the file's C{[[tunnel]] port = 3000}.
+
+    @param flags: any of C{listen}, C{bootstrap} (multiaddrs or their
+        text), C{logFormat}, C{tunnels}, C{forwards}.
+    @raise ConfigError: a flag's value is invalid.
+    @raise TypeError: an unknown flag name (a programming error).
+    """
+    unknown = set(flags) - {"listen", "bootstrap", "logFormat", "tunnels", "forwards"}
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}")
+    changes: dict[str, Any] = {}
+    if flags.get("listen"):
+        changes["listen"] = _flagAddrs("--listen", flags["listen"], listen=True)
+    if flags.get("bootstrap"):
+        changes["bootstrap"] = _flagAddrs("--bootstrap", flags["bootstrap"], listen=False)
+    if flags.get("logFormat") is not None:
+        if flags["logFormat"] not in LOG_FORMATS:
+            raise ConfigError([f"--log-format must be text or json, not {flags['logFormat']!r}"])
+        changes["logFormat"] = flags["logFormat"]
+    if flags.get("tunnels"):
+        new = tuple(flags["tunnels"])
+        kept = tuple(
+            t for t in config.tunnels
+            if not any((t.name is not None and t.name == n.name) or (t.port, t.udp) == (n.port, n.udp)
+                       for n in new)
+        )
+        changes["tunnels"] = kept + new
+    if flags.get("forwards"):
+        newForwards = tuple(flags["forwards"])
+        keptForwards = tuple(
+            f for f in config.forwards
+            if f.port is None or not any((f.bind, f.port) == (n.bind, n.port) for n in newForwards)
+        )
+        changes["forwards"] = keptForwards + newForwards
+    return attr.evolve(config, **changes)

@@ -1,0 +1,3 @@
+"""
+Bytes on the wire: varints, base58, length-prefixed framing.
+"""

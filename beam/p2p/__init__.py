@@ -1,0 +1,3 @@
+"""
+One peer connection, bottom-up: transports, security, muxer, multistream, the host.
+"""

@@ -1,0 +1,3 @@
+"""
+The host: the node service, its connection pool, dialer and peerstore.
+"""

@@ -1,0 +1,235 @@
+"""
+The node's dialer: turning "a connection to this peer" into TCP connects
+and upgrades, one address after another.
+
+Split from L{beam.p2p.host.node} so the pool logic there stays short.  The rules it
+keeps:
+
+  - Concurrent requests for one peer (or one peer-less address) share one
+    dial; each caller gets its own Deferred, and cancelling it withdraws
+    only that caller.  The dial itself is cancelled when nobody waits.
+  - Every caller's Deferred fires exactly once, also when the dial fails
+    before any I/O (connection limit, an address we cannot dial), and the
+    bookkeeping (L{Dialer.pending}, L{Dialer.dials}) is empty again after.
+  - A dial that loses to a simultaneous one from the peer (see
+    L{beam.p2p.host.node.Node._pickSurvivor}) hands out the connection that is kept.
+  - Errors about the peer (wrong peer ID, handshake failures) are reported
+    as they are; errors about an address are collected and the next
+    address is tried.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+from twisted.internet import endpoints
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from beam.p2p.connection import PeerConnection
+from beam.errors import BeamError, ConnectionLimitExceeded, DialError, NodeStopped, PeerIDMismatch
+from beam.identity.keys import PeerID
+from beam.identity.multiaddr import Multiaddr
+
+if TYPE_CHECKING:
+    from beam.p2p.host.node import Node
+
+
+class Dialer:
+    """
+    Outbound connections for one L{Node}.
+
+    @ivar pending: the callers waiting for each dial, by key (the peer ID,
+        or the address for a dial that accepts any peer).
+    @ivar dials: the dial under way for each key.
+    """
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.pending: dict[Any, list[Deferred[PeerConnection]]] = {}
+        self.dials: dict[Any, Deferred[PeerConnection]] = {}
+
+    def dial(self, peer: Optional[PeerID], addrs: list[Multiaddr]) -> Deferred[PeerConnection]:
+        """
+        A new connection to C{peer} (any peer if L{None}) at one of
+        C{addrs}, shared with a dial already under way for the same key.
+        """
+        key: Any = peer if peer is not None else addrs[0]
+        mine: Deferred[PeerConnection] = Deferred(lambda d: self._withdraw(key, d))
+        waiters = self.pending.get(key)
+        if waiters is not None:
+            waiters.append(mine)
+            return mine
+        waiters = self.pending[key] = [mine]
+        dial = self._dialAll(peer, addrs)
+        if self.pending.get(key) is waiters and not dial.called:
+            self.dials[key] = dial
+        # The dial may already have failed (no usable address, connection
+        # limit): the fan-out then runs at once, and still reaches us.
+        dial.addBoth(self._dialDone, key, waiters)
+        return mine
+
+    def cancelAll(self) -> None:
+        """
+        Cancel every dial under way (its callers get L{NodeStopped} when the
+        node is stopping).
+        """
+        for d in list(self.dials.values()):
+            d.cancel()
+
+    def _withdraw(self, key: Any, waiter: Deferred[PeerConnection]) -> None:
+        """
+        A caller cancelled: forget it, and cancel the dial if nobody else
+        waits for it.  (L{Deferred.cancel} then fails the caller's Deferred
+        with L{CancelledError}.)
+        """
+        waiters = self.pending.get(key)
+        if waiters is None or waiter not in waiters:
+            return
+        waiters.remove(waiter)
+        if not waiters:
+            dial = self.dials.get(key)
+            if dial is not None:
+                dial.cancel()
+
+    def _dialDone(self, result: Any, key: Any, waiters: list[Deferred[PeerConnection]]) -> None:
+        if self.pending.get(key) is waiters:
+            del self.pending[key]
+            self.dials.pop(key, None)
+        if isinstance(result, PeerConnection) and not result.acceptsStreams:
+            # Our dial lost to a simultaneous one from the peer: hand out
+            # the connection that is kept.
+            result = self.node._usableConnection(result.remotePeer) or result
+        for w in list(waiters):
+            if w.called:
+                continue
+            if isinstance(result, Failure):
+                w.errback(result)
+            else:
+                w.callback(result)
+
+    def _dialAll(self, peer: Optional[PeerID], addrs: list[Multiaddr]) -> Deferred[PeerConnection]:
+        errors: list[str] = []
+        current: list[Deferred[Any]] = []
+
+        def cancel(d: Deferred[Any]) -> None:
+            for c in current:
+                c.cancel()
+
+        result: Deferred[PeerConnection] = Deferred(cancel)
+        mismatches: list[Failure] = []
+
+        def attempt(i: int) -> None:
+            if result.called:
+                return
+            if i >= len(addrs):
+                if mismatches and not errors:
+                    result.errback(mismatches[0])
+                    return
+                where = "; ".join(errors + [m.getErrorMessage() for m in mismatches]) or "no addresses"
+                if len(addrs) == 1:
+                    who = f"{peer} at {addrs[0]}" if peer is not None else str(addrs[0])
+                else:
+                    who = str(peer or addrs[0])
+                result.errback(DialError(f"could not connect to {who}: {where}"))
+                return
+            d = self._dialOne(peer, addrs[i])
+            current[:] = [d]
+
+            def ok(conn: PeerConnection) -> None:
+                if not result.called:
+                    result.callback(conn)
+
+            def bad(f: Failure) -> None:
+                if f.check(CancelledError) and result.called:
+                    return
+                if f.check(NodeStopped, CancelledError):
+                    if not result.called:
+                        stopped = f.check(NodeStopped) or self.node._stopping
+                        result.errback(NodeStopped() if stopped else f)
+                    return
+                if f.check(PeerIDMismatch) and i + 1 < len(addrs):
+                    # Someone else answers at that address (a stale or
+                    # loopback address of another node): try the others,
+                    # and report the mismatch only if none of them works.
+                    mismatches.append(f)
+                    attempt(i + 1)
+                    return
+                if f.check(BeamError) and not f.check(DialError):
+                    # Security errors (wrong peer ID, ...) and the connection
+                    # limit are not about the address: report them as they are.
+                    if not result.called:
+                        result.errback(f)
+                    return
+                reason = f.getErrorMessage()
+                errors.append(reason if len(addrs) == 1 else f"{addrs[i]}: {reason}")
+                attempt(i + 1)
+
+            d.addCallbacks(ok, bad)
+
+        attempt(0)
+        return result
+
+    def _dialOne(self, peer: Optional[PeerID], addr: Multiaddr) -> Deferred[PeerConnection]:
+        node = self.node
+        if len(node._allConnections) + len(node._upgrading) >= node.maxConnections:
+            return fail(ConnectionLimitExceeded(
+                f"already {node.maxConnections} connections open"
+            ))
+        try:
+            endpoint = endpoints.clientFromString(node.reactor, addr.clientEndpointDescription())
+        except (ValueError, BeamError) as e:
+            return fail(DialError(f"cannot dial {addr}: {e}"))
+        if hasattr(endpoint, "_timeout"):
+            endpoint._timeout = node.dialTimeout
+        upgrading = node._makeUpgrading(isInitiator=True, expectedPeer=peer, dialledAddr=addr)
+        connecting = endpoint.connect(_OneProtocolFactory(upgrading))
+
+        def cancel(_: Any) -> None:
+            if not connecting.called:
+                connecting.cancel()
+            else:
+                upgrading._fail(Failure(CancelledError()))
+
+        result: Deferred[PeerConnection] = Deferred(cancel)
+
+        def connected(_: Any) -> None:
+            def relay(r: Any) -> None:
+                if result.called:
+                    return
+                if isinstance(r, Failure):
+                    result.errback(r)
+                else:
+                    result.callback(r)
+
+            upgrading.done.addBoth(relay)
+
+        def failed(f: Failure) -> None:
+            if result.called:
+                return
+            if node._stopping:
+                result.errback(NodeStopped())
+            elif f.check(CancelledError, ConnectingCancelledError):
+                result.errback(CancelledError())
+            else:
+                result.errback(DialError(f.getErrorMessage()))
+
+        connecting.addCallbacks(connected, failed)
+        return result
+
+
+class _OneProtocolFactory(Factory):
+    """
+    Hands out one prepared protocol, quietly (C{connectProtocol}'s factory
+    logs a line per dial).
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol_ = protocol
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.protocol_

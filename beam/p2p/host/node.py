@@ -1,0 +1,811 @@
+"""
+The node service: listens, dials, pools connections and routes streams.
+
+A L{Node} is a L{MultiService}: its own job is the transport (listening
+ports and the connection pool); later layers (DHT, tunnels, control socket)
+are added as named child services.  Everything time-related goes through
+the injected reactor, so the pool's idle reaper and dial timeouts run under
+a L{Clock} in tests.
+
+Connection pooling: at most one connection per peer is used for new
+streams (the I{primary}, C{connections[peer]}).  When two peers dial each
+other at the same moment, both sides keep the connection dialled by the
+peer with the smaller peer ID and send go-away on the other, which then
+closes once its streams are done, so no stream is cut off.  A connection
+the peer sent go-away on is likewise retired: it is no longer handed out,
+and closes when its last stream ends.
+
+Dialling lives in L{beam.p2p.host.dialer}, identify (asking, answering, pushing)
+in L{beam.p2p.host.identifying}.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    fail,
+    maybeDeferred,
+    succeed,
+)
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IProtocol
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from beam import __version__
+from beam.p2p.host.dialer import Dialer
+from beam.p2p.host.identifying import NodeIdentify
+from beam.p2p.connection import PeerConnection
+from beam.errors import (
+    BeamError,
+    DialError,
+    MuxerClosed,
+    NegotiationFailed,
+    NodeStopped,
+    PingTimeout,
+)
+from beam.p2p.protocols.identify import IDENTIFY_PROTOCOL, IDENTIFY_PUSH_PROTOCOL, IdentifyInfo
+from beam.identity.keys import Identity, PeerID
+from beam.identity.multiaddr import Multiaddr
+from beam.p2p.multistream import MultistreamDialer, MultistreamListener, MultistreamProtocol
+from beam.p2p.muxer.yamux import YamuxSession, YamuxStream
+from beam.p2p.protocols.ping import PING_PROTOCOL, PingClient, PingResponder
+from beam.p2p.security.interfaces import ISecureTransport, SecureInfo
+from beam.p2p.security.noise import NoiseTransport
+from beam.p2p.security.tls import TLSTransport
+from beam.p2p.upgrade import YAMUX_PROTOCOL, UpgradingProtocol
+
+AGENT_VERSION = f"beam/{__version__}"
+Target = Union[Multiaddr, PeerID, str]
+StreamHandler = Callable[[], IProtocol]
+
+
+class Node(MultiService):
+    """
+    A Beam node: one identity, its listening addresses and its peer
+    connections.
+
+    @ivar connections: the connection used for new streams to each
+        connected peer.
+    @ivar peerAddrs: addresses learned for each peer (dialled or identified).
+    @ivar observedAddrs: our addresses as peers reported them in identify.
+    @ivar connectionObservers: callables given C{(event, connection)} for
+        C{"connected"}, C{"identified"} (identify answered), C{"updated"}
+        (identify push) and C{"disconnected"}, in that order per
+        connection.
+    @cvar drainCheckInterval: how often (seconds) connections that went
+        away are checked for their last stream having ended.
+    """
+
+    log = Logger()
+    drainCheckInterval = 0.1
+
+    def __init__(
+        self,
+        reactor: Any,
+        identity: Identity,
+        listenAddrs: Sequence[Multiaddr | str] = (),
+        *,
+        securities: Optional[Sequence[ISecureTransport]] = None,
+        maxConnections: int = 512,
+        maxStreamsPerConnection: int = 1024,
+        idleTimeout: float = 300.0,
+        handshakeTimeout: float = 15.0,
+        negotiationTimeout: float = 15.0,
+        dialTimeout: float = 15.0,
+        closeTimeout: float = 5.0,
+        agentVersion: str = AGENT_VERSION,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        """
+        @param closeTimeout: on stop, seconds given to connections to close
+            cleanly (flushing what they have queued) before they are
+            aborted; a peer that stopped reading cannot hold the stop up.
+        """
+        super().__init__()
+        self.reactor = reactor
+        self.identity = identity
+        self.peerID = identity.peerID
+        self.configuredListenAddrs = [Multiaddr(a) if isinstance(a, str) else a for a in listenAddrs]
+        if securities is None:
+            securities = [
+                NoiseTransport(identity, muxers=[YAMUX_PROTOCOL]),
+                TLSTransport(identity, muxers=[YAMUX_PROTOCOL], clock=reactor),
+            ]
+        self.securities = list(securities)
+        self.maxConnections = maxConnections
+        self.maxStreamsPerConnection = maxStreamsPerConnection
+        self.idleTimeout = idleTimeout
+        self.handshakeTimeout = handshakeTimeout
+        self.negotiationTimeout = negotiationTimeout
+        self.dialTimeout = dialTimeout
+        self.closeTimeout = closeTimeout
+        self.agentVersion = agentVersion
+        self._random = random
+        self.connections: dict[PeerID, PeerConnection] = {}
+        # Peers whose connection is kept open even when idle (a tunnel
+        # forward's host): counts, since several users may ask.
+        self.keepAlive: dict[PeerID, int] = {}
+        self._allConnections: set[PeerConnection] = set()
+        self._dialer = Dialer(self)
+        self._upgrading: set[UpgradingProtocol] = set()
+        self._draining: set[PeerConnection] = set()
+        self._drainer: Optional[LoopingCall] = None
+        self._ports: list[IListeningPort] = []
+        self.listenAddrs: list[Multiaddr] = []
+        self.peerAddrs: dict[PeerID, list[Multiaddr]] = {}
+        self.observedAddrs: dict[Multiaddr, int] = {}
+        self._handlers: dict[str, StreamHandler] = {}
+        self._reaper: Optional[LoopingCall] = None
+        self._stopping = False
+        self._stopped: Optional[Deferred[None]] = None
+        self._identifier = NodeIdentify(self, negotiationTimeout)
+        self.connectionObservers: list[Callable[[str, PeerConnection], None]] = []
+        self.setStreamHandler(IDENTIFY_PROTOCOL, self._identifier.responder)
+        self.setStreamHandler(IDENTIFY_PUSH_PROTOCOL, self._identifier.pushHandler)
+        self.setStreamHandler(PING_PROTOCOL, PingResponder)
+
+    # -- stream handlers -------------------------------------------------
+
+    def setStreamHandler(self, protocolId: str, handler: StreamHandler) -> None:
+        """
+        Serve C{protocolId}: every inbound stream that negotiates it gets a
+        protocol from C{handler()}; its transport is the L{YamuxStream}
+        (with C{.connection.remotePeer} telling who is on the other end).
+        Connected peers learn of the change through identify push.
+
+        A handler that raises, or whose protocol raises in
+        C{connectionMade}, costs only that stream (it is reset and the
+        error logged).
+        """
+        self._handlers[protocolId] = handler
+        if self.running and not self._stopping:
+            self._identifier.schedulePush()
+
+    def removeStreamHandler(self, protocolId: str) -> None:
+        """
+        Stop serving C{protocolId} (streams already open are unaffected);
+        connected peers learn of it through identify push.
+        """
+        if self._handlers.pop(protocolId, None) is not None and self.running and not self._stopping:
+            self._identifier.schedulePush()
+
+    @property
+    def protocols(self) -> list[str]:
+        return sorted(self._handlers)
+
+    # -- lifecycle -------------------------------------------------------
+
+    def startService(self) -> Deferred[None]:  # type: ignore[override]
+        """
+        Listen on every configured address; fires once all are listening.
+        A failure to listen (port in use, ...) fails the returned Deferred.
+        """
+        self._stopping = False
+        self._stopped = None
+        super().startService()
+        self._reaper = LoopingCall(self._reapIdle)
+        self._reaper.clock = self.reactor
+        self._reaper.start(max(0.05, min(self.idleTimeout / 4, 30.0)), now=False)
+        return self.listen(self.configuredListenAddrs)
+
+    def listen(self, addrs: Iterable[Multiaddr]) -> Deferred[None]:
+        """
+        Start listening on more addresses.
+        """
+        factory = Factory.forProtocol(lambda: self._makeUpgrading(isInitiator=False, expectedPeer=None))
+        factory.noisy = False
+        ds = []
+        for addr in addrs:
+            try:
+                endpoint = endpoints.serverFromString(self.reactor, addr.serverEndpointDescription())
+            except (ValueError, BeamError) as e:
+                return fail(DialError(f"cannot listen on {addr}: {e}"))
+            d = endpoint.listen(factory)
+            d.addCallback(self._listening)
+            d.addErrback(self._listenFailed, addr)
+            ds.append(d)
+        return DeferredList(ds, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
+            lambda _: None, lambda f: f.value.subFailure
+        )
+
+    def _listening(self, port: IListeningPort) -> None:
+        self._ports.append(port)
+        self.listenAddrs.append(Multiaddr.fromTwistedAddress(port.getHost()))
+
+    def _listenFailed(self, failure: Failure, addr: Multiaddr) -> Failure:
+        return Failure(DialError(f"cannot listen on {addr}: {listenFailureReason(failure.value)}"))
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """
+        Stop listening, fail every pending dial with L{NodeStopped}, abort
+        unfinished handshakes, and close every connection (aborting those
+        still open after C{closeTimeout}).  Streams still open, or still
+        negotiating, end with L{MuxerClosed}.
+
+        Calling it again while stopping, or once stopped, returns a
+        Deferred that fires when the first stop is complete.
+        """
+        if self._stopped is not None:
+            return self._whenStopped()
+        self._stopping = True
+        self._stopped = Deferred()
+        if self._reaper is not None and self._reaper.running:
+            self._reaper.stop()
+        self._reaper = None
+        self._stopDrainer()
+        self._draining.clear()
+        self._identifier.stop()
+        ds: list[Deferred[Any]] = [maybeDeferred(super().stopService)]
+        for port in self._ports:
+            ds.append(maybeDeferred(port.stopListening))
+        self._ports = []
+        self.listenAddrs = []
+        self._dialer.cancelAll()
+        for up in list(self._upgrading):
+            up._fail(Failure(NodeStopped()))
+        closing = [conn for conn in self._allConnections if not conn.closed]
+        for conn in closing:
+            ds.append(conn.whenClosed())
+            conn.close()
+        killer: Optional[IDelayedCall] = None
+        if closing:
+            def abortStragglers() -> None:
+                for conn in closing:
+                    if not conn.closed:
+                        self.log.info("aborting connection to {peer}: it did not close in time", peer=conn.remotePeer)
+                        conn.abort()
+
+            killer = self.reactor.callLater(self.closeTimeout, abortStragglers)
+
+        def done(_: Any) -> None:
+            if killer is not None and killer.active():
+                killer.cancel()
+            stopped, self._stopped = self._stopped, succeed(None)
+            assert stopped is not None
+            stopped.callback(None)
+
+        DeferredList(ds, consumeErrors=True).addCallback(done)
+        return self._whenStopped()
+
+    def _whenStopped(self) -> Deferred[None]:
+        assert self._stopped is not None
+        d: Deferred[None] = Deferred()
+        self._stopped.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    # -- addresses -------------------------------------------------------
+
+    def shareableAddrs(self) -> list[Multiaddr]:
+        """
+        Our listen addresses, with unspecified ones (0.0.0.0, ::) expanded
+        to this host's addresses, each ending in C{/p2p/<our peer ID>}.
+        """
+        out: list[Multiaddr] = []
+        for addr in self.listenAddrs:
+            for expanded in _expandUnspecified(addr):
+                full = expanded.withPeerID(self.peerID)
+                if full not in out:
+                    out.append(full)
+        return out
+
+    # -- dialling --------------------------------------------------------
+
+    def _resolveTarget(self, target: Target) -> tuple[Optional[PeerID], list[Multiaddr]]:
+        if isinstance(target, str):
+            if target.startswith("/"):
+                target = Multiaddr.fromString(target)
+            else:
+                target = PeerID.fromString(target)
+        if isinstance(target, PeerID):
+            return target, list(self.peerAddrs.get(target, []))
+        peer = target.peerID()
+        return peer, [target.withoutPeerID()]
+
+    def connect(self, target: Target) -> Deferred[PeerConnection]:
+        """
+        A connection to the peer: the existing one if there is one, else a
+        new dial (shared with any dial already under way to that peer).
+
+        Cancelling the returned Deferred withdraws this caller; the dial
+        itself is cancelled once no caller waits for it.
+
+        @param target: a multiaddr (with or without C{/p2p/}; without, the
+            remote peer is accepted whoever it is), a L{PeerID} whose
+            addresses we know, or the text of either.
+        """
+        if self._stopping or not self.running:
+            return fail(NodeStopped())
+        try:
+            peer, addrs = self._resolveTarget(target)
+        except BeamError as e:
+            return fail(e)
+        if peer is not None:
+            if peer == self.peerID:
+                return fail(DialError("refusing to dial ourselves"))
+            existing = self._usableConnection(peer)
+            if existing is not None:
+                return succeed(existing)
+        if not addrs:
+            return fail(DialError(f"no known addresses for peer {peer}"))
+        return self._dialer.dial(peer, addrs)
+
+    # -- connection setup ------------------------------------------------
+
+    def _makeUpgrading(
+        self,
+        *,
+        isInitiator: bool,
+        expectedPeer: Optional[PeerID],
+        dialledAddr: Optional[Multiaddr] = None,
+    ) -> UpgradingProtocol:
+        def makeConn(up: UpgradingProtocol, info: SecureInfo, secureTransport: Any) -> PeerConnection:
+            return self._newConnection(up, info, isInitiator, dialledAddr)
+
+        def admit(up: UpgradingProtocol) -> bool:
+            _noDelay(up.transport)
+            if self._stopping:
+                return False
+            if not isInitiator and len(self._allConnections) + len(self._upgrading) >= self.maxConnections:
+                self.log.warn(
+                    "refusing inbound connection from {peer}: {n} connections open",
+                    peer=up.transport.getPeer(), n=len(self._allConnections),
+                )
+                return False
+            self._upgrading.add(up)
+            up.done.addBoth(lambda r: (self._upgrading.discard(up), r)[1])
+            return True
+
+        up = UpgradingProtocol(
+            clock=self.reactor,
+            securities=self.securities,
+            isInitiator=isInitiator,
+            expectedPeer=expectedPeer,
+            makeConnection=makeConn,
+            handshakeTimeout=self.handshakeTimeout,
+            onConnected=admit,
+        )
+        up.done.addCallback(self._registerConnection)
+        if not isInitiator:
+            # Nobody waits for an inbound upgrade: its failure was logged
+            # (by the upgrading protocol, or by _registerConnection) and
+            # ends here.
+            up.done.addErrback(lambda f: None)
+        return up
+
+    def _newConnection(
+        self,
+        up: UpgradingProtocol,
+        info: SecureInfo,
+        isInitiator: bool,
+        dialledAddr: Optional[Multiaddr],
+    ) -> PeerConnection:
+        holder: list[PeerConnection] = []
+
+        def onStream(stream: YamuxStream) -> None:
+            self._inboundStream(holder[0], stream)
+
+        session = YamuxSession(
+            isInitiator,
+            onStream,
+            self.reactor,
+            maxStreams=self.maxStreamsPerConnection,
+        )
+        tcp = up.transport
+        remote = dialledAddr if dialledAddr is not None else Multiaddr.fromTwistedAddress(tcp.getPeer())
+        conn = PeerConnection(
+            remotePeer=info.remotePeer,
+            remotePublicKey=info.remotePublicKey,
+            direction="outbound" if isInitiator else "inbound",
+            remoteAddr=remote,
+            localAddr=Multiaddr.fromTwistedAddress(tcp.getHost()),
+            security=info.protocolId,
+            muxer=YAMUX_PROTOCOL,
+            session=session,
+            openedAt=self.reactor.seconds(),
+            tcpTransport=tcp,
+        )
+        conn.observedRemote = Multiaddr.fromTwistedAddress(tcp.getPeer())
+        holder.append(conn)
+        self._allConnections.add(conn)
+        session.whenClosed().addBoth(lambda _: self._connectionClosed(conn))
+        return conn
+
+    def _registerConnection(self, conn: PeerConnection) -> PeerConnection:
+        """
+        Pool a connection whose upgrade finished.  A failure here is our
+        bug, not the peer's: it is logged and costs only this connection.
+        """
+        try:
+            return self._register(conn)
+        except Exception:
+            self.log.failure("registering the connection with {peer} failed", peer=conn.remotePeer)
+            conn.abort()
+            raise
+
+    def _register(self, conn: PeerConnection) -> PeerConnection:
+        peer = conn.remotePeer
+        if self._stopping:
+            conn.close()
+            raise NodeStopped()
+        if conn.direction == "outbound":
+            addrs = self.peerAddrs.setdefault(peer, [])
+            if conn.remoteAddr not in addrs:
+                addrs.insert(0, conn.remoteAddr)
+        old = self.connections.get(peer)
+        if old is None or not old.acceptsStreams:
+            self.connections[peer] = conn
+            if old is not None:
+                self._retire(old)
+        else:
+            keep, drop = self._pickSurvivor(old, conn)
+            self.connections[peer] = keep
+            self.log.debug("duplicate connection to {peer}: going away on one", peer=peer)
+            drop.goAway()
+            self._retire(drop)
+        self._notify("connected", conn)
+        if conn.acceptsStreams:
+            self._identifier.onConnection(conn)
+        return conn
+
+    def _pickSurvivor(self, a: PeerConnection, b: PeerConnection) -> tuple[PeerConnection, PeerConnection]:
+        """
+        Both peers must pick the same one: the connection dialled by the
+        peer with the smaller peer ID.  If both were dialled by the same
+        side, keep the older.
+        """
+        def dialler(c: PeerConnection) -> bytes:
+            return (self.peerID if c.direction == "outbound" else c.remotePeer).bytes
+
+        if dialler(a) == dialler(b):
+            return a, b
+        return (a, b) if dialler(a) < dialler(b) else (b, a)
+
+    def _usableConnection(self, peer: PeerID) -> Optional[PeerConnection]:
+        """
+        The connection to hand out for C{peer}: the primary if it still
+        accepts streams, else another that does (which becomes primary).
+        """
+        primary = self.connections.get(peer)
+        if primary is not None and primary.acceptsStreams:
+            return primary
+        if primary is not None:
+            self._retire(primary)
+        return self.connections.get(peer)
+
+    def _retire(self, conn: PeerConnection) -> None:
+        """
+        C{conn} takes no new streams (go-away either way): stop handing it
+        out, promote another usable connection to the peer if there is one,
+        and close C{conn} once its streams have ended.
+        """
+        peer = conn.remotePeer
+        if self.connections.get(peer) is conn:
+            del self.connections[peer]
+            for other in self._allConnections:
+                if other is not conn and other.remotePeer == peer and other.acceptsStreams:
+                    self.connections[peer] = other
+                    break
+        if conn.closed or self._stopping:
+            return
+        self._draining.add(conn)
+        if self._drainer is None:
+            self._drainer = LoopingCall(self._closeDrained)
+            self._drainer.clock = self.reactor
+            self._drainer.start(self.drainCheckInterval, now=True)
+
+    def _closeDrained(self) -> None:
+        for conn in list(self._draining):
+            if conn.closed:
+                self._draining.discard(conn)
+            elif not conn.streamCount:
+                self._draining.discard(conn)
+                self.log.debug("closing retired connection to {peer}", peer=conn.remotePeer)
+                conn.close()
+        if not self._draining:
+            self._stopDrainer()
+
+    def _stopDrainer(self) -> None:
+        drainer, self._drainer = self._drainer, None
+        if drainer is not None and drainer.running:
+            drainer.stop()
+
+    def _connectionClosed(self, conn: PeerConnection) -> None:
+        conn.closed = True
+        self._allConnections.discard(conn)
+        self._draining.discard(conn)
+        if self.connections.get(conn.remotePeer) is conn:
+            self._retire(conn)
+        self._notify("disconnected", conn)
+
+    def _notify(self, event: str, conn: PeerConnection) -> None:
+        for observer in list(self.connectionObservers):
+            try:
+                observer(event, conn)
+            except Exception:
+                self.log.failure("connection observer failed")
+
+    def _reapIdle(self) -> None:
+        """
+        Close connections without streams: at once if they are not the
+        peer's primary (a retired duplicate), else after C{idleTimeout}.
+        """
+        now = self.reactor.seconds()
+        for conn in list(self._allConnections):
+            if conn.closed:
+                continue
+            if conn.streamCount:
+                conn.lastActive = now
+                continue
+            primary = self.connections.get(conn.remotePeer) is conn
+            if primary and self.keepAlive.get(conn.remotePeer):
+                continue
+            if not primary or now - conn.lastActive >= self.idleTimeout:
+                self.log.debug("closing idle connection to {peer}", peer=conn.remotePeer)
+                conn.close()
+
+    # -- streams ---------------------------------------------------------
+
+    def _startProtocol(self, stream: YamuxStream, proto: IProtocol, leftover: bytes) -> Optional[Failure]:
+        """
+        Connect C{proto} to C{stream} and give it the bytes that came with
+        the end of negotiation.  If it raises, the error is logged, the
+        stream reset, and the failure returned: user code costs only its
+        own stream.
+        """
+        try:
+            stream.setProtocol(proto)
+            if leftover:
+                proto.dataReceived(leftover)
+        except Exception:
+            f = Failure()
+            self.log.failure(
+                "protocol for {protocol} failed to start; resetting the stream",
+                failure=f, protocol=stream.protocolId,
+            )
+            stream.abortConnection()
+            return f
+        return None
+
+    def _inboundStream(self, conn: PeerConnection, stream: YamuxStream) -> None:
+        stream.connection = conn
+        conn.lastActive = self.reactor.seconds()
+        timer = self.reactor.callLater(self.negotiationTimeout, stream.abortConnection)
+
+        def selected(protocolId: str, leftover: bytes) -> None:
+            if timer.active():
+                timer.cancel()
+            handler = self._handlers.get(protocolId)
+            if handler is None:
+                stream.abortConnection()
+                return
+            stream.protocolId = protocolId
+            try:
+                proto = handler()
+            except Exception:
+                self.log.failure("handler for {protocol} failed", protocol=protocolId)
+                stream.abortConnection()
+                return
+            self._startProtocol(stream, proto, leftover)
+
+        def failed(f: Failure) -> None:
+            if timer.active():
+                timer.cancel()
+            self.log.debug("inbound stream from {peer} refused: {why}", peer=conn.remotePeer, why=f.getErrorMessage())
+
+        listener = MultistreamListener(lambda p: p in self._handlers, listProtocols=lambda: self.protocols)
+        stream.setProtocol(MultistreamProtocol(listener, selected, failed))
+
+    def openStreamOn(
+        self,
+        conn: PeerConnection,
+        protocols: Sequence[str],
+        factory: Callable[[], IProtocol],
+    ) -> Deferred[IProtocol]:
+        """
+        Open a stream on C{conn}, negotiate one of C{protocols}, and connect
+        a protocol from C{factory()} to it; fires with that protocol (the
+        chosen ID is C{protocol.transport.protocolId}).
+
+        Fails with L{NegotiationFailed} if the peer supports none of them
+        or does not answer within C{negotiationTimeout}, with whatever
+        C{factory} or the protocol's C{connectionMade} raised, and with
+        L{CancelledError} (resetting the stream) if cancelled first.
+        """
+        try:
+            stream = conn.openStream()
+        except BeamError as e:
+            return fail(e)
+        conn.lastActive = self.reactor.seconds()
+        cancelling = []
+
+        def cancel(_: Any) -> None:
+            cancelling.append(True)
+            stream.abortConnection()
+
+        result: Deferred[IProtocol] = Deferred(cancel)
+
+        def timedOut() -> None:
+            if not result.called:
+                result.errback(NegotiationFailed(
+                    f"the peer did not agree on a protocol within {self.negotiationTimeout:g} s"
+                ))
+            stream.abortConnection()
+
+        timer = self.reactor.callLater(self.negotiationTimeout, timedOut)
+
+        def selected(protocolId: str, leftover: bytes) -> None:
+            if timer.active():
+                timer.cancel()
+            stream.protocolId = protocolId
+            try:
+                proto = factory()
+            except Exception:
+                stream.abortConnection()
+                if not result.called:
+                    result.errback()
+                return
+            problem = self._startProtocol(stream, proto, leftover)
+            if result.called:
+                return
+            if problem is not None:
+                result.errback(problem)
+            else:
+                result.callback(proto)
+
+        def failed(f: Failure) -> None:
+            if timer.active():
+                timer.cancel()
+            if not result.called and not cancelling:
+                result.errback(f)
+
+        stream.setProtocol(MultistreamProtocol(MultistreamDialer(list(protocols)), selected, failed))
+        return result
+
+    def openStream(
+        self,
+        target: Target,
+        protocols: Sequence[str] | str,
+        factory: Callable[[], IProtocol],
+    ) -> Deferred[IProtocol]:
+        """
+        Connect to C{target} (reusing a pooled connection) and open a stream
+        speaking one of C{protocols}.  If the pooled connection turns out to
+        be going away, one new connection is tried.
+        """
+        if isinstance(protocols, str):
+            protocols = [protocols]
+
+        def onConn(conn: PeerConnection) -> Deferred[IProtocol]:
+            d = self.openStreamOn(conn, protocols, factory)
+
+            def retry(f: Failure) -> Any:
+                f.trap(MuxerClosed)
+                self._retire(conn)
+                return self.connect(target).addCallback(
+                    lambda c: self.openStreamOn(c, protocols, factory)
+                )
+
+            return d.addErrback(retry)
+
+        return self.connect(target).addCallback(onConn)
+
+    # -- identify --------------------------------------------------------
+
+    def identifyPeer(self, target: Target) -> Deferred[IdentifyInfo]:
+        """
+        Run identify against C{target} now and return what it said.
+        """
+        return self.connect(target).addCallback(self._identifier.query)
+
+    # -- ping ------------------------------------------------------------
+
+    def ping(self, target: Target, count: int = 1, timeout: float = 10.0, interval: float = 0.0) -> Deferred[list[float]]:
+        """
+        Ping C{target} C{count} times over one stream; fires with the
+        round-trip times in seconds.
+        """
+        client = PingClient(self.reactor, self._random)
+        rtts: list[float] = []
+
+        def loop(_: Any) -> Deferred[list[float]]:
+            done: Deferred[list[float]] = Deferred()
+
+            def one() -> None:
+                if len(rtts) >= count:
+                    client.close()
+                    done.callback(rtts)
+                    return
+                d = client.ping()
+                timer = self.reactor.callLater(timeout, d.cancel)
+
+                def ok(rtt: float) -> None:
+                    if timer.active():
+                        timer.cancel()
+                    rtts.append(rtt)
+                    if interval and len(rtts) < count:
+                        self.reactor.callLater(interval, one)
+                    else:
+                        one()
+
+                def bad(f: Failure) -> None:
+                    if timer.active():
+                        timer.cancel()
+                    client.transport.abortConnection()
+                    if f.check(CancelledError):
+                        f = Failure(PingTimeout(f"no answer within {timeout:g} s"))
+                    done.errback(f)
+
+                d.addCallbacks(ok, bad)
+
+            one()
+            return done
+
+        return self.openStream(target, [PING_PROTOCOL], lambda: client).addCallback(loop)
+
+
+def listenFailureReason(error: BaseException) -> str:
+    """
+    Why listening failed, in the words the CLI prints: the common socket
+    errors by their errno, anything else as Twisted put it.
+    """
+    import errno
+
+    code = getattr(getattr(error, "socketError", None), "errno", None)
+    if code == errno.EADDRINUSE:
+        return "the port is already in use"
+    if code == errno.EADDRNOTAVAIL:
+        return "that address is not on this machine"
+    return str(error)
+
+
+def _expandUnspecified(addr: Multiaddr) -> list[Multiaddr]:
+    import socket
+
+    target = addr.tcpTarget()
+    if target is None:
+        return [addr]
+    host, port, family = target
+    if host not in ("0.0.0.0", "::"):
+        return [addr]
+    hosts: list[str] = []
+    fam = socket.AF_INET if host == "0.0.0.0" else socket.AF_INET6
+    loop = "127.0.0.1" if fam == socket.AF_INET else "::1"
+    hosts.append(loop)
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, fam):
+            h = info[4][0]
+            if h not in hosts and not h.startswith("fe80"):
+                hosts.append(h)
+    except OSError:
+        pass
+    proto = "ip4" if fam == socket.AF_INET else "ip6"
+    out = []
+    for h in hosts:
+        out.append(Multiaddr.fromString(f"/{proto}/{h}/tcp/{port}"))
+    return out
+
+
+def _noDelay(transport: object) -> None:
+    """
+    Turn off Nagle's algorithm on a TCP transport (anything else is left
+    alone).  A peer connection carries many small frames of independent
+    streams (window updates, a tunnel's request and answer, an interactive
+    session's keystrokes); with Nagle, a small write that follows another
+    not yet acknowledged waits for the peer's delayed ACK, up to 40 ms on
+    Linux, which made every new tunnel connection take ~44 ms.
+    """
+    setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
+    if setTcpNoDelay is not None:
+        try:
+            setTcpNoDelay(True)
+        except OSError:
+            pass

@@ -1,0 +1,3 @@
+"""
+The small libp2p protocols every host serves: identify, ping, echo.
+"""

@@ -1,0 +1,3 @@
+"""
+Transports: how raw connections are dialled and accepted (TCP, memory).
+"""

@@ -1,0 +1,210 @@
+"""
+Turning a raw TCP connection into a libp2p peer connection.
+
+The layers, bottom up (libp2p/specs connections/README.md)::
+
+    TCP  ->  multistream-select (security)  ->  Noise | TLS
+         ->  multistream-select (muxer)     ->  yamux  ->  streams
+
+Each stage is an ordinary Twisted protocol.  A TCP connection's protocol
+is fixed for its life, so L{UpgradingProtocol} is a small delegating
+protocol whose inner protocol changes as the stages complete; the secure
+channel does the same one level up with L{_MuxerStage}.  Bytes that arrive
+with the last message of one stage belong to the next and are passed on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from beam.errors import BeamError, ConnectionLimitExceeded, HandshakeFailed, MuxerClosed
+from beam.identity.keys import PeerID
+from beam.p2p.multistream import MultistreamDialer, MultistreamListener, MultistreamProtocol
+from beam.p2p.security.interfaces import ISecureTransport, SecureInfo
+
+if TYPE_CHECKING:
+    from beam.p2p.connection import PeerConnection
+
+YAMUX_PROTOCOL = "/yamux/1.0.0"
+
+
+class _Delegating(Protocol):
+    """
+    A protocol that forwards everything to a replaceable inner protocol.
+    """
+
+    inner: Optional[IProtocol] = None
+
+    def setInner(self, inner: IProtocol, leftover: bytes = b"") -> None:
+        self.inner = inner
+        inner.makeConnection(self.transport)
+        if leftover:
+            inner.dataReceived(leftover)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+
+
+class UpgradingProtocol(_Delegating):
+    """
+    The protocol of one TCP connection, from accept/connect to a
+    L{PeerConnection}.
+
+    L{done} fires with the L{PeerConnection} once security and the muxer
+    are negotiated, or fails (and the TCP connection is aborted) on any
+    error or after C{handshakeTimeout} seconds.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        securities: Sequence[ISecureTransport],
+        isInitiator: bool,
+        expectedPeer: Optional[PeerID],
+        makeConnection: Callable[["UpgradingProtocol", SecureInfo, object], "PeerConnection"],
+        handshakeTimeout: float,
+        onConnected: Callable[["UpgradingProtocol"], bool] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.securities = {s.protocolId: s for s in securities}
+        self.securityOrder = [s.protocolId for s in securities]
+        self.isInitiator = isInitiator
+        self.expectedPeer = expectedPeer
+        self._makePeerConnection = makeConnection
+        self.handshakeTimeout = handshakeTimeout
+        self._onConnected = onConnected
+        self.done: Deferred[PeerConnection] = Deferred()
+        self.finished = False
+        self.info: Optional[SecureInfo] = None
+        self._timer: Optional[IDelayedCall] = None
+
+    def connectionMade(self) -> None:
+        if self._onConnected is not None and not self._onConnected(self):
+            self._fail(Failure(ConnectionLimitExceeded(
+                "the node refused the connection (stopping, or at its connection limit)"
+            )))
+            return
+        self._timer = self.clock.callLater(self.handshakeTimeout, self._timedOut)
+        negotiator: MultistreamDialer | MultistreamListener
+        if self.isInitiator:
+            negotiator = MultistreamDialer(self.securityOrder)
+        else:
+            negotiator = MultistreamListener(list(self.securityOrder))
+        self.setInner(MultistreamProtocol(negotiator, self._securitySelected, self._fail))
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self._fail(Failure(HandshakeFailed(
+            f"connection upgrade did not finish within {self.handshakeTimeout:g} s"
+        )))
+        self.transport.abortConnection()
+
+    def _securitySelected(self, protocolId: str, leftover: bytes) -> None:
+        security = self.securities[protocolId]
+        channel = security.wrap(self.isInitiator, self.expectedPeer, self._makeMuxerStage)
+        channel.handshakeDone.addErrback(self._fail)
+        self.setInner(channel, leftover)
+
+    def _makeMuxerStage(self, info: SecureInfo) -> IProtocol:
+        self.info = info
+        return _MuxerStage(self, info)
+
+    def _muxerReady(self, stage: "_MuxerStage", secureTransport: object) -> "PeerConnection":
+        assert self.info is not None
+        return self._makePeerConnection(self, self.info, secureTransport)
+
+    def _succeed(self, conn: "PeerConnection") -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._cancelTimer()
+        self.done.callback(conn)
+
+    def _fail(self, failure: Failure) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._cancelTimer()
+        self.log.info(
+            "connection with {peer} failed during upgrade: {reason}",
+            peer=self.transport.getPeer() if self.transport else None,
+            reason=failure.getErrorMessage(),
+        )
+        if self.transport is not None:
+            self.transport.abortConnection()
+        self.done.errback(failure)
+
+    def _cancelTimer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        super().connectionLost(reason)
+        if not self.finished:
+            if reason.check(BeamError) is None:
+                reason = Failure(HandshakeFailed(
+                    f"the peer closed the connection during the handshake ({reason.getErrorMessage()})"
+                ))
+            self._fail(reason)
+
+
+class _MuxerStage(_Delegating):
+    """
+    The protocol over the secure channel: negotiate yamux (unless the
+    security handshake already agreed on it), then hand over to the session.
+    """
+
+    log = Logger()
+
+    def __init__(self, upgrading: UpgradingProtocol, info: SecureInfo) -> None:
+        self.upgrading = upgrading
+        self.info = info
+
+    def connectionMade(self) -> None:
+        if self.info.earlyMuxer == YAMUX_PROTOCOL:
+            self._selected(YAMUX_PROTOCOL, b"")
+            return
+        negotiator: MultistreamDialer | MultistreamListener
+        if self.upgrading.isInitiator:
+            negotiator = MultistreamDialer([YAMUX_PROTOCOL])
+        else:
+            negotiator = MultistreamListener([YAMUX_PROTOCOL])
+        self.setInner(MultistreamProtocol(negotiator, self._selected, self.upgrading._fail))
+
+    def _selected(self, protocolId: str, leftover: bytes) -> None:
+        if self.upgrading.finished:
+            return
+        try:
+            conn = self.upgrading._muxerReady(self, self.transport)
+            self.setInner(conn.session)
+        except Exception:
+            # Our bug, not the peer's: say so (rather than letting the
+            # secure channel report a vague handshake failure) and drop
+            # only this connection.
+            failure = Failure()
+            self.log.failure("setting up the connection with {peer} failed", failure=failure,
+                             peer=self.upgrading.transport.getPeer() if self.upgrading.transport else None)
+            self.upgrading._fail(failure)
+            return
+        self.upgrading._succeed(conn)
+        if leftover:
+            conn.session.dataReceived(leftover)
+
+
+__all__ = ["UpgradingProtocol", "YAMUX_PROTOCOL", "MuxerClosed"]

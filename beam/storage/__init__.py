@@ -1,0 +1,3 @@
+"""
+Files Beam writes: atomic writes, the home directory and its state file.
+"""

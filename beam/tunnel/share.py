@@ -1,0 +1,147 @@
+"""
+Share addresses: the one line C{beam 3000} prints and C{beam connect}
+accepts.
+
+Format::
+
+    beam://<peer ID>@<host>:<port>[,<host>:<port>...]/<service>[#<secret>]
+
+IPv6 hosts go in brackets (C{[::1]:4001}); DNS names are allowed.  The
+service is a name (C{web}, C{3000}); empty means "the host's default
+service".  The secret, when the tunnel requires one, is base32 without
+padding; it sits in the fragment so that nothing that ever treats the
+line as a URL sends it anywhere.
+
+C{beam connect} also accepts a plain multiaddr ending in C{/p2p/<id>},
+which carries one address and no service or secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+from typing import Optional
+
+import attr
+
+from beam.errors import BeamError, InvalidMultiaddr, InvalidPeerID
+from beam.identity.keys import PeerID
+from beam.identity.multiaddr import Multiaddr
+
+SCHEME = "beam://"
+MAX_SHARE_LENGTH = 4096
+_SERVICE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62})$")
+
+
+class InvalidShareAddress(BeamError, ValueError):
+    """
+    That is not a valid share address.
+    """
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class ShareAddress:
+    """
+    Where and how to reach one exposed service.
+    """
+
+    peer: PeerID
+    addrs: tuple[Multiaddr, ...] = ()
+    service: str = ""
+    secret: Optional[bytes] = None
+
+    def __str__(self) -> str:
+        hosts = []
+        for addr in self.addrs:
+            target = addr.tcpTarget()
+            if target is None:
+                continue
+            host, port, family = target
+            hosts.append(f"[{host}]:{port}" if family == "ip6" else f"{host}:{port}")
+        text = f"{SCHEME}{self.peer}@{','.join(hosts)}/{self.service}"
+        if self.secret:
+            text += "#" + encodeSecret(self.secret)
+        return text
+
+    def dialAddrs(self) -> list[Multiaddr]:
+        """
+        The addresses to dial, each with our C{/p2p/} suffix.
+        """
+        return [a.withoutPeerID().withPeerID(self.peer) for a in self.addrs]
+
+
+def encodeSecret(secret: bytes) -> str:
+    return base64.b32encode(secret).decode("ascii").rstrip("=").lower()
+
+
+def decodeSecret(text: str) -> bytes:
+    try:
+        return base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+    except (ValueError, TypeError):
+        raise InvalidShareAddress("the secret in the share address is not valid base32") from None
+
+
+def _hostPort(text: str) -> Multiaddr:
+    if text.startswith("["):
+        end = text.find("]:")
+        if end < 0:
+            raise InvalidShareAddress(f"bad address {text!r}: expected [IPv6]:PORT")
+        host, port = text[1:end], text[end + 2:]
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host:
+            raise InvalidShareAddress(f"bad address {text!r}: expected HOST:PORT")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidShareAddress(f"bad port in {text!r}")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        proto = "dns"
+    else:
+        proto = "ip6" if ip.version == 6 else "ip4"
+    try:
+        return Multiaddr.fromString(f"/{proto}/{host}/tcp/{int(port)}")
+    except InvalidMultiaddr as e:
+        raise InvalidShareAddress(f"bad address {text!r}: {e}") from None
+
+
+def parseShareAddress(text: str, service: str | None = None) -> ShareAddress:
+    """
+    Parse a share address or a C{/p2p/} multiaddr.
+
+    @param service: the service to use when the text names none (a
+        multiaddr never does); a service in the text wins.
+    @raise InvalidShareAddress: with what is wrong, for the CLI to print.
+    """
+    text = text.strip()
+    if len(text) > MAX_SHARE_LENGTH:
+        raise InvalidShareAddress("share address too long")
+    if text.startswith("/"):
+        try:
+            ma = Multiaddr.fromString(text)
+        except InvalidMultiaddr as e:
+            raise InvalidShareAddress(f"invalid multiaddr: {e}") from None
+        peer = ma.peerID()
+        if peer is None:
+            raise InvalidShareAddress("the multiaddr must end in /p2p/<peer ID>")
+        return ShareAddress(peer=peer, addrs=(ma.withoutPeerID(),), service=service or "")
+    if not text.startswith(SCHEME):
+        raise InvalidShareAddress(
+            "expected a share address (beam://PEER@HOST:PORT/SERVICE) or a multiaddr ending in /p2p/PEER"
+        )
+    rest = text[len(SCHEME):]
+    rest, _, fragment = rest.partition("#")
+    who, sep, where = rest.partition("@")
+    if not sep:
+        raise InvalidShareAddress("share address lacks '@' between peer ID and addresses")
+    try:
+        peer = PeerID.fromString(who)
+    except InvalidPeerID as e:
+        raise InvalidShareAddress(str(e)) from None
+    hostsText, _, svc = where.partition("/")
+    addrs = tuple(_hostPort(h) for h in hostsText.split(",") if h)
+    if svc and not _SERVICE.match(svc):
+        raise InvalidShareAddress(f"invalid service name {svc!r}")
+    secret = decodeSecret(fragment) if fragment else None
+    return ShareAddress(peer=peer, addrs=addrs, service=svc or (service or ""), secret=secret)
