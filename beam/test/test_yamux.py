@@ -43,6 +43,7 @@ from beam.p2p.muxer._yamux_frames import (
     encodeFrame,
     encodeHeader,
 )
+from beam.p2p.interfaces import IMuxerSession
 from beam.p2p.muxer.yamux import YamuxSession, YamuxStream
 from beam.testing import MemoryTransport, Pump
 
@@ -748,6 +749,189 @@ class SessionTests(SynchronousTestCase):
         self.assertRaises(
             ValueError, YamuxSession, True, lambda s: None, Clock(), maxStreamWindow=1000
         )
+
+
+class SessionAPITests(SynchronousTestCase):
+    """
+    The public face an owner uses instead of the session's private flags:
+    L{IMuxerSession}, C{acceptsStreams}, C{streamCount} and
+    C{streamClosedObservers}.
+    """
+
+    def test_providesIMuxerSession(self) -> None:
+        """
+        A session provides L{IMuxerSession}.
+        """
+        session, _, _ = lonelySession()
+        self.assertTrue(verifyObject(IMuxerSession, session))
+
+    def test_acceptsStreamsWhileOpen(self) -> None:
+        """
+        A connected session accepts streams; one not yet connected does not.
+        """
+        self.assertFalse(YamuxSession(True, lambda s: None, Clock()).acceptsStreams)
+        pair = Pair()
+        self.assertTrue(pair.client.acceptsStreams)
+        self.assertTrue(pair.server.acceptsStreams)
+
+    def test_acceptsStreamsAfterLocalGoAway(self) -> None:
+        """
+        Sending a go-away stops accepting streams at once.
+        """
+        session, _, _ = lonelySession()
+        session.goAway()
+        self.assertFalse(session.acceptsStreams)
+        self.assertRaises(MuxerClosed, session.openStream)
+
+    def test_acceptsStreamsAfterRemoteGoAway(self) -> None:
+        """
+        Receiving a go-away stops accepting streams.
+        """
+        session, _, _ = lonelySession()
+        session.dataReceived(encodeHeader(TYPE_GO_AWAY, 0, 0, 0))
+        self.assertFalse(session.acceptsStreams)
+
+    def test_acceptsStreamsWhenClosing(self) -> None:
+        """
+        A session being closed accepts no streams, before the transport is
+        even gone.
+        """
+        pair = Pair()
+        pair.client.close()
+        self.assertFalse(pair.client.acceptsStreams)
+
+    def test_acceptsStreamsAfterFailure(self) -> None:
+        """
+        A session that failed on a protocol violation accepts no streams.
+        """
+        session, _, _ = lonelySession()
+        session.dataReceived(encodeHeader(9, 0, 0, 0))
+        self.assertFalse(session.acceptsStreams)
+
+    def test_acceptsStreamsAfterLoss(self) -> None:
+        """
+        A session whose connection dropped accepts no streams.
+        """
+        session, _, _ = lonelySession()
+        session.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(session.acceptsStreams)
+
+    def test_acceptsStreamsReadOnly(self) -> None:
+        """
+        acceptsStreams and streamCount cannot be assigned.
+        """
+        session, _, _ = lonelySession()
+        with self.assertRaises(AttributeError):
+            session.acceptsStreams = False  # type: ignore[misc]
+        with self.assertRaises(AttributeError):
+            session.streamCount = 3  # type: ignore[misc]
+
+    def test_streamCount(self) -> None:
+        """
+        streamCount counts open streams in both directions, including
+        half-closed ones, and drops a stream once it ended both ways.
+        """
+        pair = Pair()
+        self.assertEqual(pair.client.streamCount, 0)
+        a, _ = pair.open()
+        b, _ = pair.open()
+        pair.flush()
+        self.assertEqual((pair.client.streamCount, pair.server.streamCount), (2, 2))
+        a.loseConnection()
+        pair.flush()
+        # The server's plain Recorder closes its side on our FIN: a is gone.
+        self.assertEqual((pair.client.streamCount, pair.server.streamCount), (1, 1))
+        b.abortConnection()
+        self.assertEqual(pair.client.streamCount, 0)
+        pair.flush()
+        self.assertEqual(pair.server.streamCount, 0)
+
+    def test_streamClosedObserverAfterRemoval(self) -> None:
+        """
+        Each stream's end calls every observer once, after the stream left
+        the session (streamCount already updated) and after its protocol's
+        connectionLost.
+        """
+        pair = Pair(protocolClass=HalfRecorder)
+        seen: list[tuple[int, int]] = []
+        stream, proto = pair.open(HalfRecorder())
+        other, _ = pair.open()
+        pair.flush()
+        pair.client.streamClosedObservers.append(
+            lambda: seen.append((pair.client.streamCount, len(proto.lost)))
+        )
+        stream.loseConnection()
+        pair.flush()
+        self.assertEqual(seen, [])
+        pair.serverStreams[0].loseConnection()
+        pair.flush()
+        self.assertEqual(seen, [(1, 1)])
+        other.abortConnection()
+        self.assertEqual(seen, [(1, 1), (0, 1)])
+
+    def test_streamClosedObserverOnReset(self) -> None:
+        """
+        A stream reset by the peer calls the observers.
+        """
+        pair = Pair()
+        calls: list[int] = []
+        pair.server.streamClosedObservers.append(lambda: calls.append(pair.server.streamCount))
+        stream, _ = pair.open()
+        pair.flush()
+        stream.abortConnection()
+        pair.flush()
+        self.assertEqual(calls, [0])
+
+    def test_streamClosedObserverOnSessionLoss(self) -> None:
+        """
+        When the connection drops, the observers are called once per
+        stream, the last time with no stream left.
+        """
+        pair = Pair()
+        calls: list[int] = []
+        pair.client.streamClosedObservers.append(lambda: calls.append(pair.client.streamCount))
+        for _ in range(3):
+            pair.open()
+        pair.flush()
+        pair.pump.clientTransport.abortConnection()
+        pair.flush()
+        self.assertEqual(len(calls), 3)
+        self.assertEqual(calls[-1], 0)
+        self.assertEqual(pair.client.streamCount, 0)
+
+    def test_streamClosedObserverFailureContained(self) -> None:
+        """
+        An observer that raises is logged; the others still run and the
+        stream still ends.
+        """
+        pair = Pair()
+        calls: list[str] = []
+
+        def boom() -> None:
+            raise RuntimeError("observer bug")
+
+        pair.client.streamClosedObservers.extend([boom, lambda: calls.append("ran")])
+        stream, proto = pair.open()
+        stream.abortConnection()
+        self.assertEqual(calls, ["ran"])
+        proto.lost[0].trap(ConnectionAborted)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_streamClosedObserverRemoved(self) -> None:
+        """
+        An observer removed from the list is no longer called.
+        """
+        pair = Pair()
+        calls: list[None] = []
+
+        def observer() -> None:
+            calls.append(None)
+
+        pair.client.streamClosedObservers.append(observer)
+        pair.client.streamClosedObservers.remove(observer)
+        stream, _ = pair.open()
+        stream.abortConnection()
+        self.assertEqual(calls, [])
 
 
 class FlowControlTests(SynchronousTestCase):

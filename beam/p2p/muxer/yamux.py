@@ -78,6 +78,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from beam.errors import MuxerClosed, StreamLimitExceeded, StreamReset
+from beam.p2p.interfaces import IMuxerSession
 from beam.p2p.muxer._yamux_frames import (
     DEFAULT_WINDOW,
     FLAG_ACK,
@@ -548,6 +549,7 @@ class YamuxStream:
             self._lostReason = reason
         else:
             self._callLost(reason)
+        self.session._streamClosed(self)
 
     def _callLost(self, reason: Failure) -> None:
         try:
@@ -556,13 +558,21 @@ class YamuxStream:
             _log.failure("connectionLost of {stream!r} failed", stream=self)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IMuxerSession)
 class YamuxSession(Protocol):
     """
     A yamux session over one connection.
 
     @ivar streams: the open streams by ID.
     @ivar isInitiator: we dialled; our streams get odd IDs, the peer's even.
+    @ivar streamClosedObservers: callables taking no argument, each called
+        once every time a stream of this session ends (FIN both ways,
+        reset, or the session's loss), after the stream was removed from
+        L{streams} and its protocol got C{connectionLost} (or had the reason
+        kept for it), so L{streamCount} already excludes it.  The owner uses
+        it to react to the last stream ending instead of polling.  Append
+        and remove freely; an observer that raises is logged and the others
+        still run.
     """
 
     def __init__(
@@ -635,10 +645,31 @@ class YamuxSession(Protocol):
         self._pings: dict[int, tuple[Deferred[float], float]] = {}
         self._nextPing = 0
         self._closedWaiters: list[Deferred[None]] = []
+        self.streamClosedObservers: list[Callable[[], None]] = []
         self._parsing = False
         self._backlog: deque[bytes] = deque()
 
     # Public API.
+
+    @property
+    def acceptsStreams(self) -> bool:
+        """
+        Whether L{openStream} may open a stream now (short of
+        C{maxStreams}): connected, not lost, not closing, not failed, and
+        no go-away sent or received.  Read-only; once it turns False on a
+        connected session it stays False.
+        """
+        return self._writable() and not (
+            self._closing or self._failed or self._localGoAway or self._remoteGoAway
+        )
+
+    @property
+    def streamCount(self) -> int:
+        """
+        How many streams are open (both directions, including ones
+        half-closed).
+        """
+        return len(self.streams)
 
     def openStream(self) -> YamuxStream:
         """
@@ -649,13 +680,7 @@ class YamuxSession(Protocol):
             received.
         @raise StreamLimitExceeded: C{maxStreams} streams are open.
         """
-        if (
-            not self._writable()
-            or self._closing
-            or self._failed
-            or self._localGoAway
-            or self._remoteGoAway
-        ):
+        if not self.acceptsStreams:
             raise MuxerClosed("the peer connection is closed to new streams")
         if len(self.streams) >= self.maxStreams:
             raise StreamLimitExceeded()
@@ -866,6 +891,16 @@ class YamuxSession(Protocol):
     def _forget(self, stream: YamuxStream) -> None:
         if self.streams.get(stream.streamID) is stream:
             del self.streams[stream.streamID]
+
+    def _streamClosed(self, stream: YamuxStream) -> None:
+        """
+        C{stream} has ended and is forgotten: tell L{streamClosedObservers}.
+        """
+        for observer in list(self.streamClosedObservers):
+            try:
+                observer()
+            except Exception:  # noqa: BLE001 - contain user code, log it
+                _log.failure("Stream-closed observer failed after {stream!r}", stream=stream)
 
     def _fail(self, code: int) -> None:
         if self._failed:
