@@ -11,6 +11,7 @@ peer is not installed.
 from __future__ import annotations
 
 import hashlib
+import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
@@ -126,6 +127,70 @@ class InteropMixin:
         # The connection js opened is the one Beam pooled for that peer.
         jsPeer = PeerID.fromString(js.peerId)
         self.assertEqual(node.connections[jsPeer].direction, "inbound")
+
+    @inlineCallbacks
+    def closeFromBeam(self, inbound):
+        """
+        Connect (js dials when C{inbound}), then stop the Beam node and
+        return how long the stop took; js must see the disconnect.
+        """
+        js, node = yield self.startBoth()
+        if inbound:
+            yield js.dial(str(addrOf(node)))
+        else:
+            yield node.connect(Multiaddr.fromString(js.addr))
+        jsPeer = PeerID.fromString(js.peerId)
+        yield node.ping(jsPeer, count=1)
+        started = time.monotonic()
+        yield node.stopService()
+        took = time.monotonic() - started
+        yield js.waitForEvent(
+            "peer:disconnect", lambda e: e.get("peerId") == str(node.peerID), timeout=10
+        )
+        return took, node
+
+    @inlineCallbacks
+    def test_closeOutboundPromptly(self):
+        """
+        Stopping Beam with a connection it dialled to js closes that
+        connection at once (well under a second, never the node's 5 s
+        close timeout that aborts a connection which will not close), and
+        js sees the peer disconnect.
+        """
+        took, node = yield self.closeFromBeam(inbound=False)
+        self.assertLess(took, min(1.0, node.closeTimeout / 2))
+
+    @inlineCallbacks
+    def test_closeInboundPromptly(self):
+        """
+        Stopping Beam with a connection js dialled to it closes promptly
+        too, and js sees the peer disconnect.
+        """
+        took, node = yield self.closeFromBeam(inbound=True)
+        self.assertLess(took, min(1.0, node.closeTimeout / 2))
+
+    @inlineCallbacks
+    def test_jsHangsUpPromptly(self):
+        """
+        When js hangs up the connection, Beam's side of it is closed within
+        a second: the connection is gone from the node's pool.
+        """
+        js, node = yield self.startBoth()
+        conn = yield node.connect(Multiaddr.fromString(js.addr))
+        yield node.ping(conn.remotePeer, count=1)
+        closed = conn.whenClosed()
+        started = time.monotonic()
+        yield js.request({"cmd": "hangup", "addr": str(addrOf(node))})
+        yield withTimeout(closed, 5)
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertNotIn(conn.remotePeer, node.connections)
+
+
+def withTimeout(d, seconds):
+    """
+    C{d}, failing with a timeout after C{seconds} of the real reactor.
+    """
+    return d.addTimeout(seconds, reactor)
 
 
 class NoiseInteropTests(InteropMixin, TestCase):

@@ -726,6 +726,70 @@ class ChannelTests(SynchronousTestCase):
         p.uppers["client"].lost.trap(ConnectionDone)
         p.uppers["server"].lost.trap(ConnectionDone)
 
+    def test_closeDoesNotWaitForPeer(self) -> None:
+        """
+        C{loseConnection} writes the last data and close_notify and closes
+        the lower transport at once, without waiting for the peer's
+        close_notify (js-libp2p never sends one back).  The peer reads the
+        data and a clean end; the closing side's upper protocol sees a
+        clean close, not the unanswered close_notify as a lost connection.
+        """
+        p = Pair(self, *transports())
+        client = p.uppers["client"]
+        client.transport.write(b"last words")
+        client.transport.loseConnection()
+        self.assertTrue(p.pump.clientTransport.disconnecting)
+        self.assertFalse(p.pump.clientTransport.aborted)
+        # Only the client's bytes travel; nothing comes back.
+        p.server.dataReceived(p.pump.clientTransport.take())
+        self.assertEqual(bytes(p.uppers["server"].received), b"last words")
+        self.assertTrue(p.pump.serverTransport.disconnecting, "the server closes on close_notify")
+        p.client.connectionLost(Failure(ConnectionDone()))
+        p.server.connectionLost(Failure(ConnectionDone()))
+        client.lost.trap(ConnectionDone)
+        p.uppers["server"].lost.trap(ConnectionDone)
+
+    def test_closeWaitsForProducer(self) -> None:
+        """
+        While a producer is registered, Twisted postpones the close_notify
+        and so the lower close; unregistering the producer sends it and
+        closes the lower transport at once.
+        """
+        p = Pair(self, *transports())
+
+        class Producer:
+            def pauseProducing(self) -> None:
+                pass
+
+            def resumeProducing(self) -> None:
+                pass
+
+            def stopProducing(self) -> None:
+                pass
+
+        st_ = p.uppers["client"].transport
+        st_.registerProducer(Producer(), True)
+        st_.loseConnection()
+        self.assertFalse(p.pump.clientTransport.disconnecting)
+        st_.unregisterProducer()
+        self.assertTrue(p.pump.clientTransport.disconnecting)
+        p.pump.flush()
+        p.uppers["client"].lost.trap(ConnectionDone)
+        p.uppers["server"].lost.trap(ConnectionDone)
+
+    def test_peerCloseAnswered(self) -> None:
+        """
+        A close_notify from the peer is answered with ours and the lower
+        transport closed, so a peer that does wait for the answer is not
+        kept waiting.
+        """
+        p = Pair(self, *transports())
+        p.uppers["server"].transport.loseConnection()
+        p.client.dataReceived(p.pump.serverTransport.take())
+        self.assertTrue(p.pump.clientTransport.disconnecting)
+        self.assertFalse(p.pump.clientTransport.aborted)
+        self.assertNotEqual(p.pump.clientTransport.buffer, b"", "close_notify answered")
+
     def test_flowControl(self) -> None:
         """
         A producer registered on the secure transport is paused by the lower

@@ -51,6 +51,7 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.logger import Logger
@@ -220,9 +221,12 @@ class TLSSecureTransport:
     @ivar secureInfo: the whole L{SecureInfo}.
     """
 
-    def __init__(self, tls: TLSMemoryBIOProtocol, lower: Any, info: SecureInfo) -> None:
+    def __init__(
+        self, tls: TLSMemoryBIOProtocol, lower: Any, info: SecureInfo, channel: "TLSChannel"
+    ) -> None:
         self._tls = tls
         self._lower = lower
+        self._channel = channel
         self.secureInfo = info
         self.remotePeer: PeerID = info.remotePeer
         self.remotePublicKey: PublicKey = info.remotePublicKey
@@ -240,10 +244,12 @@ class TLSSecureTransport:
 
     def loseConnection(self) -> None:
         """
-        Send TLS close_notify, then close the lower transport.
+        Send TLS close_notify, then close the lower transport at once
+        (see L{TLSChannel._closeAfterNotify}).
         """
         if self._tls.connected:
             self._tls.loseConnection()
+            self._channel._closeAfterNotify()
 
     def abortConnection(self) -> None:
         if self._tls.connected:
@@ -259,7 +265,10 @@ class TLSSecureTransport:
         self._tls.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
+        # A close asked for while a producer was registered sends its
+        # close_notify now.
         self._tls.unregisterProducer()
+        self._channel._closeAfterNotify()
 
     def pauseProducing(self) -> None:
         self._lower.pauseProducing()
@@ -373,6 +382,8 @@ class TLSChannel(Protocol):
         self._tlsLost = False  # TLSMemoryBIOProtocol.connectionLost has run
         self._lowerLost = False
         self._aborted = False
+        self._closeSent = False  # our close_notify is out; the lower side closes
+        self._lowerReason: Failure | None = None
         # Plaintext decrypted during the current lower dataReceived.
         self._incoming: list[bytes] = []
 
@@ -404,6 +415,7 @@ class TLSChannel(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lowerLost = True
+        self._lowerReason = reason
         if self._tlsStarted and not self._tlsLost:
             try:
                 self._tls.connectionLost(reason)
@@ -437,6 +449,33 @@ class TLSChannel(Protocol):
         else:
             self.transport.loseConnection()
 
+    def _closeAfterNotify(self) -> None:
+        """
+        Once our close_notify has been written, close the lower transport
+        without waiting for the peer's.
+
+        Twisted's TLS layer waits for the peer's close_notify before closing
+        the connection underneath.  TLS 1.3 does not ask for that (RFC 8446,
+        6.1: close_notify closes the sender's write side only), and
+        js-libp2p (3.x, C{@libp2p/tls}) sends nothing back after ours, so
+        every close towards it hung until the node's close timeout aborted
+        it.  Go's C{tls.Conn.Close} and Beam's Noise channel close the
+        connection at once; so do we.  The lower transport still flushes
+        what is queued (the last records, then the close_notify) before it
+        closes.
+
+        Called after every request that may send the close_notify:
+        C{loseConnection}, and C{unregisterProducer} (Twisted postpones the
+        close_notify while a producer is registered).
+        """
+        if self._closeSent or self._lowerLost or self._aborted or self._tlsLost:
+            return
+        handle = self._tls.getHandle() if self._tls.connected else None
+        if handle is None or not handle.get_shutdown() & SSL.SENT_SHUTDOWN:
+            return
+        self._closeSent = True
+        self.transport.loseConnection()
+
     def _handshakeCompleted(self) -> None:
         if self._settled:
             return
@@ -458,7 +497,7 @@ class TLSChannel(Protocol):
         self._verified = True
         self._upper = upper
         self._plain.dataReceived = self._incoming.append  # type: ignore[method-assign]
-        self.secureTransport = TLSSecureTransport(self._tls, self.transport, info)
+        self.secureTransport = TLSSecureTransport(self._tls, self.transport, info, self)
         try:
             upper.makeConnection(self.secureTransport)
         except Exception:
@@ -501,6 +540,11 @@ class TLSChannel(Protocol):
     def _tlsConnectionLost(self, reason: Failure) -> None:
         if self._tlsLost:
             return
+        lower = self._lowerReason
+        if self._closeSent and lower is not None and lower.check(ConnectionDone):
+            # We closed first and did not wait for the peer's close_notify,
+            # so Twisted calls the end of input an unclean EOF; it was ours.
+            reason = lower
         try:
             # Plaintext that arrived with the close still belongs to the peer.
             self._deliverIncoming()
