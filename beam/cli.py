@@ -300,7 +300,7 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
 
         await daemon.kademlia.whenBootstrapped()
         registered = await daemon.registerName(memorableName(daemon.home))
-    _printTunnel(out, tunnel, str(daemon.node.peerID), [str(a) for a in daemon.node.shareableAddrs()],
+    _printTunnel(out, tunnel, str(daemon.node.peerID), [str(a) for a in daemon.node.advertisedAddrs()],
                  registered, len(daemon.tunnels.services))
     await _forever()
     return 0
@@ -530,8 +530,8 @@ async def cmdDaemon(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
             out.event({"event": event, "peer_id": str(conn.remotePeer),
                        "addr": str(conn.remoteAddr), "direction": conn.direction}, None)
 
-    node.connectionObservers.append(observe)
-    addrs = [str(a) for a in node.shareableAddrs()]
+    node.addConnectionObserver(observe)
+    addrs = [str(a) for a in node.advertisedAddrs()]
     out.event(
         {"event": "ready", "peer_id": str(node.peerID), "addrs": addrs,
          "tunnels": [t["share"] for t in daemon.status()["tunnels"]]},

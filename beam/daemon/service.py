@@ -203,7 +203,7 @@ class BeamDaemon(MultiService):
         The addresses our name records carry: non-loopback first.
         """
         return sorted(
-            (a.withoutPeerID() for a in self.node.shareableAddrs()), key=lambda a: a.isLoopback()
+            (a.withoutPeerID() for a in self.node.advertisedAddrs()), key=lambda a: a.isLoopback()
         )
 
     def shareAddress(self, name: str) -> ShareAddress:
@@ -212,7 +212,7 @@ class BeamDaemon(MultiService):
         last), the service and its secret.
         """
         addrs = sorted(
-            (a.withoutPeerID() for a in self.node.shareableAddrs()),
+            (a.withoutPeerID() for a in self.node.advertisedAddrs()),
             key=lambda a: a.isLoopback(),
         )
         return ShareAddress(
@@ -407,7 +407,7 @@ class BeamDaemon(MultiService):
         return {
             "peer_id": str(node.peerID),
             "listen_addrs": [str(a) for a in node.listenAddrs],
-            "addrs": [str(a) for a in node.shareableAddrs()],
+            "addrs": [str(a) for a in node.advertisedAddrs()],
             "observed_addrs": [str(a) for a in node.observedAddrs],
             "connections": len(node.connections),
             "names": [self.names.describe(r) for r in self.names.registrations.values()],
@@ -451,7 +451,7 @@ class BeamDaemon(MultiService):
         node = self.node
         return {
             "peer_id": str(node.peerID),
-            "addrs": [str(a) for a in node.shareableAddrs()],
+            "addrs": [str(a) for a in node.advertisedAddrs()],
             "observed_addrs": [str(a) for a in node.observedAddrs],
             "tunnels": [self._describeTunnel(s) for s in self.tunnels.services.values()],
             "forwards": [self._describeForward(k, f) for k, f in self.forwards.items()],

@@ -182,7 +182,7 @@ class KademliaService(Service):
 
     def _localInfo(self) -> PeerInfo:
         return PeerInfo(
-            self.node.peerID, tuple(a.withoutPeerID() for a in self.node.shareableAddrs())[:16]
+            self.node.peerID, tuple(a.withoutPeerID() for a in self.node.advertisedAddrs())[:16]
         )
 
     def request(self, peer: PeerInfo, message: Message) -> Deferred[Message]:
@@ -191,11 +191,7 @@ class KademliaService(Service):
         """
         if peer.peer == self.node.peerID:
             return fail(BeamError("refusing to send a DHT request to ourselves"))
-        known = self.node.peerAddrs.setdefault(peer.peer, [])
-        for addr in peer.addrs:
-            addr = addr.withoutPeerID()
-            if addr.tcpTarget() is not None and addr not in known and len(known) < 32:
-                known.append(addr)
+        self.node.peerStore.addAddrs(peer.peer, [a for a in peer.addrs if a.tcpTarget() is not None][:32], "dht")
         try:
             client = _KadClient(encodeLengthPrefixed(encodeMessage(message)))
         except BeamError as e:
@@ -239,7 +235,7 @@ class KademliaService(Service):
             self.kad.setReachable(bool(self.node.configuredListenAddrs or self.node.listenAddrs))
         if self.kad.isServer:
             self.node.setStreamHandler(KAD_PROTOCOL, lambda: _KadServer(self))
-        self.node.connectionObservers.append(self._connectionEvent)
+        self.node.addConnectionObserver(self._connectionEvent)
         self._loadRoutingTable()
         for interval, fn in ((self.refreshInterval, self._refresh), (self.saveInterval, self.saveRoutingTable)):
             loop = LoopingCall(fn)
@@ -271,11 +267,8 @@ class KademliaService(Service):
         self._loops = []
         self.saveRoutingTable()
         self.kad.stop()
-        try:
-            self.node.connectionObservers.remove(self._connectionEvent)
-        except ValueError:
-            pass
-        if KAD_PROTOCOL in self.node._handlers:
+        self.node.removeConnectionObserver(self._connectionEvent)
+        if self.node.hasStreamHandler(KAD_PROTOCOL):
             self.node.removeStreamHandler(KAD_PROTOCOL)
 
     def _refresh(self) -> None:
@@ -299,10 +292,7 @@ class KademliaService(Service):
             return
         for info in saved.peers():
             self.kad.routingTable.add(info, 0.0)
-            known = self.node.peerAddrs.setdefault(info.peer, [])
-            for a in info.addrs:
-                if a not in known:
-                    known.append(a)
+            self.node.peerStore.addAddrs(info.peer, info.addrs, "dht")
 
     def saveRoutingTable(self) -> None:
         if self.home is None or not self.kad.routingTable.size:

@@ -8,13 +8,16 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
+from zope.interface import implementer
 
 from beam.p2p.protocols.identify import IdentifyInfo
 from beam.identity.keys import PeerID, PublicKey
 from beam.identity.multiaddr import Multiaddr
+from beam.p2p.interfaces import IPeerConnection
 from beam.p2p.muxer.yamux import YamuxSession, YamuxStream
 
 
+@implementer(IPeerConnection)
 class PeerConnection:
     """
     One live connection to a peer.
@@ -48,11 +51,15 @@ class PeerConnection:
         muxer: str,
         session: YamuxSession,
         openedAt: float,
-        tcpTransport: Any = None,
+        rawTransport: Any = None,
+        transport: str = "tcp",
+        limited: bool = False,
     ) -> None:
         """
-        @param tcpTransport: the TCP transport underneath, so that a
-            connection that will not close cleanly can be aborted.
+        @param rawTransport: the raw (Twisted) transport underneath, so
+            that a connection that will not close cleanly can be aborted.
+        @param transport: the name of the L{ITransport} it came over.
+        @param limited: whether that transport is limited (relayed).
         """
         self.remotePeer = remotePeer
         self.remotePublicKey = remotePublicKey
@@ -69,7 +76,9 @@ class PeerConnection:
         self.closed = False
         self.goingAway = False
         self.streamsOpened = 0
-        self.tcpTransport = tcpTransport
+        self.rawTransport = rawTransport
+        self.transport = transport
+        self.limited = limited
         self.identified: Optional[Deferred[Optional[IdentifyInfo]]] = None
 
     def openStream(self) -> YamuxStream:
@@ -85,26 +94,16 @@ class PeerConnection:
 
     @property
     def streamCount(self) -> int:
-        return len(self.session.streams)
+        return self.session.streamCount
 
     @property
     def acceptsStreams(self) -> bool:
         """
         Whether new streams may be opened: not closed, and no go-away sent
-        or received.
+        or received (a doomed SYN on a connection the peer left would only
+        cost a retry).
         """
-        if self.closed or self.goingAway:
-            return False
-        # The session keeps these flags private; reading them spares a
-        # doomed SYN (and a retry) on a connection the peer left.
-        session = self.session
-        return not (
-            getattr(session, "_remoteGoAway", False)
-            or getattr(session, "_localGoAway", False)
-            or getattr(session, "_closing", False)
-            or getattr(session, "_failed", False)
-            or getattr(session, "_lost", False)
-        )
+        return not (self.closed or self.goingAway) and self.session.acceptsStreams
 
     def goAway(self) -> None:
         """
@@ -125,7 +124,7 @@ class PeerConnection:
         Cut the connection at once (for a peer that will not let it close).
         """
         self.goingAway = True
-        transport = self.tcpTransport
+        transport = self.rawTransport
         if transport is not None and not self.closed:
             transport.abortConnection()
         else:
@@ -141,6 +140,8 @@ class PeerConnection:
         return {
             "peer_id": str(self.remotePeer),
             "direction": self.direction,
+            "transport": self.transport,
+            "limited": self.limited,
             "remote_addr": str(self.remoteAddr),
             "local_addr": str(self.localAddr),
             "security": self.security,

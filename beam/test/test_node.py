@@ -85,7 +85,7 @@ class NodeTestsMixin(TwoNodeMixin):
             yield a.ping(b.peerID)
         self.assertEqual(len(a._allConnections), 1)
         # B now dials A back by peer ID: it reuses the inbound connection.
-        b.peerAddrs[a.peerID] = [addrOf(a, withPeer=False)]
+        b.peerStore.addAddrs(a.peerID, [addrOf(a, withPeer=False)], "user")
         c3 = yield b.connect(a.peerID)
         self.assertEqual(c3.direction, "inbound")
         self.assertEqual(len(b._allConnections), 1)
@@ -137,7 +137,7 @@ class NodeTestsMixin(TwoNodeMixin):
         a, b = yield self.makePair()
         cid = Identity.generate()
         c = yield startNode(self, identity=cid, securities=only(self.security)(cid))
-        a.peerAddrs[b.peerID] = [addrOf(c, withPeer=False), addrOf(b, withPeer=False)]
+        a.peerStore.addAddrs(b.peerID, [addrOf(c, withPeer=False), addrOf(b, withPeer=False)], "user")
         conn = yield a.connect(b.peerID)
         self.assertEqual(conn.remotePeer, b.peerID)
 

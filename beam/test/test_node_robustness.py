@@ -179,9 +179,9 @@ class SimultaneousDialTests(TestCase):
         small, large = yield Pair().make(self)
         events = {small: [], large: []}
         for n in (small, large):
-            n.connectionObservers.append(lambda e, c, n=n: events[n].append((e, c)))
-        small.peerAddrs[large.peerID] = [addrOf(large, withPeer=False)]
-        large.peerAddrs[small.peerID] = [addrOf(small, withPeer=False)]
+            n.addConnectionObserver(lambda e, c, n=n: events[n].append((e, c)))
+        small.peerStore.addAddrs(large.peerID, [addrOf(large, withPeer=False)], "user")
+        large.peerStore.addAddrs(small.peerID, [addrOf(small, withPeer=False)], "user")
         yield DeferredList([small.connect(large.peerID), large.connect(small.peerID)], fireOnOneErrback=True)
 
         def count(n, event):
@@ -222,7 +222,7 @@ class SimultaneousDialTests(TestCase):
         self.assertTrue(sameTCP(winner, large.connections[small.peerID]))
         self.assertFalse(loser.acceptsStreams)
         # The losing connection is kept while its stream lives.
-        yield deferLater(reactor, 5 * large.drainCheckInterval, lambda: None)
+        yield deferLater(reactor, 0.3, lambda: None)
         self.assertFalse(loser.closed)
         client.release()
         yield client.lost
@@ -272,7 +272,7 @@ class IdentifyPushTests(TestCase):
         conn = yield a.connect(addrOf(b))
         yield conn.identified
         yield waitFor(lambda: b.connections.get(a.peerID) is not None and b.connections[a.peerID].identify)
-        a.connectionObservers.append(lambda e, c: events.append(e))
+        a.addConnectionObserver(lambda e, c: events.append(e))
         b.setStreamHandler("/new/1.0.0", Protocol)
         b.setStreamHandler("/other/1.0.0", Protocol)
         b.setStreamHandler("/third/1.0.0", Protocol)
@@ -338,7 +338,7 @@ class MisbehavingStreamTests(TestCase):
         self.assertTrue(all(isinstance(reason, StreamReset) for _, reason in reasons))
         self.assertTrue(all(r.received == b"" for r in raw))
         self.assertFalse(conn.closed)
-        self.assertIs(b.connections[a.peerID].tcpTransport is not None, True)
+        self.assertIs(b.connections[a.peerID].rawTransport is not None, True)
         yield waitFor(lambda: b.connections[a.peerID].streamCount == 0)
         yield a.ping(b.peerID)
         self.assertIs(a.connections[b.peerID], conn)
@@ -497,8 +497,8 @@ class ObserverTests(TestCase):
             raise Boom(event)
 
         for n in (a, b):
-            n.connectionObservers.append(broken)
-            n.connectionObservers.append(lambda e, c, n=n: seen[n].append((e, c.remotePeer)))
+            n.addConnectionObserver(broken)
+            n.addConnectionObserver(lambda e, c, n=n: seen[n].append((e, c.remotePeer)))
         conn = yield a.connect(addrOf(b))
         yield conn.identified
         yield waitFor(lambda: len(seen[b]) >= 2)
@@ -564,7 +564,7 @@ class StopTests(TestCase):
         streams = yield DeferredList(
             [a.openStreamOn(conn, [ECHO_PROTOCOL], Recorder) for _ in range(64)], fireOnOneErrback=True
         )
-        bTransport = b.connections[a.peerID].tcpTransport
+        bTransport = b.connections[a.peerID].rawTransport
         bTransport.pauseProducing()
         self.addCleanup(bTransport.resumeProducing)
         chunk = b"x" * (256 * 1024)
@@ -634,7 +634,7 @@ class DialerTests(TestCase):
         a = yield startNode(self, maxConnections=1)
         b = yield startNode(self)
         c = yield startNode(self)
-        a.peerAddrs[c.peerID] = [Multiaddr.fromString("/ip4/127.0.0.1/udp/9")]
+        a.peerStore.addAddrs(c.peerID, [Multiaddr.fromString("/ip4/127.0.0.1/udp/9")], "user")
         d = a.connect(c.peerID)
         d.addTimeout(5, reactor)
         f = yield self.assertFailure(d, DialError)
@@ -720,14 +720,14 @@ class KeepAliveTests(TestCase):
     @inlineCallbacks
     def test_keepAliveSurvivesIdleReaping(self):
         """
-        A connection to a peer in C{node.keepAlive} stays open past the idle
+        A connection to a peer protected with C{node.protect} stays open past the idle
         timeout; once unmarked, it is reaped.
         """
         a = yield startNode(self, idleTimeout=0.2)
         b = yield startNode(self)
-        a.keepAlive[b.peerID] = 1
+        a.protect(b.peerID, "test")
         conn = yield a.connect(addrOf(b))
         yield deferLater(reactor, 0.6, lambda: None)
         self.assertFalse(conn.closed)
-        del a.keepAlive[b.peerID]
+        a.unprotect(b.peerID, "test")
         yield conn.whenClosed()

@@ -35,5 +35,5 @@ class NoDelayTests(TestCase):
                 break
             yield deferLater(reactor, 0.01, lambda: None)
         for c in (conn, b.connections[a.peerID]):
-            sock = c.tcpTransport.getHandle()
+            sock = c.rawTransport.getHandle()
             self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))

@@ -120,6 +120,7 @@ class TunnelForward(Service):
         self.responseTimeout = responseTimeout
         self.resolveAddrs = resolveAddrs
         self._keptAlive = False
+        self._keepTag = f"forward:{id(self)}"
         self.state = "stopped"
         self.stats = TunnelStats()
         self.listeningPort: Optional[IListeningPort] = None
@@ -168,9 +169,9 @@ class TunnelForward(Service):
         # node's idle timeout would only add latency to the next request.
         if not self._keptAlive:
             self._keptAlive = True
-            self.node.keepAlive[self.peer] = self.node.keepAlive.get(self.peer, 0) + 1
+            self.node.protect(self.peer, self._keepTag)
         self._learnAddrs()
-        self.node.connectionObservers.append(self._connectionEvent)
+        self.node.addConnectionObserver(self._connectionEvent)
         self._dial()
         if self.kind == "udp":
             return self._startUDP()
@@ -216,14 +217,9 @@ class TunnelForward(Service):
         self.state = "stopped"
         if self._keptAlive:
             self._keptAlive = False
-            left = self.node.keepAlive.get(self.peer, 1) - 1
-            if left > 0:
-                self.node.keepAlive[self.peer] = left
-            else:
-                self.node.keepAlive.pop(self.peer, None)
+            self.node.unprotect(self.peer, self._keepTag)
         self._stopDialling()
-        if self._connectionEvent in self.node.connectionObservers:
-            self.node.connectionObservers.remove(self._connectionEvent)
+        self.node.removeConnectionObserver(self._connectionEvent)
         for splice in list(self._splices):
             splice.abort()
         port, self.listeningPort = self.listeningPort, None
@@ -245,11 +241,7 @@ class TunnelForward(Service):
     # -- the peer connection ---------------------------------------------
 
     def _learnAddrs(self) -> None:
-        known = self.node.peerAddrs.setdefault(self.peer, [])
-        for addr in self.addrs:
-            addr = addr.withoutPeerID()
-            if addr not in known:
-                known.append(addr)
+        self.node.peerStore.addAddrs(self.peer, self.addrs, "user")
 
     def _refreshAddrs(self, addrs: Sequence[Multiaddr]) -> None:
         """
@@ -260,11 +252,13 @@ class TunnelForward(Service):
         if not fresh:
             return
         self.addrs = tuple(fresh)
-        known = self.node.peerAddrs.setdefault(self.peer, [])
-        known[:] = fresh + [a for a in known if a not in fresh]
+        # The record is the owner's word on where it is now: addresses it
+        # no longer lists are dropped, not tried first.
+        self.node.peerStore.removeAddrs(self.peer)
+        self.node.peerStore.addAddrs(self.peer, fresh, "user")
 
     def _connected(self) -> bool:
-        conn = self.node.connections.get(self.peer)
+        conn = self.node.connectionTo(self.peer)
         return conn is not None and not conn.closed
 
     def _dial(self) -> None:

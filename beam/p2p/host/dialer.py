@@ -1,5 +1,5 @@
 """
-The node's dialer: turning "a connection to this peer" into TCP connects
+The node's dialer: turning "a connection to this peer" into transport dials
 and upgrades, one address after another.
 
 Split from L{beam.p2p.host.node} so the pool logic there stays short.  The rules it
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
-from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.protocol import Factory
@@ -178,14 +177,14 @@ class Dialer:
             return fail(ConnectionLimitExceeded(
                 f"already {node.maxConnections} connections open"
             ))
+        transport = node._transportFor(addr)
+        if transport is None:
+            return fail(DialError(f"cannot dial {addr}: no transport for that address"))
+        upgrading = node._makeUpgrading(isInitiator=True, expectedPeer=peer, dialledAddr=addr, transport=transport)
         try:
-            endpoint = endpoints.clientFromString(node.reactor, addr.clientEndpointDescription())
+            connecting = transport.dial(addr, _OneProtocolFactory(upgrading), node.dialTimeout)
         except (ValueError, BeamError) as e:
             return fail(DialError(f"cannot dial {addr}: {e}"))
-        if hasattr(endpoint, "_timeout"):
-            endpoint._timeout = node.dialTimeout
-        upgrading = node._makeUpgrading(isInitiator=True, expectedPeer=peer, dialledAddr=addr)
-        connecting = endpoint.connect(_OneProtocolFactory(upgrading))
 
         def cancel(_: Any) -> None:
             if not connecting.called:

@@ -125,7 +125,7 @@ class NodeIdentify:
         observed = conn.observedRemote if conn is not None else None
         return IdentifyInfo(
             protocols=tuple(node.protocols),
-            listenAddrs=tuple(a.withoutPeerID() for a in node.shareableAddrs()),
+            listenAddrs=tuple(a.withoutPeerID() for a in node.advertisedAddrs()),
             observedAddr=observed,
             publicKey=node.identity.publicKey,
             agentVersion=node.agentVersion,
@@ -200,12 +200,12 @@ class NodeIdentify:
                 protocolVersion=info.protocolVersion or old.protocolVersion,
             )
         conn.identify = info
-        addrs = node.peerAddrs.setdefault(conn.remotePeer, [])
-        for a in info.listenAddrs[:32]:
-            a = a.withoutPeerID()
-            if a not in addrs and a.tcpTarget() is not None:
-                addrs.append(a)
-        del addrs[MAX_LEARNED_ADDRS:]
+        store = node.peerStore
+        store.addAddrs(conn.remotePeer, list(info.listenAddrs[:MAX_LEARNED_ADDRS]), "identify")
+        if info.protocols:
+            store.setProtocols(conn.remotePeer, info.protocols)
+        if info.agentVersion:
+            store.setAgent(conn.remotePeer, info.agentVersion)
         if info.observedAddr is not None and not push:
             obs = info.observedAddr
             node.observedAddrs[obs] = node.observedAddrs.get(obs, 0) + 1

@@ -25,7 +25,6 @@ import os
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from twisted.application.service import MultiService
-from twisted.internet import endpoints
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -34,8 +33,9 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IProtocol
+from twisted.internet.interfaces import IDelayedCall, IProtocol
 from twisted.internet.protocol import Factory
+from zope.interface import implementer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -62,31 +62,30 @@ from beam.p2p.security.interfaces import ISecureTransport, SecureInfo
 from beam.p2p.security.noise import NoiseTransport
 from beam.p2p.security.tls import TLSTransport
 from beam.p2p.upgrade import YAMUX_PROTOCOL, UpgradingProtocol
+from beam.p2p.host.peerstore import PeerStore
+from beam.p2p.interfaces import IHost, ITransport
+from beam.p2p.protocols.echo import ECHO_PROTOCOL, EchoProtocol
+from beam.p2p.transport.tcp import TCPTransport, listenFailureReason
 
 AGENT_VERSION = f"beam/{__version__}"
 Target = Union[Multiaddr, PeerID, str]
 StreamHandler = Callable[[], IProtocol]
 
 
+@implementer(IHost)
 class Node(MultiService):
     """
     A Beam node: one identity, its listening addresses and its peer
     connections.
 
     @ivar connections: the connection used for new streams to each
-        connected peer.
-    @ivar peerAddrs: addresses learned for each peer (dialled or identified).
+        connected peer (a direct one whenever there is one).
+    @ivar peerStore: addresses and metadata learned for peers (L{PeerStore}).
     @ivar observedAddrs: our addresses as peers reported them in identify.
-    @ivar connectionObservers: callables given C{(event, connection)} for
-        C{"connected"}, C{"identified"} (identify answered), C{"updated"}
-        (identify push) and C{"disconnected"}, in that order per
-        connection.
-    @cvar drainCheckInterval: how often (seconds) connections that went
-        away are checked for their last stream having ended.
+    @ivar transports: the L{ITransport}s, tried in order for each address.
     """
 
     log = Logger()
-    drainCheckInterval = 0.1
 
     def __init__(
         self,
@@ -95,6 +94,7 @@ class Node(MultiService):
         listenAddrs: Sequence[Multiaddr | str] = (),
         *,
         securities: Optional[Sequence[ISecureTransport]] = None,
+        transports: Optional[Sequence[ITransport]] = None,
         maxConnections: int = 512,
         maxStreamsPerConnection: int = 1024,
         idleTimeout: float = 300.0,
@@ -121,6 +121,7 @@ class Node(MultiService):
                 TLSTransport(identity, muxers=[YAMUX_PROTOCOL], clock=reactor),
             ]
         self.securities = list(securities)
+        self.transports: list[ITransport] = list(transports) if transports is not None else [TCPTransport(reactor)]
         self.maxConnections = maxConnections
         self.maxStreamsPerConnection = maxStreamsPerConnection
         self.idleTimeout = idleTimeout
@@ -132,26 +133,27 @@ class Node(MultiService):
         self._random = random
         self.connections: dict[PeerID, PeerConnection] = {}
         # Peers whose connection is kept open even when idle (a tunnel
-        # forward's host): counts, since several users may ask.
-        self.keepAlive: dict[PeerID, int] = {}
+        # forward's host), with the tags of those who asked.
+        self._keepTags: dict[PeerID, set[str]] = {}
         self._allConnections: set[PeerConnection] = set()
         self._dialer = Dialer(self)
         self._upgrading: set[UpgradingProtocol] = set()
         self._draining: set[PeerConnection] = set()
-        self._drainer: Optional[LoopingCall] = None
-        self._ports: list[IListeningPort] = []
+        self._ports: list[Any] = []
         self.listenAddrs: list[Multiaddr] = []
-        self.peerAddrs: dict[PeerID, list[Multiaddr]] = {}
+        self.peerStore = PeerStore(reactor)
+        self._listening: Optional[Deferred[None]] = None
         self.observedAddrs: dict[Multiaddr, int] = {}
         self._handlers: dict[str, StreamHandler] = {}
         self._reaper: Optional[LoopingCall] = None
         self._stopping = False
         self._stopped: Optional[Deferred[None]] = None
         self._identifier = NodeIdentify(self, negotiationTimeout)
-        self.connectionObservers: list[Callable[[str, PeerConnection], None]] = []
+        self._observers: list[Callable[[str, PeerConnection], None]] = []
         self.setStreamHandler(IDENTIFY_PROTOCOL, self._identifier.responder)
         self.setStreamHandler(IDENTIFY_PUSH_PROTOCOL, self._identifier.pushHandler)
         self.setStreamHandler(PING_PROTOCOL, PingResponder)
+        self.setStreamHandler(ECHO_PROTOCOL, EchoProtocol)
 
     # -- stream handlers -------------------------------------------------
 
@@ -178,9 +180,50 @@ class Node(MultiService):
         if self._handlers.pop(protocolId, None) is not None and self.running and not self._stopping:
             self._identifier.schedulePush()
 
+    def hasStreamHandler(self, protocolId: str) -> bool:
+        return protocolId in self._handlers
+
     @property
     def protocols(self) -> list[str]:
         return sorted(self._handlers)
+
+    # -- connection events and keep-alive --------------------------------
+
+    def addConnectionObserver(self, observer: Callable[[str, PeerConnection], None]) -> None:
+        """
+        Call C{observer(event, connection)} for C{"connected"},
+        C{"identified"} (identify answered), C{"updated"} (identify push)
+        and C{"disconnected"}, in that order per connection.  An observer
+        that raises is logged and kept.
+        """
+        self._observers.append(observer)
+
+    def removeConnectionObserver(self, observer: Callable[[str, PeerConnection], None]) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def protect(self, peer: PeerID, tag: str) -> None:
+        """
+        Keep the connection to C{peer} open while idle until every tag is
+        removed (a tunnel forward keeps its host's connection warm).
+        """
+        self._keepTags.setdefault(peer, set()).add(tag)
+
+    def unprotect(self, peer: PeerID, tag: str) -> None:
+        tags = self._keepTags.get(peer)
+        if tags is not None:
+            tags.discard(tag)
+            if not tags:
+                del self._keepTags[peer]
+
+    def isProtected(self, peer: PeerID) -> bool:
+        return bool(self._keepTags.get(peer))
+
+    def connectionTo(self, peer: PeerID) -> Optional[PeerConnection]:
+        return self._usableConnection(peer)
+
+    def liveConnections(self) -> list[PeerConnection]:
+        return list(self.connections.values())
 
     # -- lifecycle -------------------------------------------------------
 
@@ -195,34 +238,65 @@ class Node(MultiService):
         self._reaper = LoopingCall(self._reapIdle)
         self._reaper.clock = self.reactor
         self._reaper.start(max(0.05, min(self.idleTimeout / 4, 30.0)), now=False)
-        return self.listen(self.configuredListenAddrs)
+        listening = self.listen(self.configuredListenAddrs)
+        self._listening = Deferred()
+
+        def settled(result: Any) -> Any:
+            done, self._listening = self._listening, succeed(None) if not isinstance(result, Failure) else fail(result)
+            self._listening.addErrback(lambda f: None)
+            assert done is not None
+            if isinstance(result, Failure):
+                done.errback(result)
+            else:
+                done.callback(None)
+            return result
+
+        listening.addBoth(settled)
+        return listening
+
+    def whenListening(self) -> Deferred[None]:
+        """
+        Fires once every configured address is listened on, or fails with
+        the reason one could not be (port in use, ...).  For a Node started
+        as a child of someone else's L{MultiService}, whose
+        C{startService} return value nobody reads.
+        """
+        if self._listening is None:
+            return fail(NodeStopped("the node is not started"))
+        d: Deferred[None] = Deferred()
+        self._listening.addBoth(lambda r: (d.errback(r) if isinstance(r, Failure) else d.callback(None), r)[1])
+        return d
+
+    def _transportFor(self, addr: Multiaddr, listening: bool = False) -> Optional[ITransport]:
+        for transport in self.transports:
+            if (transport.canListen(addr) if listening else transport.canDial(addr)):
+                return transport
+        return None
 
     def listen(self, addrs: Iterable[Multiaddr]) -> Deferred[None]:
         """
         Start listening on more addresses.
         """
-        factory = Factory.forProtocol(lambda: self._makeUpgrading(isInitiator=False, expectedPeer=None))
-        factory.noisy = False
         ds = []
         for addr in addrs:
-            try:
-                endpoint = endpoints.serverFromString(self.reactor, addr.serverEndpointDescription())
-            except (ValueError, BeamError) as e:
-                return fail(DialError(f"cannot listen on {addr}: {e}"))
-            d = endpoint.listen(factory)
-            d.addCallback(self._listening)
-            d.addErrback(self._listenFailed, addr)
+            transport = self._transportFor(addr, listening=True)
+            if transport is None:
+                return fail(DialError(f"cannot listen on {addr}: no transport for that address"))
+            factory = Factory.forProtocol(
+                lambda transport=transport: self._makeUpgrading(  # type: ignore[misc]
+                    isInitiator=False, expectedPeer=None, transport=transport)
+            )
+            factory.noisy = False
+            d = transport.listen(addr, factory)
+            d.addCallback(self._listenStarted)
             ds.append(d)
         return DeferredList(ds, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
             lambda _: None, lambda f: f.value.subFailure
         )
 
-    def _listening(self, port: IListeningPort) -> None:
-        self._ports.append(port)
-        self.listenAddrs.append(Multiaddr.fromTwistedAddress(port.getHost()))
-
-    def _listenFailed(self, failure: Failure, addr: Multiaddr) -> Failure:
-        return Failure(DialError(f"cannot listen on {addr}: {listenFailureReason(failure.value)}"))
+    def _listenStarted(self, listener: Any) -> None:
+        self._ports.append(listener)
+        self.listenAddrs.append(listener.addr)
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         """
@@ -241,7 +315,6 @@ class Node(MultiService):
         if self._reaper is not None and self._reaper.running:
             self._reaper.stop()
         self._reaper = None
-        self._stopDrainer()
         self._draining.clear()
         self._identifier.stop()
         ds: list[Deferred[Any]] = [maybeDeferred(super().stopService)]
@@ -284,10 +357,11 @@ class Node(MultiService):
 
     # -- addresses -------------------------------------------------------
 
-    def shareableAddrs(self) -> list[Multiaddr]:
+    def advertisedAddrs(self) -> list[Multiaddr]:
         """
         Our listen addresses, with unspecified ones (0.0.0.0, ::) expanded
-        to this host's addresses, each ending in C{/p2p/<our peer ID>}.
+        to this machine's interface addresses, each ending in
+        C{/p2p/<our peer ID>}.
         """
         out: list[Multiaddr] = []
         for addr in self.listenAddrs:
@@ -306,7 +380,7 @@ class Node(MultiService):
             else:
                 target = PeerID.fromString(target)
         if isinstance(target, PeerID):
-            return target, list(self.peerAddrs.get(target, []))
+            return target, self.peerStore.addrs(target)
         peer = target.peerID()
         return peer, [target.withoutPeerID()]
 
@@ -346,9 +420,10 @@ class Node(MultiService):
         isInitiator: bool,
         expectedPeer: Optional[PeerID],
         dialledAddr: Optional[Multiaddr] = None,
+        transport: ITransport,
     ) -> UpgradingProtocol:
         def makeConn(up: UpgradingProtocol, info: SecureInfo, secureTransport: Any) -> PeerConnection:
-            return self._newConnection(up, info, isInitiator, dialledAddr)
+            return self._newConnection(up, info, isInitiator, dialledAddr, transport)
 
         def admit(up: UpgradingProtocol) -> bool:
             _noDelay(up.transport)
@@ -387,6 +462,7 @@ class Node(MultiService):
         info: SecureInfo,
         isInitiator: bool,
         dialledAddr: Optional[Multiaddr],
+        transport: ITransport,
     ) -> PeerConnection:
         holder: list[PeerConnection] = []
 
@@ -399,21 +475,27 @@ class Node(MultiService):
             self.reactor,
             maxStreams=self.maxStreamsPerConnection,
         )
-        tcp = up.transport
-        remote = dialledAddr if dialledAddr is not None else Multiaddr.fromTwistedAddress(tcp.getPeer())
+        raw = up.transport
+        seen = transport.multiaddrOf(raw.getPeer())
+        local = transport.multiaddrOf(raw.getHost())
+        remote = dialledAddr if dialledAddr is not None else seen
+        if remote is None or local is None:
+            raise DialError(f"the {transport.name} transport cannot name the connection's addresses")
         conn = PeerConnection(
             remotePeer=info.remotePeer,
             remotePublicKey=info.remotePublicKey,
             direction="outbound" if isInitiator else "inbound",
             remoteAddr=remote,
-            localAddr=Multiaddr.fromTwistedAddress(tcp.getHost()),
+            localAddr=local,
             security=info.protocolId,
             muxer=YAMUX_PROTOCOL,
             session=session,
             openedAt=self.reactor.seconds(),
-            tcpTransport=tcp,
+            rawTransport=raw,
+            transport=transport.name,
+            limited=transport.limited,
         )
-        conn.observedRemote = Multiaddr.fromTwistedAddress(tcp.getPeer())
+        conn.observedRemote = seen if seen is not None else remote
         holder.append(conn)
         self._allConnections.add(conn)
         session.whenClosed().addBoth(lambda _: self._connectionClosed(conn))
@@ -437,14 +519,19 @@ class Node(MultiService):
             conn.close()
             raise NodeStopped()
         if conn.direction == "outbound":
-            addrs = self.peerAddrs.setdefault(peer, [])
-            if conn.remoteAddr not in addrs:
-                addrs.insert(0, conn.remoteAddr)
+            self.peerStore.addAddrs(peer, [conn.remoteAddr], "connected")
         old = self.connections.get(peer)
         if old is None or not old.acceptsStreams:
             self.connections[peer] = conn
             if old is not None:
                 self._retire(old)
+        elif old.limited != conn.limited:
+            # A direct connection and a limited (relayed) one are not
+            # duplicates: new streams move to the direct one, and the
+            # limited one closes when its last stream ends.
+            keep, other = (conn, old) if old.limited else (old, conn)
+            self.connections[peer] = keep
+            self._retire(other)
         else:
             keep, drop = self._pickSurvivor(old, conn)
             self.connections[peer] = keep
@@ -473,8 +560,15 @@ class Node(MultiService):
         """
         The connection to hand out for C{peer}: the primary if it still
         accepts streams, else another that does (which becomes primary).
+        A limited primary gives way to a direct connection.
         """
         primary = self.connections.get(peer)
+        if primary is not None and primary.acceptsStreams and primary.limited:
+            for other in self._allConnections:
+                if other.remotePeer == peer and other.acceptsStreams and not other.limited:
+                    self.connections[peer] = other
+                    self._retire(primary)
+                    return other
         if primary is not None and primary.acceptsStreams:
             return primary
         if primary is not None:
@@ -490,33 +584,31 @@ class Node(MultiService):
         peer = conn.remotePeer
         if self.connections.get(peer) is conn:
             del self.connections[peer]
-            for other in self._allConnections:
-                if other is not conn and other.remotePeer == peer and other.acceptsStreams:
-                    self.connections[peer] = other
-                    break
-        if conn.closed or self._stopping:
+            candidates = [o for o in self._allConnections
+                          if o is not conn and o.remotePeer == peer and o.acceptsStreams]
+            candidates.sort(key=lambda o: o.limited)
+            if candidates:
+                self.connections[peer] = candidates[0]
+        if conn.closed or self._stopping or conn in self._draining:
             return
         self._draining.add(conn)
-        if self._drainer is None:
-            self._drainer = LoopingCall(self._closeDrained)
-            self._drainer.clock = self.reactor
-            self._drainer.start(self.drainCheckInterval, now=True)
 
-    def _closeDrained(self) -> None:
-        for conn in list(self._draining):
-            if conn.closed:
-                self._draining.discard(conn)
+        def streamEnded() -> None:
+            if conn.closed or conn not in self._draining:
+                conn.session.streamClosedObservers.remove(streamEnded)
             elif not conn.streamCount:
+                conn.session.streamClosedObservers.remove(streamEnded)
                 self._draining.discard(conn)
                 self.log.debug("closing retired connection to {peer}", peer=conn.remotePeer)
                 conn.close()
-        if not self._draining:
-            self._stopDrainer()
 
-    def _stopDrainer(self) -> None:
-        drainer, self._drainer = self._drainer, None
-        if drainer is not None and drainer.running:
-            drainer.stop()
+        # React to the last stream ending (no polling); a connection
+        # already without streams closes in the next turn, outside
+        # whatever stream event retired it.
+        conn.session.streamClosedObservers.append(streamEnded)
+        if not conn.streamCount:
+            self.reactor.callLater(0, lambda: streamEnded() if streamEnded in conn.session.streamClosedObservers
+                                   else None)
 
     def _connectionClosed(self, conn: PeerConnection) -> None:
         conn.closed = True
@@ -527,7 +619,7 @@ class Node(MultiService):
         self._notify("disconnected", conn)
 
     def _notify(self, event: str, conn: PeerConnection) -> None:
-        for observer in list(self.connectionObservers):
+        for observer in list(self._observers):
             try:
                 observer(event, conn)
             except Exception:
@@ -546,7 +638,7 @@ class Node(MultiService):
                 conn.lastActive = now
                 continue
             primary = self.connections.get(conn.remotePeer) is conn
-            if primary and self.keepAlive.get(conn.remotePeer):
+            if primary and self._keepTags.get(conn.remotePeer):
                 continue
             if not primary or now - conn.lastActive >= self.idleTimeout:
                 self.log.debug("closing idle connection to {peer}", peer=conn.remotePeer)
@@ -731,6 +823,9 @@ class Node(MultiService):
                     if timer.active():
                         timer.cancel()
                     rtts.append(rtt)
+                    peer = getattr(getattr(client.transport, "connection", None), "remotePeer", None)
+                    if peer is not None:
+                        self.peerStore.recordLatency(peer, rtt)
                     if interval and len(rtts) < count:
                         self.reactor.callLater(interval, one)
                     else:
@@ -752,23 +847,16 @@ class Node(MultiService):
         return self.openStream(target, [PING_PROTOCOL], lambda: client).addCallback(loop)
 
 
-def listenFailureReason(error: BaseException) -> str:
-    """
-    Why listening failed, in the words the CLI prints: the common socket
-    errors by their errno, anything else as Twisted put it.
-    """
-    import errno
-
-    code = getattr(getattr(error, "socketError", None), "errno", None)
-    if code == errno.EADDRINUSE:
-        return "the port is already in use"
-    if code == errno.EADDRNOTAVAIL:
-        return "that address is not on this machine"
-    return str(error)
-
-
 def _expandUnspecified(addr: Multiaddr) -> list[Multiaddr]:
+    """
+    C{addr} itself, or, for 0.0.0.0 and ::, one address per interface
+    address of this machine (loopback first).  The interfaces are
+    enumerated: resolving the host name gives whatever /etc/hosts says
+    (often only 127.0.1.1).
+    """
     import socket
+
+    from beam.p2p.transport._netif import interfaceAddresses
 
     target = addr.tcpTarget()
     if target is None:
@@ -776,22 +864,14 @@ def _expandUnspecified(addr: Multiaddr) -> list[Multiaddr]:
     host, port, family = target
     if host not in ("0.0.0.0", "::"):
         return [addr]
-    hosts: list[str] = []
     fam = socket.AF_INET if host == "0.0.0.0" else socket.AF_INET6
     loop = "127.0.0.1" if fam == socket.AF_INET else "::1"
-    hosts.append(loop)
-    try:
-        for info in socket.getaddrinfo(socket.gethostname(), None, fam):
-            h = info[4][0]
-            if h not in hosts and not h.startswith("fe80"):
-                hosts.append(h)
-    except OSError:
-        pass
+    hosts = [loop]
+    for h in interfaceAddresses(fam):
+        if h not in hosts:
+            hosts.append(h)
     proto = "ip4" if fam == socket.AF_INET else "ip6"
-    out = []
-    for h in hosts:
-        out.append(Multiaddr.fromString(f"/{proto}/{h}/tcp/{port}"))
-    return out
+    return [Multiaddr.fromString(f"/{proto}/{h}/tcp/{port}") for h in hosts]
 
 
 def _noDelay(transport: object) -> None:
