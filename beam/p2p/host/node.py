@@ -68,6 +68,7 @@ from beam.p2p.protocols.echo import ECHO_PROTOCOL, EchoProtocol
 from beam.p2p.transport.tcp import TCPTransport, listenFailureReason
 
 AGENT_VERSION = f"beam/{__version__}"
+_PENDING = object()
 Target = Union[Multiaddr, PeerID, str]
 StreamHandler = Callable[[], IProtocol]
 
@@ -142,7 +143,8 @@ class Node(MultiService):
         self._ports: list[Any] = []
         self.listenAddrs: list[Multiaddr] = []
         self.peerStore = PeerStore(reactor)
-        self._listening: Optional[Deferred[None]] = None
+        self._listenResult: Any = None
+        self._listenWaiters: list[Deferred[None]] = []
         self.observedAddrs: dict[Multiaddr, int] = {}
         self._handlers: dict[str, StreamHandler] = {}
         self._reaper: Optional[LoopingCall] = None
@@ -238,17 +240,15 @@ class Node(MultiService):
         self._reaper = LoopingCall(self._reapIdle)
         self._reaper.clock = self.reactor
         self._reaper.start(max(0.05, min(self.idleTimeout / 4, 30.0)), now=False)
+        self._listenResult = _PENDING
+        self._listenWaiters: list[Deferred[None]] = []
         listening = self.listen(self.configuredListenAddrs)
-        self._listening = Deferred()
 
         def settled(result: Any) -> Any:
-            done, self._listening = self._listening, succeed(None) if not isinstance(result, Failure) else fail(result)
-            self._listening.addErrback(lambda f: None)
-            assert done is not None
-            if isinstance(result, Failure):
-                done.errback(result)
-            else:
-                done.callback(None)
+            self._listenResult = result
+            waiters, self._listenWaiters = self._listenWaiters, []
+            for w in waiters:
+                w.errback(result) if isinstance(result, Failure) else w.callback(None)
             return result
 
         listening.addBoth(settled)
@@ -261,11 +261,14 @@ class Node(MultiService):
         as a child of someone else's L{MultiService}, whose
         C{startService} return value nobody reads.
         """
-        if self._listening is None:
+        result = self._listenResult
+        if result is None and not self.running:
             return fail(NodeStopped("the node is not started"))
-        d: Deferred[None] = Deferred()
-        self._listening.addBoth(lambda r: (d.errback(r) if isinstance(r, Failure) else d.callback(None), r)[1])
-        return d
+        if result is _PENDING:
+            d: Deferred[None] = Deferred()
+            self._listenWaiters.append(d)
+            return d
+        return fail(result) if isinstance(result, Failure) else succeed(None)
 
     def _transportFor(self, addr: Multiaddr, listening: bool = False) -> Optional[ITransport]:
         for transport in self.transports:
