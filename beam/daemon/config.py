@@ -250,7 +250,7 @@ class _Validator:
             try:
                 ma = Multiaddr.fromString(item)
                 if listen:
-                    ma.serverEndpointDescription()
+                    _checkListenable(ma)
                 elif ma.peerID() is None:
                     raise InvalidMultiaddr(f"{item} must end in /p2p/<peer ID>")
             except InvalidMultiaddr as e:
@@ -482,13 +482,23 @@ def checkConfig(path: Path | str) -> list[str]:
 # -- command-line flags ----------------------------------------------------------------
 
 
+def _checkListenable(ma: Multiaddr) -> None:
+    """
+    @raise InvalidMultiaddr: no transport of the daemon can listen on C{ma}.
+    """
+    from beam.p2p.transport.tcp import TCPTransport
+
+    if not TCPTransport(None).canListen(ma):
+        raise InvalidMultiaddr(f"cannot listen on {ma}: need /ip4 or /ip6 with /tcp")
+
+
 def _flagAddrs(flag: str, values: Iterable[Multiaddr | str], listen: bool) -> tuple[Multiaddr, ...]:
     out, problems = [], []
     for value in values:
         try:
             ma = value if isinstance(value, Multiaddr) else Multiaddr.fromString(value)
             if listen:
-                ma.serverEndpointDescription()
+                _checkListenable(ma)
             elif ma.peerID() is None:
                 raise InvalidMultiaddr(f"{ma} must end in /p2p/<peer ID>")
             out.append(ma)

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Callable, Final, Optional, Union
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.endpoints import quoteStringArgument
 
 from beam.encoding.base58 import b58decode
 from beam.errors import DecodeError, InvalidMultiaddr
@@ -689,36 +688,6 @@ class Multiaddr:
         if hostProto.name == "ip6":
             host += zone
         return host, int.from_bytes(portRaw, "big"), hostProto.name
-
-    def clientEndpointDescription(self) -> str:
-        """
-        A Twisted client endpoint string that connects to this address, e.g.
-        C{tcp:host=1.2.3.4:port=4001} or C{tcp:host=\\:\\:1:port=4001}
-        (Twisted's C{tcp:} client accepts IPv6 literals and host names).
-
-        @raise InvalidMultiaddr: not a TCP address (see L{tcpTarget}).
-        """
-        target = self.tcpTarget()
-        if target is None:
-            raise InvalidMultiaddr(f"{self} is not a TCP address")
-        host, port, _family = target
-        return f"tcp:host={quoteStringArgument(host)}:port={port}"
-
-    def serverEndpointDescription(self) -> str:
-        """
-        A Twisted server endpoint string that listens on this address, e.g.
-        C{tcp:port=4001:interface=0.0.0.0} or
-        C{tcp6:port=4001:interface=\\:\\:}.
-
-        @raise InvalidMultiaddr: not an C{/ip4} or C{/ip6} TCP address (one
-            cannot listen on a DNS name).
-        """
-        target = self.tcpTarget()
-        if target is None or target[2] not in ("ip4", "ip6"):
-            raise InvalidMultiaddr(f"cannot listen on {self}: need /ip4 or /ip6 with /tcp")
-        host, port, family = target
-        kind = "tcp" if family == "ip4" else "tcp6"
-        return f"{kind}:port={port}:interface={quoteStringArgument(host)}"
 
 
 def _empty() -> Multiaddr:

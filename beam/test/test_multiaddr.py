@@ -510,56 +510,6 @@ class NetworkTests(SynchronousTestCase):
             InvalidMultiaddr, Multiaddr.fromTwistedAddress, IPv4Address("TCP", "nonsense", 1)
         )
 
-    def test_clientEndpointDescription(self) -> None:
-        """
-        Client endpoint strings escape IPv6 colons.
-        """
-        self.assertEqual(
-            Multiaddr("/ip4/1.2.3.4/tcp/80").clientEndpointDescription(),
-            "tcp:host=1.2.3.4:port=80",
-        )
-        self.assertEqual(
-            Multiaddr("/ip6/::1/tcp/80/p2p/" + PEER_TEXT).clientEndpointDescription(),
-            "tcp:host=\\:\\:1:port=80",
-        )
-        self.assertEqual(
-            Multiaddr("/dns4/example.com/tcp/443").clientEndpointDescription(),
-            "tcp:host=example.com:port=443",
-        )
-        self.assertRaises(
-            InvalidMultiaddr, Multiaddr("/ip4/1.2.3.4/udp/80").clientEndpointDescription
-        )
-
-    def test_clientEndpointParses(self) -> None:
-        """
-        Twisted parses our client string back to the same host and port.
-        """
-        from twisted.internet.endpoints import clientFromString
-        from twisted.internet.testing import MemoryReactor
-
-        reactor = MemoryReactor()
-        ep = clientFromString(reactor, Multiaddr("/ip6/::1/tcp/81").clientEndpointDescription())
-        ep.connect(object())  # type: ignore[arg-type]
-        host, port = reactor.tcpClients[0][:2]
-        self.assertEqual((host, port), ("::1", 81))
-
-    def test_serverEndpointDescription(self) -> None:
-        """
-        Server endpoint strings choose tcp or tcp6 and escape the interface;
-        a DNS name cannot be listened on.
-        """
-        self.assertEqual(
-            Multiaddr("/ip4/0.0.0.0/tcp/4001").serverEndpointDescription(),
-            "tcp:port=4001:interface=0.0.0.0",
-        )
-        self.assertEqual(
-            Multiaddr("/ip6/::/tcp/4001").serverEndpointDescription(),
-            "tcp6:port=4001:interface=\\:\\:",
-        )
-        self.assertRaises(
-            InvalidMultiaddr, Multiaddr("/dns/example.com/tcp/1").serverEndpointDescription
-        )
-
     def test_isLoopback(self) -> None:
         """
         Loopback IPs and localhost are loopback; other addresses are not.

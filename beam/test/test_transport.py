@@ -72,6 +72,24 @@ class MemoryTransportTests(SynchronousTestCase):
         self.assertFalse(tcpT.canDial(mem))
         self.assertFalse(tcpT.canListen(Multiaddr.fromString("/dns4/example.com/tcp/1")))
 
+    def test_tcpDialAndListen(self) -> None:
+        """
+        The TCP transport dials IPv4, IPv6 and host names with the given
+        timeout (no private endpoint attribute patched), listens with tcp
+        or tcp6 on the given interface, and refuses to listen on a name.
+        """
+        from twisted.internet.testing import MemoryReactor
+
+        reactor = MemoryReactor()
+        tcp = TCPTransport(reactor)
+        tcp.dial(Multiaddr.fromString("/ip6/::1/tcp/81"), Factory(), 7)
+        tcp.dial(Multiaddr.fromString("/ip4/192.0.2.1/tcp/82/p2p/" + str(Identity.generate().peerID)), Factory(), 8)
+        self.assertEqual([c[:2] + (c[3],) for c in reactor.tcpClients], [("::1", 81, 7), ("192.0.2.1", 82, 8)])
+        tcp.listen(Multiaddr.fromString("/ip6/::/tcp/4001"), Factory())
+        self.assertEqual((reactor.tcpServers[0][0], reactor.tcpServers[0][3]), (4001, "::"))
+        f = self.failureResultOf(tcp.listen(Multiaddr.fromString("/dns/example.com/tcp/1"), Factory()), DialError)
+        self.assertIn("need /ip4 or /ip6", str(f.value))
+
     def test_bytesDeliveredLater(self) -> None:
         """
         A write reaches the peer in a later reactor turn, never from
