@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +22,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -44,6 +45,18 @@ from beam.p2p.muxer._yamux_frames import (
     encodeHeader,
 )
 from beam.p2p.interfaces import IMuxerSession
+from beam.p2p.muxer._yamux_lifecycle import (
+    IGNORE,
+    ILLEGAL,
+    TRANSITIONS,
+    VIOLATION,
+    IllegalTransition,
+    Outcome,
+    StreamInput,
+    StreamState,
+    renderTable,
+    transition,
+)
 from beam.p2p.muxer.yamux import YamuxSession, YamuxStream
 from beam.testing import MemoryTransport, Pump
 
@@ -1575,3 +1588,499 @@ class ReentrancyTests(SynchronousTestCase):
             frames(transport.take()),
             [Frame(TYPE_PING, FLAG_ACK, 0, 1), Frame(TYPE_PING, FLAG_ACK, 0, 2)],
         )
+
+
+# The stream lifecycle (beam.p2p.muxer._yamux_lifecycle).
+
+S = StreamState
+I = StreamInput  # noqa: E741
+
+#: Each stable state as (our direction, the peer's direction).
+_GRID = {
+    S.OPEN: ("open", "open"),
+    S.LOCAL_CLOSING: ("closing", "open"),
+    S.LOCAL_CLOSED: ("closed", "open"),
+    S.REMOTE_CLOSING: ("open", "closing"),
+    S.REMOTE_CLOSED: ("open", "closed"),
+    S.BOTH_CLOSING: ("closing", "closing"),
+    S.LOCAL_CLOSING_REMOTE_CLOSED: ("closing", "closed"),
+    S.LOCAL_CLOSED_REMOTE_CLOSING: ("closed", "closing"),
+}
+
+_FIN = encodeHeader(TYPE_WINDOW_UPDATE, FLAG_FIN, 1, 0)
+_RST = encodeHeader(TYPE_WINDOW_UPDATE, FLAG_RST, 1, 0)
+_DATA = encodeHeader(TYPE_DATA, 0, 1, 4) + b"data"
+_CREDIT = encodeHeader(TYPE_WINDOW_UPDATE, 0, 1, 1)
+
+
+class Lone:
+    """
+    One stream accepted by a session that is fed frames by hand, its
+    protocol a L{HalfRecorder}, brought to a given state.
+    """
+
+    def __init__(self, state: StreamState) -> None:
+        self.session, self.transport, accepted = lonelySession()
+        self.session.dataReceived(encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))
+        self.stream = accepted[0]
+        self.proto = HalfRecorder()
+        self.stream.setProtocol(self.proto)
+        if state is S.CLOSED:
+            self.stream.abortConnection()
+        else:
+            local, remote = _GRID[state]
+            if local == "closing":
+                # One byte more than the send window: it waits, and the FIN
+                # behind it.
+                self.stream.write(b"q" * (DEFAULT_WINDOW + 1))
+                self.stream.loseConnection()
+            elif local == "closed":
+                self.stream.loseConnection()
+            if remote == "closing":
+                # A paused reader holds the FIN back.
+                self.stream.pauseProducing()
+                self.session.dataReceived(_FIN)
+            elif remote == "closed":
+                self.session.dataReceived(_FIN)
+        assert self.stream.state is state, (self.stream.state, state)
+        self.transport.take()
+
+    def sent(self) -> list[Frame]:
+        return frames(self.transport.take())
+
+
+#: How each input is given to a stream through its public API or the wire.
+_ACTIONS: dict[str, Callable[[Lone], None]] = {
+    "write": lambda h: h.stream.write(b"w"),
+    "close": lambda h: h.stream.loseConnection(),
+    "data": lambda h: h.session.dataReceived(_DATA),
+    "fin": lambda h: h.session.dataReceived(_FIN),
+    "credit": lambda h: h.session.dataReceived(_CREDIT),
+    "resume": lambda h: h.stream.resumeProducing(),
+    "rst": lambda h: h.session.dataReceived(_RST),
+    "abort": lambda h: h.stream.abortConnection(),
+    "lost": lambda h: h.session.connectionLost(Failure(ConnectionDone())),
+}
+
+_ENDINGS = {"rst": StreamReset, "abort": ConnectionAborted, "lost": MuxerClosed}
+
+#: The state each action leads to from each state, written out by hand
+#: (independently of TRANSITIONS; a chain such as CLOSE then FIN_DUE shows
+#: as its end).  "violation": the session goes away with a protocol error.
+_WALK: dict[StreamState, dict[str, StreamState | str]] = {
+    S.OPEN: {
+        "write": S.OPEN,
+        "close": S.LOCAL_CLOSED,
+        "data": S.OPEN,
+        "fin": S.REMOTE_CLOSED,
+        "credit": S.OPEN,
+        "resume": S.OPEN,
+    },
+    S.LOCAL_CLOSING: {
+        "write": S.LOCAL_CLOSING,
+        "close": S.LOCAL_CLOSING,
+        "data": S.LOCAL_CLOSING,
+        "fin": S.LOCAL_CLOSING_REMOTE_CLOSED,
+        "credit": S.LOCAL_CLOSED,
+        "resume": S.LOCAL_CLOSING,
+    },
+    S.LOCAL_CLOSED: {
+        "write": S.LOCAL_CLOSED,
+        "close": S.LOCAL_CLOSED,
+        "data": S.LOCAL_CLOSED,
+        "fin": S.CLOSED,
+        "credit": S.LOCAL_CLOSED,
+        "resume": S.LOCAL_CLOSED,
+    },
+    S.REMOTE_CLOSING: {
+        "write": S.REMOTE_CLOSING,
+        "close": S.LOCAL_CLOSED_REMOTE_CLOSING,
+        "data": "violation",
+        "fin": S.REMOTE_CLOSING,
+        "credit": S.REMOTE_CLOSING,
+        "resume": S.REMOTE_CLOSED,
+    },
+    S.REMOTE_CLOSED: {
+        "write": S.REMOTE_CLOSED,
+        "close": S.CLOSED,
+        "data": "violation",
+        "fin": S.REMOTE_CLOSED,
+        "credit": S.REMOTE_CLOSED,
+        "resume": S.REMOTE_CLOSED,
+    },
+    S.BOTH_CLOSING: {
+        "write": S.BOTH_CLOSING,
+        "close": S.BOTH_CLOSING,
+        "data": "violation",
+        "fin": S.BOTH_CLOSING,
+        "credit": S.LOCAL_CLOSED_REMOTE_CLOSING,
+        "resume": S.LOCAL_CLOSING_REMOTE_CLOSED,
+    },
+    S.LOCAL_CLOSING_REMOTE_CLOSED: {
+        "write": S.LOCAL_CLOSING_REMOTE_CLOSED,
+        "close": S.LOCAL_CLOSING_REMOTE_CLOSED,
+        "data": "violation",
+        "fin": S.LOCAL_CLOSING_REMOTE_CLOSED,
+        "credit": S.CLOSED,
+        "resume": S.LOCAL_CLOSING_REMOTE_CLOSED,
+    },
+    S.LOCAL_CLOSED_REMOTE_CLOSING: {
+        "write": S.LOCAL_CLOSED_REMOTE_CLOSING,
+        "close": S.LOCAL_CLOSED_REMOTE_CLOSING,
+        "data": "violation",
+        "fin": S.LOCAL_CLOSED_REMOTE_CLOSING,
+        "credit": S.LOCAL_CLOSED_REMOTE_CLOSING,
+        "resume": S.CLOSED,
+    },
+    S.CLOSED: {
+        "write": S.CLOSED,
+        "close": S.CLOSED,
+        "data": S.CLOSED,
+        "fin": S.CLOSED,
+        "credit": S.CLOSED,
+        "resume": S.CLOSED,
+    },
+}
+for _state, _row in _WALK.items():
+    for _ending in _ENDINGS:
+        _row[_ending] = S.CLOSED
+
+
+class LifecycleTableTests(SynchronousTestCase):
+    """
+    The transition table itself: total, consistent with the attributes the
+    hot paths read, and the same as the one documented.
+    """
+
+    def test_total(self) -> None:
+        """
+        Every (state, input) pair has exactly one entry, a state or an
+        outcome.
+        """
+        for state in StreamState:
+            for event in StreamInput:
+                outcome = TRANSITIONS[state, event]
+                self.assertIsInstance(outcome, (StreamState, Outcome), (state, event))
+        self.assertEqual(len(TRANSITIONS), len(StreamState) * len(StreamInput))
+
+    def test_illegalRaises(self) -> None:
+        """
+        An input the table marks illegal raises IllegalTransition, so a bug
+        in our own code is loud; the others return their outcome.
+        """
+        illegal = [key for key, outcome in TRANSITIONS.items() if outcome is ILLEGAL]
+        self.assertIn((S.OPEN, I.FINISH), illegal)
+        self.assertIn((S.CLOSED, I.FIN_DUE), illegal)
+        for state, event in illegal:
+            self.assertRaises(IllegalTransition, transition, state, event)
+        self.assertIs(transition(S.OPEN, I.CLOSE), S.LOCAL_CLOSING)
+        self.assertIs(transition(S.CLOSED, I.DATA), IGNORE)
+        self.assertIs(transition(S.REMOTE_CLOSED, I.DATA), VIOLATION)
+
+    def test_illegalInputOnStream(self) -> None:
+        """
+        Driving a real stream with an illegal input (sending a FIN that was
+        never queued) raises instead of corrupting its state.
+        """
+        lone = Lone(S.OPEN)
+        self.assertRaises(IllegalTransition, lone.stream._sendFin)
+        self.assertIs(lone.stream.state, S.OPEN)
+        self.assertEqual(lone.sent(), [])
+
+    def test_derivedAttributes(self) -> None:
+        """
+        The attributes write and data frames read are what the table says:
+        sending where WRITE stays, receiving where DATA stays, FIN queued and
+        FIN pending where FIN_DUE and FIN_DELIVERED move; disconnecting is
+        the opposite of sending.
+        """
+        self.assertEqual(
+            {s for s in StreamState if s.sending}, {S.OPEN, S.REMOTE_CLOSING, S.REMOTE_CLOSED}
+        )
+        self.assertEqual(
+            {s for s in StreamState if s.receiving}, {S.OPEN, S.LOCAL_CLOSING, S.LOCAL_CLOSED}
+        )
+        self.assertEqual(
+            {s for s in StreamState if s.finQueued},
+            {S.LOCAL_CLOSING, S.BOTH_CLOSING, S.LOCAL_CLOSING_REMOTE_CLOSED},
+        )
+        self.assertEqual(
+            {s for s in StreamState if s.finPending},
+            {S.REMOTE_CLOSING, S.BOTH_CLOSING, S.LOCAL_CLOSED_REMOTE_CLOSING},
+        )
+        for state in _GRID:
+            self.assertEqual(Lone(state).stream.disconnecting, not state.sending)
+
+    def test_everyStateReachableAndEnds(self) -> None:
+        """
+        Every state is reachable from OPEN, and CLOSED from every state.
+        """
+        reached = {S.OPEN}
+        frontier = [S.OPEN]
+        while frontier:
+            state = frontier.pop()
+            for event in StreamInput:
+                nxt = TRANSITIONS[state, event]
+                if isinstance(nxt, StreamState) and nxt not in reached:
+                    reached.add(nxt)
+                    frontier.append(nxt)
+        self.assertEqual(reached, set(StreamState))
+        for state in StreamState:
+            if state is not S.CLOSED:
+                self.assertIs(TRANSITIONS[state, I.RESET], S.CLOSED)
+        self.assertIs(TRANSITIONS[S.CLOSED, I.RESET], IGNORE)
+
+    def test_documented(self) -> None:
+        """
+        docs/state-machines/yamux-stream.md shows the table as it is.
+        """
+        doc = Path(__file__).resolve().parents[2] / "docs" / "state-machines" / "yamux-stream.md"
+        if not doc.exists():
+            raise SkipTest("not running from a checkout")
+        self.assertIn(renderTable(), doc.read_text(encoding="utf-8"))
+
+
+class StreamLifecycleTests(SynchronousTestCase):
+    """
+    Every state of a real stream, given every input through its API or the
+    wire, ends where the lifecycle says, with the right effects.
+    """
+
+    def test_walk(self) -> None:
+        """
+        From each state (all but the transient DONE), each input leads to
+        the state written out in _WALK; a violation sends a protocol-error
+        go-away and leaves the stream as it was until the session is lost.
+        """
+        for state, row in _WALK.items():
+            for action, expected in row.items():
+                lone = Lone(state)
+                _ACTIONS[action](lone)
+                where = f"{action} in {state.name}"
+                if expected == "violation":
+                    self.assertIn(
+                        Frame(TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR), lone.sent(), where
+                    )
+                    self.assertIs(lone.stream.state, state, where)
+                else:
+                    self.assertIs(lone.stream.state, expected, where)
+                    self.assertFalse(lone.transport.disconnecting and action != "lost", where)
+                self.assertLessEqual(len(lone.proto.lost), 1, where)
+                if lone.stream.state is S.CLOSED:
+                    self.assertNotIn(lone.stream.streamID, lone.session.streams, where)
+                    if state is not S.CLOSED:
+                        self.assertEqual(len(lone.proto.lost), 1, where)
+                        lone.proto.lost[0].trap(_ENDINGS.get(action, ConnectionDone))
+                else:
+                    self.assertIn(lone.stream.streamID, lone.session.streams, where)
+                    self.assertEqual(lone.proto.lost, [], where)
+
+    def test_writeIgnoredOnceLocalClosed(self) -> None:
+        """
+        A write is sent while our direction is open (also after the peer's
+        FIN) and dropped without a frame once we closed or the stream ended.
+        """
+        for state in _WALK:
+            lone = Lone(state)
+            queued = lone.stream._queued
+            lone.stream.write(b"w")
+            sent = [f for f in lone.sent() if f.type == TYPE_DATA]
+            if state.sending:
+                self.assertEqual(sent, [Frame(TYPE_DATA, 0, 1, 1, b"w")], state)
+            else:
+                self.assertEqual((sent, lone.stream._queued), ([], queued), state)
+
+    def test_closeSendsOneFin(self) -> None:
+        """
+        loseConnection sends one FIN; calling it again, in any later state,
+        sends nothing more.
+        """
+        lone = Lone(S.OPEN)
+        lone.stream.loseConnection()
+        self.assertEqual(lone.sent(), [Frame(TYPE_WINDOW_UPDATE, FLAG_FIN, 1, 0)])
+        lone.stream.loseConnection()
+        lone.stream.loseWriteConnection()
+        self.assertEqual(lone.sent(), [])
+
+    def test_finWaitsForQueue(self) -> None:
+        """
+        A FIN requested behind queued data is sent right after the last
+        byte, when credit lets it go (LOCAL_CLOSING -> LOCAL_CLOSED).
+        """
+        lone = Lone(S.LOCAL_CLOSING)
+        lone.session.dataReceived(_CREDIT)
+        self.assertEqual(
+            lone.sent(),
+            [Frame(TYPE_DATA, 0, 1, 1, b"q"), Frame(TYPE_WINDOW_UPDATE, FLAG_FIN, 1, 0)],
+        )
+        self.assertIs(lone.stream.state, S.LOCAL_CLOSED)
+
+    def test_dataAfterRemoteFin(self) -> None:
+        """
+        Data after the peer's FIN, delivered or not, is a protocol violation
+        whatever our own direction is doing: the session goes away.
+        """
+        for state in (S.REMOTE_CLOSING, S.REMOTE_CLOSED, S.BOTH_CLOSING):
+            lone = Lone(state)
+            lone.session.dataReceived(_DATA)
+            self.assertIn(Frame(TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR), lone.sent())
+            self.assertTrue(lone.transport.disconnecting)
+            self.assertNotIn(b"data", lone.proto.data)
+
+    def test_repeatedFinIgnored(self) -> None:
+        """
+        A second FIN from the peer is ignored: the protocol hears of the end
+        of its input once.
+        """
+        lone = Lone(S.REMOTE_CLOSED)
+        lone.session.dataReceived(_FIN)
+        self.assertEqual(lone.proto.readLost, 1)
+        self.assertEqual(lone.sent(), [])
+        self.assertFalse(lone.transport.disconnecting)
+
+    def test_resetDuringHalfClose(self) -> None:
+        """
+        An RST in any half-closed state ends the stream at once with
+        StreamReset: queued data and a waiting FIN are dropped, nothing is
+        sent back, and the protocol hears once.
+        """
+        for state in _GRID:
+            if state is S.OPEN:
+                continue
+            lone = Lone(state)
+            lone.session.dataReceived(_RST)
+            self.assertIs(lone.stream.state, S.CLOSED, state)
+            self.assertEqual(lone.sent(), [], state)
+            self.assertEqual(lone.stream._queued, 0, state)
+            self.assertEqual(len(lone.proto.lost), 1, state)
+            lone.proto.lost[0].trap(StreamReset)
+
+    def test_abortDuringHalfClose(self) -> None:
+        """
+        Aborting a half-closed stream sends RST and gives ConnectionAborted.
+        """
+        for state in (S.LOCAL_CLOSED, S.REMOTE_CLOSED, S.LOCAL_CLOSING_REMOTE_CLOSED):
+            lone = Lone(state)
+            lone.stream.abortConnection()
+            self.assertEqual(lone.sent(), [Frame(TYPE_WINDOW_UPDATE, FLAG_RST, 1, 0)], state)
+            lone.proto.lost[0].trap(ConnectionAborted)
+
+    def test_inputsAfterClose(self) -> None:
+        """
+        Once ended, a stream ignores everything: writes, closes, aborts (no
+        second RST), and late frames that reach it in the same dispatch,
+        including a window update (nothing is flushed).
+        """
+        lone = Lone(S.CLOSED)
+        stream = lone.stream
+        stream.write(b"late")
+        stream.loseConnection()
+        stream.abortConnection()
+        stream.resumeProducing()
+        stream._windowUpdate(DEFAULT_WINDOW)
+        stream._dataReceived(b"late")
+        stream._remoteFinReceived()
+        stream._finish(Failure(StreamReset()))
+        self.assertEqual(lone.sent(), [])
+        self.assertIs(stream.state, S.CLOSED)
+        self.assertEqual(len(lone.proto.lost), 1)
+        lone.proto.lost[0].trap(ConnectionAborted)
+        self.assertEqual(lone.proto.data, b"")
+
+    def test_windowUpdateAfterCloseOnTheWire(self) -> None:
+        """
+        A window update for a stream that ended is dropped by the session;
+        the session stays up.
+        """
+        lone = Lone(S.CLOSED)
+        lone.session.dataReceived(_CREDIT + _FIN + _DATA)
+        self.assertEqual(lone.sent(), [])
+        self.assertFalse(lone.transport.disconnecting)
+
+    def test_framesForStreamEndedByOnStream(self) -> None:
+        """
+        A SYN that carries data and a FIN, for a stream the application
+        resets from onStream, reaches the ended stream: the data and the FIN
+        are ignored (no violation) and one RST goes back.
+        """
+        session, transport, _ = lonelySession()
+        session._onStream = lambda stream: stream.abortConnection()
+        session.dataReceived(encodeHeader(TYPE_DATA, FLAG_SYN | FLAG_FIN, 1, 4) + b"data")
+        sent = frames(transport.take())
+        self.assertEqual(sent[-1], Frame(TYPE_WINDOW_UPDATE, FLAG_RST, 1, 0))
+        self.assertNotIn(TYPE_GO_AWAY, [f.type for f in sent])
+        self.assertEqual(session.streams, {})
+
+    def test_doneIsTransient(self) -> None:
+        """
+        When our FIN was sent first, the protocol's readConnectionLost runs
+        in DONE: a write or close there is ignored, and the stream then
+        finishes with ConnectionDone.
+        """
+        seen: list[StreamState] = []
+
+        @implementer(IHalfCloseableProtocol)
+        class Late(HalfRecorder):
+            def readConnectionLost(self) -> None:
+                seen.append(self.transport.state)
+                self.transport.write(b"too late")
+                self.transport.loseConnection()
+
+        lone = Lone(S.LOCAL_CLOSED)
+        late = Late()
+        lone.stream.protocol = late
+        late.makeConnection(lone.stream)
+        lone.session.dataReceived(_FIN)
+        self.assertEqual(seen, [S.DONE])
+        self.assertIs(lone.stream.state, S.CLOSED)
+        self.assertEqual(lone.sent(), [])
+        late.lost[0].trap(ConnectionDone)
+
+    def test_abortInDone(self) -> None:
+        """
+        A protocol may still abort from readConnectionLost in DONE: RST is
+        sent and it gets ConnectionAborted, not ConnectionDone.
+        """
+
+        @implementer(IHalfCloseableProtocol)
+        class Aborter(HalfRecorder):
+            def readConnectionLost(self) -> None:
+                self.transport.abortConnection()
+
+        lone = Lone(S.LOCAL_CLOSED)
+        aborter = Aborter()
+        lone.stream.protocol = aborter
+        aborter.makeConnection(lone.stream)
+        lone.session.dataReceived(_FIN)
+        self.assertEqual(lone.sent(), [Frame(TYPE_WINDOW_UPDATE, FLAG_RST, 1, 0)])
+        self.assertEqual(len(aborter.lost), 1)
+        aborter.lost[0].trap(ConnectionAborted)
+
+    def test_finPendingUntilProtocolSet(self) -> None:
+        """
+        A FIN that arrives before a protocol is set waits in REMOTE_CLOSING
+        and is delivered (REMOTE_CLOSED) by setProtocol.
+        """
+        session, _, accepted = lonelySession()
+        session.dataReceived(encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN | FLAG_FIN, 1, 0))
+        stream = accepted[0]
+        self.assertIs(stream.state, S.REMOTE_CLOSING)
+        proto = HalfRecorder()
+        stream.setProtocol(proto)
+        self.assertIs(stream.state, S.REMOTE_CLOSED)
+        self.assertEqual(proto.readLost, 1)
+
+    def test_plainProtocolClosesOnFin(self) -> None:
+        """
+        For a protocol that cannot half-close, FIN_DELIVERED is followed by
+        CLOSE: with nothing queued the stream goes through DONE to CLOSED.
+        """
+        session, transport, accepted = lonelySession()
+        session.dataReceived(encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))
+        stream = accepted[0]
+        proto = Recorder()
+        stream.setProtocol(proto)
+        session.dataReceived(_FIN)
+        self.assertIs(stream.state, S.CLOSED)
+        self.assertIn(Frame(TYPE_WINDOW_UPDATE, FLAG_FIN, 1, 0), frames(transport.take()))
+        proto.lost[0].trap(ConnectionDone)
