@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from enum import Enum
+
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
@@ -14,7 +16,56 @@ from beam.p2p.protocols.identify import IdentifyInfo
 from beam.identity.keys import PeerID, PublicKey
 from beam.identity.multiaddr import Multiaddr
 from beam.p2p.interfaces import IPeerConnection
+from beam.statemachine import IGNORE, StateMachine
 from beam.p2p.muxer.yamux import YamuxSession, YamuxStream
+
+
+class ConnectionState(Enum):
+    """
+    Where a peer connection is in its life.
+    """
+
+    #: Carries streams both ways; new ones may be opened.
+    OPEN = "open"
+    #: We sent go-away (it lost to a duplicate or a direct connection, or
+    #: the node is stopping): its open streams run to their end, no new
+    #: ones.  (A go-away from the peer is the session's to know:
+    #: L{PeerConnection.acceptsStreams} asks it.)
+    GOING_AWAY = "going away"
+    #: close() was called: the session flushes and closes.
+    CLOSING = "closing"
+    #: The session ended (cleanly or not).  Terminal.
+    CLOSED = "closed"
+
+
+class ConnectionInput(Enum):
+    GO_AWAY = "goAway()"
+    CLOSE = "close()"
+    ABORT = "abort()"
+    LOST = "session ended"
+
+
+_CS, _CI = ConnectionState, ConnectionInput
+#: The lifecycle of a peer connection (docs/state-machines/node.md).
+CONNECTION_MACHINE = StateMachine("connection", ConnectionState, ConnectionInput, {
+    (_CS.OPEN, _CI.GO_AWAY): _CS.GOING_AWAY,
+    (_CS.OPEN, _CI.CLOSE): _CS.CLOSING,
+    (_CS.OPEN, _CI.ABORT): _CS.CLOSING,
+    (_CS.OPEN, _CI.LOST): _CS.CLOSED,
+    (_CS.GOING_AWAY, _CI.GO_AWAY): IGNORE,
+    (_CS.GOING_AWAY, _CI.CLOSE): _CS.CLOSING,
+    (_CS.GOING_AWAY, _CI.ABORT): _CS.CLOSING,
+    (_CS.GOING_AWAY, _CI.LOST): _CS.CLOSED,
+    (_CS.CLOSING, _CI.GO_AWAY): IGNORE,
+    (_CS.CLOSING, _CI.CLOSE): IGNORE,
+    # A peer that will not let the connection close is cut off.
+    (_CS.CLOSING, _CI.ABORT): _CS.CLOSING,
+    (_CS.CLOSING, _CI.LOST): _CS.CLOSED,
+    (_CS.CLOSED, _CI.GO_AWAY): IGNORE,
+    (_CS.CLOSED, _CI.CLOSE): IGNORE,
+    (_CS.CLOSED, _CI.ABORT): IGNORE,
+    (_CS.CLOSED, _CI.LOST): IGNORE,
+})
 
 
 @implementer(IPeerConnection)
@@ -31,9 +82,7 @@ class PeerConnection:
     @ivar identify: what the peer told us in identify, once it has.
     @ivar lastActive: clock time of the last stream opened or closed,
         for closing idle connections.
-    @ivar goingAway: we sent go-away on it (it lost to a duplicate, or the
-        node is stopping): it carries its open streams to their end, and
-        no new ones.
+    @ivar state: its L{ConnectionState}.
     @ivar identified: once identify ran on the connection, a Deferred that
         fires (with the L{IdentifyInfo}, or L{None} if identify failed)
         when it is done.
@@ -73,8 +122,7 @@ class PeerConnection:
         self.lastActive = openedAt
         self.identify: Optional[IdentifyInfo] = None
         self.observedRemote: Multiaddr = remoteAddr
-        self.closed = False
-        self.goingAway = False
+        self.state = ConnectionState.OPEN
         self.streamsOpened = 0
         self.rawTransport = rawTransport
         self.transport = transport
@@ -97,38 +145,56 @@ class PeerConnection:
         return self.session.streamCount
 
     @property
+    def closed(self) -> bool:
+        return self.state is ConnectionState.CLOSED
+
+    @property
     def acceptsStreams(self) -> bool:
         """
-        Whether new streams may be opened: not closed, and no go-away sent
-        or received (a doomed SYN on a connection the peer left would only
-        cost a retry).
+        Whether new streams may be opened: open on our side, and no
+        go-away from the peer (a doomed SYN on a connection the peer left
+        would only cost a retry).
         """
-        return not (self.closed or self.goingAway) and self.session.acceptsStreams
+        return self.state is ConnectionState.OPEN and self.session.acceptsStreams
+
+    def _move(self, event: ConnectionInput) -> bool:
+        outcome = CONNECTION_MACHINE.next(self.state, event)
+        if isinstance(outcome, ConnectionState):
+            self.state = outcome
+            return True
+        return False
 
     def goAway(self) -> None:
         """
         Refuse new streams from now on; open ones continue.
         """
-        self.goingAway = True
-        self.session.goAway()
+        if self._move(ConnectionInput.GO_AWAY):
+            self.session.goAway()
 
     def close(self) -> None:
         """
-        Go away and close the connection.
+        Go away and close the connection once flushed.
         """
-        self.goingAway = True
-        self.session.close()
+        if self._move(ConnectionInput.CLOSE):
+            self.session.close()
 
     def abort(self) -> None:
         """
         Cut the connection at once (for a peer that will not let it close).
         """
-        self.goingAway = True
+        if not self._move(ConnectionInput.ABORT):
+            return
         transport = self.rawTransport
-        if transport is not None and not self.closed:
+        if transport is not None:
             transport.abortConnection()
         else:
             self.session.close()
+
+    def lost(self) -> None:
+        """
+        The session ended: called by the node, once.
+        """
+        self._move(ConnectionInput.LOST)
 
     def whenClosed(self) -> Deferred[None]:
         return self.session.whenClosed()

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: dict[str, int] = {
     "beam.errors": 0,
     "beam.proto": 0,
+    "beam.statemachine": 0,
     "beam.encoding": 1,
     "beam.identity": 2,
     "beam.storage": 3,

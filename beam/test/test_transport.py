@@ -6,6 +6,7 @@ control.
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
@@ -443,3 +444,94 @@ class MemoryNodeTests(SynchronousTestCase):
         self.assertIs(a.connectionTo(b.peerID), direct)
         self.settle()
         self.assertTrue(relayed.closed)
+
+
+class LifecycleTests(SynchronousTestCase):
+    """
+    The node's and the peer connection's lifecycles are total tables, and
+    the node moves through them.
+    """
+
+    def test_tablesComplete(self) -> None:
+        """
+        Every (state, input) pair of both machines has an entry (checked
+        when the table is built), and the docs show the current tables.
+        """
+        from pathlib import Path
+
+        from beam.p2p.connection import CONNECTION_MACHINE
+        from beam.p2p.host.node import NODE_MACHINE
+        from beam.statemachine import StateMachine
+
+        self.assertRaises(ValueError, StateMachine, "x", NodeStateForTest, NodeStateForTest, {})
+        doc = (Path(__file__).resolve().parents[2] / "docs" / "state-machines" / "node.md").read_text()
+        self.assertIn(NODE_MACHINE.render(), doc)
+        self.assertIn(CONNECTION_MACHINE.render(), doc)
+
+    def test_nodeStates(self) -> None:
+        """
+        stopped -> starting -> running -> stopping -> stopped; a second
+        start while running is a bug (raises); stopping a stopped node is
+        ignored; a node can start again after a stop.
+        """
+        from beam.p2p.host.node import NodeInput, NodeState
+        from beam.statemachine import IllegalTransition
+
+        clock = Clock()
+        net = MemoryNetwork()
+        node = Node(clock, Identity.generate(), ["/memory/0"], transports=[MemoryTransport(clock, net)])
+        self.assertEqual(node.state, NodeState.STOPPED)
+        self.successResultOf(node.stopService())
+        self.assertEqual(node.state, NodeState.STOPPED)
+        d = node.startService()
+        self.assertEqual(node.state, NodeState.RUNNING)
+        self.successResultOf(d)
+        self.assertRaises(IllegalTransition, node._move, NodeInput.START)
+        stopping = node.stopService()
+        again = node.stopService()
+        flush(clock)
+        self.successResultOf(stopping)
+        self.successResultOf(again)
+        self.assertEqual(node.state, NodeState.STOPPED)
+        self.successResultOf(node.startService())
+        self.assertEqual(node.state, NodeState.RUNNING)
+        node.stopService()
+        flush(clock)
+
+    def test_connectionStates(self) -> None:
+        """
+        A connection goes open -> going away -> closing -> closed, ignores
+        repeated calls, and an abort while closing cuts it off.
+        """
+        from beam.p2p.connection import ConnectionState
+
+        clock = Clock()
+        net = MemoryNetwork()
+        a = Node(clock, Identity.generate(), ["/memory/0"], transports=[MemoryTransport(clock, net)])
+        b = Node(clock, Identity.generate(), ["/memory/0"], transports=[MemoryTransport(clock, net)])
+        a.startService()
+        b.startService()
+        d = a.connect(b.listenAddrs[0].withPeerID(b.peerID))
+        flush(clock)
+        conn = self.successResultOf(d)
+        self.assertEqual(conn.state, ConnectionState.OPEN)
+        conn.goAway()
+        conn.goAway()
+        self.assertEqual(conn.state, ConnectionState.GOING_AWAY)
+        self.assertFalse(conn.acceptsStreams)
+        conn.close()
+        self.assertEqual(conn.state, ConnectionState.CLOSING)
+        conn.abort()
+        flush(clock)
+        self.assertEqual(conn.state, ConnectionState.CLOSED)
+        self.assertTrue(conn.closed)
+        conn.close()
+        self.assertEqual(conn.state, ConnectionState.CLOSED)
+        a.stopService()
+        b.stopService()
+        flush(clock)
+        clock.advance(10)
+
+
+class NodeStateForTest(Enum):
+    ONLY = 1

@@ -146,7 +146,7 @@ class Dialer:
                     return
                 if f.check(NodeStopped, CancelledError):
                     if not result.called:
-                        stopped = f.check(NodeStopped) or self.node._stopping
+                        stopped = f.check(NodeStopped) or self.node.isStopping
                         result.errback(NodeStopped() if stopped else f)
                     return
                 if f.check(PeerIDMismatch) and i + 1 < len(addrs):
@@ -208,7 +208,7 @@ class Dialer:
         def failed(f: Failure) -> None:
             if result.called:
                 return
-            if node._stopping:
+            if node.isStopping:
                 result.errback(NodeStopped())
             elif f.check(CancelledError, ConnectingCancelledError):
                 result.errback(CancelledError())

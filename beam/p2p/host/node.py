@@ -22,6 +22,7 @@ in L{beam.p2p.host.identifying}.
 from __future__ import annotations
 
 import os
+from enum import Enum
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from twisted.application.service import MultiService
@@ -41,6 +42,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from beam import __version__
+from beam.statemachine import IGNORE, StateMachine
+from beam.statemachine import ILLEGAL
 from beam.p2p.host.dialer import Dialer
 from beam.p2p.host.identifying import NodeIdentify
 from beam.p2p.connection import PeerConnection
@@ -65,10 +68,55 @@ from beam.p2p.upgrade import YAMUX_PROTOCOL, UpgradingProtocol
 from beam.p2p.host.peerstore import PeerStore
 from beam.p2p.interfaces import IHost, ITransport
 from beam.p2p.protocols.echo import ECHO_PROTOCOL, EchoProtocol
-from beam.p2p.transport.tcp import TCPTransport, listenFailureReason
+from beam.p2p.transport.tcp import TCPTransport
 
 AGENT_VERSION = f"beam/{__version__}"
 _PENDING = object()
+
+
+class NodeState(Enum):
+    """
+    Where a node is in its life.
+    """
+
+    STOPPED = "stopped"
+    #: Started; listeners are being set up.
+    STARTING = "starting"
+    #: Listening (or listening failed, which was reported): dialling and
+    #: serving work.
+    RUNNING = "running"
+    #: Closing connections and listeners; fails everything new.
+    STOPPING = "stopping"
+
+
+class NodeInput(Enum):
+    START = "startService"
+    LISTENED = "listeners settled"
+    STOP = "stopService"
+    STOPPED = "stop complete"
+
+
+_NS, _NI = NodeState, NodeInput
+#: The node's lifecycle (rendered in docs/state-machines/node.md).
+NODE_MACHINE = StateMachine("node", NodeState, NodeInput, {
+    (_NS.STOPPED, _NI.START): _NS.STARTING,
+    (_NS.STOPPED, _NI.LISTENED): ILLEGAL,
+    (_NS.STOPPED, _NI.STOP): IGNORE,
+    (_NS.STOPPED, _NI.STOPPED): ILLEGAL,
+    (_NS.STARTING, _NI.START): ILLEGAL,
+    (_NS.STARTING, _NI.LISTENED): _NS.RUNNING,
+    (_NS.STARTING, _NI.STOP): _NS.STOPPING,
+    (_NS.STARTING, _NI.STOPPED): ILLEGAL,
+    (_NS.RUNNING, _NI.START): ILLEGAL,
+    (_NS.RUNNING, _NI.LISTENED): ILLEGAL,
+    (_NS.RUNNING, _NI.STOP): _NS.STOPPING,
+    (_NS.RUNNING, _NI.STOPPED): ILLEGAL,
+    (_NS.STOPPING, _NI.START): ILLEGAL,
+    # The listeners of a start cut short by a stop settle late.
+    (_NS.STOPPING, _NI.LISTENED): IGNORE,
+    (_NS.STOPPING, _NI.STOP): IGNORE,
+    (_NS.STOPPING, _NI.STOPPED): _NS.STOPPED,
+})
 Target = Union[Multiaddr, PeerID, str]
 StreamHandler = Callable[[], IProtocol]
 
@@ -148,7 +196,7 @@ class Node(MultiService):
         self.observedAddrs: dict[Multiaddr, int] = {}
         self._handlers: dict[str, StreamHandler] = {}
         self._reaper: Optional[LoopingCall] = None
-        self._stopping = False
+        self.state = NodeState.STOPPED
         self._stopped: Optional[Deferred[None]] = None
         self._identifier = NodeIdentify(self, negotiationTimeout)
         self._observers: list[Callable[[str, PeerConnection], None]] = []
@@ -171,7 +219,7 @@ class Node(MultiService):
         error logged).
         """
         self._handlers[protocolId] = handler
-        if self.running and not self._stopping:
+        if self.state in (NodeState.STARTING, NodeState.RUNNING):
             self._identifier.schedulePush()
 
     def removeStreamHandler(self, protocolId: str) -> None:
@@ -179,7 +227,7 @@ class Node(MultiService):
         Stop serving C{protocolId} (streams already open are unaffected);
         connected peers learn of it through identify push.
         """
-        if self._handlers.pop(protocolId, None) is not None and self.running and not self._stopping:
+        if self._handlers.pop(protocolId, None) is not None and self.state in (NodeState.STARTING, NodeState.RUNNING):
             self._identifier.schedulePush()
 
     def hasStreamHandler(self, protocolId: str) -> bool:
@@ -234,7 +282,7 @@ class Node(MultiService):
         Listen on every configured address; fires once all are listening.
         A failure to listen (port in use, ...) fails the returned Deferred.
         """
-        self._stopping = False
+        self._move(NodeInput.START)
         self._stopped = None
         super().startService()
         self._reaper = LoopingCall(self._reapIdle)
@@ -245,6 +293,7 @@ class Node(MultiService):
         listening = self.listen(self.configuredListenAddrs)
 
         def settled(result: Any) -> Any:
+            self._move(NodeInput.LISTENED)
             self._listenResult = result
             waiters, self._listenWaiters = self._listenWaiters, []
             for w in waiters:
@@ -262,7 +311,7 @@ class Node(MultiService):
         C{startService} return value nobody reads.
         """
         result = self._listenResult
-        if result is None and not self.running:
+        if result is None and self.isStopping:
             return fail(NodeStopped("the node is not started"))
         if result is _PENDING:
             d: Deferred[None] = Deferred()
@@ -311,9 +360,8 @@ class Node(MultiService):
         Calling it again while stopping, or once stopped, returns a
         Deferred that fires when the first stop is complete.
         """
-        if self._stopped is not None:
-            return self._whenStopped()
-        self._stopping = True
+        if self._move(NodeInput.STOP) is IGNORE:
+            return self._whenStopped() if self._stopped is not None else succeed(None)
         self._stopped = Deferred()
         if self._reaper is not None and self._reaper.running:
             self._reaper.stop()
@@ -347,10 +395,24 @@ class Node(MultiService):
                 killer.cancel()
             stopped, self._stopped = self._stopped, succeed(None)
             assert stopped is not None
+            self._move(NodeInput.STOPPED)
             stopped.callback(None)
 
         DeferredList(ds, consumeErrors=True).addCallback(done)
         return self._whenStopped()
+
+    def _move(self, event: NodeInput) -> Any:
+        outcome = NODE_MACHINE.next(self.state, event)
+        if isinstance(outcome, NodeState):
+            self.state = outcome
+        return outcome
+
+    @property
+    def isStopping(self) -> bool:
+        """
+        Stopping or stopped: new dials, streams and connections fail.
+        """
+        return self.state in (NodeState.STOPPING, NodeState.STOPPED)
 
     def _whenStopped(self) -> Deferred[None]:
         assert self._stopped is not None
@@ -399,7 +461,7 @@ class Node(MultiService):
             remote peer is accepted whoever it is), a L{PeerID} whose
             addresses we know, or the text of either.
         """
-        if self._stopping or not self.running:
+        if self.isStopping:
             return fail(NodeStopped())
         try:
             peer, addrs = self._resolveTarget(target)
@@ -430,7 +492,7 @@ class Node(MultiService):
 
         def admit(up: UpgradingProtocol) -> bool:
             _noDelay(up.transport)
-            if self._stopping:
+            if self.isStopping:
                 return False
             if not isInitiator and len(self._allConnections) + len(self._upgrading) >= self.maxConnections:
                 self.log.warn(
@@ -518,7 +580,7 @@ class Node(MultiService):
 
     def _register(self, conn: PeerConnection) -> PeerConnection:
         peer = conn.remotePeer
-        if self._stopping:
+        if self.isStopping:
             conn.close()
             raise NodeStopped()
         if conn.direction == "outbound":
@@ -592,7 +654,7 @@ class Node(MultiService):
             candidates.sort(key=lambda o: o.limited)
             if candidates:
                 self.connections[peer] = candidates[0]
-        if conn.closed or self._stopping or conn in self._draining:
+        if conn.closed or self.isStopping or conn in self._draining:
             return
         self._draining.add(conn)
 
@@ -614,7 +676,7 @@ class Node(MultiService):
                                    else None)
 
     def _connectionClosed(self, conn: PeerConnection) -> None:
-        conn.closed = True
+        conn.lost()
         self._allConnections.discard(conn)
         self._draining.discard(conn)
         if self.connections.get(conn.remotePeer) is conn:
