@@ -36,7 +36,8 @@ from beam.errors import BeamError, Conflict, NotFound
 from beam.storage.home import readState, updateState
 from beam.identity.keys import Identity, PeerID
 from beam.identity.multiaddr import Multiaddr
-from beam.p2p.host.node import Node, listenFailureReason
+from beam.p2p.host.node import Node
+from beam.p2p.transport.tcp import listenFailureReason
 from beam.tunnel.share import ShareAddress, parseShareAddress
 from beam.tunnel.access import PUBLIC, AccessPolicy
 from beam.tunnel.client import TunnelForward
