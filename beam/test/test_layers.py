@@ -209,3 +209,45 @@ def findCycle(graph: dict[str, set[str]]) -> list[str] | None:
             if found:
                 return found
     return None
+
+
+class PublicAPITests(SynchronousTestCase):
+    """
+    The root package's public names.
+    """
+
+    def test_publicNames(self) -> None:
+        """
+        C{from beam import Node, Identity, PeerID, Multiaddr, BeamError,
+        IHost} works, each name is the real class, and unknown names raise
+        AttributeError.
+        """
+        import beam
+        from beam.errors import BeamError
+        from beam.identity.keys import Identity, PeerID
+        from beam.identity.multiaddr import Multiaddr
+        from beam.p2p.host.node import Node
+        from beam.p2p.interfaces import IHost
+
+        self.assertIs(beam.Node, Node)
+        self.assertIs(beam.Identity, Identity)
+        self.assertIs(beam.PeerID, PeerID)
+        self.assertIs(beam.Multiaddr, Multiaddr)
+        self.assertIs(beam.BeamError, BeamError)
+        self.assertIs(beam.IHost, IHost)
+        self.assertIn("Node", dir(beam))
+        self.assertRaises(AttributeError, getattr, beam, "nope")
+
+    def test_importIsCheap(self) -> None:
+        """
+        C{import beam} alone imports no Twisted module (public names load
+        on first use).
+        """
+        import subprocess
+        import sys
+
+        out = subprocess.run(
+            [sys.executable, "-c", "import sys, beam; print(sorted(m for m in sys.modules if m.startswith('twisted')))"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )
+        self.assertEqual(out.stdout.strip(), "[]")
