@@ -100,7 +100,7 @@ class Dialer:
         if isinstance(result, PeerConnection) and not result.acceptsStreams:
             # Our dial lost to a simultaneous one from the peer: hand out
             # the connection that is kept.
-            result = self.node._usableConnection(result.remotePeer) or result
+            result = self.node.connectionTo(result.remotePeer) or result
         for w in list(waiters):
             if w.called:
                 continue
@@ -173,14 +173,14 @@ class Dialer:
 
     def _dialOne(self, peer: Optional[PeerID], addr: Multiaddr) -> Deferred[PeerConnection]:
         node = self.node
-        if len(node._allConnections) + len(node._upgrading) >= node.maxConnections:
+        if node.openConnectionCount >= node.maxConnections:
             return fail(ConnectionLimitExceeded(
                 f"already {node.maxConnections} connections open"
             ))
-        transport = node._transportFor(addr)
+        transport = node.transportFor(addr)
         if transport is None:
             return fail(DialError(f"cannot dial {addr}: no transport for that address"))
-        upgrading = node._makeUpgrading(isInitiator=True, expectedPeer=peer, dialledAddr=addr, transport=transport)
+        upgrading = node.makeUpgrading(isInitiator=True, expectedPeer=peer, dialledAddr=addr, transport=transport)
         try:
             connecting = transport.dial(addr, _OneProtocolFactory(upgrading), node.dialTimeout)
         except (ValueError, BeamError) as e:

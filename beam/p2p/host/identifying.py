@@ -212,7 +212,7 @@ class NodeIdentify:
             if len(node.observedAddrs) > MAX_OBSERVED_ADDRS:
                 least = min(node.observedAddrs, key=node.observedAddrs.__getitem__)
                 del node.observedAddrs[least]
-        node._notify("updated" if push else "identified", conn)
+        node.notifyObservers("updated" if push else "identified", conn)
         return info
 
     # -- pushing ---------------------------------------------------------

@@ -319,7 +319,7 @@ class Node(MultiService):
             return d
         return fail(result) if isinstance(result, Failure) else succeed(None)
 
-    def _transportFor(self, addr: Multiaddr, listening: bool = False) -> Optional[ITransport]:
+    def transportFor(self, addr: Multiaddr, listening: bool = False) -> Optional[ITransport]:
         for transport in self.transports:
             if (transport.canListen(addr) if listening else transport.canDial(addr)):
                 return transport
@@ -331,11 +331,11 @@ class Node(MultiService):
         """
         ds = []
         for addr in addrs:
-            transport = self._transportFor(addr, listening=True)
+            transport = self.transportFor(addr, listening=True)
             if transport is None:
                 return fail(DialError(f"cannot listen on {addr}: no transport for that address"))
             factory = Factory.forProtocol(
-                lambda transport=transport: self._makeUpgrading(  # type: ignore[misc]
+                lambda transport=transport: self.makeUpgrading(  # type: ignore[misc]
                     isInitiator=False, expectedPeer=None, transport=transport)
             )
             factory.noisy = False
@@ -406,6 +406,14 @@ class Node(MultiService):
         if isinstance(outcome, NodeState):
             self.state = outcome
         return outcome
+
+    @property
+    def openConnectionCount(self) -> int:
+        """
+        Connections open or still upgrading (what the connection limit
+        counts).
+        """
+        return len(self._allConnections) + len(self._upgrading)
 
     @property
     def isStopping(self) -> bool:
@@ -479,7 +487,7 @@ class Node(MultiService):
 
     # -- connection setup ------------------------------------------------
 
-    def _makeUpgrading(
+    def makeUpgrading(
         self,
         *,
         isInitiator: bool,
@@ -603,7 +611,7 @@ class Node(MultiService):
             self.log.debug("duplicate connection to {peer}: going away on one", peer=peer)
             drop.goAway()
             self._retire(drop)
-        self._notify("connected", conn)
+        self.notifyObservers("connected", conn)
         if conn.acceptsStreams:
             self._identifier.onConnection(conn)
         return conn
@@ -681,9 +689,9 @@ class Node(MultiService):
         self._draining.discard(conn)
         if self.connections.get(conn.remotePeer) is conn:
             self._retire(conn)
-        self._notify("disconnected", conn)
+        self.notifyObservers("disconnected", conn)
 
-    def _notify(self, event: str, conn: PeerConnection) -> None:
+    def notifyObservers(self, event: str, conn: PeerConnection) -> None:
         for observer in list(self._observers):
             try:
                 observer(event, conn)
