@@ -8,10 +8,13 @@ resumed.  A refusal closes the local connection with one log line.
 
 The forward also keeps the peer connection up: while the host is
 reachable new connections cost one stream and one request/response; when
-it goes away the forward re-dials with exponential backoff and jitter (the
-C{retryPolicy}, on the injected reactor), and while the last attempt
-failed new local connections are closed at once (fail fast) instead of
-hanging until a dial times out.
+it goes away the forward re-dials with Twisted's C{backoffPolicy} (on the
+injected reactor), re-resolving the host's name before each retry, and
+while the last attempt failed new local connections are closed at once
+(fail fast) instead of hanging until a dial times out.  That lifecycle is
+the state machine in L{beam.tunnel._forward_machine} (drawn in
+docs/state-machines/tunnel-forward.md); this module supplies its effects
+and feeds it the node's connection events.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from zope.interface import implementer
 from beam.errors import BeamError, DialError, ProtocolError
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
+from beam.tunnel._forward_machine import ForwardCore, ForwardMachine, HostUnreachable
 from beam.tunnel.host import COMPRESSIONS, _compressionAvailable, wrapStream
 from beam.tunnel.protocol import (
     TUNNEL_PROTOCOL,
@@ -52,24 +56,27 @@ __all__ = ["TunnelForward", "HostUnreachable"]
 LISTEN_BACKLOG = 1024
 
 
-class HostUnreachable(DialError):
-    """
-    The host peer cannot be reached at the moment.
-    """
-
-
 class TunnelForward(Service):
     """
     A local port forwarded to a service of a peer.
+
+    Its lifecycle (listen, dial, back off, re-resolve, stop) is the state
+    machine of L{beam.tunnel._forward_machine}; this class supplies its
+    effects (the local port, the node) and turns node connection events
+    and tunnel stream failures into its inputs.
 
     @ivar state: C{"stopped"}, C{"connecting"}, C{"connected"} or
         C{"unreachable: <reason>"}, for status output.
     @ivar stats: connection and byte counters.
     @ivar listeningPort: the local listening port, once started.
     @ivar localAddress: its address (C{.host}, C{.port}), once started.
+    @cvar steadyAfter: seconds the host connection must stay up before
+        its loss is answered by an immediate re-dial (a shorter-lived one
+        counts as a failure and is retried after a backoff).
     """
 
     log = Logger()
+    steadyAfter = 10.0
 
     def __init__(
         self,
@@ -89,6 +96,10 @@ class TunnelForward(Service):
         resolveAddrs: Optional[Callable[[], Deferred[Sequence[Multiaddr]]]] = None,
     ) -> None:
         """
+        @param reactor: time and I/O (an C{IReactorTime} and
+            C{IReactorTCP}/C{IReactorUDP}).
+        @param node: the L{beam.p2p.interfaces.IHost} to reach the host
+            through.
         @param peer: the host's peer ID.
         @param addrs: addresses to reach it at (added to what the node
             knows of it).
@@ -100,9 +111,13 @@ class TunnelForward(Service):
         @param compress: offer lz4 compression (the host decides).
         @param retryPolicy: seconds to wait before re-dial attempt N
             (counted from 1 after a failure); by default Twisted's
-            L{backoffPolicy} (1 s growing 1.5x to 60 s, with jitter).
+            L{backoffPolicy} (1.5 s growing 1.5x to 60 s, plus up to 1 s
+            of jitter), as C{ClientService} uses.
         @param responseTimeout: seconds to wait for the host's answer to a
             tunnel request.
+        @param resolveAddrs: re-resolves the host's current addresses
+            (from its name record) before each re-dial after a failure, so
+            a host that moved is found.
         """
         if kind not in ("tcp", "udp"):
             raise ValueError(f"tunnel kind must be 'tcp' or 'udp', not {kind!r}")
@@ -119,17 +134,11 @@ class TunnelForward(Service):
         self.retryPolicy = retryPolicy or backoffPolicy()
         self.responseTimeout = responseTimeout
         self.resolveAddrs = resolveAddrs
-        self._keptAlive = False
         self._keepTag = f"forward:{id(self)}"
-        self.state = "stopped"
         self.stats = TunnelStats()
         self.listeningPort: Optional[IListeningPort] = None
         self.localAddress: Any = None
         self._splices: set[Splice] = set()
-        self._failures = 0
-        self._lastError: Optional[str] = None
-        self._dialing: Optional[Deferred[Any]] = None
-        self._retryCall: Any = None
         self._udp: Any = None
         #: the UDP forwarder's counters (a L{beam.tunnel.udp.UDPStats}),
         #: for a UDP forward once started.
@@ -140,6 +149,21 @@ class TunnelForward(Service):
             secret=secret or b"",
         )
         self._requestBytes = encodeRequest(self.request)
+        self._machine = ForwardMachine(
+            ForwardCore(
+                clock=reactor,
+                listen=self._listen,
+                close=self._close,
+                connect=self._connectHost,
+                resolve=self._resolveHost,
+                hold=self._hold,
+                release=self._release,
+                retryPolicy=self.retryPolicy,
+                steadyAfter=self.steadyAfter,
+                label=self.label,
+                log=self.log,
+            )
+        )
 
     @classmethod
     def fromShare(cls, reactor: Any, node: Any, share: Any, **kw: Any) -> "TunnelForward":
@@ -157,24 +181,39 @@ class TunnelForward(Service):
         """
         return f"{self.peer}/{self.service or 'default'}"
 
+    @property
+    def state(self) -> str:
+        """
+        C{"stopped"}, C{"connecting"}, C{"connected"} or C{"unreachable:
+        <reason>"}, for status output.
+        """
+        return self._machine.status()
+
     # -- lifecycle -------------------------------------------------------
 
     def startService(self) -> Deferred[None]:  # type: ignore[override]
         """
-        Listen locally and dial the host.  Fires once listening; the dial
-        goes on in the background (see L{state}).
+        Listen locally, then dial the host.  Fires once listening (or
+        fails with why not, worded for the user); the dial goes on in the
+        background (see L{state}).
         """
         super().startService()
-        # Keep the host connection open while idle: re-dialling after the
-        # node's idle timeout would only add latency to the next request.
-        if not self._keptAlive:
-            self._keptAlive = True
-            self.node.protect(self.peer, self._keepTag)
-        self._learnAddrs()
-        self.node.addConnectionObserver(self._connectionEvent)
-        self._dial()
+        return self._machine.start()
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """
+        Stop dialling or waiting, release the host connection, abort the
+        tunnelled connections and close the local port.  Stopping twice is
+        harmless.
+        """
+        super().stopService()
+        return self._machine.stop()
+
+    # -- the machine's effects -------------------------------------------
+
+    def _listen(self) -> Deferred[None]:
         if self.kind == "udp":
-            return self._startUDP()
+            return self._listenUDP()
         endpoint = _serverEndpoint(self.reactor, self.localPort, self.bind)
         d = endpoint.listen(_ForwardFactory(self))
 
@@ -183,43 +222,31 @@ class TunnelForward(Service):
             self.localAddress = port.getHost()
 
         def failed(f: Failure) -> Failure:
-            self._stopDialling()
+            if f.check(CancelledError):
+                return f
             return Failure(BeamError(f"cannot listen on {self.bind}:{self.localPort}: {f.getErrorMessage()}"))
 
         return d.addCallbacks(listening, failed)
 
-    def _startUDP(self) -> Deferred[None]:
+    def _listenUDP(self) -> Deferred[None]:
         """
         Listen on a local UDP port; each client address becomes a session
         with its own tunnel stream (L{beam.tunnel.udp}).
         """
         from beam.tunnel.udp import UDPClientForwarder
 
-        self._udp = UDPClientForwarder(
-            self.reactor, self._openUDPStream, bind=self.bind, port=self.localPort
-        )
+        udp = UDPClientForwarder(self.reactor, self._openUDPStream, bind=self.bind, port=self.localPort)
         try:
-            port = self._udp.startListening()
+            port = udp.startListening()
         except Exception as e:  # noqa: BLE001 - reported to the caller
-            self._stopDialling()
-            self._udp = None
             return fail(BeamError(f"cannot listen on UDP {self.bind}:{self.localPort}: {e}"))
+        self._udp = udp
         self.listeningPort = port
         self.localAddress = port.getHost()
-        self.udpStats = self._udp.stats
+        self.udpStats = udp.stats
         return succeed(None)
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
-        """
-        Stop listening, stop re-dialling, abort the tunnelled connections.
-        """
-        super().stopService()
-        self.state = "stopped"
-        if self._keptAlive:
-            self._keptAlive = False
-            self.node.unprotect(self.peer, self._keepTag)
-        self._stopDialling()
-        self.node.removeConnectionObserver(self._connectionEvent)
+    def _close(self) -> Deferred[Any]:
         for splice in list(self._splices):
             splice.abort()
         port, self.listeningPort = self.listeningPort, None
@@ -230,13 +257,34 @@ class TunnelForward(Service):
             return maybeDeferred(port.stopListening)
         return succeed(None)
 
-    def _stopDialling(self) -> None:
-        if self._retryCall is not None and self._retryCall.active():
-            self._retryCall.cancel()
-        self._retryCall = None
-        if self._dialing is not None:
-            d, self._dialing = self._dialing, None
-            d.cancel()
+    def _hold(self) -> None:
+        # Keep the host connection open while idle: re-dialling after the
+        # node's idle timeout would only add latency to the next request.
+        self.node.protect(self.peer, self._keepTag)
+        self.node.addConnectionObserver(self._connectionEvent)
+
+    def _release(self) -> None:
+        self.node.unprotect(self.peer, self._keepTag)
+        self.node.removeConnectionObserver(self._connectionEvent)
+
+    def _connectHost(self) -> Deferred[Any]:
+        """
+        Dial the host (the node reuses a connection it has).  A dial that
+        failed while the host connected to us meanwhile is a success.
+        """
+        self._learnAddrs()
+
+        def failed(f: Failure) -> Any:
+            if not f.check(CancelledError) and self._connected():
+                return None
+            return f
+
+        return self.node.connect(self.peer).addErrback(failed)
+
+    def _resolveHost(self) -> Deferred[None]:
+        if self.resolveAddrs is None:
+            return succeed(None)
+        return maybeDeferred(self.resolveAddrs).addCallback(self._refreshAddrs)
 
     # -- the peer connection ---------------------------------------------
 
@@ -246,7 +294,8 @@ class TunnelForward(Service):
     def _refreshAddrs(self, addrs: Sequence[Multiaddr]) -> None:
         """
         The host's current addresses (re-resolved from its name record)
-        go first, so a host that moved is found at its new address.
+        replace what the node knew, so a host that moved is found at its
+        new address.
         """
         fresh = [a.withoutPeerID() for a in addrs]
         if not fresh:
@@ -261,76 +310,17 @@ class TunnelForward(Service):
         conn = self.node.connectionTo(self.peer)
         return conn is not None and not conn.closed
 
-    def _dial(self) -> None:
-        """
-        Dial the host unless already connected or dialling.
-        """
-        if not self.running or self._dialing is not None:
-            return
-        if self._connected():
-            self._failures = 0
-            self._lastError = None
-            self.state = "connected"
-            return
-        self.state = "connecting"
-        self._learnAddrs()
-        d = self.node.connect(self.peer)
-        self._dialing = d
-
-        def ok(_: Any) -> None:
-            self._dialing = None
-            self._failures = 0
-            self._lastError = None
-            self.state = "connected"
-            self.log.info("tunnel to {label}: connected", label=self.label)
-
-        def bad(f: Failure) -> None:
-            if self._dialing is not d:
-                return  # cancelled by stopService
-            self._dialing = None
-            self._hostLost(f.getErrorMessage())
-
-        d.addCallbacks(ok, bad)
-
-    def _hostLost(self, reason: str) -> None:
-        """
-        A dial failed: report, and try again after a backoff.
-        """
-        self._failures += 1
-        self._lastError = reason
-        self.state = f"unreachable: {reason}"
-        if not self.running:
-            return
-        if self._retryCall is None or not self._retryCall.active():
-            delay = self.retryPolicy(self._failures)
-            self.log.info(
-                "tunnel to {label}: host unreachable ({reason}); retrying in {delay:.1f} s",
-                label=self.label, reason=reason, delay=delay,
-            )
-            self._retryCall = self.reactor.callLater(delay, self._retry)
-
-    def _retry(self) -> None:
-        self._retryCall = None
-        if self.resolveAddrs is None:
-            self._dial()
-            return
-
-        def failed(f: Failure) -> None:
-            self.log.info("tunnel to {label}: re-resolving failed: {why}", label=self.label, why=f.getErrorMessage())
-
-        d = maybeDeferred(self.resolveAddrs)
-        d.addCallbacks(self._refreshAddrs, failed)
-        d.addBoth(lambda _: self._dial() if self.running else None)
-
     def _connectionEvent(self, event: str, conn: Any) -> None:
-        if event != "disconnected" or conn.remotePeer != self.peer or not self.running:
+        """
+        Node connection events, as machine inputs: a usable connection to
+        the host appeared, or the last one ended.
+        """
+        if conn.remotePeer != self.peer:
             return
-        if self._connected():
-            return
-        if self._retryCall is not None and self._retryCall.active():
-            return
-        self.log.info("tunnel to {label}: connection to the host lost; reconnecting", label=self.label)
-        self._dial()
+        if event == "connected" and self._connected():
+            self._machine.hostConnected()
+        elif event == "disconnected" and not self._connected():
+            self._machine.hostLost()
 
     # -- one local connection --------------------------------------------
 
@@ -364,11 +354,11 @@ class TunnelForward(Service):
             the stream could not be opened.  Every failure is logged here
             in one line and counted.  Cancelling it resets the stream.
         """
-        if self._lastError is not None:
+        refusal = self._machine.refusal()
+        if refusal is not None:
             self.stats.failed += 1
-            reason = f"host unreachable ({self._lastError})"
-            self.log.info("tunnel to {label} failed: {reason}", label=self.label, reason=reason)
-            return fail(HostUnreachable(reason))
+            self.log.info("tunnel to {label} failed: {reason}", label=self.label, reason=str(refusal))
+            return fail(refusal)
         negotiator = _ClientStream(self)
         result = negotiator.result
         d = self.node.openStream(self.peer, [TUNNEL_PROTOCOL], lambda: negotiator)
@@ -383,8 +373,10 @@ class TunnelForward(Service):
                 return
             self.stats.failed += 1
             self.log.info("tunnel to {label} failed: {reason}", label=self.label, reason=f.getErrorMessage())
-            if (f.check(DialError) or not self._connected()) and self._dialing is None:
-                self._hostLost(f.getErrorMessage())
+            if f.check(DialError) or not self._connected():
+                # The node's own dial failed, or the connection is gone:
+                # the machine decides whether that starts a backoff.
+                self._machine.streamFailed(f.getErrorMessage())
             result.errback(f)
 
         def opened(_: Any) -> None:
