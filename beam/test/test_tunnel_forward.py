@@ -22,6 +22,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from beam.errors import BeamError, DialError
 from beam.identity.keys import Identity, PeerID
 from beam.identity.multiaddr import Multiaddr
+from beam.p2p.host.node import Node
+from beam.p2p.transport.memory import MemoryNetwork, MemoryTransport, flush
 from beam.tunnel import HostUnreachable, TunnelForward
 from beam.tunnel._forward_machine import INPUTS, STATES, ForwardMachine, renderTable
 
@@ -717,3 +719,100 @@ class MachineTests(ForwardTestsMixin, SynchronousTestCase):
         self.host.up(self.peer)
         seen.add(forward.state)
         self.assertEqual(seen, {"stopped", "connecting", "unreachable: refused", "connected"})
+
+
+class RealNodeTests(ForwardTestsMixin, SynchronousTestCase):
+    """
+    The same lifecycle between two real L{Node}s (Noise, yamux, identify)
+    on the in-memory transport, all on one L{MemoryReactorClock}: the
+    node's connection events arrive in the order the machine expects.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1_700_000_000.0)
+        self.network = MemoryNetwork()
+
+    def node(self, identity: Optional[Identity] = None, listen: str = "/memory/0", **kw: Any) -> Node:
+        node = Node(self.reactor, identity or Identity.generate(), [listen],
+                    transports=[MemoryTransport(self.reactor, self.network)], **kw)
+        d = node.startService()
+        self.settle()
+        self.successResultOf(d)
+
+        def stop() -> None:
+            stopped = node.stopService()
+            self.advance(node.closeTimeout + 1)
+            self.successResultOf(stopped)
+
+        self.addCleanup(stop)
+        return node
+
+    def settle(self) -> None:
+        flush(self.reactor)
+
+    def advance(self, seconds: float) -> None:
+        """
+        Move time forward, firing each timer at its own time.
+        """
+        target = self.reactor.seconds() + seconds
+        self.settle()
+        while True:
+            due = [c.getTime() for c in self.reactor.getDelayedCalls()]
+            if not due or min(due) > target:
+                break
+            self.reactor.advance(max(0.0, min(due) - self.reactor.seconds()))
+            self.settle()
+        self.reactor.advance(target - self.reactor.seconds())
+        self.settle()
+
+    def forwardTo(self, hostNode: Node) -> TunnelForward:
+        client = self.node()
+        forward = TunnelForward(self.reactor, client, hostNode.peerID, [hostNode.listenAddrs[0]], "web",
+                                retryPolicy=POLICY)
+        self.successResultOf(forward.startService())
+        self.addCleanup(forward.stopService)
+        self.settle()
+        return forward
+
+    def test_hostRestarts(self) -> None:
+        """
+        The host node stops: the forward keeps its local port, reports the
+        host unreachable and refuses local connections at once; the host
+        comes back on the same address with the same identity, and after
+        the backoff the forward is connected again.
+        """
+        identity = Identity.generate()
+        host = self.node(identity)
+        forward = self.forwardTo(host)
+        self.assertEqual(forward.state, "connected")
+        self.advance(TunnelForward.steadyAfter)
+        address = str(host.listenAddrs[0])
+        host.stopService()
+        self.advance(host.closeTimeout + 1)
+        self.assertTrue(forward.state.startswith("unreachable: "), forward.state)
+        self.assertIsNotNone(forward.listeningPort)
+        self.assertTrue(self.localConnection().disconnecting)
+        self.node(identity, address)
+        self.advance(POLICY(2))
+        self.assertEqual(forward.state, "connected")
+
+    def test_hostReapsIdleConnection(self) -> None:
+        """
+        The host's node closes our idle connection (only our side protects
+        it): the forward re-dials at once and never reports the host
+        unreachable or refuses a local connection.
+        """
+        logs = self.captureLogs()
+        host = self.node(idleTimeout=30.0)
+        forward = self.forwardTo(host)
+        client = forward.node
+        first = client.connectionTo(host.peerID)
+        self.advance(60.0)
+        self.assertTrue(first.closed)
+        self.assertEqual(forward.state, "connected")
+        second = client.connectionTo(host.peerID)
+        self.assertIsNotNone(second)
+        self.assertIsNot(second, first)
+        self.assertTrue([line for line in logs if "connection to the host lost; reconnecting" in line])
+        self.assertEqual([line for line in logs if "unreachable" in line], [])
