@@ -408,10 +408,11 @@ class TunnelForward(Service):
         def failed(f: Failure) -> None:
             if local.lost:
                 return
+            transport: Any = local.transport  # a TCP transport: it can abort
             if f.check(TunnelRefused):
-                local.transport.loseConnection()
+                transport.loseConnection()
             else:
-                local.transport.abortConnection()
+                transport.abortConnection()
 
         self._ask().addCallbacks(accepted, failed)
 
@@ -456,7 +457,7 @@ class _ForwardFactory(Factory):
     def __init__(self, forward: TunnelForward) -> None:
         self.forward = forward
 
-    def buildProtocol(self, addr: Any) -> IProtocol:
+    def buildProtocol(self, addr: Any) -> Protocol:
         forward = self.forward
         splice = Splice(
             forward.stats,
@@ -475,6 +476,9 @@ class _ClientStream(Protocol):
     @ivar result: fires with C{(self, response)} on OK, or fails with the
         refusal or whatever ended the stream first.
     """
+
+    #: a yamux stream (it can abort and hand over to another protocol)
+    transport: Any
 
     def __init__(self, forward: TunnelForward, requestBytes: Optional[bytes] = None) -> None:
         self.forward = forward
