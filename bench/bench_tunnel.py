@@ -32,7 +32,8 @@ Every contender gets the same client code and the same metrics:
      first echoed byte, for sequential new connections (p50/p99);
   4. many concurrent connections, each echoing a small message: total wall
      time and how many succeeded;
-  5. peak memory of the tunnel's processes, from C{/proc}.
+  5. memory of each of the tunnel's processes, from C{/proc}: RSS before
+     any traffic, peak RSS (C{VmHWM}) and PSS at the end, and their sums.
 
 And then C{beam --compress} against plain C{beam}, on a compressible JSON
 body and on random data.
@@ -422,6 +423,23 @@ def treeCpu(roots: list[int]) -> float:
     return total / _TICK
 
 
+def _cmdline(pid: int) -> str:
+    """
+    The command line of C{pid} as C{ps} shows it (sshd rewrites its own to
+    e.g. C{sshd: root@notty}), or its C{comm}; "" if it is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+        text = " ".join(a.decode(errors="replace") for a in args if a)
+        if text:
+            return text
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _pss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -435,16 +453,23 @@ def _pss(pid: int) -> int:
 
 class MemorySampler:
     """
-    Every C{interval} s, the RSS summed over the process trees under
-    C{roots}: the peak of that sum, and each process's own high-water mark
-    (C{VmHWM}, which catches peaks between samples).
+    Every C{interval} s, the RSS of each process in the trees under
+    C{roots}: each process's own high-water mark (C{VmHWM}, which catches
+    peaks between samples), its RSS before any traffic (L{idle}) and its
+    PSS at the end, and the peak of the RSS summed over all of them.
+
+    @ivar labels: a name for each root process (e.g. C{"beam PORT (host)"});
+        other processes are named by their command line.
     """
 
-    def __init__(self, roots: list[int], interval: float = 0.05) -> None:
+    def __init__(self, roots: list[int], interval: float = 0.05,
+                 labels: Optional[dict[int, str]] = None) -> None:
         self.roots = roots
         self.interval = interval
+        self.labels = dict(labels or {})
         self.peakSumKiB = 0
         self.hwmKiB: dict[int, int] = {}
+        self.idleKiB: dict[int, int] = {}
         self.alive: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -463,6 +488,8 @@ class MemorySampler:
             alive.add(pid)
             total += rss
             self.hwmKiB[pid] = max(self.hwmKiB.get(pid, 0), hwm)
+            if pid not in self.labels:
+                self.labels[pid] = _cmdline(pid)[:60]
         self.alive = alive
         self.peakSumKiB = max(self.peakSumKiB, total)
 
@@ -475,21 +502,32 @@ class MemorySampler:
         Note the tunnel's memory before any traffic.
         """
         self.sample()
-        self.idleSumKiB = sum(_memory(p)[0] for p in self.alive)
+        self.idleKiB = {p: _memory(p)[0] for p in self.alive}
 
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> dict[str, Any]:
+        """
+        Stop sampling; the memory of the processes still there at the end
+        (the tunnel's own, not socat's per-connection children, which come
+        and go), one by one and summed.
+        """
         self._stop.set()
         self._thread.join()
         self.sample()
+        pss = {p: _pss(p) for p in self.alive}
+        alive = sorted(self.alive, key=lambda p: (p not in self.roots, self.roots.index(p)
+                                                  if p in self.roots else p))
         return {
-            "idleSumMiB": getattr(self, "idleSumKiB", 0) / 1024,
+            "perProcess": [
+                {"pid": p, "process": self.labels.get(p, "?"), "idleMiB": self.idleKiB.get(p, 0) / 1024,
+                 "hwmMiB": self.hwmKiB[p] / 1024, "pssEndMiB": pss[p] / 1024}
+                for p in alive
+            ],
+            "idleSumMiB": sum(self.idleKiB.values()) / 1024,
             # Proportional set size: shared pages (the same libraries mapped
             # by both Beam processes) counted once, not once per process.
-            "pssEndMiB": sum(_pss(p) for p in self.alive) / 1024,
+            "pssEndMiB": sum(pss.values()) / 1024,
             "peakSumMiB": self.peakSumKiB / 1024,
-            # The high-water marks of the processes still there at the end
-            # (the tunnel's own, not socat's or sshd's per-connection ones).
-            "hwmSumMiB": sum(self.hwmKiB[p] for p in self.alive) / 1024,
+            "hwmSumMiB": sum(self.hwmKiB[p] for p in alive) / 1024,
             "processes": len(self.hwmKiB),
         }
 
@@ -556,6 +594,7 @@ class Contender:
         self.servicePort = servicePort
         self.workdir = workdir
         self.procs: list[subprocess.Popen] = []
+        self.names: dict[int, str] = {}
         self.info = {}
 
     def start(self) -> int:
@@ -563,6 +602,12 @@ class Contender:
 
     def roots(self) -> list[int]:
         return [p.pid for p in self.procs]
+
+    def labels(self) -> dict[int, str]:
+        """
+        What each of our processes is, for the memory table.
+        """
+        return {p.pid: self.names.get(p.pid, str(p.args[0])) for p in self.procs}
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -589,6 +634,7 @@ class Socat(Contender):
             stdin=subprocess.DEVNULL, stderr=open(os.path.join(self.workdir, "socat.err"), "w"),
         )
         self.procs.append(proc)
+        self.names[proc.pid] = "socat (listener)"
         _waitForPort(port, proc=proc)
         version = subprocess.run(["socat", "-V"], capture_output=True, text=True).stdout
         for line in version.splitlines():
@@ -624,6 +670,7 @@ class SSH(Contender):
         proc = subprocess.Popen([os.path.abspath(sshd), "-D", "-e", "-f", config],
                                 stdin=subprocess.DEVNULL, stderr=open(os.path.join(d, "sshd.log"), "w"))
         self.procs.append(proc)
+        self.names[proc.pid] = "sshd (listener)"
         _waitForPort(sshdPort, proc=proc)
         port = _freePort()
         self.sshLog = os.path.join(d, "ssh.log")
@@ -634,6 +681,7 @@ class SSH(Contender):
             stdin=subprocess.DEVNULL, stderr=open(self.sshLog, "w"),
         )
         self.procs.append(client)
+        self.names[client.pid] = "ssh -L (client)"
         _waitForPort(port, proc=client)
         with open(self.sshLog) as f:
             for line in f:
@@ -666,6 +714,8 @@ class Beam(Contender):
             stderr=open(os.path.join(self.workdir, f"{self.tag}-{name}.log"), "w"),
         )
         self.procs.append(proc)
+        flag = " --compress" if self.compress else ""
+        self.names[proc.pid] = {"host": f"beam PORT{flag} (host)", "client": f"beam connect{flag} (client)"}[name]
         return proc
 
     def start(self) -> int:
@@ -712,7 +762,7 @@ def runAll(names: list[str], servicePort: int, workdir: str, opts: argparse.Name
         for n in started:
             contenders[n] = classes[n]()
             ports[n] = contenders[n].start()
-            samplers[n] = MemorySampler(contenders[n].roots())
+            samplers[n] = MemorySampler(contenders[n].roots(), labels=contenders[n].labels())
             samplers[n].idle()
             samplers[n].start()
         for rep in range(opts.repeat):
@@ -844,6 +894,26 @@ def table(results: dict, opts: argparse.Namespace) -> str:
     return "\n".join(rows)
 
 
+def memoryTable(results: dict, comp: Optional[dict] = None) -> str:
+    """
+    Each tunnel process's memory (those alive at the end: socat's
+    per-connection children come and go and are left out), and the sum
+    per tunnel.
+    """
+    rows = ["| tunnel | process | idle RSS MiB | peak RSS MiB (VmHWM) | PSS at the end MiB |",
+            "|---|---|---:|---:|---:|"]
+    memories = [(LABELS[n], results[n]["memory"]) for n in CONTENDERS if n in results and n != "direct"]
+    if comp is not None:
+        memories.append(("beam --compress", comp["memory"]))
+    for label, mem in memories:
+        for p in mem["perProcess"]:
+            rows.append(f"| {label} | {p['process']} | {p['idleMiB']:.1f} | {p['hwmMiB']:.1f} | {p['pssEndMiB']:.1f} |")
+        if len(mem["perProcess"]) > 1:
+            rows.append(f"| {label} | **sum** | {mem['idleSumMiB']:.1f} | {mem['hwmSumMiB']:.1f} | "
+                        f"{mem['pssEndMiB']:.1f} |")
+    return "\n".join(rows)
+
+
 def compressionTable(comp: dict) -> str:
     m = comp["median"]
     rows = ["| payload | direction | beam MiB/s | beam --compress MiB/s | --compress / plain |",
@@ -872,7 +942,8 @@ def targets(results: dict) -> list[tuple[str, bool, str]]:
         out.append(("new connection < 2 ms", b["median"]["setupP50ms"] < 2,
                     f"p50 {b['median']['setupP50ms']:.2f} ms, p99 {b['median']['setupP99ms']:.2f} ms"))
         mem = b["memory"]["hwmSumMiB"]
-        out.append(("both beam processes < 100 MiB RSS", mem < 100, f"{mem:.1f} MiB"))
+        each = ", ".join(f"{p['process']} {p['hwmMiB']:.1f}" for p in b["memory"]["perProcess"])
+        out.append(("both beam processes < 100 MiB RSS at peak", mem < 100, f"{mem:.1f} MiB ({each})"))
     return out
 
 
@@ -941,6 +1012,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("; ".join(e for e in extras if e))
     print()
     print(table(results, opts))
+    print()
+    print("Memory per process (idle: after start, before any traffic; peak: the kernel's high-water mark)")
+    print()
+    print(memoryTable(results, comp))
     if comp is not None:
         print()
         ratio = comp.get("lz4RatioJson")
