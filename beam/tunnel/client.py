@@ -191,7 +191,7 @@ class TunnelForward(Service):
 
     # -- lifecycle -------------------------------------------------------
 
-    def startService(self) -> Deferred[None]:  # type: ignore[override]
+    def startService(self) -> Deferred[None]:
         """
         Listen locally, then dial the host.  Fires once listening (or
         fails with why not, worded for the user); the dial goes on in the
@@ -200,7 +200,7 @@ class TunnelForward(Service):
         super().startService()
         return self._machine.start()
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         """
         Stop dialling or waiting, release the host connection, abort the
         tunnelled connections and close the local port.  Stopping twice is
