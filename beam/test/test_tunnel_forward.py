@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional, cast
 
-from automat._core import NoTransition
+from automat import NoTransition
 from twisted.application.internet import backoffPolicy
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
