@@ -1,5 +1,12 @@
 """
-Helpers for tests that run real L{beam.p2p.host.node.Node}s on loopback.
+Helpers for tests that run real L{beam.p2p.host.node.Node}s on loopback
+TCP, with the global reactor.
+
+Tests of node I{logic} do not need sockets: they run on the in-memory
+transport under a L{twisted.internet.task.Clock} with
+L{beam.test.memnodes.MemoryGrid}.  Use these helpers only for what is
+about TCP itself (socket options, IPv6, raw bytes on a TCP listener) and
+for end-to-end tests of programs that need a real network.
 """
 
 from __future__ import annotations

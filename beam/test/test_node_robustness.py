@@ -554,10 +554,10 @@ class StopTests(SynchronousTestCase):
         still stops promptly: it waits C{closeTimeout} for the queue to
         drain, then aborts the connection.
 
-        (Over loopback TCP the kernel's receive buffer, up to 32 MiB here,
-        swallows the queue for the paused peer and the close completes at
-        once; the memory transport's peer really stops reading, which is
-        the case C{closeTimeout} exists for.)
+        (Over loopback TCP the kernel's socket buffers, tens of MiB with
+        Linux autotuning, swallow the queue for the paused peer and the
+        close completes at once; the memory transport's peer really stops
+        reading, which is the case C{closeTimeout} exists for.)
         """
         grid = self.grid
         a, b = grid.node(), grid.node()
