@@ -1,19 +1,23 @@
 """
-Unit tests of identify and ping, over in-memory transports with a Clock.
+Unit tests of identify and ping, over in-memory transports with a Clock;
+and a node's ping timing (interval, timeout) on the memory transport.
 """
 
 from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from beam.encoding.framing import encodeLengthPrefixed
+from beam.errors import PingTimeout
 from beam.p2p.protocols.identify import IdentifyError, IdentifyInfo, IdentifyReceiver, IdentifySender
 from beam.identity.keys import Identity
 from beam.identity.multiaddr import Multiaddr
-from beam.p2p.protocols.ping import PING_SIZE, PingClient, PingMismatch, PingResponder
+from beam.p2p.protocols.ping import PING_PROTOCOL, PING_SIZE, PingClient, PingMismatch, PingResponder
 from beam.proto import identify_pb2
+from beam.test.memnodes import MemoryGrid
 from beam.testing import MemoryTransport, Pump
 
 
@@ -152,3 +156,65 @@ class PingTests(SynchronousTestCase):
         d = client.ping()
         client.connectionLost(None)
         self.failureResultOf(d)
+
+
+class SlowResponder(Protocol):
+    """
+    Echo each probe back C{delay} seconds later, on C{clock}.
+    """
+
+    def __init__(self, clock: Clock, delay: float) -> None:
+        self.clock = clock
+        self.delay = delay
+
+    def dataReceived(self, data: bytes) -> None:
+        self.clock.callLater(self.delay, self.transport.write, data)
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+
+class NodePingTests(SynchronousTestCase):
+    """
+    L{beam.p2p.host.node.Node.ping} between two nodes on the memory
+    transport: round-trip times, interval and timeout come from the node's
+    clock.
+    """
+
+    def setUp(self) -> None:
+        self.grid = MemoryGrid(self)
+        self.a, self.b = self.grid.node(), self.grid.node()
+        self.grid.result(self.a.connect(self.grid.addr(self.b)))
+
+    def test_intervalAndRoundTrip(self) -> None:
+        """
+        Probes are sent C{interval} seconds after the previous answer; each
+        round-trip time is measured on the clock and recorded as the
+        peer's latency.
+        """
+        grid, a, b = self.grid, self.a, self.b
+        b.setStreamHandler(PING_PROTOCOL, lambda: SlowResponder(grid.clock, 0.25))
+        d = a.ping(b.peerID, count=2, interval=1.0)
+        grid.advance(1.4)  # first answer at 0.25, second probe at 1.25
+        self.assertNoResult(d)
+        grid.advance(0.2)  # second answer at 1.5
+        self.assertEqual(grid.result(d), [0.25, 0.25])
+        self.assertEqual(a.peerStore.latency(b.peerID), 0.25)
+
+    def test_timeout(self) -> None:
+        """
+        A peer that accepts ping and never answers fails the ping with
+        L{PingTimeout} after C{timeout} seconds; the stream is aborted and
+        the connection kept.
+        """
+        grid, a, b = self.grid, self.a, self.b
+        b.setStreamHandler(PING_PROTOCOL, Protocol)
+        d = a.ping(b.peerID, timeout=2.0)
+        grid.advance(1.9)
+        self.assertNoResult(d)
+        grid.advance(0.2)
+        f = grid.failure(d, PingTimeout)
+        self.assertIn("within 2 s", str(f.value))
+        conn = a.connectionTo(b.peerID)
+        self.assertIsNotNone(conn)
+        self.assertEqual(conn.streamCount, 0)
