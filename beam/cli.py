@@ -290,16 +290,18 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     _startLogging(args, config)
     daemon = await _runDaemon(reactor, args, config)
 
-    tunnel = daemon.addTunnel(
+    from beam.controlapi import asJSON
+
+    tunnel = asJSON(daemon.tunnels.exposePort(
         args.port, args.name, args.udp, args.compress,
         [PeerID.fromString(a) for a in allow] if allow else None, bool(args.secret), host=args.host,
-    )
+    ))
     registered = None
     if not args.no_register:
         from beam.names.service import memorableName
 
         await daemon.kademlia.whenBootstrapped()
-        registered = await daemon.registerName(memorableName(daemon.home))
+        registered = asJSON(await daemon.names.register(memorableName(daemon.home)))
     _printTunnel(out, tunnel, str(daemon.node.peerID), [str(a) for a in daemon.node.advertisedAddrs()],
                  registered, len(daemon.tunnels.services))
     await _forever()
@@ -337,10 +339,10 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         config = _loadConfig(args)
         _startLogging(args, config)
         daemon = await _runDaemon(reactor, args, config)
-        share = await daemon.resolveTarget(args.target, args.service, args.accept_new_key)
-        fwd = await daemon._startForward(share, args.port, args.bind, args.service, args.compress,
-                                         "udp" if args.udp else "tcp", probe=True,
-                                         name=args.target.partition("/")[0] if isName else None)
+        from beam.controlapi import asJSON
+
+        fwd = asJSON(await daemon.forwards.add(args.target, args.port, args.bind, args.service, args.compress,
+                                               args.udp, acceptNewKey=args.accept_new_key))
     out.event(
         {"event": "ready", "listen": fwd["listen"], "peer_id": fwd["peer_id"], "service": fwd["service"]},
         f"listening on {fwd['listen']} -> {fwd['peer_id']}/{fwd['service'] or 'default'}",
@@ -353,33 +355,81 @@ async def cmdStatus(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     from beam.daemon.control import ControlClient
 
     status = await ControlClient(reactor, _home(args)).request("GET", "/v1/status")
-    if out.asJSON:
-        out.event(status, None)
-        return 0
-    lines = [f"peer {status['peer_id']}"]
-    lines += [f"  {a}" for a in status["addrs"]]
-    lines.append("tunnels:" if status["tunnels"] else "tunnels: none")
-    for t in status["tunnels"]:
-        st = t["stats"]
-        lines.append(
-            f"  {t['name']:<12} {t['kind']} {t['target']:<21} "
-            f"{'private' if t['private'] else 'public':<8} active {st.get('active', 0)} total {st.get('total', 0)} "
-            f"in {_size(st.get('bytesIn', 0))} out {_size(st.get('bytesOut', 0))}"
-        )
-        lines.append(f"    {t['share']}")
-    lines.append("forwards:" if status["forwards"] else "forwards: none")
-    for f in status["forwards"]:
-        st = f["stats"]
-        lines.append(
-            f"  {f['listen']:<21} -> {f['peer_id']}/{f['service'] or 'default'} [{f['state']}] "
-            f"active {st.get('active', 0)} total {st.get('total', 0)} "
-            f"in {_size(st.get('bytesIn', 0))} out {_size(st.get('bytesOut', 0))}"
-        )
-    lines.append(f"connections: {len(status['connections'])}")
-    for c in status["connections"]:
-        lines.append(f"  {c['peer_id']} {c['direction']} {c['remote_addr']} {c['security']} streams {c['streams']}")
-    out.event({}, "\n".join(lines))
+    out.event(status, None if out.asJSON else statusText(status))
     return 0
+
+
+def _traffic(stats: Any) -> str:
+    return (f"active {stats.active} total {stats.total} "
+            f"in {_size(stats.bytesIn)} out {_size(stats.bytesOut)}")
+
+
+def statusText(status: dict[str, Any]) -> str:
+    """
+    C{beam status} as text, from what C{GET /v1/status} answered: the
+    node, then each service's section (the built-in ones laid out, a
+    plugin's shown key by key).
+    """
+    from beam.controlapi import fromJSON
+    from beam.daemon.status import ServiceInfo
+    from beam.dht.status import DHTStatus
+    from beam.names.status import NameStatus
+    from beam.p2p.host.status import NodeStatus
+    from beam.tunnel.status import ForwardStatus, TunnelStatus
+
+    node = fromJSON(NodeStatus, status)
+    lines = [f"peer {node.peerID}"]
+    lines += [f"  {a}" for a in node.addrs]
+    tunnels = [fromJSON(TunnelStatus, t) for t in status.get("tunnels", [])]
+    lines.append("tunnels:" if tunnels else "tunnels: none")
+    for t in tunnels:
+        lines.append(f"  {t.name:<12} {t.kind} {t.target:<21} {'private' if t.private else 'public':<8} "
+                     + _traffic(t.stats))
+        lines.append(f"    {t.share}")
+    forwards = [fromJSON(ForwardStatus, f) for f in status.get("forwards", [])]
+    lines.append("forwards:" if forwards else "forwards: none")
+    for f in forwards:
+        lines.append(f"  {f.listen:<21} -> {f.peerID}/{f.service or 'default'} [{f.state}] " + _traffic(f.stats))
+    lines.append(f"connections: {len(node.connections)}")
+    for c in node.connections:
+        lines.append(f"  {c.peerID} {c.direction} {c.remoteAddr} {c.security} streams {c.streams}")
+    if "names" in status:
+        names = [fromJSON(NameStatus, n) for n in status["names"]]
+        lines.append("names: " + (", ".join(
+            f"{n.name} (stored on {n.storedOn} peers{', ' + n.error if n.error else ''})" for n in names
+        ) or "none"))
+    if "kademlia" in status:
+        dht = fromJSON(DHTStatus, status["kademlia"])
+        lines.append(f"DHT: {dht.mode}, {dht.routingTableSize} peers in the routing table, "
+                     f"{dht.recordsHeld} records held")
+    services = [fromJSON(ServiceInfo, s) for s in status.get("services", [])]
+    plugins = [s for s in services if s.origin == "plugin"]
+    if plugins:
+        lines.append("plugins:")
+        lines += [f"  {s.name:<12} {s.state}" + (f"  ({s.description})" if s.description else "") for s in plugins]
+    for service in services:
+        if service.name not in ("tunnels", "forwards", "names", "kademlia") and service.name in status:
+            lines += _genericText(service.name, status[service.name])
+    return "\n".join(lines)
+
+
+def _genericText(name: str, value: Any, indent: str = "") -> list[str]:
+    """
+    A plugin's status section, key by key.
+    """
+    if isinstance(value, dict):
+        lines = [f"{indent}{name}:"]
+        for key, item in value.items():
+            lines += _genericText(key, item, indent + "  ")
+        return lines
+    if isinstance(value, list):
+        if all(not isinstance(item, (dict, list)) for item in value):
+            return [f"{indent}{name}: " + (", ".join(str(item) for item in value) or "none")]
+        lines = [f"{indent}{name}: {len(value)}"]
+        for i, item in enumerate(value):
+            lines += _genericText(f"- {i + 1}", item, indent + "  ")
+        return lines
+    return [f"{indent}{name}: {'none' if value is None else value}"]
 
 
 def _size(n: int) -> str:
@@ -422,8 +472,10 @@ async def cmdRegister(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     config = _loadConfig(args)
     _startLogging(args, config)
     daemon = await _runDaemon(reactor, args, config)
+    from beam.controlapi import asJSON
+
     await daemon.kademlia.whenBootstrapped()
-    result = await daemon.registerName(args.name, args.service or [])
+    result = asJSON(await daemon.names.register(args.name, args.service or []))
     _printRegistered(out, result)
     out.event({"event": "running"}, "Keeping the name published; press Ctrl-C to stop.")
     await _forever()
@@ -450,8 +502,10 @@ async def cmdResolve(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
 
         config = attr.evolve(_loadConfig(args), listen=())
         daemon = await _runDaemon(reactor, args, config, control=False, rememberPort=False)
+        from beam.controlapi import asJSON
+
         try:
-            result = await daemon.resolveName(args.name, args.accept_new_key)
+            result = asJSON(await daemon.names.resolve(args.name, args.accept_new_key))
         finally:
             await daemon.stopService()
     lines = [f"{result['name']} -> {result['peer_id']}"]
@@ -470,35 +524,51 @@ async def cmdNetwork(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     from beam.daemon.control import ControlClient
 
     client = ControlClient(reactor, _home(args))
-    if args.action == "status":
-        r = await client.request("GET", "/v1/network/status")
-        text = "\n".join([
+    if args.action == "bootstrap":
+        r = await client.request("POST", "/v1/network/bootstrap", {"addrs": args.addrs})
+    else:
+        r = await client.request("GET", f"/v1/network/{args.action}")
+    out.event(r, None if out.asJSON else networkText(args.action, r))
+    return 0
+
+
+def networkText(action: str, r: dict[str, Any]) -> str:
+    """
+    C{beam network ACTION} as text, from what the control socket answered.
+    """
+    from beam.controlapi import fromJSON
+
+    if action == "status":
+        from beam.dht.status import DHTStatus
+
+        dht = fromJSON(DHTStatus, r) if "dht_mode" in r else None
+        return "\n".join([
             f"peer {r['peer_id']}",
             "listen: " + (", ".join(r["listen_addrs"]) or "none"),
             "observed: " + (", ".join(r["observed_addrs"]) or "none"),
-            f"DHT: {r['dht_mode']}, {r['routing_table_size']} peers in the routing table, "
-            f"{r['records_held']} records held",
+            f"DHT: {dht.mode}, {dht.routingTableSize} peers in the routing table, {dht.recordsHeld} records held"
+            if dht is not None else "DHT: not running",
             "names: " + (", ".join(n["name"] for n in r["names"]) or "none"),
         ])
-    elif args.action == "peers":
-        r = await client.request("GET", "/v1/network/peers")
-        text = "\n".join(
-            f"{p['peer_id']} {p['direction']} {p['remote_addr']} {p['security']} streams {p['streams']}"
-            + (f" {p['agent']}" if p.get("agent") else "")
-            for p in r["peers"]
+    if action == "peers":
+        from beam.p2p.host.status import ConnectionStatus
+
+        peers = [fromJSON(ConnectionStatus, p) for p in r["peers"]]
+        return "\n".join(
+            f"{p.peerID} {p.direction} {p.remoteAddr} {p.security} streams {p.streams}"
+            + (f" {p.agent}" if p.agent else "")
+            for p in peers
         ) or "no peers connected"
-    elif args.action == "routes":
-        r = await client.request("GET", "/v1/network/routes")
-        lines = [f"{r['size']} peers (k = {r['k']})"]
-        for b in r["buckets"]:
-            lines.append(f"bucket {b['index']}: {len(b['peers'])} peers, {b['replacements']} replacements")
-            lines += [f"  {p['peer_id']} {' '.join(p['addrs'][:2])}" for p in b["peers"]]
-        text = "\n".join(lines)
-    else:
-        r = await client.request("POST", "/v1/network/bootstrap", {"addrs": args.addrs})
-        text = f"bootstrapped: {r['routing_table_size']} peers in the routing table"
-    out.event(r, text)
-    return 0
+    if action == "routes":
+        from beam.dht.status import RoutesStatus
+
+        routes = fromJSON(RoutesStatus, r)
+        lines = [f"{routes.size} peers (k = {routes.k})"]
+        for b in routes.buckets:
+            lines.append(f"bucket {b.index}: {len(b.peers)} peers, {b.replacements} replacements")
+            lines += [f"  {p.peerID} {' '.join(p.addrs[:2])}" for p in b.peers]
+        return "\n".join(lines)
+    return f"bootstrapped: {r['routing_table_size']} peers in the routing table"
 
 
 def cmdID(args: argparse.Namespace, out: _Out) -> int:
@@ -534,7 +604,7 @@ async def cmdDaemon(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     addrs = [str(a) for a in node.advertisedAddrs()]
     out.event(
         {"event": "ready", "peer_id": str(node.peerID), "addrs": addrs,
-         "tunnels": [t["share"] for t in daemon.status()["tunnels"]]},
+         "tunnels": [t.share for t in daemon.tunnels.status()]},
         f"Beam node {node.peerID} listening on:\n" + "\n".join(f"  {a}" for a in addrs),
     )
     await _forever()

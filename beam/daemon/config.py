@@ -28,6 +28,12 @@ defaults.  Schema (every key optional)::
     bind = "127.0.0.1"        # an IP address
     service = "web"           # when target names none
 
+    # Services that installed packages add to every node (Twisted plugins
+    # providing beam.daemon.plugins.IBeamService).
+    [plugins]
+    enabled = true            # false: load none
+    disable = ["hello"]       # load all but these (by service name)
+
 Unknown keys are errors, so a typo (C{comprees = true}) is reported instead
 of silently ignored.  Problems are reported all at once, each as
 C{config.toml:LINE: message}.  TOML parsers do not keep line numbers for
@@ -125,6 +131,8 @@ class Config:
     logFormat: str = "text"
     tunnels: tuple[TunnelConfig, ...] = ()
     forwards: tuple[ForwardConfig, ...] = ()
+    plugins: bool = True
+    disabledPlugins: tuple[str, ...] = ()
 
 
 # -- finding lines -------------------------------------------------------------
@@ -218,7 +226,8 @@ class _Problems:
 
 # -- validation ----------------------------------------------------------------
 
-_TOP_KEYS = {"listen", "bootstrap", "log_format", "tunnel", "forward"}
+_TOP_KEYS = {"listen", "bootstrap", "log_format", "tunnel", "forward", "plugins"}
+_PLUGINS_KEYS = {"enabled", "disable"}
 _TUNNEL_KEYS = {"port", "name", "udp", "compress", "allow", "secret"}
 _FORWARD_KEYS = {"target", "port", "bind", "service"}
 
@@ -286,7 +295,7 @@ class _Validator:
         if not _isInt(value) or not 1 <= value <= 65535:
             self.p.add(f"port must be a number from 1 to 65535, not {value!r}", context, "port")
             return None
-        return value  # type: ignore[no-any-return]
+        return value
 
     def flag(self, table: dict[str, Any], key: str, context: Context) -> bool:
         value = table.get(key, False)
@@ -366,6 +375,21 @@ class _Validator:
         assert isinstance(target, str)
         return ForwardConfig(target=target, address=address, port=port, bind=bind, service=service)
 
+    def plugins(self) -> dict[str, Any]:
+        value = self.data["plugins"]
+        context = ("plugins", 0)
+        if not isinstance(value, dict):
+            self.p.add(f"plugins must be a [plugins] table, not {_typeName(value)}", key="plugins")
+            return {}
+        self.unknown(value, _PLUGINS_KEYS, context, "[plugins]")
+        out: dict[str, Any] = {"plugins": self.flag(value, "enabled", context) if "enabled" in value else True}
+        disable = value.get("disable", [])
+        if not isinstance(disable, list) or not all(isinstance(n, str) for n in disable):
+            self.p.add("disable must be a list of plugin service names", context, "disable")
+        else:
+            out["disabledPlugins"] = tuple(disable)
+        return out
+
     def config(self) -> Config:
         d = self.data
         self.unknown(d, _TOP_KEYS, _TOP, "the top level")
@@ -418,6 +442,8 @@ class _Validator:
                     local[where] = index
                 forwards.append(forward)
         kw["forwards"] = tuple(forwards)
+        if "plugins" in d:
+            kw.update(self.plugins())
         return Config(**kw)
 
 

@@ -38,6 +38,7 @@ from zope.interface import implementer
 from beam.dht.kad import KademliaNode
 from beam.dht.messages import Message, PeerInfo, decodeMessage, encodeMessage
 from beam.dht.routing import RoutingTable
+from beam.dht.status import BucketStatus, DHTStatus, RoutesStatus, RouteStatus
 from beam.dht.store import RecordStore
 from beam.errors import BeamError, DecodeError, NotFound, ProtocolError
 from beam.storage.fileutil import atomicWrite
@@ -370,28 +371,42 @@ class KademliaService(Service):
     def closestPeers(self, key: bytes) -> Deferred[list[PeerInfo]]:
         return self.kad.closestPeers(key).addCallback(lambda r: list(r.closest))
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "dht_mode": "server" if self.kad.isServer else "client",
-            "routing_table_size": self.kad.routingTable.size,
-            "records_held": len(self.kad.store),
-        }
+    def status(self) -> DHTStatus:
+        """
+        Our mode, the routing table's size and the records we hold.
+        """
+        return DHTStatus(
+            mode="server" if self.kad.isServer else "client",
+            routingTableSize=self.kad.routingTable.size,
+            recordsHeld=len(self.kad.store),
+        )
 
-    def routes(self) -> dict[str, Any]:
+    def routes(self) -> RoutesStatus:
+        """
+        The routing table by bucket (empty buckets left out).
+        """
         buckets = []
         for view in self.kad.routingTable.buckets():
             if not view.entries:
                 continue
-            buckets.append({
-                "index": view.index,
-                "peers": [
-                    {"peer_id": str(e.info.peer), "addrs": [str(a) for a in e.info.addrs],
-                     "last_seen": e.lastSeen, "failures": e.failures}
+            buckets.append(BucketStatus(
+                index=view.index,
+                peers=tuple(
+                    RouteStatus(peerID=str(e.info.peer), addrs=tuple(str(a) for a in e.info.addrs),
+                                lastSeen=e.lastSeen, failures=e.failures)
                     for e in view.entries
-                ],
-                "replacements": len(view.replacements),
-            })
-        return {"k": self.kad.k, "size": self.kad.routingTable.size, "buckets": buckets}
+                ),
+                replacements=len(view.replacements),
+            ))
+        return RoutesStatus(k=self.kad.k, size=self.kad.routingTable.size, buckets=tuple(buckets))
+
+    def controlResource(self) -> Any:
+        """
+        C{/v1/kademlia}: status, routes, bootstrap (L{beam.dht.resource}).
+        """
+        from beam.dht.resource import DHTResource
+
+        return DHTResource(self)
 
 
 def _stats(lookup: Any, elapsed: float) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from beam.dht.service import NoDHTPeers
 from beam.errors import BeamError, NotFound
 from beam.storage.home import readState, updateState
 from beam.names.pins import NamePins
+from beam.names.status import NameResolution, NameStatus
 from beam.names.validator import NameValidator
 from beam.names.record import (
     DEFAULT_TTL,
@@ -139,7 +140,7 @@ class NameService(Service):
 
     # -- publishing ------------------------------------------------------
 
-    def register(self, name: str, services: Sequence[str] = ()) -> Deferred[dict[str, Any]]:
+    def register(self, name: str, services: Sequence[str] = ()) -> Deferred[NameStatus]:
         """
         Claim C{name} for this node and keep it published.
 
@@ -212,7 +213,7 @@ class NameService(Service):
         for reg in list(self.registrations.values()):
             self._publish(reg).addErrback(lambda f: self.log.failure("republishing failed", f))
 
-    def withdraw(self, name: str) -> Deferred[dict[str, Any]]:
+    def withdraw(self, name: str) -> Deferred[NameStatus]:
         """
         Stop publishing C{name}; publish a short-lived record without
         addresses so resolvers stop finding us soon.
@@ -224,18 +225,35 @@ class NameService(Service):
         self._saveNames()
         return self._publish(reg, ttl=WITHDRAWN_TTL)
 
-    def describe(self, reg: _Registration) -> dict[str, Any]:
+    def describe(self, reg: _Registration) -> NameStatus:
+        """
+        The status of one of our names.
+        """
         rec = reg.record
-        return {
-            "name": reg.name,
-            "peer_id": str(self.identity.peerID),
-            "services": list(rec.services) if rec else list(reg.services),
-            "addrs": [str(a) for a in rec.addrs] if rec else [],
-            "seq": rec.seq if rec else None,
-            "expires": rec.expires if rec else None,
-            "stored_on": reg.storedOn,
-            "error": reg.lastError,
-        }
+        return NameStatus(
+            name=reg.name,
+            peerID=str(self.identity.peerID),
+            services=tuple(rec.services) if rec else tuple(reg.services),
+            addrs=tuple(str(a) for a in rec.addrs) if rec else (),
+            seq=rec.seq if rec else None,
+            expires=rec.expires if rec else None,
+            storedOn=reg.storedOn,
+            error=reg.lastError,
+        )
+
+    def status(self) -> tuple[NameStatus, ...]:
+        """
+        The names this node publishes.
+        """
+        return tuple(self.describe(r) for r in self.registrations.values())
+
+    def controlResource(self) -> Any:
+        """
+        C{/v1/names}: register, resolve, withdraw (L{beam.names.resource}).
+        """
+        from beam.names.resource import NamesResource
+
+        return NamesResource(self)
 
     # -- resolving -------------------------------------------------------
 
@@ -255,8 +273,7 @@ class NameService(Service):
         """
         Find who owns C{name} and where it is.
 
-        @return: a dict with C{peer_id}, C{addrs}, C{services}, C{source}
-            (C{"self"} or C{"dht"}), C{elapsed_ms}, C{queried}, C{pin}.
+        @return: a L{Deferred} firing with a L{NameResolution}.
         @raise NameNotFound: no live record (with how many peers were asked).
         @raise beam.names.pins.NameKeyChanged: the owner is not the pinned key.
         """
@@ -281,19 +298,19 @@ class NameService(Service):
             pin = "accepted"
         else:
             pin = self.pins.check(name, rec.peer)
-        return {
-            "name": name,
-            "peer_id": str(rec.peer),
-            "addrs": [str(a) for a in rec.addrs],
-            "services": list(rec.services),
-            "seq": rec.seq,
-            "expires": rec.expires,
-            "source": source,
-            "pin": pin,
-            "elapsed_ms": round((self.reactor.seconds() - started) * 1000, 3),
-            "queried": stats.get("queried", 0),
-            "rounds": stats.get("rounds", 0),
-        }
+        return NameResolution(
+            name=name,
+            peerID=str(rec.peer),
+            addrs=tuple(str(a) for a in rec.addrs),
+            services=tuple(rec.services),
+            seq=rec.seq,
+            expires=rec.expires,
+            source=source,
+            pin=pin,
+            elapsedMs=round((self.reactor.seconds() - started) * 1000, 3),
+            queried=stats.get("queried", 0),
+            rounds=stats.get("rounds", 0),
+        )
 
 
 def memorableName(home: Path, random: Callable[[int], bytes] = os.urandom) -> str:

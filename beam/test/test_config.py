@@ -194,7 +194,7 @@ prot = 3
 a = 1
 """)
         self.assertEqual(problems[0], "config.toml:1: unknown key 'listen_on' in the top level "
-                                      "(expected one of: bootstrap, forward, listen, log_format, tunnel)")
+                                      "(expected one of: bootstrap, forward, listen, log_format, plugins, tunnel)")
         self.assertTrue(problems[1].startswith("config.toml:4: unknown key 'comprees' in [[tunnel]]"), problems)
         self.assertTrue(problems[2].startswith("config.toml:6: target: "), problems)
         self.assertTrue(problems[3].startswith("config.toml:7: unknown key 'prot' in [[forward]]"), problems)
@@ -284,6 +284,23 @@ allow = []
         self.assertEqual(len(problems), 2)
         self.assertTrue(problems[0].startswith("config.toml:5: invalid peer ID '12D3KooWnotapeer'"), problems)
         self.assertTrue(problems[1].startswith("config.toml:9: allow is empty"), problems)
+
+    def test_plugins(self) -> None:
+        """
+        [plugins] switches plugins off, all (enabled = false) or by name
+        (disable = [...]); by default all are on.
+        """
+        self.assertEqual((Config().plugins, Config().disabledPlugins), (True, ()))
+        config = loadConfig(self.write('[plugins]\ndisable = ["hello", "gossip"]\n'))
+        self.assertEqual((config.plugins, config.disabledPlugins), (True, ("hello", "gossip")))
+        self.assertFalse(loadConfig(self.write("[plugins]\nenabled = false\n")).plugins)
+        self.assertEqual(self.problems('[plugins]\nenabled = "no"\ndisable = "hello"\nload = 1\n'), [
+            "config.toml:2: enabled must be true or false, not 'no'",
+            "config.toml:3: disable must be a list of plugin service names",
+            "config.toml:4: unknown key 'load' in [plugins] (expected one of: disable, enabled)",
+        ])
+        self.assertEqual(self.problems("plugins = false\n"),
+                         ["config.toml:1: plugins must be a [plugins] table, not a boolean"])
 
     def test_secret(self) -> None:
         """

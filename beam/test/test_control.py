@@ -1,5 +1,6 @@
 """
-Tests for L{beam.daemon.control}: the control API over a real UNIX socket.
+Tests for L{beam.daemon.control}: the control socket, the daemon's routes
+and each service's resource, over a real UNIX socket, with fake services.
 """
 
 from __future__ import annotations
@@ -14,36 +15,41 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, inlineCallbacks
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
-from zope.interface.verify import verifyObject
 
+from beam.controlapi import JSONResource
 from beam.daemon.control import (
     ControlClient,
     ControlError,
     ControlService,
     ControlSocketError,
-    IControlAPI,
     NodeAlreadyRunning,
     NoNodeRunning,
     nodeRunning,
 )
+from beam.daemon.control.resource import ControlRoot, StatusResource
+from beam.daemon.status import DaemonStatus, ServiceInfo, statusJSON
+from beam.dht.resource import DHTResource
+from beam.dht.status import DHTStatus, RoutesStatus
 from beam.errors import BeamError, Conflict, NotFound
 from beam.identity.keys import Identity, PeerID
+from beam.names.resource import NamesResource
+from beam.names.status import NameStatus
+from beam.p2p.host.status import NodeStatus
+from beam.tunnel.resource import ForwardsResource, TunnelsResource
 
 
-@implementer(IControlAPI)
-class FakeAPI:
+class _Recorder:
     """
     Records calls; C{results[name]} overrides what a method returns (a
     value, a Deferred, or an exception instance to raise).
     """
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-        self.results: dict[str, Any] = {}
+    def __init__(self, calls: list[tuple[str, Any]], results: dict[str, Any]) -> None:
+        self.calls = calls
+        self.results = results
 
     def _answer(self, name: str, args: Any) -> Any:
         self.calls.append((name, args))
@@ -52,46 +58,89 @@ class FakeAPI:
             raise result
         return result
 
-    def status(self) -> Any:
-        return self._answer("status", None)
 
-    def addTunnel(self, port: int, name: Any, udp: bool, compress: bool, allow: Any, secret: Any) -> Any:
+class FakeTunnels(_Recorder):
+    def exposePort(self, port: int, name: Any, udp: bool, compress: bool, allow: Any, secret: Any) -> Any:
         return self._answer("addTunnel", dict(port=port, name=name, udp=udp, compress=compress,
                                               allow=allow, secret=secret))
 
-    def removeTunnel(self, key: str) -> Any:
+    def remove(self, key: str) -> Any:
         return self._answer("removeTunnel", key)
 
-    def addForward(self, target: str, port: Any, bind: Any, service: Any, compress: bool, udp: bool) -> Any:
-        return self._answer("addForward", dict(target=target, port=port, bind=bind, udp=udp,
-                                               service=service, compress=compress))
+    def status(self) -> Any:
+        return self._answer("tunnels", None)
 
-    def removeForward(self, key: str) -> Any:
+
+class FakeForwards(_Recorder):
+    def add(self, target: str, port: Any, bind: Any, service: Any, compress: bool, udp: bool) -> Any:
+        return succeed(None).addCallback(lambda _: self._answer(
+            "addForward", dict(target=target, port=port, bind=bind, udp=udp, service=service, compress=compress)))
+
+    def remove(self, key: str) -> Any:
         return self._answer("removeForward", key)
 
-    def peers(self) -> Any:
-        return self._answer("peers", None)
+    def status(self) -> Any:
+        return ()
+
+
+class FakeNames(_Recorder):
+    def register(self, name: str, services: list[str]) -> Any:
+        result = self._answer("registerName", dict(name=name, services=services))
+        return result if isinstance(result, Deferred) else succeed(result)
+
+    def withdraw(self, name: str) -> Any:
+        return self._answer("withdrawName", dict(name=name))
+
+    def resolve(self, name: str, acceptNewKey: bool) -> Any:
+        return self._answer("resolveName", dict(name=name, acceptNewKey=acceptNewKey))
+
+    def status(self) -> Any:
+        return (NameStatus(name="alice", peerID="12D3", storedOn=3),)
+
+
+class FakeDHT(_Recorder):
+    bootstrapAddrs = ["/configured"]
+
+    def status(self) -> Any:
+        return DHTStatus(mode="server", routingTableSize=7, recordsHeld=2)
+
+    def routes(self) -> Any:
+        return self._answer("networkRoutes", None)
+
+    def bootstrap(self, addrs: list[Any]) -> Any:
+        return self._answer("networkBootstrap", dict(addrs=[str(a) for a in addrs]))
+
+
+class FakeDaemon(_Recorder):
+    """
+    What L{ControlRoot} needs of a daemon, with fake services mounted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__([], {})
+        self.tunnels = FakeTunnels(self.calls, self.results)
+        self.forwards = FakeForwards(self.calls, self.results)
+        self.names = FakeNames(self.calls, self.results)
+        self.dht = FakeDHT(self.calls, self.results)
+        self.root = ControlRoot(self)
+        self.root.mount("tunnels", TunnelsResource(self.tunnels))
+        self.root.mount("forwards", ForwardsResource(self.forwards))
+        self.root.mount("names", NamesResource(self.names))
+        self.root.mount("kademlia", DHTResource(self.dht))
+
+    def status(self) -> Any:
+        result = self._answer("status", None)
+        if isinstance(result, DaemonStatus):
+            return result
+        return DaemonStatus(
+            node=NodeStatus(peerID="12D3", addrs=("/ip4/192.0.2.1/tcp/1/p2p/12D3",),
+                            listenAddrs=("/ip4/0.0.0.0/tcp/1",)),
+            services=(ServiceInfo(name="names", origin="builtin", state="running"),),
+            sections=(("names", self.names.status()), ("kademlia", self.dht.status())),
+        )
 
     def shutdown(self) -> Any:
         return self._answer("shutdown", None)
-
-    def registerName(self, name: str, services: list[str]) -> Any:
-        return self._answer("registerName", dict(name=name, services=services))
-
-    def withdrawName(self, name: str) -> Any:
-        return self._answer("withdrawName", dict(name=name))
-
-    def resolveName(self, name: str, acceptNewKey: bool) -> Any:
-        return self._answer("resolveName", dict(name=name, acceptNewKey=acceptNewKey))
-
-    def networkStatus(self) -> Any:
-        return self._answer("networkStatus", None)
-
-    def networkRoutes(self) -> Any:
-        return self._answer("networkRoutes", None)
-
-    def networkBootstrap(self, addrs: list[str]) -> Any:
-        return self._answer("networkBootstrap", dict(addrs=addrs))
 
 
 def _shortHome(testCase: TestCase) -> Path:
@@ -110,14 +159,17 @@ def _deadPID() -> int:
 
 class ControlRouteTests(TestCase):
     """
-    Every route, through a real socket, with the L{ControlClient}.
+    Every route, through a real socket, with the L{ControlClient}: the
+    daemon's own and each service's resource, over fake services.
     """
 
     @inlineCallbacks
     def setUp(self) -> Any:
         self.home = _shortHome(self)
-        self.api = FakeAPI()
-        self.service = ControlService(reactor, self.home, self.api)
+        self.daemon = FakeDaemon()
+        self.calls = self.daemon.calls
+        self.results = self.daemon.results
+        self.service = ControlService(reactor, self.home, self.daemon.root)
         yield self.service.startService()
         self.addCleanup(self.service.stopService)
         self.client = ControlClient(reactor, self.home)
@@ -132,48 +184,46 @@ class ControlRouteTests(TestCase):
         else:
             self.fail(f"expected a ControlError {status}")
 
-    def test_fakeProvidesInterface(self) -> None:
-        """
-        The fake used here really provides L{IControlAPI}, so the tests
-        exercise the interface the node must implement.
-        """
-        self.assertTrue(verifyObject(IControlAPI, self.api))
-
     @inlineCallbacks
     def test_status(self) -> Any:
         """
-        GET /v1/status answers with the API's dict.
+        GET /v1/status answers the node's fields at the top level, the
+        services list, and each service's status under its name.
         """
-        self.api.results["status"] = {"peer_id": "x", "tunnels": [1, 2]}
         result = yield self.client.request("GET", "/v1/status")
-        self.assertEqual(result, {"peer_id": "x", "tunnels": [1, 2]})
+        self.assertEqual(result, statusJSON(self.daemon.status()))
+        self.assertEqual(result["peer_id"], "12D3")
+        self.assertEqual(result["addrs"], ["/ip4/192.0.2.1/tcp/1/p2p/12D3"])
+        self.assertEqual(result["services"], [{"name": "names", "origin": "builtin", "state": "running",
+                                               "description": ""}])
+        self.assertEqual(result["names"][0]["stored_on"], 3)
+        self.assertEqual(result["kademlia"], {"dht_mode": "server", "routing_table_size": 7, "records_held": 2})
 
     @inlineCallbacks
     def test_deferredResult(self) -> Any:
         """
-        An API method may return a Deferred; the answer waits for it.
+        A handler may return a Deferred; the answer waits for it.
         """
         later: Deferred[dict[str, Any]] = Deferred()
-        self.api.results["peers"] = later
-        d = self.client.request("GET", "/v1/network/peers")
-        reactor.callLater(0.01, later.callback, {"peers": ["a"]})
-        self.assertEqual((yield d), {"peers": ["a"]})
+        self.results["registerName"] = later
+        d = self.client.request("POST", "/v1/names", {"name": "alice"})
+        reactor.callLater(0.01, later.callback, {"name": "alice"})
+        self.assertEqual((yield d), {"name": "alice"})
 
     @inlineCallbacks
     def test_addTunnelAllFields(self) -> Any:
         """
-        POST /v1/tunnels passes typed arguments (peer IDs parsed) to
-        addTunnel.
+        POST /v1/tunnels passes typed arguments (peer IDs parsed) to the
+        tunnel host, and answers 201.
         """
         peer = Identity.generate().peerID
-        result = yield self.client.request("POST", "/v1/tunnels", {
-            "port": 3000, "name": "web", "udp": True, "compress": True,
-            "allow": [str(peer)], "secret": True,
-        })
-        self.assertEqual(result, {"ok": "addTunnel"})
-        self.assertEqual(self.api.calls, [("addTunnel", dict(
+        out, err, _ = yield self._curl("-X", "POST", "-d", f'{{"port": 3000, "name": "web", "udp": true, '
+                                       f'"compress": true, "allow": ["{peer}"], "secret": true}}',
+                                       "http://beam/v1/tunnels")
+        self.assertEqual((out, err), (b'{"ok": "addTunnel"}\n', b"201"))
+        self.assertEqual(self.calls, [("addTunnel", dict(
             port=3000, name="web", udp=True, compress=True, allow=[peer], secret=True))])
-        self.assertIsInstance(self.api.calls[0][1]["allow"][0], PeerID)
+        self.assertIsInstance(self.calls[0][1]["allow"][0], PeerID)
 
     @inlineCallbacks
     def test_addTunnelDefaults(self) -> Any:
@@ -182,7 +232,7 @@ class ControlRouteTests(TestCase):
         secret), and null means the default.
         """
         yield self.client.request("POST", "/v1/tunnels", {"port": 8080, "name": None})
-        self.assertEqual(self.api.calls, [("addTunnel", dict(
+        self.assertEqual(self.calls, [("addTunnel", dict(
             port=8080, name=None, udp=False, compress=False, allow=None, secret=False))])
 
     @inlineCallbacks
@@ -191,13 +241,13 @@ class ControlRouteTests(TestCase):
         A string secret is passed through as the secret to use.
         """
         yield self.client.request("POST", "/v1/tunnels", {"port": 1, "secret": "hunter2"})
-        self.assertEqual(self.api.calls[0][1]["secret"], "hunter2")
+        self.assertEqual(self.calls[0][1]["secret"], "hunter2")
 
     @inlineCallbacks
     def test_addTunnelBadFields(self) -> Any:
         """
-        Malformed fields answer 400 naming the problem, and the API is not
-        called.
+        Malformed fields answer 400 naming the problem, and the service is
+        not called.
         """
         cases = [
             ({}, "missing field 'port'"),
@@ -214,7 +264,7 @@ class ControlRouteTests(TestCase):
         ]
         for body, text in cases:
             yield self.assertControlError(self.client.request("POST", "/v1/tunnels", body), 400, text)
-        self.assertEqual(self.api.calls, [])
+        self.assertEqual(self.calls, [])
 
     @inlineCallbacks
     def test_malformedJSON(self) -> Any:
@@ -228,55 +278,94 @@ class ControlRouteTests(TestCase):
                                       400, "must be a JSON object")
 
     @inlineCallbacks
-    def test_removeTunnel(self) -> Any:
+    def test_listTunnelsAndRemove(self) -> Any:
         """
-        DELETE /v1/tunnels/<key> passes the (percent-decoded) key.
+        GET /v1/tunnels lists them; DELETE /v1/tunnels/<key> passes the
+        (percent-decoded) key, with or without a trailing slash.
         """
+        self.results["tunnels"] = ()
+        self.assertEqual((yield self.client.request("GET", "/v1/tunnels")), {"tunnels": []})
         yield self.client.request("DELETE", "/v1/tunnels/web")
         yield self.client.request("DELETE", "/v1/tunnels/3000/")
         yield self.client.request("DELETE", "/v1/tunnels/my%20app")
-        self.assertEqual(self.api.calls, [("removeTunnel", "web"), ("removeTunnel", "3000"),
-                                          ("removeTunnel", "my app")])
+        self.assertEqual(self.calls, [("tunnels", None), ("removeTunnel", "web"), ("removeTunnel", "3000"),
+                                      ("removeTunnel", "my app")])
 
     @inlineCallbacks
     def test_addForward(self) -> Any:
         """
-        POST /v1/forwards passes the target and optional fields.
+        POST /v1/forwards passes the target and optional fields, and
+        answers 201 once the forward is up.
         """
         yield self.client.request("POST", "/v1/forwards", {"target": "beam://x@h:1/web"})
-        yield self.client.request("POST", "/v1/forwards", {
-            "target": "t", "port": 8080, "bind": "::1", "service": "web", "compress": True})
-        self.assertEqual(self.api.calls, [
-            ("addForward", dict(target="beam://x@h:1/web", port=None, bind=None, service=None, compress=False, udp=False)),
+        out, err, _ = yield self._curl("-X", "POST", "-d", '{"target": "t", "port": 8080, "bind": "::1", '
+                                       '"service": "web", "compress": true}', "http://beam/v1/forwards")
+        self.assertEqual(err, b"201")
+        self.assertEqual(self.calls, [
+            ("addForward", dict(target="beam://x@h:1/web", port=None, bind=None, service=None, compress=False,
+                                udp=False)),
             ("addForward", dict(target="t", port=8080, bind="::1", service="web", compress=True, udp=False)),
         ])
 
     @inlineCallbacks
-    def test_nameAndNetworkRoutes(self) -> Any:
+    def test_nameRoutes(self) -> Any:
         """
-        The name and network routes reach their API methods with their
-        arguments; POST /v1/names answers 201.
+        POST /v1/names registers (201), DELETE withdraws, GET
+        /v1/names/<name> resolves, and so does its older place,
+        GET /v1/resolve/<name>, which cannot delete.
         """
-        yield self.client.request("POST", "/v1/names", {"name": "alice", "services": ["web"]})
+        out, err, _ = yield self._curl("-X", "POST", "-d", '{"name": "alice", "services": ["web"]}',
+                                       "http://beam/v1/names")
+        self.assertEqual(err, b"201")
         yield self.client.request("DELETE", "/v1/names/alice")
-        yield self.client.request("GET", "/v1/resolve/bob?accept_new_key=1")
+        yield self.client.request("GET", "/v1/names/bob?accept_new_key=1")
         yield self.client.request("GET", "/v1/resolve/bob")
-        yield self.client.request("GET", "/v1/network/status")
-        yield self.client.request("GET", "/v1/network/routes")
-        yield self.client.request("POST", "/v1/network/bootstrap", {"addrs": ["/ip4/127.0.0.1/tcp/1"]})
-        self.assertEqual(self.api.calls, [
+        yield self.assertControlError(self.client.request("DELETE", "/v1/resolve/bob"), 405, "use GET")
+        listed = yield self.client.request("GET", "/v1/names")
+        self.assertEqual(listed["names"][0]["name"], "alice")
+        self.assertEqual(self.calls, [
             ("registerName", dict(name="alice", services=["web"])),
             ("withdrawName", dict(name="alice")),
             ("resolveName", dict(name="bob", acceptNewKey=True)),
             ("resolveName", dict(name="bob", acceptNewKey=False)),
-            ("networkStatus", None),
-            ("networkRoutes", None),
-            ("networkBootstrap", dict(addrs=["/ip4/127.0.0.1/tcp/1"])),
         ])
         e = yield self.assertFailure(
             self.client.request("POST", "/v1/names", {"name": "x", "services": [1]}), ControlError
         )
         self.assertEqual(e.status, 400)
+
+    @inlineCallbacks
+    def test_networkRoutes(self) -> Any:
+        """
+        /v1/network/status combines the node's addresses, our names and
+        the DHT's figures (the shape from before services had their own
+        routes); routes and bootstrap reach the DHT at their old and new
+        places; a bootstrap address without /p2p/ is refused.
+        """
+        network = yield self.client.request("GET", "/v1/network/status")
+        self.assertEqual(network, {
+            "peer_id": "12D3", "listen_addrs": ["/ip4/0.0.0.0/tcp/1"], "addrs": ["/ip4/192.0.2.1/tcp/1/p2p/12D3"],
+            "observed_addrs": [], "connections": 0, "names": [asName("alice")],
+            "dht_mode": "server", "routing_table_size": 7, "records_held": 2,
+        })
+        self.results["networkRoutes"] = RoutesStatus(k=20, size=0)
+        self.assertEqual((yield self.client.request("GET", "/v1/network/routes")),
+                         {"k": 20, "size": 0, "buckets": []})
+        yield self.client.request("GET", "/v1/kademlia/routes")
+        peer = Identity.generate().peerID
+        yield self.client.request("POST", "/v1/network/bootstrap", {"addrs": [f"/ip4/127.0.0.1/tcp/1/p2p/{peer}"]})
+        yield self.client.request("POST", "/v1/kademlia/bootstrap")
+        self.assertEqual((yield self.client.request("GET", "/v1/kademlia")),
+                         {"dht_mode": "server", "routing_table_size": 7, "records_held": 2})
+        yield self.assertControlError(
+            self.client.request("POST", "/v1/network/bootstrap", {"addrs": ["/ip4/127.0.0.1/tcp/1"]}),
+            400, "must end in /p2p/")
+        self.assertEqual(self.calls[-4:], [
+            ("networkRoutes", None),
+            ("networkRoutes", None),
+            ("networkBootstrap", dict(addrs=[f"/ip4/127.0.0.1/tcp/1/p2p/{peer}"])),
+            ("networkBootstrap", dict(addrs=["/configured"])),
+        ])
 
     @inlineCallbacks
     def test_addForwardBadFields(self) -> Any:
@@ -287,29 +376,32 @@ class ControlRouteTests(TestCase):
                            ({"target": "t", "bind": "example.com"}, "must be an IP address"),
                            ({"target": "t", "port": -1}, "between 1 and 65535")]:
             yield self.assertControlError(self.client.request("POST", "/v1/forwards", body), 400, text)
-        self.assertEqual(self.api.calls, [])
+        self.assertEqual(self.calls, [])
 
     @inlineCallbacks
     def test_removeForwardPeersShutdown(self) -> Any:
         """
         DELETE /v1/forwards/<key>, GET /v1/network/peers and POST
-        /v1/shutdown reach their API methods.
+        /v1/shutdown reach the forwards, the node's status and the daemon.
         """
         yield self.client.request("DELETE", "/v1/forwards/8080")
-        self.assertEqual((yield self.client.request("GET", "/v1/network/peers")), {"ok": "peers"})
+        self.assertEqual((yield self.client.request("GET", "/v1/network/peers")), {"peers": []})
         self.assertEqual((yield self.client.request("POST", "/v1/shutdown")), {"ok": "shutdown"})
-        self.assertEqual([c[0] for c in self.api.calls], ["removeForward", "peers", "shutdown"])
+        self.assertEqual([c[0] for c in self.calls], ["removeForward", "status", "shutdown"])
 
     @inlineCallbacks
     def test_unknownRouteAndMethod(self) -> Any:
         """
-        Unknown paths answer 404; a known path with the wrong method 405.
+        Unknown paths answer 404 (JSON, naming the path); a known path
+        with the wrong method 405, naming the right ones.
         """
-        yield self.assertControlError(self.client.request("GET", "/v1/nope"), 404, "no such endpoint")
+        yield self.assertControlError(self.client.request("GET", "/v1/nope"), 404, "no such endpoint: /v1/nope")
         yield self.assertControlError(self.client.request("GET", "/"), 404, "no such endpoint")
-        yield self.assertControlError(self.client.request("DELETE", "/v1/tunnels/"), 405, "use POST")
+        yield self.assertControlError(self.client.request("GET", "/v1"), 404, "no such endpoint")
+        yield self.assertControlError(self.client.request("GET", "/v1/tunnels/x/y"), 404, "no such endpoint")
+        yield self.assertControlError(self.client.request("DELETE", "/v1/tunnels/"), 405, "use GET, POST")
         yield self.assertControlError(self.client.request("POST", "/v1/status"), 405, "use GET")
-        self.assertEqual(self.api.calls, [])
+        self.assertEqual(self.calls, [])
 
     @inlineCallbacks
     def test_errorMapping(self) -> Any:
@@ -317,14 +409,13 @@ class ControlRouteTests(TestCase):
         L{NotFound} answers 404, L{Conflict} 409 and any other L{BeamError}
         400, each with the error's text; a failed Deferred maps the same.
         """
-        self.api.results["removeTunnel"] = NotFound("no tunnel named 'web'")
+        self.results["removeTunnel"] = NotFound("no tunnel named 'web'")
         yield self.assertControlError(self.client.request("DELETE", "/v1/tunnels/web"), 404, "no tunnel named 'web'")
-        self.api.results["addTunnel"] = Conflict("port 3000 is already exposed")
+        self.results["addTunnel"] = Conflict("port 3000 is already exposed")
         yield self.assertControlError(self.client.request("POST", "/v1/tunnels", {"port": 3000}), 409,
                                       "port 3000 is already exposed")
-        self.api.results["addForward"] = fail(BeamError("bad share address"))
-        yield self.assertControlError(self.client.request("POST", "/v1/forwards", {"target": "x"}), 400,
-                                      "bad share address")
+        self.results["resolveName"] = fail(BeamError("no DHT peers"))
+        yield self.assertControlError(self.client.request("GET", "/v1/names/x"), 400, "no DHT peers")
 
     @inlineCallbacks
     def test_bugIs500WithoutTraceback(self) -> Any:
@@ -332,7 +423,7 @@ class ControlRouteTests(TestCase):
         An unexpected exception answers 500 with a generic message; the
         traceback is logged, not sent.
         """
-        self.api.results["status"] = RuntimeError("secret internals")
+        self.results["status"] = RuntimeError("secret internals")
         try:
             yield self.client.request("GET", "/v1/status")
         except ControlError as e:
@@ -347,22 +438,34 @@ class ControlRouteTests(TestCase):
     @inlineCallbacks
     def test_nonDictResultIs500(self) -> Any:
         """
-        A result that is not a JSON-able dict is a bug: 500.
+        An answer that is not a JSON object, or has something without a
+        JSON form in it, is a bug: 500.
         """
-        self.api.results["status"] = ["not", "a", "dict"]
-        yield self.assertControlError(self.client.request("GET", "/v1/status"), 500, "internal error")
-        self.api.results["status"] = {"x": object()}
-        yield self.assertControlError(self.client.request("GET", "/v1/status"), 500, "internal error")
-        self.flushLoggedErrors(TypeError)
+        self.results["removeTunnel"] = ["not", "a", "dict"]
+        yield self.assertControlError(self.client.request("DELETE", "/v1/tunnels/x"), 500, "internal error")
+        self.results["removeTunnel"] = {"x": object()}
+        yield self.assertControlError(self.client.request("DELETE", "/v1/tunnels/x"), 500, "internal error")
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 2)
 
     @inlineCallbacks
     def test_bodyTooLarge(self) -> Any:
         """
-        A body over 64 KiB answers 413 without calling the API.
+        A body over 64 KiB answers 413 without calling the service.
         """
         yield self.assertControlError(
             self.client.request("POST", "/v1/tunnels", {"port": 1, "name": "x" * 70000}), 413, "larger than")
-        self.assertEqual(self.api.calls, [])
+        self.assertEqual(self.calls, [])
+
+    @inlineCallbacks
+    def test_mountedStatusResource(self) -> Any:
+        """
+        A service with a status and no resource of its own answers
+        GET /v1/<name> with its status (a tuple as a list under its name).
+        """
+        self.daemon.root.mount("one", StatusResource("one", lambda: DHTStatus(mode="client")))
+        self.daemon.root.mount("many", StatusResource("many", lambda: (DHTStatus(mode="client"),)))
+        self.assertEqual((yield self.client.request("GET", "/v1/one"))["dht_mode"], "client")
+        self.assertEqual((yield self.client.request("GET", "/v1/many"))["many"][0]["dht_mode"], "client")
 
     def _curl(self, *args: str) -> Deferred[tuple[bytes, bytes, int]]:
         curl = shutil.which("curl")
@@ -377,13 +480,31 @@ class ControlRouteTests(TestCase):
         """
         The documented curl command works: GET status and POST a tunnel.
         """
-        self.api.results["status"] = {"peer_id": "12D3"}
         out, err, code = yield self._curl("http://beam/v1/status")
-        self.assertEqual((out, err, code), (b'{"peer_id": "12D3"}\n', b"200", 0))
+        self.assertEqual((err, code), (b"200", 0))
+        self.assertTrue(out.startswith(b'{"peer_id": "12D3"'))
         out, err, code = yield self._curl("-X", "POST", "-H", "content-type: application/json",
                                           "-d", '{"port": 3000, "name": "web"}', "http://beam/v1/tunnels")
         self.assertEqual((out, err, code), (b'{"ok": "addTunnel"}\n', b"201", 0))
-        self.assertEqual(self.api.calls[-1][1]["port"], 3000)
+        self.assertEqual(self.calls[-1][1]["port"], 3000)
+
+
+def asName(name: str) -> dict[str, Any]:
+    return {"name": name, "peer_id": "12D3", "services": [], "addrs": [], "seq": None, "expires": None,
+            "stored_on": 3, "error": None}
+
+
+class _Hello(JSONResource):
+    def json_GET(self, request: Any) -> Any:
+        return {"ok": "status"}
+
+
+def _root() -> Any:
+    root = JSONResource()
+    v1 = JSONResource()
+    root.putChild(b"v1", v1)
+    v1.putChild(b"status", _Hello())
+    return root
 
 
 class ControlServiceTests(TestCase):
@@ -396,7 +517,7 @@ class ControlServiceTests(TestCase):
 
     @inlineCallbacks
     def startService(self, home: Path | None = None) -> Any:
-        service = ControlService(reactor, home or self.home, FakeAPI())
+        service = ControlService(reactor, home or self.home, _root())
         yield service.startService()
         self.addCleanup(service.stopService)
         return service
@@ -436,7 +557,7 @@ class ControlServiceTests(TestCase):
         """
         Stopping removes the socket and its lock; C{nodeRunning} follows.
         """
-        service = ControlService(reactor, self.home, FakeAPI())
+        service = ControlService(reactor, self.home, _root())
         self.assertFalse(nodeRunning(self.home))
         yield service.startService()
         self.assertTrue(nodeRunning(self.home))
@@ -452,7 +573,7 @@ class ControlServiceTests(TestCase):
         and leaves the first one serving.
         """
         yield self.startService()
-        second = ControlService(reactor, self.home, FakeAPI())
+        second = ControlService(reactor, self.home, _root())
         e = yield self.assertFailure(second.startService(), NodeAlreadyRunning)
         self.assertIn(str(self.home), str(e))
         self.assertFalse(second.running)
@@ -466,7 +587,7 @@ class ControlServiceTests(TestCase):
         starting) also makes a second start fail.
         """
         os.symlink(str(os.getpid()), str(self.home / "control.sock.lock"))
-        second = ControlService(reactor, self.home, FakeAPI())
+        second = ControlService(reactor, self.home, _root())
         yield self.assertFailure(second.startService(), NodeAlreadyRunning)
         self.assertTrue(os.path.lexists(self.home / "control.sock.lock"))
 
@@ -505,7 +626,7 @@ class ControlServiceTests(TestCase):
         A regular file where the socket goes is left alone and reported.
         """
         (self.home / "control.sock").write_text("precious")
-        e = yield self.assertFailure(ControlService(reactor, self.home, FakeAPI()).startService(),
+        e = yield self.assertFailure(ControlService(reactor, self.home, _root()).startService(),
                                      ControlSocketError)
         self.assertIn("not a socket", str(e))
         self.assertEqual((self.home / "control.sock").read_text(), "precious")
@@ -516,7 +637,7 @@ class ControlServiceTests(TestCase):
         A home whose socket path does not fit in sun_path fails clearly.
         """
         home = self.home / ("x" * 120)
-        e = yield self.assertFailure(ControlService(reactor, home, FakeAPI()).startService(),
+        e = yield self.assertFailure(ControlService(reactor, home, _root()).startService(),
                                      ControlSocketError)
         self.assertIn("too long", str(e))
 

@@ -1,12 +1,14 @@
 """
-L{beam.daemon.service.BeamDaemon} in one process: two daemons on loopback, their
-control API called directly.
+L{beam.daemon.service.BeamDaemon} in one process: daemons on loopback, their
+services called directly and through the control socket.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import stat
 from pathlib import Path
 
 from twisted.internet import reactor
@@ -18,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from beam.daemon.config import Config, TunnelConfig
-from beam.daemon.control import NodeAlreadyRunning
+from beam.daemon.control import ControlClient, NodeAlreadyRunning
 from beam.daemon.service import BeamDaemon, TunnelSpecError
 from beam.errors import Conflict, DialError, NotFound
 from beam.identity.keys import Identity
@@ -32,6 +34,7 @@ LOOPBACK = (Multiaddr.fromString("/ip4/127.0.0.1/tcp/0"),)
 def _startDaemon(test, config: Config = Config(listen=LOOPBACK), home: Path | None = None, **kw):
     home = home or Path(test.mktemp())
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    kw.setdefault("plugins", ())
     daemon = BeamDaemon(reactor, home, kw.pop("identity", None) or Identity.generate(), config, **kw)
     yield daemon.start()
     test.addCleanup(daemon.stopService)
@@ -86,19 +89,19 @@ class DaemonTests(TestCase):
         host = yield self.startDaemon()
         client = yield self.startDaemon()
         svc = self.echoService()
-        tunnel = host.addTunnel(svc)
-        self.assertEqual(tunnel["name"], str(svc))
-        self.assertTrue(tunnel["connect"].startswith("beam connect beam://"))
-        fwd = yield client.addForward(tunnel["share"])
-        port = int(fwd["listen"].rsplit(":", 1)[1])
+        tunnel = host.tunnels.exposePort(svc)
+        self.assertEqual(tunnel.name, str(svc))
+        self.assertTrue(tunnel.connect.startswith("beam connect beam://"))
+        fwd = yield client.forwards.add(tunnel.share)
+        port = int(fwd.listen.rsplit(":", 1)[1])
         got = yield _deferToThread(_roundTrip, port)
         self.assertEqual(got, b"hello beam")
-        status = host.status()
-        self.assertEqual(status["tunnels"][0]["stats"]["total"], 1)
-        self.assertEqual(status["tunnels"][0]["stats"]["bytesIn"], len(b"hello beam"))
+        (hosted,) = host.status().section("tunnels")
+        self.assertEqual(hosted.stats.total, 1)
+        self.assertEqual(hosted.stats.bytesIn, len(b"hello beam"))
         cstatus = client.status()
-        self.assertEqual(cstatus["forwards"][0]["state"], "connected")
-        self.assertEqual(cstatus["connections"][0]["peer_id"], str(host.node.peerID))
+        self.assertEqual(cstatus.section("forwards")[0].state, "connected")
+        self.assertEqual(cstatus.node.connections[0].peerID, str(host.node.peerID))
 
     @inlineCallbacks
     def test_probeRefusals(self):
@@ -110,21 +113,21 @@ class DaemonTests(TestCase):
         host = yield self.startDaemon()
         client = yield self.startDaemon()
         svc = self.echoService()
-        private = host.addTunnel(svc, name="private", allow=[Identity.generate().peerID])
-        secret = host.addTunnel(self.echoService(), name="secret", secret=True)
-        share = parseShareAddress(private["share"])
-        e = yield self.assertFailure(client.addForward(private["share"]), TunnelSpecError)
+        private = host.tunnels.exposePort(svc, name="private", allow=[Identity.generate().peerID])
+        secret = host.tunnels.exposePort(self.echoService(), name="secret", secret=True)
+        share = parseShareAddress(private.share)
+        e = yield self.assertFailure(client.forwards.add(private.share), TunnelSpecError)
         self.assertIn("not on the allow list", str(e))
-        e = yield self.assertFailure(client.addForward(private["share"], service="nope"), TunnelSpecError)
+        e = yield self.assertFailure(client.forwards.add(private.share, service="nope"), TunnelSpecError)
         self.assertIn("nope", str(e))
-        stripped = secret["share"].split("#")[0]
-        e = yield self.assertFailure(client.addForward(stripped), TunnelSpecError)
+        stripped = secret.share.split("#")[0]
+        e = yield self.assertFailure(client.forwards.add(stripped), TunnelSpecError)
         self.assertIn("secret", str(e))
-        ok = yield client.addForward(secret["share"])
-        self.assertEqual(ok["service"], "secret")
+        ok = yield client.forwards.add(secret.share)
+        self.assertEqual(ok.service, "secret")
         dead = f"beam://{Identity.generate().peerID}@127.0.0.1:{_freePort()}/{share.service}"
-        yield self.assertFailure(client.addForward(dead), DialError)
-        self.assertEqual(list(client.forwards), [ok["name"]])
+        yield self.assertFailure(client.forwards.add(dead), DialError)
+        self.assertEqual(list(client.forwards.byKey), [ok.name])
 
     @inlineCallbacks
     def test_conflictsAndRemoval(self):
@@ -134,12 +137,12 @@ class DaemonTests(TestCase):
         """
         host = yield self.startDaemon()
         svc = self.echoService()
-        host.addTunnel(svc, name="web")
-        self.assertRaises(Conflict, host.addTunnel, svc)
-        self.assertRaises(Conflict, host.addTunnel, svc + 1 if svc < 65535 else svc - 1, name="web")
-        self.assertEqual(host.removeTunnel(str(svc))["name"], "web")
-        self.assertRaises(NotFound, host.removeTunnel, "web")
-        self.assertRaises(NotFound, host.removeForward, "1234")
+        host.tunnels.exposePort(svc, name="web")
+        self.assertRaises(Conflict, host.tunnels.exposePort, svc)
+        self.assertRaises(Conflict, host.tunnels.exposePort, svc + 1 if svc < 65535 else svc - 1, name="web")
+        self.assertEqual(host.tunnels.remove(str(svc)).name, "web")
+        self.assertRaises(NotFound, host.tunnels.remove, "web")
+        self.assertRaises(NotFound, host.forwards.remove, "1234")
 
     @inlineCallbacks
     def test_configTunnelsAndRememberedPort(self):
@@ -168,7 +171,7 @@ class DaemonTests(TestCase):
         """
         home = Path(self.mktemp())
         yield self.startDaemon(home=home)
-        second = BeamDaemon(reactor, home, Identity.generate(), Config(listen=LOOPBACK))
+        second = BeamDaemon(reactor, home, Identity.generate(), Config(listen=LOOPBACK), plugins=())
         yield self.assertFailure(second.start(), NodeAlreadyRunning)
         yield second.stopService()
         self.assertEqual(second.node.listenAddrs, [])
@@ -210,13 +213,13 @@ class DaemonNameTests(TestCase):
         resolver = yield _startDaemon(self, config)
         yield owner.kademlia.whenBootstrapped()
         yield resolver.kademlia.whenBootstrapped()
-        registered = yield owner.registerName("alice", ["web"])
-        self.assertGreaterEqual(registered["stored_on"], 2)
-        found = yield resolver.resolveName("alice")
-        self.assertEqual(found["peer_id"], str(ownerID.peerID))
-        self.assertEqual(found["services"], ["web"])
-        self.assertEqual(found["pin"], "new")
-        oldAddrs = found["addrs"]
+        registered = yield owner.names.register("alice", ["web"])
+        self.assertGreaterEqual(registered.storedOn, 2)
+        found = yield resolver.names.resolve("alice")
+        self.assertEqual(found.peerID, str(ownerID.peerID))
+        self.assertEqual(found.services, ("web",))
+        self.assertEqual(found.pin, "new")
+        oldAddrs = found.addrs
         yield owner.stopService()
         owner2 = yield _startDaemon(self, config, home=ownerHome, identity=ownerID,
                                                rememberPort=False)
@@ -225,7 +228,109 @@ class DaemonNameTests(TestCase):
             if "alice" in owner2.names.registrations and owner2.names.registrations["alice"].record:
                 break
             yield deferLater(reactor, 0.1, lambda: None)
-        found2 = yield resolver.resolveName("alice")
-        self.assertEqual(found2["pin"], "known")
-        self.assertNotEqual(found2["addrs"], oldAddrs)
-        self.assertGreater(found2["seq"], found["seq"])
+        found2 = yield resolver.names.resolve("alice")
+        self.assertEqual(found2.pin, "known")
+        self.assertNotEqual(found2.addrs, oldAddrs)
+        self.assertGreater(found2.seq, found.seq)
+
+
+class DaemonAssemblyTests(TestCase):
+    """
+    The daemon assembles its children from registrations and serves each
+    one's resource and status on the control socket.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_childrenInOrder(self):
+        """
+        The control socket, the node, then the built-in services in
+        registration order are the daemon's named children, all running;
+        each built-in reports its status under its name.
+        """
+        daemon = yield _startDaemon(self)
+        self.assertEqual([s.name for s in daemon],
+                         ["control", "node", "tunnels", "kademlia", "names", "forwards"])
+        self.assertTrue(all(s.running for s in daemon))
+        status = daemon.status()
+        self.assertEqual([(i.name, i.origin, i.state) for i in status.services],
+                         [(n, "builtin", "running") for n in ("tunnels", "kademlia", "names", "forwards")])
+        self.assertEqual([name for name, _ in status.sections], ["tunnels", "kademlia", "names", "forwards"])
+        self.assertEqual(status.section("kademlia").mode, "server")
+        self.assertEqual(status.node.peerID, str(daemon.node.peerID))
+        self.assertIs(daemon.service("kademlia"), daemon.kademlia)
+
+    @inlineCallbacks
+    def test_stopsServicesBeforeTheNode(self):
+        """
+        Stopping stops the services (last registered first) before the
+        node and the control socket.
+        """
+        daemon = yield _startDaemon(self)
+        order = []
+        for child in daemon:
+            stop = child.stopService
+            child.stopService = lambda stop=stop, name=child.name: (order.append(name), stop())[1]
+        yield daemon.stopService()
+        self.assertEqual(order, ["forwards", "names", "kademlia", "tunnels", "node", "control"])
+
+    @inlineCallbacks
+    def test_controlSocket(self):
+        """
+        Through the real socket (mode 0600): GET /v1/status has the node's
+        fields and every service's section; a tunnel added with POST
+        /v1/tunnels shows up there and in GET /v1/tunnels; the network
+        routes keep their shapes, at old and new places.
+        """
+        daemon = yield _startDaemon(self)
+        self.assertEqual(stat.S_IMODE(os.stat(daemon.control.socketPath).st_mode), 0o600)
+        client = ControlClient(reactor, daemon.home)
+        status = yield client.request("GET", "/v1/status")
+        self.assertEqual(set(status), {"peer_id", "addrs", "listen_addrs", "observed_addrs", "protocols",
+                                       "connections", "services", "tunnels", "kademlia", "names", "forwards"})
+        self.assertIn("/beam/tunnel/1.0.0", status["protocols"])
+        tunnel = yield client.request("POST", "/v1/tunnels", {"port": 4242, "name": "web", "secret": True})
+        self.assertEqual(set(tunnel), {"name", "port", "kind", "target", "compress", "private", "allow", "share",
+                                       "connect", "stats"})
+        self.assertEqual(set(tunnel["stats"]), {"active", "total", "bytesIn", "bytesOut", "refused", "failed"})
+        self.assertIn("#", tunnel["share"])
+        self.assertEqual((yield client.request("GET", "/v1/status"))["tunnels"], [tunnel])
+        self.assertEqual((yield client.request("GET", "/v1/tunnels")), {"tunnels": [tunnel]})
+        network = yield client.request("GET", "/v1/network/status")
+        self.assertEqual(set(network), {"peer_id", "listen_addrs", "addrs", "observed_addrs", "connections",
+                                        "names", "dht_mode", "routing_table_size", "records_held"})
+        self.assertEqual(network["connections"], 0)
+        routes = yield client.request("GET", "/v1/network/routes")
+        self.assertEqual(routes, (yield client.request("GET", "/v1/kademlia/routes")))
+        self.assertEqual(routes["size"], 0)
+        self.assertEqual((yield client.request("GET", "/v1/network/peers")), {"peers": []})
+        removed = yield client.request("DELETE", "/v1/tunnels/web")
+        self.assertEqual(removed["name"], "web")
+        self.assertEqual(daemon.tunnels.services, {})
+
+    @inlineCallbacks
+    def test_tunnelChangesRepublishNames(self):
+        """
+        The name service hears of every tunnel exposed or withdrawn (its
+        records list the services) and publishes our names again.
+        """
+        daemon = yield _startDaemon(self)
+        self.assertIn(daemon.names.republishAll, daemon.tunnels.changeObservers)
+        heard = []
+        daemon.tunnels.changeObservers.append(lambda: heard.append(list(daemon.tunnels.services)))
+        daemon.tunnels.exposePort(4242)
+        daemon.tunnels.remove("4242")
+        self.assertEqual(heard, [["4242"], []])
+
+    @inlineCallbacks
+    def test_shutdown(self):
+        """
+        POST /v1/shutdown answers, then calls C{onShutdown}.
+        """
+        called = []
+        daemon = yield _startDaemon(self, onShutdown=lambda: called.append(True))
+        answer = yield ControlClient(reactor, daemon.home).request("POST", "/v1/shutdown")
+        self.assertEqual(answer, {"stopping": True})
+        yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(called, [True])

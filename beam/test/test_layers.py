@@ -6,6 +6,7 @@ The layers, bottom-up (docs/architecture.md draws them)::
 
     errors, proto                      (leaves: anyone may import them)
     encoding    varint, base58, framing
+    controlapi  status values as JSON, the control API's resource base (beside encoding)
     identity    keys, peer IDs, multiaddrs
     storage     atomic files, the home directory
     p2p         transports, security, muxer, multistream, host, protocols
@@ -34,6 +35,7 @@ LAYERS: dict[str, int] = {
     "beam.proto": 0,
     "beam.statemachine": 0,
     "beam.encoding": 1,
+    "beam.controlapi": 1,
     "beam.identity": 2,
     "beam.storage": 3,
     "beam.p2p": 4,

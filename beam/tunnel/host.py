@@ -12,7 +12,8 @@ logged here in one line.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Optional
+import os
+from typing import Any, Callable, Optional
 
 import attrs
 from twisted.application.service import Service
@@ -25,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from beam.errors import BeamError, ProtocolError
+from beam.errors import BeamError, Conflict, NotFound, ProtocolError
 from beam.identity.keys import PeerID
 from beam.tunnel.access import PUBLIC, AccessPolicy
 from beam.tunnel.protocol import (
@@ -42,8 +43,12 @@ from beam.tunnel.protocol import (
     encodeResponse,
 )
 from beam.tunnel.splice import Splice, TunnelStats
+from beam.tunnel.status import TunnelStatus, trafficStatus
 
-__all__ = ["ServiceSpec", "TunnelHost", "ServiceExists"]
+__all__ = ["ServiceSpec", "TunnelHost", "ServiceExists", "TunnelSpecError"]
+
+#: Bytes of a generated tunnel secret.
+SECRET_BYTES = 16
 
 #: Compression methods this host can speak, best first.
 COMPRESSIONS = ("lz4",)
@@ -52,6 +57,12 @@ COMPRESSIONS = ("lz4",)
 class ServiceExists(BeamError):
     """
     A service of that name is already exposed.
+    """
+
+
+class TunnelSpecError(BeamError):
+    """
+    That tunnel cannot be set up.
     """
 
 
@@ -143,15 +154,21 @@ class TunnelHost(Service):
         *,
         requestTimeout: float = 10.0,
         connectTimeout: float = 10.0,
+        random: Callable[[int], bytes] = os.urandom,
     ) -> None:
         """
         @param requestTimeout: seconds a new stream may take to send its
             request before it is reset.
         @param connectTimeout: seconds to wait for the local service to
             accept a connection.
+        @param random: where generated secrets come from.
         """
         self.reactor = reactor
         self.node = node
+        self.random = random
+        #: called with no arguments after a service is exposed or withdrawn
+        #: (the name service republishes our records).
+        self.changeObservers: list[Callable[[], None]] = []
         self.requestTimeout = requestTimeout
         self.connectTimeout = connectTimeout
         self.services: dict[str, ServiceSpec] = {}
@@ -173,6 +190,7 @@ class TunnelHost(Service):
             raise ServiceExists(f"a service named {spec.name!r} is already exposed")
         self.services[spec.name] = spec
         self.stats.setdefault(spec.name, TunnelStats())
+        self._changed()
 
     def unexpose(self, name: str) -> ServiceSpec:
         """
@@ -181,9 +199,18 @@ class TunnelHost(Service):
         @raise ServiceNotFound: no service of that name is exposed.
         """
         try:
-            return self.services.pop(name)
+            spec = self.services.pop(name)
         except KeyError:
             raise ServiceNotFound(f"no service named {name!r} is exposed") from None
+        self._changed()
+        return spec
+
+    def _changed(self) -> None:
+        for observer in list(self.changeObservers):
+            try:
+                observer()
+            except Exception:
+                self.log.failure("a tunnel change observer failed")
 
     def lookup(self, name: str) -> ServiceSpec:
         """
@@ -210,6 +237,128 @@ class TunnelHost(Service):
             for field in TunnelStats.__slots__:
                 setattr(total, field, getattr(total, field) + getattr(stats, field))
         return total
+
+    # -- status and the control API --------------------------------------
+
+    def exposePort(
+        self,
+        port: int,
+        name: Optional[str] = None,
+        udp: bool = False,
+        compress: bool = False,
+        allow: Optional[list[PeerID]] = None,
+        secret: bool | str = False,
+        host: str = "127.0.0.1",
+    ) -> TunnelStatus:
+        """
+        Expose C{port} on C{host} (by default this machine's loopback), as
+        C{beam PORT} and C{POST /v1/tunnels} ask.
+
+        @param allow: admit only these peers (L{None}: no allow list).
+        @param secret: C{True} generates a secret, a string is the secret.
+        @raise Conflict: the port, or the name, is already exposed.
+        @raise TunnelSpecError: the port or name is not valid.
+        """
+        kind = "udp" if udp else "tcp"
+        if isinstance(secret, str) and secret:
+            secretBytes: Optional[bytes] = secret.encode("utf-8")
+        elif secret is True:
+            secretBytes = self.random(SECRET_BYTES)
+        else:
+            secretBytes = None
+        policy = PUBLIC if allow is None and secretBytes is None else AccessPolicy(
+            allow=frozenset(allow) if allow is not None else None, secret=secretBytes
+        )
+        try:
+            spec = ServiceSpec.forPort(port, name, kind=kind, host=host, policy=policy, compress=compress)
+        except ValueError as e:
+            raise TunnelSpecError(str(e)) from None
+        for existing in self.services.values():
+            if existing.port == port and existing.kind == kind and existing.host == spec.host:
+                raise Conflict(f"{kind} port {port} is already exposed as {existing.name!r}")
+        if spec.name in self.services:
+            raise Conflict(f"a tunnel named {spec.name!r} already exists")
+        self.expose(spec)
+        status = self.tunnelStatus(spec)
+        self.log.info(
+            "exposing {kind} {where} as {name}; on the other side run: {connect}",
+            kind=kind, where=spec.where, name=spec.name, connect=status.connect,
+        )
+        return status
+
+    def find(self, key: str) -> ServiceSpec:
+        """
+        The service named C{key}, or else exposing port C{key}.
+
+        @raise NotFound: none.
+        """
+        spec = self.services.get(key)
+        if spec is not None:
+            return spec
+        for spec in self.services.values():
+            if str(spec.port) == key:
+                return spec
+        raise NotFound(f"no tunnel named or on port {key}")
+
+    def remove(self, key: str) -> TunnelStatus:
+        """
+        Stop exposing the service named C{key} (or on port C{key}).
+
+        @return: its last status.
+        @raise NotFound: none such.
+        """
+        spec = self.find(key)
+        status = self.tunnelStatus(spec)
+        self.unexpose(spec.name)
+        self.log.info("stopped exposing {where} ({name})", where=spec.where, name=spec.name)
+        return status
+
+    def shareAddress(self, name: str) -> Any:
+        """
+        The L{ShareAddress<beam.tunnel.share.ShareAddress>} of the service
+        C{name}: our addresses (loopback last), the service, its secret.
+        """
+        from beam.tunnel.share import ShareAddress
+
+        spec = self.services.get(name)
+        addrs = sorted((a.withoutPeerID() for a in self.node.advertisedAddrs()), key=lambda a: a.isLoopback())
+        return ShareAddress(
+            peer=self.node.peerID, addrs=tuple(addrs), service=name,
+            secret=spec.policy.secret if spec is not None else None,
+        )
+
+    def tunnelStatus(self, spec: ServiceSpec) -> TunnelStatus:
+        """
+        The status of one exposed service.
+        """
+        share = self.shareAddress(spec.name)
+        allow = spec.policy.allow
+        return TunnelStatus(
+            name=spec.name,
+            port=spec.port,
+            kind=spec.kind,
+            target=spec.where,
+            compress=spec.compress,
+            private=not spec.policy.isPublic,
+            allow=tuple(sorted(str(p) for p in allow)) if allow is not None else None,
+            share=str(share),
+            connect=f"beam connect {share}" + (" --udp" if spec.kind == "udp" else ""),
+            stats=trafficStatus(self.stats.get(spec.name)),
+        )
+
+    def status(self) -> tuple[TunnelStatus, ...]:
+        """
+        Every exposed service, in the order exposed.
+        """
+        return tuple(self.tunnelStatus(spec) for spec in self.services.values())
+
+    def controlResource(self) -> Any:
+        """
+        C{/v1/tunnels}: list, expose, withdraw (L{beam.tunnel.resource}).
+        """
+        from beam.tunnel.resource import TunnelsResource
+
+        return TunnelsResource(self)
 
     # -- service ---------------------------------------------------------
 
