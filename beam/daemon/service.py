@@ -145,6 +145,9 @@ class BeamDaemon(MultiService):
         for entry in plugins:
             try:
                 self._register(entry, "plugin")
+            except BeamError as e:
+                self.log.error("plugin {name} was not loaded: {why}", name=getattr(entry, "name", entry), why=e)
+                self._registered.append(_Registered(entry, "plugin", failure=_why(e)))
             except Exception as e:
                 self.log.failure("plugin {name} could not be loaded", name=getattr(entry, "name", entry))
                 self._registered.append(_Registered(entry, "plugin", failure=_why(e)))
