@@ -72,6 +72,8 @@ def _checkKind(instance: Any, attribute: Any, value: str) -> None:
 
 
 def _checkPort(instance: Any, attribute: Any, value: int) -> None:
+    if value == 0 and instance.serve is not None:
+        return  # served in this process: no port
     if not 0 < value < 65536:
         raise ValueError(f"port must be between 1 and 65535, not {value!r}")
 
@@ -87,6 +89,13 @@ class ServiceSpec:
     @ivar port: its port.
     @ivar policy: who may use it.
     @ivar compress: allow lz4 compression when a client offers it.
+    @ivar serve: for a service served in this process rather than on a
+        port (a Twisted factory exposed with C{beam:service=NAME}, see
+        L{beam.endpoints}): called as C{serve(peer, stats)} for each
+        admitted tunnel with the client's peer ID and the service's
+        L{TunnelStats}, it returns the protocol to connect to the stream
+        (which may count C{active} and bytes in C{stats}), or L{None} to
+        refuse.  C{host} and C{port} are then unused.
     """
 
     name: str
@@ -95,6 +104,7 @@ class ServiceSpec:
     port: int = attrs.field(default=0, validator=_checkPort)
     policy: AccessPolicy = PUBLIC
     compress: bool = False
+    serve: Optional[Callable[[PeerID, TunnelStats], Optional[IProtocol]]] = None
 
     @classmethod
     def forPort(cls, port: int, name: Optional[str] = None, **kw: Any) -> "ServiceSpec":
@@ -106,6 +116,8 @@ class ServiceSpec:
 
     @property
     def where(self) -> str:
+        if self.serve is not None:
+            return "in-process"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
@@ -417,10 +429,45 @@ class TunnelHost(Service):
         if request.probe:
             proto.answerProbe(TunnelResponse(compression=compression))
             return
+        if spec.serve is not None:
+            self._serveInProcess(proto, spec, compression, peer)
+            return
         if spec.kind == "udp":
             self._handleUDP(proto, spec, compression, peer)
             return
         self._connectTCP(proto, spec, compression, peer)
+
+    def _serveInProcess(self, proto: "_HostStream", spec: ServiceSpec, compression: str, peer: PeerID) -> None:
+        """
+        Hand the stream to the protocol C{spec.serve} builds, in this
+        process: no local connection to make, so the answer is immediate.
+        A C{serve} that raises or returns L{None} is a refusal.
+        """
+        stats = self._statsFor(spec.name)
+        assert spec.serve is not None
+        local: Optional[IProtocol]
+        try:
+            local = spec.serve(peer, stats)
+        except Exception:  # noqa: BLE001 - user code; reported to the client
+            self.log.failure("building the protocol for {service} failed", service=spec.name)
+            local = None
+        if local is None:
+            stats.failed += 1
+            self.log.info(
+                "tunnel from {peer} for {service} failed: the service did not accept the connection",
+                peer=peer, service=spec.name,
+            )
+            proto.refuse(ServiceUnavailable(f"service {spec.name!r} did not accept the connection"))
+            return
+        stats.total += 1
+        self._pending.discard(proto)
+        stream: Any = proto.transport
+        stream.write(encodeResponse(TunnelResponse(compression=compression)))
+        wrapped = wrapStream(local, compression)
+        stream.setProtocol(wrapped)
+        if proto.leftover:
+            wrapped.dataReceived(proto.leftover)
+        stream.resumeProducing()
 
     def _handleUDP(self, proto: "_HostStream", spec: ServiceSpec, compression: str, peer: PeerID) -> None:
         """
