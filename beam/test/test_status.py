@@ -1,0 +1,216 @@
+"""
+Status values: one rendering to JSON (L{beam.controlapi.asJSON}), read
+back where the JSON arrives (L{beam.controlapi.fromJSON}), and the
+command line's text made from them (L{beam.cli.statusText},
+L{beam.cli.networkText}).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import attrs
+from twisted.trial.unittest import SynchronousTestCase
+
+from beam.cli import networkText, statusText
+from beam.controlapi import asJSON, fromJSON, jsonField
+from beam.controlapi.values import UnreadableStatus
+from beam.daemon.status import DaemonStatus, ServiceInfo, networkJSON, statusJSON
+from beam.dht.status import BucketStatus, DHTStatus, RoutesStatus, RouteStatus
+from beam.identity.keys import Identity
+from beam.names.status import NameResolution, NameStatus
+from beam.p2p.host.status import ConnectionStatus, NodeStatus
+from beam.tunnel.status import ForwardStatus, TrafficStatus, TunnelStatus
+
+PEER = "12D3KooWPeer"
+
+CONNECTION = ConnectionStatus(
+    peerID=PEER, direction="outbound", transport="tcp", limited=False, remoteAddr="/ip4/192.0.2.9/tcp/4001",
+    localAddr="/ip4/192.0.2.1/tcp/5555", security="/noise", muxer="/yamux/1.0.0", streams=2, agent="beam/0.1.0",
+)
+NODE = NodeStatus(peerID="12D3KooWSelf", addrs=("/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWSelf",),
+                  listenAddrs=("/ip4/0.0.0.0/tcp/4001",), protocols=("/ipfs/ping/1.0.0",), connections=(CONNECTION,))
+TUNNEL = TunnelStatus(
+    name="web", port=3000, kind="tcp", target="127.0.0.1:3000", compress=False, private=True, allow=(PEER,),
+    share="beam://12D3KooWSelf@192.0.2.1:4001/web", connect="beam connect beam://12D3KooWSelf@192.0.2.1:4001/web",
+    stats=TrafficStatus(active=1, total=3, bytesIn=2048, bytesOut=100),
+)
+FORWARD = ForwardStatus(name="8080", listen="127.0.0.1:8080", kind="tcp", peerID=PEER, service="",
+                        state="connected", stats=TrafficStatus(total=1))
+NAME = NameStatus(name="alice", peerID="12D3KooWSelf", services=("web",), addrs=("/ip4/192.0.2.1/tcp/4001",),
+                  seq=7, expires=1700000000.5, storedOn=4)
+
+
+@attrs.frozen
+class _Inner:
+    countOfThings: int
+    legacyName: str = jsonField("legacy-name", default="x")
+
+
+@attrs.frozen
+class _Outer:
+    peerID: str
+    inner: _Inner
+    items: tuple[_Inner, ...] = ()
+    maybe: Optional[_Inner] = None
+    ratio: float = 0.0
+
+
+class JSONTests(SynchronousTestCase):
+    """
+    L{asJSON} and L{fromJSON}.
+    """
+
+    def test_keys(self) -> None:
+        """
+        Field names become snake-case keys (C{peerID} -> C{peer_id});
+        L{jsonField} keeps an older key.
+        """
+        value = _Outer(peerID="p", inner=_Inner(countOfThings=2), items=(_Inner(1, "y"),))
+        self.assertEqual(asJSON(value), {
+            "peer_id": "p", "inner": {"count_of_things": 2, "legacy-name": "x"},
+            "items": [{"count_of_things": 1, "legacy-name": "y"}], "maybe": None, "ratio": 0.0,
+        })
+
+    def test_roundTrip(self) -> None:
+        """
+        What L{asJSON} makes, L{fromJSON} turns back into an equal value,
+        for every status value of Beam's services.
+        """
+        routes = RoutesStatus(k=20, size=1, buckets=(BucketStatus(
+            index=255, peers=(RouteStatus(peerID=PEER, addrs=("/ip4/192.0.2.9/tcp/4001",), lastSeen=12.5),),
+            replacements=1),))
+        resolution = NameResolution(name="bob", peerID=PEER, addrs=("/ip4/192.0.2.9/tcp/4001",), seq=3,
+                                    expires=1.5, source="dht", pin="known", elapsedMs=12.25, queried=9, rounds=2)
+        for value in [NODE, TUNNEL, FORWARD, NAME, resolution, DHTStatus(mode="client"), routes,
+                      _Outer(peerID="p", inner=_Inner(1), maybe=_Inner(2), ratio=1.5),
+                      ServiceInfo(name="hello", origin="plugin", state="running")]:
+            self.assertEqual(fromJSON(type(value), asJSON(value)), value)
+
+    def test_fromJSONIsTolerant(self) -> None:
+        """
+        Unknown keys are ignored (a newer node may send more), missing
+        ones take their default, and integers are accepted as floats.
+        """
+        value = fromJSON(_Outer, {"peer_id": "p", "inner": {"count_of_things": 1, "new": True}, "ratio": 2,
+                                  "added_later": [1]})
+        self.assertEqual(value, _Outer(peerID="p", inner=_Inner(1), ratio=2.0))
+        self.assertIsInstance(value.ratio, float)
+
+    def test_fromJSONRefusesWrongShapes(self) -> None:
+        """
+        A missing required key or a value of the wrong kind is
+        L{UnreadableStatus}, naming where.
+        """
+        e = self.assertRaises(UnreadableStatus, fromJSON, _Outer, {"inner": {"count_of_things": 1}})
+        self.assertIn("missing 'peer_id'", str(e))
+        e = self.assertRaises(UnreadableStatus, fromJSON, _Outer, {"peer_id": "p", "inner": {"count_of_things": "1"}})
+        self.assertIn("_Outer.inner.count_of_things: expected int", str(e))
+        self.assertRaises(UnreadableStatus, fromJSON, _Outer, {"peer_id": "p", "inner": [], "items": []})
+        self.assertRaises(UnreadableStatus, fromJSON, _Outer, {"peer_id": "p", "inner": {"count_of_things": 1},
+                                                               "items": {}})
+        self.assertRaises(UnreadableStatus, fromJSON, _Outer, ["not", "an", "object"])
+
+    def test_strict(self) -> None:
+        """
+        Something with no settled JSON form (a L{PeerID}, an object, NaN,
+        a non-string key) is a L{TypeError}, not silently turned to text.
+        """
+        for bad in [Identity.generate().peerID, object(), float("nan"), {1: "x"}, _Outer(peerID=object(),
+                                                                                          inner=_Inner(1))]:
+            self.assertRaises(TypeError, asJSON, bad)
+
+    def test_shapesKept(self) -> None:
+        """
+        The JSON of tunnels, forwards, names and connections keeps the
+        keys the control socket answered before the values existed.
+        """
+        self.assertEqual(set(asJSON(TUNNEL)), {"name", "port", "kind", "target", "compress", "private", "allow",
+                                               "share", "connect", "stats"})
+        self.assertEqual(asJSON(TUNNEL.stats), {"active": 1, "total": 3, "bytesIn": 2048, "bytesOut": 100,
+                                                "refused": 0, "failed": 0})
+        self.assertEqual(set(asJSON(FORWARD)), {"name", "listen", "kind", "peer_id", "service", "state", "stats"})
+        self.assertEqual(set(asJSON(NAME)), {"name", "peer_id", "services", "addrs", "seq", "expires", "stored_on",
+                                             "error"})
+        self.assertEqual(set(asJSON(CONNECTION)), {"peer_id", "direction", "transport", "limited", "remote_addr",
+                                                   "local_addr", "security", "muxer", "streams", "agent"})
+        self.assertEqual(asJSON(DHTStatus(mode="server", routingTableSize=3, recordsHeld=1)),
+                         {"dht_mode": "server", "routing_table_size": 3, "records_held": 1})
+
+
+def _daemonStatus() -> DaemonStatus:
+    return DaemonStatus(
+        node=NODE,
+        services=(ServiceInfo("tunnels", "builtin", "running"), ServiceInfo("kademlia", "builtin", "running"),
+                  ServiceInfo("names", "builtin", "running"), ServiceInfo("forwards", "builtin", "running"),
+                  ServiceInfo("hello", "plugin", "running", "greets peers"),
+                  ServiceInfo("broken", "plugin", "failed: cannot start")),
+        sections=(("tunnels", (TUNNEL,)), ("kademlia", DHTStatus(mode="server", routingTableSize=12, recordsHeld=3)),
+                  ("names", (NAME,)), ("forwards", (FORWARD,)),
+                  ("hello", {"greeting": "hi", "greeted": 2, "peers": ["a", "b"], "last": None})),
+    )
+
+
+class TextTests(SynchronousTestCase):
+    """
+    C{beam status} and C{beam network} as text, from the JSON the control
+    socket answers.
+    """
+
+    def test_status(self) -> None:
+        """
+        The node, its tunnels (with their share addresses), forwards,
+        connections, names and DHT figures, then plugins and each
+        plugin's own section, key by key.
+        """
+        self.assertEqual(statusText(statusJSON(_daemonStatus())).splitlines(), [
+            "peer 12D3KooWSelf",
+            "  /ip4/192.0.2.1/tcp/4001/p2p/12D3KooWSelf",
+            "tunnels:",
+            "  web          tcp 127.0.0.1:3000        private  active 1 total 3 in 2.0 KiB out 100 B",
+            "    beam://12D3KooWSelf@192.0.2.1:4001/web",
+            "forwards:",
+            f"  127.0.0.1:8080        -> {PEER}/default [connected] active 0 total 1 in 0 B out 0 B",
+            "connections: 1",
+            f"  {PEER} outbound /ip4/192.0.2.9/tcp/4001 /noise streams 2",
+            "names: alice (stored on 4 peers)",
+            "DHT: server, 12 peers in the routing table, 3 records held",
+            "plugins:",
+            "  hello        running  (greets peers)",
+            "  broken       failed: cannot start",
+            "hello:",
+            "  greeting: hi",
+            "  greeted: 2",
+            "  peers: a, b",
+            "  last: none",
+        ])
+
+    def test_statusOfABareNode(self) -> None:
+        """
+        A node without services' sections still reads well.
+        """
+        text = statusText(statusJSON(DaemonStatus(node=NodeStatus(peerID="12D3KooWSelf"))))
+        self.assertEqual(text.splitlines(), ["peer 12D3KooWSelf", "tunnels: none", "forwards: none",
+                                             "connections: 0"])
+
+    def test_network(self) -> None:
+        """
+        C{beam network status}, C{peers} and C{routes}.
+        """
+        status = _daemonStatus()
+        self.assertEqual(networkText("status", networkJSON(status)).splitlines(), [
+            "peer 12D3KooWSelf",
+            "listen: /ip4/0.0.0.0/tcp/4001",
+            "observed: none",
+            "DHT: server, 12 peers in the routing table, 3 records held",
+            "names: alice",
+        ])
+        self.assertEqual(networkText("peers", {"peers": asJSON(NODE.connections)}),
+                         f"{PEER} outbound /ip4/192.0.2.9/tcp/4001 /noise streams 2 beam/0.1.0")
+        self.assertEqual(networkText("peers", {"peers": []}), "no peers connected")
+        routes = RoutesStatus(k=20, size=1, buckets=(BucketStatus(
+            index=255, peers=(RouteStatus(peerID=PEER, addrs=("/ip4/192.0.2.9/tcp/4001",)),)),))
+        self.assertEqual(networkText("routes", asJSON(routes)).splitlines(), [
+            "1 peers (k = 20)", "bucket 255: 1 peers, 0 replacements", f"  {PEER} /ip4/192.0.2.9/tcp/4001"])
+        self.assertEqual(networkText("bootstrap", {"routing_table_size": 5}),
+                         "bootstrapped: 5 peers in the routing table")
