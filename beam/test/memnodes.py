@@ -28,8 +28,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -41,7 +40,7 @@ from beam.p2p.host.node import Node
 from beam.p2p.security.interfaces import ISecureTransport
 from beam.p2p.security.noise import NoiseTransport
 from beam.p2p.security.tls import TLSTransport
-from beam.p2p.transport.memory import MemoryAddress, MemoryNetwork, MemoryPipe, MemoryTransport, flush
+from beam.p2p.transport.memory import MemoryNetwork, MemoryTransport, flush
 from beam.p2p.upgrade import YAMUX_PROTOCOL
 
 #: Where the grid's clock starts: a fixed, realistic wall-clock time (TLS
@@ -58,66 +57,6 @@ def securities(kind: str, identity: Identity, clock: Any) -> list[ISecureTranspo
     if kind == "tls":
         return [TLSTransport(identity, muxers=[YAMUX_PROTOCOL], clock=clock)]
     raise ValueError(f"unknown security {kind!r}")
-
-
-class _Pipe(MemoryPipe):
-    """
-    STOPGAP until L{beam.p2p.transport.memory.MemoryPipe} does this itself
-    (then delete this class and L{_Transport}): C{abortConnection} ends the
-    connection in the next turn, as Twisted's TCP transport does
-    (C{callLater(0, connectionLost)}), never from inside the call.
-
-    The shipped pipe calls both protocols' C{connectionLost} from inside
-    C{abortConnection}.  No real transport does that, and it breaks code
-    that is correct on TCP: Twisted's TLS protocol, aborting from inside
-    its own C{dataReceived} (a TLS peer ID mismatch), then touches its
-    discarded connection (C{AttributeError: bio_read}) and the dialler
-    sees a handshake failure instead of L{PeerIDMismatch}; and a listener
-    refusing a connection in C{connectionMade} (connection limit) makes
-    the dialler's protocol lose the connection before it was made, leaving
-    its handshake timer running.
-    """
-
-    _aborting = False
-
-    def abortConnection(self) -> None:
-        if self.disconnected or self._aborting:
-            return
-        self._aborting = True
-        self.disconnecting = True
-        self.inbound.clear()
-        self.clock.callLater(0, super().abortConnection)
-
-    def _deliver(self) -> None:
-        if self._aborting:
-            self._pending = None
-            return
-        super()._deliver()
-
-
-class _Transport(MemoryTransport):
-    """
-    L{MemoryTransport} with L{_Pipe}s (STOPGAP, see there).
-    """
-
-    def dial(self, addr: Multiaddr, factory: Any, timeout: float) -> Deferred[Any]:
-        port = self._port(addr)
-        serverFactory = self.network.listeners.get(port) if port else None
-        if serverFactory is None:
-            return fail(ConnectionRefusedError(f"nothing listens on {addr}"))
-        local = MemoryAddress(self.network.allocate())
-        remote = MemoryAddress(port)  # type: ignore[arg-type]
-        client = _Pipe(self.reactor, local, remote)
-        server = _Pipe(self.reactor, remote, local)
-        client.other, server.other = server, client
-        serverProto = serverFactory.buildProtocol(local)
-        clientProto = factory.buildProtocol(remote)
-        if serverProto is None or clientProto is None:
-            return fail(ConnectionRefusedError(f"{addr} refused the connection"))
-        server.protocol, client.protocol = serverProto, clientProto
-        serverProto.makeConnection(server)
-        clientProto.makeConnection(client)
-        return succeed(clientProto)
 
 
 class SilentListener:
@@ -182,7 +121,7 @@ class MemoryGrid:
         if self.security is not None and "securities" not in kw:
             kw["securities"] = securities(self.security, identity, self.clock)
         node = Node(self.clock, identity, list(listen),
-                    transports=[_Transport(self.clock, self.network)], **kw)
+                    transports=[MemoryTransport(self.clock, self.network)], **kw)
         self.nodes.append(node)
         self.result(node.startService())
         return node
@@ -211,7 +150,7 @@ class MemoryGrid:
         """
         factory = Factory.forProtocol(lambda: protocol)
         factory.noisy = False
-        transport = _Transport(self.clock, self.network)
+        transport = MemoryTransport(self.clock, self.network)
         return self.result(transport.dial(self.addr(node, withPeer=False), factory, 10.0))
 
     def silentListener(self) -> SilentListener:

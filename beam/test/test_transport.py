@@ -152,15 +152,18 @@ class MemoryTransportTests(SynchronousTestCase):
 
     def test_abort(self) -> None:
         """
-        abortConnection ends both sides at once and drops unread bytes.
+        abortConnection ends both sides in the next turn and drops unread
+        bytes.
         """
         client = Collect()
         self.successResultOf(self.transport.dial(self.addr, Factory.forProtocol(lambda: client), 5))
         client.transport.write(b"lost")
         client.transport.abortConnection()
+        self.assertIsNone(client.lost, "connectionLost runs in a later turn, as on TCP")
         flush(self.clock)
         self.assertEqual(self.server.data, b"")
         self.assertIsNotNone(self.server.lost)
+        self.assertIsNotNone(client.lost)
 
     def test_refusedAndInUse(self) -> None:
         """

@@ -90,6 +90,7 @@ class MemoryPipe:
         self.producerPaused = False
         self._pending: Any = None
         self._closeReason: Optional[Failure] = None
+        self._aborting = False
 
     # -- ITransport ------------------------------------------------------
 
@@ -117,12 +118,24 @@ class MemoryPipe:
             self.other._closeReason = Failure(ConnectionDone())
             self.other._schedule()
         else:
-            self._lost(Failure(ConnectionDone()))
+            self.clock.callLater(0, self._lost, Failure(ConnectionDone()))
 
     def abortConnection(self) -> None:
-        if self.disconnected:
+        """
+        End the connection both ways in the next turn, dropping unread
+        bytes: as Twisted's TCP transport does (C{callLater(0,
+        connectionLost)}), never from inside the call, which code that is
+        correct on TCP does not expect (Twisted's TLS aborts from inside
+        its own C{dataReceived}).
+        """
+        if self.disconnected or self._aborting:
             return
+        self._aborting = True
         self.disconnecting = True
+        self.inbound.clear()
+        self.clock.callLater(0, self._abortNow)
+
+    def _abortNow(self) -> None:
         other = self.other
         self._lost(Failure(ConnectionLost("aborted")))
         if other is not None and not other.disconnected:
@@ -164,7 +177,7 @@ class MemoryPipe:
 
     def _deliver(self) -> None:
         self._pending = None
-        if self.disconnected:
+        if self.disconnected or self._aborting:
             return
         if self.inbound and not self.readPaused:
             data = bytes(self.inbound)
@@ -228,14 +241,16 @@ class MemoryTransport:
         parts = addr.withoutPeerID().components()
         if len(parts) != 1 or parts[0][0] != "memory":
             return None
-        return int(parts[0][1])
+        port = parts[0][1]
+        assert port is not None  # /memory always has a value (the multiaddr parser requires one)
+        return int(port)
 
     def canDial(self, addr: Multiaddr) -> bool:
         return self._port(addr) is not None
 
     canListen = canDial
 
-    def listen(self, addr: Multiaddr, factory: Any) -> Deferred[MemoryListener]:
+    def listen(self, addr: Multiaddr, factory: Any) -> Deferred[IListener]:
         port = self._port(addr)
         if port is None:
             return fail(DialError(f"cannot listen on {addr}: not a /memory address"))
@@ -249,10 +264,10 @@ class MemoryTransport:
     def dial(self, addr: Multiaddr, factory: Any, timeout: float) -> Deferred[Any]:
         port = self._port(addr)
         serverFactory = self.network.listeners.get(port) if port else None
-        if serverFactory is None:
+        if not port or serverFactory is None:
             return fail(ConnectionRefusedError(f"nothing listens on {addr}"))
         local = MemoryAddress(self.network.allocate())
-        remote = MemoryAddress(port)  # type: ignore[arg-type]
+        remote = MemoryAddress(port)
         client = MemoryPipe(self.reactor, local, remote)
         server = MemoryPipe(self.reactor, remote, local)
         client.other, server.other = server, client
