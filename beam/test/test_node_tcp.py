@@ -8,8 +8,7 @@ from __future__ import annotations
 import socket
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from beam.test.nodeutil import addrOf, startNode
@@ -29,11 +28,10 @@ class NoDelayTests(TestCase):
         """
         a = yield startNode(self)
         b = yield startNode(self)
+        inbound: Deferred[object] = Deferred()
+        b.addConnectionObserver(lambda event, c: event == "connected" and not inbound.called and inbound.callback(c))
         conn = yield a.connect(addrOf(b))
-        for _ in range(200):
-            if a.peerID in b.connections:
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
-        for c in (conn, b.connections[a.peerID]):
+        theirs = yield inbound.addTimeout(10, reactor)
+        for c in (conn, theirs):
             sock = c.rawTransport.getHandle()
             self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
