@@ -88,6 +88,6 @@ class StateMachine(Generic[S, I]):
             for event in inputs:
                 out = self.table[state, event]
                 cells.append("·" if out is state else "-" if out is IGNORE else "x" if out is ILLEGAL
-                             else out.name)  # type: ignore[union-attr]
+                             else out.name)
             lines.append(f"| {state.name} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"

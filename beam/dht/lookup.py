@@ -295,7 +295,7 @@ class Lookup:
         ]
         d = maybeDeferred(self._query, cand.info)
         cand.deferred = d
-        d.addCallbacks(self._answered, self._errored, (path, cand), None, (path, cand), None)
+        d.addCallbacks(self._answered, self._errored, callbackArgs=(path, cand), errbackArgs=(path, cand))
 
     def _settle(self, path: _Path, cand: _Candidate, state: int) -> None:
         cand.state = state

@@ -117,7 +117,7 @@ def encodeMessage(message: Message) -> bytes:
     if len(message.key) > MAX_KEY_BYTES:
         raise MessageTooLarge(f"key longer than {MAX_KEY_BYTES} bytes")
     pb = dht_pb2.Message()
-    pb.type = int(message.type)  # type: ignore[assignment]
+    pb.type = int(message.type)
     if message.key:
         pb.key = message.key
     if message.clusterLevel:

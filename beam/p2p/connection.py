@@ -47,6 +47,7 @@ class ConnectionInput(Enum):
 
 _CS, _CI = ConnectionState, ConnectionInput
 #: The lifecycle of a peer connection (docs/state-machines/node.md).
+CONNECTION_MACHINE: StateMachine[ConnectionState, ConnectionInput]
 CONNECTION_MACHINE = StateMachine("connection", ConnectionState, ConnectionInput, {
     (_CS.OPEN, _CI.GO_AWAY): _CS.GOING_AWAY,
     (_CS.OPEN, _CI.CLOSE): _CS.CLOSING,

@@ -16,7 +16,52 @@ exactly what the real one does (L{zope.interface.verify.verifyObject}).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, Union
+
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import ITransport as ITwistedTransport
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory
+
+    from beam.identity.keys import PeerID
+    from beam.identity.multiaddr import Multiaddr
+
+
+class IAbortableTransport(ITwistedTransport, IConsumer, IPushProducer):
+    """
+    What Beam's protocols rely on in a connection's transport beyond
+    Twisted's L{ITwistedTransport}: it is a consumer (producers register
+    on it for flow control) and a push producer (its reading can be
+    paused), and it can be aborted.
+
+    Every byte stream Beam runs a protocol over is one: Twisted's TCP
+    transports (which do not declare it), the in-memory pipe, the Noise and
+    TLS secure channels, yamux streams and the tunnel's compression
+    wrappers.
+    """
+
+    def abortConnection() -> None:
+        """
+        Close at once, discarding anything not yet written (a TCP RST, a
+        yamux stream reset).
+        """
+
+
+class IStreamTransport(IAbortableTransport):
+    """
+    An L{IAbortableTransport} that can also half-close: TCP, yamux streams
+    and the tunnel's compression wrappers (not the raw memory pipe nor
+    the secure channels).
+    """
+
+    def loseWriteConnection() -> None:
+        """
+        End our output (TCP C{shutdown(SHUT_WR)}, a yamux FIN) and keep
+        reading.
+        """
 
 
 class IListener(Interface):
@@ -52,18 +97,18 @@ class ITransport(Interface):
         "small, and only worth using until a direct one exists)."
     )
 
-    def canDial(addr: object) -> bool:
+    def canDial(addr: Multiaddr) -> bool:
         """
         Whether C{addr} (a L{Multiaddr} without C{/p2p}) is one this
         transport can dial.
         """
 
-    def canListen(addr: object) -> bool:
+    def canListen(addr: Multiaddr) -> bool:
         """
         Whether this transport can listen on C{addr}.
         """
 
-    def dial(addr: object, factory: object, timeout: float) -> object:
+    def dial(addr: Multiaddr, factory: IProtocolFactory, timeout: float) -> Deferred[IProtocol]:
         """
         Connect to C{addr}; C{factory.buildProtocol} supplies the protocol.
         Fires with that protocol once connected, or fails with
@@ -71,13 +116,13 @@ class ITransport(Interface):
         the Deferred abandons the attempt.
         """
 
-    def listen(addr: object, factory: object) -> object:
+    def listen(addr: Multiaddr, factory: IProtocolFactory) -> Deferred[IListener]:
         """
         Listen on C{addr}; a Deferred that fires with an L{IListener}, or
         fails with L{beam.errors.DialError} saying why not.
         """
 
-    def multiaddrOf(address: object) -> object:
+    def multiaddrOf(address: IAddress) -> Optional[Multiaddr]:
         """
         The L{Multiaddr} of a Twisted address of this transport's (from a
         raw connection's C{getPeer()} / C{getHost()}), or L{None}.
@@ -130,14 +175,14 @@ class IHost(Interface):
 
     listenAddrs = Attribute("The L{Multiaddr}s actually listened on (as bound: may be 0.0.0.0).")
 
-    def advertisedAddrs() -> list:
+    def advertisedAddrs() -> list[Multiaddr]:
         """
         Addresses worth telling others, each ending in C{/p2p/<our peer
         ID>}: listen addresses with unspecified hosts expanded to the
         machine's interface addresses.
         """
 
-    def setStreamHandler(protocolId: str, handler: object) -> None:
+    def setStreamHandler(protocolId: str, handler: Callable[[], IProtocol]) -> None:
         """
         Serve C{protocolId}: each inbound stream that negotiates it gets a
         protocol from C{handler()}, whose transport's C{connection} is the
@@ -154,48 +199,50 @@ class IHost(Interface):
         Whether C{protocolId} is served.
         """
 
-    def connect(target: object) -> object:
+    def connect(target: Union[Multiaddr, PeerID, str]) -> Deferred[Any]:
         """
         A Deferred L{IPeerConnection} to C{target} (a multiaddr, a peer ID
         whose addresses the peerstore knows, or the text of either),
         reusing an open connection (a direct one before a limited one).
         """
 
-    def openStream(target: object, protocols: object, factory: object) -> object:
+    def openStream(
+        target: Union[Multiaddr, PeerID, str], protocols: Union[Sequence[str], str], factory: Callable[[], IProtocol]
+    ) -> Deferred[IProtocol]:
         """
         Connect to C{target} and open a stream that negotiates one of
         C{protocols}; fires with the protocol C{factory()} made for it.
         """
 
-    def connectionTo(peer: object) -> object:
+    def connectionTo(peer: PeerID) -> Optional[IPeerConnection]:
         """
         The connection new streams to C{peer} would use now (direct
         preferred), or L{None}.
         """
 
-    def liveConnections() -> list:
+    def liveConnections() -> Sequence[IPeerConnection]:
         """
         Every open L{IPeerConnection}, one per peer (the one in use).
         """
 
-    def addConnectionObserver(observer: object) -> None:
+    def addConnectionObserver(observer: Callable[[str, Any], None]) -> None:
         """
         Call C{observer(event, connection)} for C{"connected"},
         C{"identified"}, C{"updated"} and C{"disconnected"}.
         """
 
-    def removeConnectionObserver(observer: object) -> None:
+    def removeConnectionObserver(observer: Callable[[str, Any], None]) -> None:
         """
         Stop calling C{observer}; unknown observers are ignored.
         """
 
-    def protect(peer: object, tag: str) -> None:
+    def protect(peer: PeerID, tag: str) -> None:
         """
         Keep the connection to C{peer} open even when idle, until every
         tag put on it is removed with L{unprotect}.
         """
 
-    def unprotect(peer: object, tag: str) -> None:
+    def unprotect(peer: PeerID, tag: str) -> None:
         """
         Remove one keep-alive tag (unknown tags are ignored).
         """
@@ -229,7 +276,7 @@ class IPeerStore(Interface):
     past its size.
     """
 
-    def addAddrs(peer: object, addrs: object, source: str, ttl: float | None = None) -> None:
+    def addAddrs(peer: PeerID, addrs: Iterable[Multiaddr], source: str, ttl: Optional[float] = None) -> None:
         """
         Learn C{addrs} for C{peer} from C{source} (C{'user'},
         C{'connected'}, C{'identify'}, C{'dht'}, C{'record'}), each valid
@@ -237,49 +284,49 @@ class IPeerStore(Interface):
         known keeps the better source and the later expiry.
         """
 
-    def addrs(peer: object) -> list:
+    def addrs(peer: PeerID) -> list[Multiaddr]:
         """
         The unexpired addresses of C{peer}, best first (the address we
         are or were connected on, then ones the user gave, then the rest
         newest first).
         """
 
-    def removeAddrs(peer: object) -> None:
+    def removeAddrs(peer: PeerID) -> None:
         """
         Forget every address of C{peer}.
         """
 
-    def peers() -> list:
+    def peers() -> list[PeerID]:
         """
         Every peer with at least one unexpired address.
         """
 
-    def setProtocols(peer: object, protocols: object) -> None:
+    def setProtocols(peer: PeerID, protocols: Iterable[str]) -> None:
         """
         Record the protocols C{peer} said it serves (identify).
         """
 
-    def protocols(peer: object) -> list:
+    def protocols(peer: PeerID) -> list[str]:
         """
         The protocols C{peer} serves, as far as we know.
         """
 
-    def setAgent(peer: object, agent: str) -> None:
+    def setAgent(peer: PeerID, agent: str) -> None:
         """
         Record C{peer}'s agent version.
         """
 
-    def agent(peer: object) -> str | None:
+    def agent(peer: PeerID) -> Optional[str]:
         """
         C{peer}'s agent version, if known.
         """
 
-    def recordLatency(peer: object, rtt: float) -> None:
+    def recordLatency(peer: PeerID, rtt: float) -> None:
         """
         Fold a measured round trip (seconds) into C{peer}'s latency.
         """
 
-    def latency(peer: object) -> float | None:
+    def latency(peer: PeerID) -> Optional[float]:
         """
         A smoothed round-trip estimate for C{peer} (seconds), if measured.
         """

@@ -385,6 +385,7 @@ class MultistreamProtocol(Protocol):
     def connectionMade(self) -> None:
         opening = self.negotiator.start()
         if opening:
+            assert self.transport is not None  # set by makeConnection
             self.transport.write(opening)
 
     def dataReceived(self, data: bytes) -> None:
@@ -401,6 +402,7 @@ class MultistreamProtocol(Protocol):
             self._fail(Failure())
             return
         if replies:
+            assert self.transport is not None  # data arrives only while connected
             self.transport.write(b"".join(replies))
         if self.negotiator.done:
             self.finished = True
@@ -459,6 +461,8 @@ class MultistreamProtocol(Protocol):
             self.transport.loseConnection()
 
     def _peer(self) -> object:
+        if self.transport is None:
+            return None
         try:
             return self.transport.getPeer()
         except Exception:

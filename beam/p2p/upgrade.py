@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from beam.errors import BeamError, ConnectionLimitExceeded, HandshakeFailed, MuxerClosed
 from beam.identity.keys import PeerID
+from beam.p2p.interfaces import IAbortableTransport
 from beam.p2p.multistream import MultistreamDialer, MultistreamListener, MultistreamProtocol
 from beam.p2p.security.interfaces import ISecureTransport, SecureInfo
 
@@ -38,11 +39,16 @@ YAMUX_PROTOCOL = "/yamux/1.0.0"
 class _Delegating(Protocol):
     """
     A protocol that forwards everything to a replaceable inner protocol.
+
+    @ivar transport: the raw connection (TCP, the memory pipe) or, one
+        level up, the secure channel.
     """
 
+    transport: Optional[IAbortableTransport]
     inner: Optional[IProtocol] = None
 
     def setInner(self, inner: IProtocol, leftover: bytes = b"") -> None:
+        assert self.transport is not None  # only called once connected
         self.inner = inner
         inner.makeConnection(self.transport)
         if leftover:
@@ -112,6 +118,7 @@ class UpgradingProtocol(_Delegating):
         self._fail(Failure(HandshakeFailed(
             f"connection upgrade did not finish within {self.handshakeTimeout:g} s"
         )))
+        assert self.transport is not None  # the timer starts in connectionMade
         self.transport.abortConnection()
 
     def _securitySelected(self, protocolId: str, leftover: bytes) -> None:

@@ -504,7 +504,7 @@ class SimNetwork:
             return
         if isinstance(result, Deferred):
             result.addCallbacks(
-                self._encodeReply, self._handlerFailed, (pending, delay), None, (pending, delay)
+                self._encodeReply, self._handlerFailed, callbackArgs=(pending, delay), errbackArgs=(pending, delay)
             )
         else:
             self._encodeReply(result, pending, delay)

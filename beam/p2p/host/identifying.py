@@ -15,10 +15,11 @@ open stream is never reaped as idle.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IProtocol
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -35,6 +36,7 @@ from beam.identity.keys import PeerID
 if TYPE_CHECKING:
     from beam.p2p.connection import PeerConnection
     from beam.p2p.host.node import Node
+    from beam.p2p.muxer.yamux import YamuxStream
 
 MAX_LEARNED_ADDRS = 64
 MAX_OBSERVED_ADDRS = 64
@@ -74,7 +76,7 @@ class _TimedSender(IdentifySender):
         self._deadline.start(self.transport)
         super().connectionMade()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._deadline.cancel()
 
 
@@ -91,7 +93,7 @@ class _TimedReceiver(IdentifyReceiver):
     def connectionMade(self) -> None:
         self._deadline.start(self.transport)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._deadline.cancel()
         super().connectionLost(reason)
 
@@ -145,7 +147,9 @@ class NodeIdentify:
         receiver = _TimedReceiver(None, self._deadline())
 
         def got(info: IdentifyInfo) -> None:
-            conn = receiver.transport.connection
+            # The node runs stream handlers on its yamux streams, which
+            # carry the connection they belong to.
+            conn = cast("YamuxStream", receiver.transport).connection
             if info.publicKey is not None and info.publicKey.peerID() != conn.remotePeer:
                 self.log.info("ignoring identify push from {peer} carrying another key", peer=conn.remotePeer)
                 return
@@ -162,8 +166,7 @@ class NodeIdentify:
         """
         receiver = _TimedReceiver(conn.remotePeer, self._deadline())
         d = self.node.openStreamOn(conn, [IDENTIFY_PROTOCOL], lambda: receiver)
-        d.addCallback(lambda _: receiver.result)
-        return d.addCallback(lambda info: self.learn(conn, info))
+        return d.addCallback(lambda _: receiver.result).addCallback(lambda info: self.learn(conn, info))
 
     def onConnection(self, conn: "PeerConnection") -> Deferred[Optional[IdentifyInfo]]:
         """
@@ -236,8 +239,10 @@ class NodeIdentify:
             d = self.node.openStreamOn(
                 conn, [IDENTIFY_PUSH_PROTOCOL], lambda: _TimedSender(self.infoFor, self._deadline())
             )
-            d.addErrback(lambda f, peer=conn.remotePeer: self.log.debug(
-                "identify push to {peer} failed: {why}", peer=peer, why=f.getErrorMessage()))
+            d.addErrback(self._pushFailed, conn.remotePeer)
+
+    def _pushFailed(self, f: Failure, peer: PeerID) -> None:
+        self.log.debug("identify push to {peer} failed: {why}", peer=peer, why=f.getErrorMessage())
 
     def stop(self) -> None:
         """

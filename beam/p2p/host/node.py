@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from enum import Enum
+from functools import partial
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from twisted.application.service import MultiService
@@ -98,7 +99,7 @@ class NodeInput(Enum):
 
 _NS, _NI = NodeState, NodeInput
 #: The node's lifecycle (rendered in docs/state-machines/node.md).
-NODE_MACHINE = StateMachine("node", NodeState, NodeInput, {
+NODE_MACHINE: StateMachine[NodeState, NodeInput] = StateMachine("node", NodeState, NodeInput, {
     (_NS.STOPPED, _NI.START): _NS.STARTING,
     (_NS.STOPPED, _NI.LISTENED): ILLEGAL,
     (_NS.STOPPED, _NI.STOP): IGNORE,
@@ -277,7 +278,7 @@ class Node(MultiService):
 
     # -- lifecycle -------------------------------------------------------
 
-    def startService(self) -> Deferred[None]:  # type: ignore[override]
+    def startService(self) -> Deferred[None]:
         """
         Listen on every configured address; fires once all are listening.
         A failure to listen (port in use, ...) fails the returned Deferred.
@@ -289,7 +290,7 @@ class Node(MultiService):
         self._reaper.clock = self.reactor
         self._reaper.start(max(0.05, min(self.idleTimeout / 4, 30.0)), now=False)
         self._listenResult = _PENDING
-        self._listenWaiters: list[Deferred[None]] = []
+        self._listenWaiters = []
         listening = self.listen(self.configuredListenAddrs)
 
         def settled(result: Any) -> Any:
@@ -335,8 +336,7 @@ class Node(MultiService):
             if transport is None:
                 return fail(DialError(f"cannot listen on {addr}: no transport for that address"))
             factory = Factory.forProtocol(
-                lambda transport=transport: self.makeUpgrading(  # type: ignore[misc]
-                    isInitiator=False, expectedPeer=None, transport=transport)
+                partial(self.makeUpgrading, isInitiator=False, expectedPeer=None, transport=transport)
             )
             factory.noisy = False
             d = transport.listen(addr, factory)
@@ -350,7 +350,7 @@ class Node(MultiService):
         self._ports.append(listener)
         self.listenAddrs.append(listener.addr)
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         """
         Stop listening, fail every pending dial with L{NodeStopped}, abort
         unfinished handshakes, and close every connection (aborting those
@@ -425,7 +425,12 @@ class Node(MultiService):
     def _whenStopped(self) -> Deferred[None]:
         assert self._stopped is not None
         d: Deferred[None] = Deferred()
-        self._stopped.addBoth(lambda r: (d.callback(None), r)[1])
+
+        def fire(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._stopped.addBoth(fire)
         return d
 
     # -- addresses -------------------------------------------------------
@@ -499,6 +504,7 @@ class Node(MultiService):
             return self._newConnection(up, info, isInitiator, dialledAddr, transport)
 
         def admit(up: UpgradingProtocol) -> bool:
+            assert up.transport is not None  # called from its connectionMade
             _noDelay(up.transport)
             if self.isStopping:
                 return False
@@ -509,7 +515,12 @@ class Node(MultiService):
                 )
                 return False
             self._upgrading.add(up)
-            up.done.addBoth(lambda r: (self._upgrading.discard(up), r)[1])
+
+            def forget(result: object) -> object:
+                self._upgrading.discard(up)
+                return result
+
+            up.done.addBoth(forget)
             return True
 
         up = UpgradingProtocol(
@@ -549,6 +560,7 @@ class Node(MultiService):
             maxStreams=self.maxStreamsPerConnection,
         )
         raw = up.transport
+        assert raw is not None  # the handshake ran over it
         seen = transport.multiaddrOf(raw.getPeer())
         local = transport.multiaddrOf(raw.getHost())
         remote = dialledAddr if dialledAddr is not None else seen
@@ -907,6 +919,7 @@ class Node(MultiService):
                 def bad(f: Failure) -> None:
                     if timer.active():
                         timer.cancel()
+                    assert client.transport is not None  # the ping went out on it
                     client.transport.abortConnection()
                     if f.check(CancelledError):
                         f = Failure(PingTimeout(f"no answer within {timeout:g} s"))

@@ -505,7 +505,7 @@ class YamuxStream:
         self._advance(StreamInput.FIN_DELIVERED)
         if IHalfCloseableProtocol.providedBy(self.protocol):
             try:
-                self.protocol.readConnectionLost()  # type: ignore[attr-defined]
+                self.protocol.readConnectionLost()
             except Exception:  # noqa: BLE001 - contain user code, log it
                 _log.failure("Stream {stream!r} protocol failed; resetting it", stream=self)
                 self.abortConnection()

@@ -10,10 +10,14 @@ stays bounded by the windows.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from beam.p2p.interfaces import IStreamTransport
 
 ECHO_PROTOCOL = "/beam/echo/1.0.0"
 
@@ -24,18 +28,23 @@ class EchoProtocol(Protocol):
     Echo, and close our side once the peer has closed theirs.
     """
 
+    transport: Optional[IStreamTransport]
+
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.registerProducer(self.transport, True)
 
     def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
         self.transport.write(data)
 
     def readConnectionLost(self) -> None:
+        assert self.transport is not None
         self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         pass

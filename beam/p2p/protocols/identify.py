@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 
 import attr
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -124,6 +124,7 @@ class IdentifySender(Protocol):
 
     def connectionMade(self) -> None:
         info = self._makeInfo(self.transport)
+        assert self.transport is not None  # set by makeConnection
         self.transport.write(encodeLengthPrefixed(info.toBytes()))
         self.transport.loseConnection()
 
@@ -159,17 +160,19 @@ class IdentifyReceiver(Protocol):
             self._fail(e)
             return
         self._done = True
+        assert self.transport is not None  # data arrives only while connected
         self.transport.loseConnection()
         self.result.callback(info)
 
     def _fail(self, error: BeamError) -> None:
         self._done = True
         self.log.info("identify from {peer} refused: {error}", peer=self._remotePeer, error=error)
+        assert self.transport is not None  # called from dataReceived
         abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
         abort()
         self.result.errback(Failure(error if isinstance(error, IdentifyError) else IdentifyError(str(error))))
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self._done:
             self._done = True
             self.result.errback(Failure(IdentifyError("stream closed before an identify message arrived")))

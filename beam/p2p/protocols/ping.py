@@ -7,14 +7,15 @@ stream.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from beam.errors import BeamError, ProtocolError
+from beam.p2p.interfaces import IStreamTransport
 
 PING_PROTOCOL = "/ipfs/ping/1.0.0"
 PING_SIZE = 32
@@ -33,17 +34,23 @@ class PingResponder(Protocol):
     flow control rather than buffered without bound.
     """
 
+    transport: Optional[IStreamTransport]
+
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.registerProducer(self.transport, True)
 
     def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
         self.transport.write(data)
 
     def readConnectionLost(self) -> None:
+        assert self.transport is not None
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         try:
+            assert self.transport is not None
             self.transport.unregisterProducer()
         except Exception:
             pass
@@ -54,6 +61,8 @@ class PingClient(Protocol):
     The dialer side: L{ping} sends one probe and fires with the round-trip
     time in seconds.
     """
+
+    transport: Optional[IStreamTransport]
 
     def __init__(self, clock: IReactorTime, random: Callable[[int], bytes] = os.urandom) -> None:
         self._clock = clock
@@ -67,12 +76,13 @@ class PingClient(Protocol):
         Send one ping; only one may be outstanding at a time.
         """
         if self._closed is not None:
-            return Deferred.fromFailure(Failure(self._closed))  # type: ignore[arg-type]
+            return fail(self._closed)
         if self._waiting is not None:
             raise RuntimeError("a ping is already outstanding")
         payload = self._random(PING_SIZE)
         d: Deferred[float] = Deferred()
         self._waiting = (payload, self._clock.seconds(), d)
+        assert self.transport is not None  # a client is handed out once its stream is open
         self.transport.write(payload)
         return d
 
@@ -95,6 +105,7 @@ class PingClient(Protocol):
 
     def _abort(self, error: BeamError) -> None:
         self._closed = error
+        assert self.transport is not None  # called from dataReceived
         abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
         abort()
 
@@ -102,9 +113,10 @@ class PingClient(Protocol):
         """
         Finish: close our side of the stream.
         """
+        assert self.transport is not None
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._closed is None:
             self._closed = BeamError("the ping stream closed")
         if self._waiting is not None:

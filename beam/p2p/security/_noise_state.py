@@ -15,7 +15,7 @@ C{info} is exactly Noise's C{HKDF(chaining_key, input_key_material, 2)}).
 from __future__ import annotations
 
 import struct
-from typing import Final, Optional, Tuple
+from typing import Final, Optional, Tuple, Union
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -107,7 +107,7 @@ class CipherState:
         self.n = n + 1
         return _NONCE.pack(n)
 
-    def encryptWithAd(self, ad: Optional[bytes], plaintext: bytes) -> bytes:
+    def encryptWithAd(self, ad: Optional[bytes], plaintext: Union[bytes, memoryview]) -> bytes:
         """
         Seal C{plaintext} (returned as is while there is no key).
 
@@ -117,7 +117,7 @@ class CipherState:
             return bytes(plaintext)
         return self._aead.encrypt(self._nextNonce(), plaintext, ad)
 
-    def decryptWithAd(self, ad: Optional[bytes], ciphertext: bytes) -> bytes:
+    def decryptWithAd(self, ad: Optional[bytes], ciphertext: Union[bytes, memoryview]) -> bytes:
         """
         Open C{ciphertext}.  On failure the nonce is not advanced, as Noise
         requires, though callers here always close the session anyway.

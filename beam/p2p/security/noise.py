@@ -18,17 +18,12 @@ Layers, from the wire up:
 from __future__ import annotations
 
 import struct
-from typing import Callable, Final, List, Optional, Sequence, Tuple
+from typing import Callable, Final, Iterable, List, Optional, Sequence, Tuple
 
 import attr
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import (
-    IConsumer,
-    IProtocol,
-    IPushProducer,
-    ITransport,
-)
+from twisted.internet.interfaces import IAddress, IProducer, IProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -51,6 +46,7 @@ from beam.p2p.security._noise_state import (
     HandshakeXX,
     publicBytes,
 )
+from beam.p2p.interfaces import IAbortableTransport
 from beam.p2p.security.interfaces import ISecureChannel, ISecureTransport, SecureInfo
 
 __all__ = [
@@ -384,7 +380,7 @@ class NoiseSession:
         return out
 
 
-@implementer(ITransport, IConsumer, IPushProducer)
+@implementer(IAbortableTransport)
 class NoiseSecureTransport:
     """
     The encrypted transport the upper protocol writes to.
@@ -405,8 +401,10 @@ class NoiseSecureTransport:
         self.remotePublicKey = info.remotePublicKey
 
     @property
-    def _lower(self) -> ITransport:
-        return self._channel.transport
+    def _lower(self) -> IAbortableTransport:
+        lower = self._channel.transport
+        assert lower is not None  # made only once the channel is connected
+        return lower
 
     @property
     def disconnecting(self) -> bool:
@@ -426,7 +424,7 @@ class NoiseSecureTransport:
             return
         self._lower.writeSequence(frames)
 
-    def writeSequence(self, data: Sequence[bytes]) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         # Joining first coalesces many small writes into full frames.
         self.write(b"".join(data))
 
@@ -436,10 +434,10 @@ class NoiseSecureTransport:
     def abortConnection(self) -> None:
         self._channel.abortLower()
 
-    def getPeer(self):  # type: ignore[no-untyped-def]
+    def getPeer(self) -> IAddress:
         return self._lower.getPeer()
 
-    def getHost(self):  # type: ignore[no-untyped-def]
+    def getHost(self) -> IAddress:
         return self._lower.getHost()
 
     def getHandshakeHash(self) -> Optional[bytes]:
@@ -449,21 +447,21 @@ class NoiseSecureTransport:
         return self._channel.session.handshakeHash
 
     # IConsumer
-    def registerProducer(self, producer: object, streaming: bool) -> None:
-        self._lower.registerProducer(producer, streaming)  # type: ignore[attr-defined]
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self._lower.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        self._lower.unregisterProducer()  # type: ignore[attr-defined]
+        self._lower.unregisterProducer()
 
     # IPushProducer
     def pauseProducing(self) -> None:
-        self._lower.pauseProducing()  # type: ignore[attr-defined]
+        self._lower.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self._lower.resumeProducing()  # type: ignore[attr-defined]
+        self._lower.resumeProducing()
 
     def stopProducing(self) -> None:
-        self._lower.stopProducing()  # type: ignore[attr-defined]
+        self._lower.stopProducing()
 
 
 @implementer(ISecureChannel)
@@ -475,7 +473,10 @@ class NoiseChannel(Protocol):
     @ivar handshakeDone: fires with L{SecureInfo}, or errbacks with a
         L{SecurityError}.  Cancelling it aborts the connection.
     @ivar upper: the upper protocol, once built.
+    @ivar transport: the raw connection underneath.
     """
+
+    transport: Optional[IAbortableTransport]
 
     def __init__(
         self,
@@ -504,6 +505,7 @@ class NoiseChannel(Protocol):
             self.fail(e)
             return
         if frames:
+            assert self.transport is not None  # set by makeConnection
             self.transport.writeSequence(frames)
 
     def dataReceived(self, data: bytes) -> None:
@@ -515,6 +517,7 @@ class NoiseChannel(Protocol):
             if not self._established:
                 frames = session.advanceHandshake()
                 if frames:
+                    assert self.transport is not None  # data arrives only while connected
                     self.transport.writeSequence(frames)
                 if session.info is None:
                     return

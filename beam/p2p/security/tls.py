@@ -41,14 +41,11 @@ from typing import Any, Callable, Final, Optional, Sequence
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
-    IConsumer,
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
     IProtocol,
-    IPushProducer,
     IReactorTime,
-    ITransport,
 )
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -61,6 +58,7 @@ from zope.interface import implementer
 
 from beam.errors import HandshakeFailed, InvalidCertificate, PeerIDMismatch, SecurityError
 from beam.identity.keys import Identity, PeerID, PublicKey
+from beam.p2p.interfaces import IAbortableTransport
 from beam.p2p.security._tlscert import CertifiedKey, makeCertificate, verifyCertificate
 from beam.p2p.security.interfaces import ISecureChannel, ISecureTransport, SecureInfo
 
@@ -207,7 +205,7 @@ class TLSTransport:
         )
 
 
-@implementer(ITransport, IConsumer, IPushProducer)
+@implementer(IAbortableTransport)
 class TLSSecureTransport:
     """
     The transport an upper protocol gets once the peer is verified.
@@ -280,7 +278,7 @@ class TLSSecureTransport:
         self.loseConnection()
 
 
-@implementer(ITransport, IConsumer, IPushProducer)
+@implementer(IAbortableTransport)
 class _LowerTransport:
     """
     What L{TLSMemoryBIOProtocol} writes to: the lower transport, except that
@@ -357,7 +355,10 @@ class TLSChannel(Protocol):
         L{SecurityError}.
     @ivar secureTransport: the L{TLSSecureTransport} given to the upper
         protocol, once there is one.
+    @ivar transport: the raw connection underneath.
     """
+
+    transport: Optional[IAbortableTransport]
 
     def __init__(
         self,
@@ -447,6 +448,7 @@ class TLSChannel(Protocol):
             _log.info("TLS error from {peer}: {why}", peer=self._peer(), why=why)
             self._abort()
         else:
+            assert self.transport is not None  # the TLS layer runs only once connected
             self.transport.loseConnection()
 
     def _closeAfterNotify(self) -> None:
@@ -474,6 +476,7 @@ class TLSChannel(Protocol):
         if handle is None or not handle.get_shutdown() & SSL.SENT_SHUTDOWN:
             return
         self._closeSent = True
+        assert self.transport is not None  # the TLS layer runs only once connected
         self.transport.loseConnection()
 
     def _handshakeCompleted(self) -> None:
@@ -496,7 +499,9 @@ class TLSChannel(Protocol):
             return
         self._verified = True
         self._upper = upper
-        self._plain.dataReceived = self._incoming.append  # type: ignore[method-assign]
+        # Rebound on the instance on purpose: the decrypted records go
+        # straight into the list, without a method call per record.
+        self._plain.dataReceived = self._incoming.append  # type: ignore[method-assign,assignment]
         self.secureTransport = TLSSecureTransport(self._tls, self.transport, info, self)
         try:
             upper.makeConnection(self.secureTransport)
@@ -586,6 +591,8 @@ class TLSChannel(Protocol):
             self.transport.abortConnection()
 
     def _peer(self) -> Any:
+        if self.transport is None:
+            return None
         try:
             return self.transport.getPeer()
         except Exception:

@@ -76,7 +76,7 @@ class TCPTransport:
             endpoint = HostnameEndpoint(self.reactor, host.encode("idna"), port, timeout=timeout)
         return endpoint.connect(factory)
 
-    def listen(self, addr: Multiaddr, factory: Any) -> Deferred[TCPListener]:
+    def listen(self, addr: Multiaddr, factory: Any) -> Deferred[IListener]:
         target = addr.withoutPeerID().tcpTarget()
         if target is None or target[2] not in ("ip4", "ip6"):
             return fail(DialError(f"cannot listen on {addr}: need /ip4 or /ip6 with /tcp"))
