@@ -121,6 +121,8 @@ class WheelTests(SynchronousTestCase):
             self.assertIn(module.relative_to(REPO).as_posix(), names)
         for proto in (REPO / "beam").rglob("*.proto"):
             self.assertIn(proto.relative_to(REPO).as_posix(), names)
+        for plugin in (REPO / "twisted" / "plugins").glob("*.py"):
+            self.assertIn(f"twisted/plugins/{plugin.name}", names)
         self.assertIn("twisted/plugins/beam_plugin.py", names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
         self.assertNotIn("twisted/__init__.py", names)
