@@ -1,7 +1,8 @@
 """
 The DHT on a Beam node: L{KademliaNode} spoken over libp2p streams.
 
-L{KademliaService} is the node's C{"kademlia"} child.  It implements
+L{KademliaService} is the daemon's C{"kademlia"} service (registered in
+L{beam.daemon.builtins}; C{/v1/kademlia} on the control socket).  It implements
 L{IKadNetwork} with streams: every request opens a stream to the peer
 (pooled connection), negotiates C{/beam/kad/1.0.0}, writes one
 uvarint-length-prefixed C{Message} and reads one back.  As a server it

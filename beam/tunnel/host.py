@@ -146,7 +146,7 @@ class TunnelHost(Service):
     """
     Exposes local services over C{/beam/tunnel/1.0.0} on C{node}.
 
-    Started (as a child of the node, or by hand), it serves the protocol;
+    Started (as the daemon's C{"tunnels"} service, or by hand), it serves the protocol;
     stopped, it stops serving and aborts the tunnels it carries.  Services
     can be exposed and withdrawn at any time; withdrawing one leaves its
     open connections running.
