@@ -38,6 +38,7 @@ service or to start is logged and reported in status; the node runs on.
 
 from __future__ import annotations
 
+import os
 import re
 import types
 from collections.abc import Callable, Collection, Mapping
@@ -150,7 +151,7 @@ class DaemonContext:
     host: Any
     services: Mapping[str, IService] = attrs.field(factory=lambda: types.MappingProxyType({}))
     options: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
-    random: Callable[[int], bytes] = attrs.field(default=None)
+    random: Callable[[int], bytes] = os.urandom
 
     def service(self, name: str) -> Any:
         """
