@@ -30,13 +30,13 @@ from typing import Any, Iterable, Optional, Sequence
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from beam.dht.kad import KademliaNode
+from beam.dht.kad import KademliaNode, Mode
 from beam.dht.messages import Message, PeerInfo, decodeMessage, encodeMessage
 from beam.dht.routing import RoutingTable
 from beam.dht.status import BucketStatus, DHTStatus, RoutesStatus, RouteStatus
@@ -46,6 +46,7 @@ from beam.storage.fileutil import atomicWrite
 from beam.encoding.framing import LengthPrefixedReader, encodeLengthPrefixed
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
+from beam.p2p.interfaces import IStreamTransport
 
 KAD_PROTOCOL = "/beam/kad/1.0.0"
 MAX_KAD_MESSAGE = 64 * 1024
@@ -63,6 +64,8 @@ class _KadClient(Protocol):
     One request: write it, read one answer, close.
     """
 
+    transport: Optional[IStreamTransport]
+
     def __init__(self, request: bytes) -> None:
         self.request = request
         self.reader = LengthPrefixedReader(MAX_KAD_MESSAGE)
@@ -73,6 +76,7 @@ class _KadClient(Protocol):
             self.transport.abortConnection()
 
     def connectionMade(self) -> None:
+        assert self.transport is not None  # set by makeConnection
         self.transport.write(self.request)
 
     def dataReceived(self, data: bytes) -> None:
@@ -87,10 +91,11 @@ class _KadClient(Protocol):
             self._abort()
             self.result.errback(Failure(e))
             return
+        assert self.transport is not None  # data arrives only while connected
         self.transport.loseConnection()
         self.result.callback(message)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.result.called:
             self.result.errback(Failure(BeamError("the DHT peer closed the stream without answering")))
 
@@ -104,6 +109,7 @@ class _KadServer(Protocol):
     """
 
     log = Logger()
+    transport: Optional[IStreamTransport]
 
     def __init__(self, service: "KademliaService") -> None:
         self.service = service
@@ -111,6 +117,7 @@ class _KadServer(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         stream = self.transport
+        assert stream is not None  # data arrives only while connected
         conn = getattr(stream, "connection", None)
         if conn is None:
             stream.abortConnection()
@@ -125,6 +132,7 @@ class _KadServer(Protocol):
             stream.abortConnection()
 
     def readConnectionLost(self) -> None:
+        assert self.transport is not None  # only while connected
         self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
@@ -139,7 +147,8 @@ class KademliaService(Service):
     """
 
     log = Logger()
-    name = "kademlia"
+    # Twisted's Service says name = None, which mypy reads as "always None".
+    name = "kademlia"  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -148,7 +157,7 @@ class KademliaService(Service):
         home: Optional[Path],
         *,
         bootstrapAddrs: Sequence[Multiaddr] = (),
-        mode: str = "auto",
+        mode: Mode = "auto",
         timeout: float = 5.0,
         refreshInterval: float = 600.0,
         saveInterval: float = 60.0,
@@ -165,7 +174,7 @@ class KademliaService(Service):
         store = RecordStore(reactor, validators or {})
         self.store = store
         self.kad = KademliaNode(
-            reactor, self._localInfo, self, store, mode=mode if mode != "auto" else "auto",
+            reactor, self._localInfo, self, store, mode=mode,
             random=random, timeout=timeout, refreshInterval=refreshInterval,
         )
         self._loops: list[LoopingCall] = []
@@ -258,7 +267,12 @@ class KademliaService(Service):
         if self._initial is None or self._initial.called:
             return succeed(None)
         d: Deferred[None] = Deferred()
-        self._initial.addBoth(lambda r: (d.callback(None), r)[1])
+
+        def fire(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._initial.addBoth(fire)
         return d
 
     def stopService(self) -> None:

@@ -45,19 +45,14 @@ from typing import Any
 import attrs
 import lz4.block
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import (
-    IConsumer,
-    IHalfCloseableProtocol,
-    IProtocol,
-    IPushProducer,
-    ITransport,
-)
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from beam.errors import ProtocolError
+from beam.p2p.interfaces import IStreamTransport
 
 __all__ = [
     "CHUNK",
@@ -321,7 +316,7 @@ class Decompressor:
         return payload
 
 
-@implementer(ITransport, IConsumer, IPushProducer)
+@implementer(IStreamTransport)
 class CompressingTransport:
     """
     The transport an application protocol sees on a compressed stream:
@@ -464,6 +459,12 @@ class DecompressingProtocol:
         self.innerTransport = CompressingTransport(transport, reader=self)
         self.inner.makeConnection(self.innerTransport)
 
+    def connectionMade(self) -> None:
+        """
+        Nothing to do (L{IProtocol} asks for it): L{makeConnection}
+        connects C{inner}, which gets its own C{connectionMade}.
+        """
+
     def dataReceived(self, data: bytes) -> None:
         if self._halted:
             return
@@ -476,7 +477,7 @@ class DecompressingProtocol:
 
     def writeConnectionLost(self) -> None:
         if IHalfCloseableProtocol.providedBy(self.inner):
-            self.inner.writeConnectionLost()  # type: ignore[attr-defined]
+            self.inner.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
@@ -538,7 +539,7 @@ class DecompressingProtocol:
                 if dec.buffered:
                     self._fail(f"input ended inside a frame ({dec.buffered} bytes left)")
                 elif IHalfCloseableProtocol.providedBy(self.inner):
-                    self.inner.readConnectionLost()  # type: ignore[attr-defined]
+                    self.inner.readConnectionLost()
                 else:
                     self.transport.loseConnection()
         finally:

@@ -41,6 +41,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from beam.p2p.interfaces import IStreamTransport
+
 __all__ = ["Splice", "TunnelStats"]
 
 _log = Logger()
@@ -126,10 +128,16 @@ class _End(Protocol):
     @ivar lost: our transport is gone.
     @ivar throttled: the other side's transport asked us to pause.
     @ivar readStopped: we paused our transport's reading for it.
+    @ivar transport: the TCP connection, or the stream (possibly behind
+        the compression wrappers).
     """
+
+    transport: Optional[IStreamTransport]
 
     def __init__(self, splice: "Splice") -> None:
         self.splice = splice
+        # Each end is made before the other exists: Splice.__init__ pairs
+        # them right away, so no code ever sees the None.
         self.other: "_End" = None  # type: ignore[assignment]
         self.readClosed = False
         self.writeClosed = False
@@ -151,6 +159,7 @@ class _End(Protocol):
         other.transport.write(data)
         if self.throttled and not self.readStopped and not self.lost:
             self.readStopped = True
+            assert self.transport is not None  # data arrives only while connected
             self.transport.pauseProducing()
 
     def readConnectionLost(self) -> None:
@@ -198,6 +207,7 @@ class _LocalEnd(_End):
     """
 
     def connectionMade(self) -> None:
+        assert self.transport is not None  # set by makeConnection
         self.transport.pauseProducing()
         self.splice._localConnected()
 
@@ -208,11 +218,13 @@ class _LocalEnd(_End):
         # Our shutdown(SHUT_WR) went out.  Once input has ended too the
         # socket has nothing left to do.
         if self.readClosed and not self.lost:
+            assert self.transport is not None  # a connected TCP transport said so
             self.transport.loseConnection()
 
     def readConnectionLost(self) -> None:
         super().readConnectionLost()
         if self.writeClosed and not self.lost:
+            assert self.transport is not None  # a connected TCP transport said so
             self.transport.loseConnection()
 
 
@@ -277,6 +289,8 @@ class Splice:
             lost = local if local.lost else remote
             self._lost(lost, lost.lostReason or Failure(ConnectionDone()))
             return
+        # Started only once both sides are connected.
+        assert local.transport is not None and remote.transport is not None
         remote.transport.registerProducer(_Throttle(local), True)
         local.transport.registerProducer(_Throttle(remote), True)
         if remote.readClosed:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.internet.abstract import isIPv6Address
@@ -49,6 +49,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from beam.errors import BeamError
+from beam.p2p.interfaces import IStreamTransport
 
 __all__ = [
     "MAX_DATAGRAM",
@@ -225,7 +226,12 @@ class _StreamSide(Protocol):
     """
     What both sides share: the stream protocol part that frames datagrams
     into the stream, drops them while the stream pauses us, and expires.
+
+    @ivar transport: the tunnel stream (possibly behind the compression
+        wrappers).
     """
+
+    transport: IStreamTransport | None
 
     def __init__(self, clock: IReactorTime, idleTimeout: float, stats: UDPStats) -> None:
         self._clock = clock
@@ -262,7 +268,8 @@ class _StreamSide(Protocol):
             return
         self.stats.datagramsToStream += 1
         self.stats.bytesToStream += len(datagram)
-        self.transport.write(frame)  # type: ignore[union-attr]
+        assert self.transport is not None  # datagrams are queued until the stream is connected
+        self.transport.write(frame)
 
     def _endTimer(self) -> None:
         if self._timer is not None:
@@ -338,10 +345,11 @@ class _ClientSession(_StreamSide):
         self._toStream(datagram)
 
     def connectionMade(self) -> None:
+        assert self.transport is not None  # set by makeConnection
         if self._ended:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.transport.loseConnection()
             return
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self.transport.registerProducer(self, True)
         queue, self._queue = self._queue, deque()
         self._queuedBytes = 0
         for datagram in queue:
@@ -464,7 +472,9 @@ class UDPClientForwarder:
         port, self.port = self.port, None
         if port is None:
             return succeed(None)
-        return maybeDeferred(port.stopListening)
+        # stopListening returns a Deferred or None; maybeDeferred makes
+        # both a Deferred[None], which its overloads cannot say of a union.
+        return cast("Deferred[None]", maybeDeferred(port.stopListening))
 
     def _datagramFromClient(self, datagram: bytes, addr: Any) -> None:
         session = self.sessions.get(addr)
@@ -561,6 +571,7 @@ class UDPHostProtocol(_StreamSide):
             0, sock, interface=interface, maxPacketSize=MAX_DATAGRAM
         )
         try:
+            assert sock.transport is not None  # listenUDP connected it
             sock.transport.connect(self.host, self.port)
         except Exception:
             listening.stopListening()
@@ -588,6 +599,7 @@ class UDPHostProtocol(_StreamSide):
             d.callback(None)
 
     def connectionMade(self) -> None:
+        assert self.transport is not None  # set by makeConnection
         try:
             self.openSocket()
         except Exception as e:  # noqa: BLE001 - report, then reset the stream
@@ -597,9 +609,9 @@ class UDPHostProtocol(_StreamSide):
                 port=self.port,
                 e=e,
             )
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self.transport.abortConnection()
             return
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self.transport.registerProducer(self, True)
         self._startTimer()
 
     def dataReceived(self, data: bytes) -> None:
