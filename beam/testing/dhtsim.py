@@ -113,6 +113,7 @@ class _HeapCall:
             raise AlreadyCalled()
         self.cancelled = True
         self._clock._dropped()
+        # Drop the references (as Twisted's DelayedCall does); never called now.
         self.func = None  # type: ignore[assignment]
         self.args = ()
         self.kw = {}
@@ -218,7 +219,7 @@ class SimClock:
             self.rightNow = max(self.rightNow, when)
             call.called = True
             func, args, kw = call.func, call.args, call.kw
-            call.func = None  # type: ignore[assignment]
+            call.func = None  # type: ignore[assignment]  # drop the reference: it runs once, below
             call.args = ()
             call.kw = {}
             self.callsRun += 1

@@ -221,6 +221,8 @@ class FakeHost:
         mine, other = MemoryPipe(self.reactor, a, b), MemoryPipe(self.reactor, b, a)
         mine.other, other.other = other, mine
         mine.protocol, other.protocol = ours, theirs
+        # The slots a node's yamux stream has, which handlers read; a
+        # MemoryPipe does not declare them.
         for pipe in (mine, other):
             pipe.connection = conn  # type: ignore[attr-defined]
             pipe.protocolId = protocolId  # type: ignore[attr-defined]

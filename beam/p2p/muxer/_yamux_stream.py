@@ -144,7 +144,7 @@ class YamuxStream:
             raise YamuxProtocolError(
                 f"{event.value} on stream {self.streamID} in state {state.name} (after its FIN)"
             )
-        self._state = outcome  # type: ignore[assignment]
+        self._state = outcome  # type: ignore[assignment]  # a StreamState: IGNORE, VIOLATION handled above
         return True
 
     # Connecting a protocol.
@@ -227,13 +227,13 @@ class YamuxStream:
         """
         The address of the connection carrying this stream.
         """
-        return self.session.transport.getPeer()  # type: ignore[union-attr]
+        return self.session.transport.getPeer()  # type: ignore[union-attr]  # streams live on connected sessions
 
     def getHost(self) -> Any:
         """
         Our address on the connection carrying this stream.
         """
-        return self.session.transport.getHost()  # type: ignore[union-attr]
+        return self.session.transport.getHost()  # type: ignore[union-attr]  # streams live on connected sessions
 
     # IConsumer
 
@@ -435,7 +435,7 @@ class YamuxStream:
 
     def _deliver(self, payload: bytes) -> None:
         try:
-            self.protocol.dataReceived(payload)  # type: ignore[union-attr]
+            self.protocol.dataReceived(payload)  # type: ignore[union-attr]  # callers checked it is set
         except Exception:  # noqa: BLE001 - contain user code, log it
             _log.failure("Stream {stream!r} protocol failed; resetting it", stream=self)
             self.abortConnection()
@@ -564,6 +564,6 @@ class YamuxStream:
 
     def _callLost(self, reason: Failure) -> None:
         try:
-            self.protocol.connectionLost(reason)  # type: ignore[union-attr]
+            self.protocol.connectionLost(reason)  # type: ignore[union-attr]  # caller checked it is set
         except Exception:  # noqa: BLE001 - contain user code, log it
             _log.failure("connectionLost of {stream!r} failed", stream=self)

@@ -302,7 +302,7 @@ class YamuxSession(Protocol):
         unregister = getattr(self.transport, "unregisterProducer", None)
         if unregister is not None:
             unregister()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]  # only called while connected
 
     def whenClosed(self) -> Deferred[None]:
         """
@@ -408,7 +408,7 @@ class YamuxSession(Protocol):
 
     def _peer(self) -> Any:
         try:
-            return self.transport.getPeer()  # type: ignore[union-attr]
+            return self.transport.getPeer()  # type: ignore[union-attr]  # None raises, and is caught
         except Exception:  # noqa: BLE001 - only for a log message
             return None
 
@@ -420,10 +420,10 @@ class YamuxSession(Protocol):
 
     def _sendControl(self, ftype: int, flags: int, streamID: int, length: int) -> None:
         if self._writable():
-            self.transport.write(encodeHeader(ftype, flags, streamID, length))  # type: ignore[union-attr]
+            self.transport.write(encodeHeader(ftype, flags, streamID, length))  # type: ignore[union-attr]  # _writable
 
     def _sendData(self, streamID: int, parts: list[bytes], n: int) -> None:
-        self.transport.writeSequence(  # type: ignore[union-attr]
+        self.transport.writeSequence(  # type: ignore[union-attr]  # callers checked _canSendData
             [encodeHeader(TYPE_DATA, 0, streamID, n), *parts]
         )
 

@@ -37,7 +37,9 @@ class TCPListener:
 
     def __init__(self, port: IListeningPort) -> None:
         self.port = port
-        self.addr = Multiaddr.fromTwistedAddress(port.getHost())  # type: ignore[arg-type]
+        host = port.getHost()
+        assert isinstance(host, (IPv4Address, IPv6Address))  # a TCP port's address
+        self.addr = Multiaddr.fromTwistedAddress(host)
 
     def stopListening(self) -> Any:
         return self.port.stopListening()
