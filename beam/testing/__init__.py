@@ -13,17 +13,14 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import (
-    IConsumer,
-    IProtocol,
-    IPushProducer,
-    ITransport,
-)
+from twisted.internet.interfaces import IProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from beam.p2p.interfaces import IAbortableTransport
 
-@implementer(ITransport, IConsumer, IPushProducer)
+
+@implementer(IAbortableTransport)
 class MemoryTransport:
     """
     An in-memory transport.

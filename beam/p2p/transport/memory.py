@@ -23,14 +23,13 @@ from typing import Any, Optional
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
-from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer
-from twisted.internet.interfaces import ITransport as ITwistedTransport
+from twisted.internet.interfaces import IAddress
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from beam.errors import DialError
 from beam.identity.multiaddr import Multiaddr
-from beam.p2p.interfaces import IListener, ITransport
+from beam.p2p.interfaces import IAbortableTransport, IListener, ITransport
 
 
 @implementer(IAddress)
@@ -66,7 +65,7 @@ class MemoryNetwork:
 DEFAULT_NETWORK = MemoryNetwork()
 
 
-@implementer(ITwistedTransport, IConsumer, IPushProducer)
+@implementer(IAbortableTransport)
 class MemoryPipe:
     """
     One end of an in-memory byte stream, given to a protocol as its
