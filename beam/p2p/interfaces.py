@@ -38,9 +38,9 @@ class IAbortableTransport(ITwistedTransport, IConsumer, IPushProducer):
     paused), and it can be aborted.
 
     Every byte stream Beam runs a protocol over is one: Twisted's TCP
-    transports (which do not declare it), the in-memory pipe, the Noise and
-    TLS secure channels, yamux streams and the tunnel's compression
-    wrappers.
+    transports and yamux streams (neither declares it: the checks rely on
+    their methods, not on the declaration), the in-memory pipe, the Noise
+    and TLS secure channels and the tunnel's compression wrappers.
     """
 
     def abortConnection() -> None:
