@@ -10,7 +10,7 @@ share address are admitted.  When both are set, either one admits.
 from __future__ import annotations
 
 import hmac
-from typing import Optional
+from typing import Iterable, Optional
 
 import attrs
 
@@ -18,6 +18,13 @@ from beam.identity.keys import PeerID
 from beam.tunnel.protocol import AccessDenied
 
 __all__ = ["AccessPolicy", "PUBLIC"]
+
+
+def _peerSet(peers: Optional[Iterable[PeerID]]) -> Optional[frozenset[PeerID]]:
+    """
+    C{attrs.converters.optional(frozenset)}, with types mypy can follow.
+    """
+    return None if peers is None else frozenset(peers)
 
 
 @attrs.frozen
@@ -29,9 +36,7 @@ class AccessPolicy:
     @ivar secret: the secret that admits its holder, or L{None}.
     """
 
-    allow: Optional[frozenset[PeerID]] = attrs.field(
-        default=None, converter=attrs.converters.optional(frozenset)
-    )
+    allow: Optional[frozenset[PeerID]] = attrs.field(default=None, converter=_peerSet)
     secret: Optional[bytes] = None
 
     @property
