@@ -208,6 +208,8 @@ def rootCause(error: object) -> BaseException:
             current = current.value
         elif isinstance(current, FirstError):
             current = current.subFailure
+        # Duck-typed (twisted.web's ResponseFailed and its kin carry a list
+        # of Failures in .reasons), so mypy cannot see the attribute.
         elif (
             not isinstance(current, BeamError)
             and isinstance(getattr(current, "reasons", None), list)
