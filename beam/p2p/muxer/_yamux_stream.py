@@ -82,7 +82,10 @@ class YamuxStream:
         self._state = StreamState.OPEN
         # Sending.
         self._sendWindow = DEFAULT_WINDOW
-        self._sendQueue: deque[bytes | memoryview] = deque()
+        # The queues exist only while they hold something: an empty deque
+        # costs ~740 bytes, and the three a stream had were 2.2 of the 2.7
+        # KiB an open stream cost (2.2 MiB per 1,000 tunnelled connections).
+        self._sendQueue: deque[bytes | memoryview] | None = None
         self._queued = 0
         self._producer: Any = None
         self._streaming = True
@@ -93,7 +96,7 @@ class YamuxStream:
         self._recvMax = recvWindow
         self._recvWindow = recvWindow
         self._unacked = 0
-        self._recvBuffer: deque[bytes] = deque()
+        self._recvBuffer: deque[bytes] | None = None
         self._buffered = 0
         self._readPaused = False
         self._draining = False
@@ -103,7 +106,7 @@ class YamuxStream:
         # last few grant totals (see the session module's docstring).
         self._received = 0
         self._granted = recvWindow
-        self._pastGrants: deque[int] = deque(maxlen=3)
+        self._pastGrants: tuple[int, ...] = ()
         # Why the stream ended, kept for a protocol set after the end.
         self._lostReason: Failure | None = None
 
@@ -190,7 +193,10 @@ class YamuxStream:
             self._sendWindow -= n
             session._sendData(self.streamID, [data], n)
             return
-        self._sendQueue.append(data)
+        queue = self._sendQueue
+        if queue is None:
+            queue = self._sendQueue = deque()
+        queue.append(data)
         self._queued += n
         self._flushSend()
 
@@ -292,6 +298,7 @@ class YamuxStream:
         queue = self._sendQueue
         maxFrame = session.maxFrameSize
         while self._queued and self._sendWindow > 0 and session._canSendData():
+            assert queue is not None  # something is queued
             n = min(self._sendWindow, self._queued, maxFrame)
             parts: list[bytes] = []
             need = n
@@ -310,8 +317,10 @@ class YamuxStream:
             self._queued -= n
             self._sendWindow -= n
             session._sendData(self.streamID, parts, n)
-        if not self._queued and self._state.finQueued:
-            self._sendFin()
+        if not self._queued:
+            self._sendQueue = None
+            if self._state.finQueued:
+                self._sendFin()
         self._updateProducer()
 
     def _sendFin(self) -> None:
@@ -426,7 +435,10 @@ class YamuxStream:
             self._advance(StreamInput.DATA)
             return
         if self.protocol is None or self._readPaused or self._recvBuffer:
-            self._recvBuffer.append(payload)
+            buffer = self._recvBuffer
+            if buffer is None:
+                buffer = self._recvBuffer = deque()
+            buffer.append(payload)
             self._buffered += n
             # Our reader is behind: the window is not what limits the peer.
             self._exhausted = False
@@ -460,7 +472,7 @@ class YamuxStream:
                     self._recvMax += grow
                     delta += grow
             self._recvWindow += delta
-            self._pastGrants.append(self._granted)
+            self._pastGrants = (*self._pastGrants[-2:], self._granted)
             self._granted += delta
             self.session._sendControl(TYPE_WINDOW_UPDATE, 0, self.streamID, delta)
 
@@ -481,6 +493,8 @@ class YamuxStream:
                 self._deliver(chunk)
         finally:
             self._draining = False
+        if not self._buffered:
+            self._recvBuffer = None
         self._maybeDeliverFin()
 
     def _remoteFinReceived(self) -> None:
@@ -546,9 +560,9 @@ class YamuxStream:
         session._waiting.pop(self, None)
         session._windowGrowth -= self._recvMax - session.initialWindow
         self._recvMax = session.initialWindow
-        self._sendQueue.clear()
+        self._sendQueue = None
         self._queued = 0
-        self._recvBuffer.clear()
+        self._recvBuffer = None
         self._buffered = 0
         producer, self._producer = self._producer, None
         if producer is not None:
