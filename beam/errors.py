@@ -280,9 +280,15 @@ def _scrub(text: str) -> str:
     # repr(Failure): "<twisted.python.failure.Failure X: msg>"
     text = re.sub(r"<twisted\.python\.failure\.Failure (?P<cls>[\w.]+): (?P<msg>[^>]*)>", replace, text)
     replaced = f"{mark}[^{mark}]*{mark}"
+
+    def joined(match: "re.Match[str]") -> str:
+        # A failure without a message (twisted.web's _DataLoss) says nothing.
+        items = [item for item in re.findall(f"{mark}([^{mark}]*){mark}", match.group(1)) if item]
+        return ", ".join(items)
+
     # FirstError[#0, <failure>] and [<failure>, <failure>] (ResponseFailed)
-    text = re.sub(rf"FirstError\[#\d+, ({replaced})\]", r"\1", text)
-    text = re.sub(rf"\[((?:{replaced}(?:, )?)+)\]", r"\1", text)
+    text = re.sub(rf"FirstError\[#\d+, ({replaced})\]", joined, text)
+    text = re.sub(rf"\[((?:{replaced}(?:, )?)+)\]", joined, text)
     return text.replace(mark + mark, "; ").replace(mark, "")
 
 

@@ -12,6 +12,7 @@ from twisted.internet import error as netError
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+from twisted.web.http import _DataLoss
 
 from beam.errors import BeamError, DialError, NodeStopped, describe, rootCause
 
@@ -145,6 +146,7 @@ class DescribeTests(SynchronousTestCase):
             f"cut off: {ResponseFailed([done, lost])}":
                 "cut off: the connection was closed, the connection was lost",
             f"DHT bootstrap: {defer.FirstError(lost, 0)}": "DHT bootstrap: the connection was lost",
+            f"cut off: {ResponseFailed([done, Failure(_DataLoss())])}": "cut off: the connection was closed",
             f"odd: {failed()}": "odd: division by zero",
             f"odd: {Failure(ValueError('bad value.'))}": "odd: bad value",
         }
