@@ -2,8 +2,18 @@
 The C{beam} command line.
 
 Only this module (and L{beam.tap}) touches the global reactor.  Every
-failure a user can cause prints one line, C{beam: <what went wrong>}, and
-exits non-zero; tracebacks are for bugs.
+failure a user can cause prints one line, C{beam: <what went wrong>}, on
+stderr and exits non-zero; tracebacks are for bugs.  With C{--json} that
+line is instead one JSON object on stdout, after any events already
+printed there: C{{"event": "error", "error": "<what went wrong>"}} (a bug
+adds a C{"traceback"} field); the exit status is the same (2 for a
+command line that does not parse, else 1), and stderr carries only log
+lines.
+
+The global options (C{--home}, C{--json}, C{--bootstrap}, C{--log-format},
+C{--quiet}) may come before or after the command: C{beam --bootstrap X
+daemon} and C{beam daemon --bootstrap X} are the same, and so is
+C{beam --listen X daemon} for the commands that run a node.
 
 C{beam PORT} and C{beam connect TARGET} run a node in the foreground, or,
 when a node already runs for the home directory, ask it over the control
@@ -25,7 +35,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from beam import __version__
-from beam.errors import BeamError
+from beam.errors import BeamError, describe, rootCause
 
 DEFAULT_LISTEN = ["/ip4/0.0.0.0/tcp/0"]
 
@@ -36,22 +46,114 @@ class UsageError(BeamError):
     """
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+class _UsageFailed(Exception):
+    """
+    argparse refused the command line (see L{_Parser.error}).
+
+    @ivar parser: the parser (the top one or a command's) that refused it.
+    """
+
+    def __init__(self, message: str, parser: argparse.ArgumentParser) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """
+    An argument parser that raises instead of printing and exiting, so
+    that L{main} reports the error as text or as JSON.
+    """
+
+    #: The top-level parser's command parsers, by name.
+    commands: dict[str, argparse.ArgumentParser]
+
+    def error(self, message: str) -> Any:
+        raise _UsageFailed(f"{message} (see `{self.prog} --help`)", self)
+
+
+#: Options that mean the same wherever they appear: before the command
+#: (on the top-level parser) or after it (on each command's parser, under
+#: the dest C{_sub_<dest>}; L{_mergeGlobals} folds them together).
+_GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--home",), dict(dest="home", default=None,
+                       help="the node's home directory (default: $BEAM_HOME or ~/.local/share/beam)")),
+    (("--json",), dict(dest="json", action="store_true", default=False,
+                       help="print JSON: one object per event or answer, errors included")),
+    (("--log-format",), dict(dest="log_format", choices=["text", "json"], default=None,
+                             help="log lines on stderr as text (default) or JSON")),
+    (("--quiet", "-q"), dict(dest="quiet", action="store_true", default=False,
+                             help="log warnings and errors only")),
+    (("--bootstrap",), dict(dest="bootstrap", action="append", metavar="MULTIADDR", default=None,
+                            help="a DHT peer to join through, /.../p2p/PEER_ID "
+                                 "(repeatable; also in config.toml)")),
+]
+
+#: The commands that run a node, and so take C{--listen}.
+_LISTENING_COMMANDS = ("expose", "connect", "register", "daemon")
+
+
+def _addGlobalOptions(parser: argparse.ArgumentParser, top: bool) -> None:
+    group = parser.add_argument_group("global options (before or after the command)")
+    for flags, options in _GLOBAL_OPTIONS:
+        options = dict(options)
+        if not top:
+            options["dest"] = "_sub_" + options["dest"]
+            options["default"] = argparse.SUPPRESS
+        group.add_argument(*flags, **options)
+    if top:
+        group.add_argument("--listen", dest="_top_listen", action="append", metavar="MULTIADDR",
+                           help="for " + ", ".join(_LISTENING_COMMANDS) + ": address to listen on "
+                                "(repeatable)")
+
+
+def _mergeGlobals(args: argparse.Namespace) -> argparse.Namespace:
+    """
+    Fold the global options given after the command into those given
+    before it: a later flag wins, repeatable ones (C{--bootstrap},
+    C{--listen}) accumulate.
+
+    @raise UsageError: C{--listen} before a command that runs no node.
+    """
+    for flags, options in _GLOBAL_OPTIONS:
+        dest = options["dest"]
+        if not hasattr(args, "_sub_" + dest):
+            continue
+        later = getattr(args, "_sub_" + dest)
+        delattr(args, "_sub_" + dest)
+        if options.get("action") == "append":
+            setattr(args, dest, (getattr(args, dest) or []) + later)
+        elif options.get("action") == "store_true":
+            setattr(args, dest, getattr(args, dest) or later)
+        else:
+            setattr(args, dest, later)
+    earlier = args._top_listen
+    del args._top_listen
+    if earlier:
+        if args.command not in _LISTENING_COMMANDS:
+            raise UsageError(f"--listen does not apply to `beam {args.command}`")
+        args.listen = earlier + (args.listen or [])
+    return args
+
+
+def _parser() -> _Parser:
+    p = _Parser(
         prog="beam",
         description="Decentralized peer-to-peer tunnels for local apps.",
         epilog="Expose a port: beam 3000    Reach it from elsewhere: beam connect <share address>",
     )
     p.add_argument("--version", action="version", version=f"beam {__version__}")
-    p.add_argument("--home", help="the node's home directory (default: $BEAM_HOME or ~/.local/share/beam)")
-    p.add_argument("--log-format", choices=["text", "json"], default=None,
-                   help="log lines on stderr as text (default) or JSON")
-    p.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only")
-    p.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
-                   help="a DHT peer to join through, /.../p2p/PEER_ID (repeatable; also in config.toml)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _addGlobalOptions(p, top=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    s = sub.add_parser("expose", help="expose a local port (what `beam PORT` runs)")
+    p.commands = {}
+
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, **kw)
+        _addGlobalOptions(s, top=False)
+        p.commands[name] = s
+        return s
+
+    s = command("expose", help="expose a local port (what `beam PORT` runs)")
     s.add_argument("port", type=int, help="the local port to expose")
     s.add_argument("--name", help="service name (default: the port number)")
     s.add_argument("--host", default="127.0.0.1", help="where the service listens (default 127.0.0.1)")
@@ -62,9 +164,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", action="append", metavar="MULTIADDR", help="address to listen on (repeatable)")
     s.add_argument("--no-register", action="store_true",
                    help="do not publish the node's name in the DHT (share the beam:// address only)")
-    s.add_argument("--json", action="store_true", help="print one JSON object per event")
 
-    s = sub.add_parser("connect", help="forward a local port to a peer's exposed service")
+    s = command("connect", help="forward a local port to a peer's exposed service")
     s.add_argument("target", help="a name (NAME or NAME/SERVICE), a share address (beam://...) "
                                   "or a multiaddr ending in /p2p/PEER_ID")
     s.add_argument("--accept-new-key", action="store_true",
@@ -75,71 +176,105 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--udp", action="store_true", help="forward UDP datagrams")
     s.add_argument("--compress", action="store_true", help="offer lz4 compression")
     s.add_argument("--listen", action="append", metavar="MULTIADDR", help="address for this node to listen on")
-    s.add_argument("--json", action="store_true", help="print one JSON object per event")
 
-    s = sub.add_parser("register", help="publish a name for this node in the DHT")
+    s = command("register", help="publish a name for this node in the DHT")
     s.add_argument("name", help="lower-case DNS-style name, e.g. alice or alice.home")
     s.add_argument("--service", action="append", metavar="SERVICE",
                    help="service the name offers (repeatable; default: every exposed service)")
     s.add_argument("--listen", action="append", metavar="MULTIADDR", help="address to listen on (repeatable)")
-    s.add_argument("--json", action="store_true", help="print JSON")
 
-    s = sub.add_parser("resolve", help="look a name up in the DHT")
+    s = command("resolve", help="look a name up in the DHT")
     s.add_argument("name")
     s.add_argument("--accept-new-key", action="store_true",
                    help="accept that the name now belongs to a different key than last time")
-    s.add_argument("--json", action="store_true", help="print JSON")
 
-    s = sub.add_parser("network", help="the node's view of the network")
+    s = command("network", help="the node's view of the network")
     s.add_argument("action", choices=["status", "peers", "routes", "bootstrap"])
     s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help="for bootstrap: peers to join through")
-    s.add_argument("--json", action="store_true", help="print JSON")
 
-    s = sub.add_parser("status", help="tunnels, forwards and connections of the running node")
-    s.add_argument("--json", action="store_true", help="print JSON")
+    command("status", help="tunnels, forwards and connections of the running node")
 
-    s = sub.add_parser("stop", help="remove a tunnel or forward from the running node")
+    s = command("stop", help="remove a tunnel or forward from the running node")
     s.add_argument("key", metavar="NAME|PORT", help="tunnel name or port, or forward's local port")
-    s.add_argument("--json", action="store_true", help="print JSON")
 
-    s = sub.add_parser("id", help="print this node's peer ID")
-    s.add_argument("--json", action="store_true", help="print JSON")
+    command("id", help="print this node's peer ID")
 
-    s = sub.add_parser("daemon", help="run a node in the foreground (tunnels from config.toml)")
+    s = command("daemon", help="run a node in the foreground (tunnels from config.toml)")
     s.add_argument("--listen", action="append", metavar="MULTIADDR",
                    help="address to listen on (repeatable; default from config.toml, else /ip4/0.0.0.0/tcp/0)")
-    s.add_argument("--json", action="store_true", help="print one JSON object per event")
 
-    s = sub.add_parser("ping", help="ping any libp2p peer")
-    s.add_argument("target", metavar="MULTIADDR", help="the peer's multiaddr, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...")
+    s = command("ping", help="ping any libp2p peer")
+    s.add_argument("target", metavar="MULTIADDR",
+                   help="the peer's multiaddr, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...")
     s.add_argument("--count", "-c", type=int, default=4, help="number of pings (default 4)")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer")
-    s.add_argument("--json", action="store_true", help="print JSON")
 
-    s = sub.add_parser("config", help="check the configuration file")
+    s = command("config", help="check the configuration file")
     s.add_argument("action", choices=["check"], help="check: validate config.toml")
-    s.add_argument("--json", action="store_true", help="print JSON")
     return p
+
+
+def _parseArgs(parser: _Parser, argv: list[str]) -> argparse.Namespace:
+    """
+    Parse a command line (after L{_rewritePortShortcut}) into the
+    namespace the command runs with; unknown arguments are reported with
+    the command's usage, not the top level's.
+
+    @raise _UsageFailed: argparse refused it.
+    @raise UsageError: see L{_mergeGlobals}.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        owner = parser.commands.get(args.command, parser)
+        owner.error("unrecognized arguments: " + " ".join(extra))
+    return _mergeGlobals(args)
+
+
+def _takesValue(flag: str) -> bool:
+    """
+    Whether global option C{flag} (as typed, without C{=value}) is followed
+    by its value as the next argument.
+    """
+    if flag == "--listen":
+        return True
+    for flags, options in _GLOBAL_OPTIONS:
+        if flag in flags:
+            return options.get("action") not in ("store_true", "store_false")
+    return False
 
 
 def _rewritePortShortcut(argv: list[str]) -> list[str]:
     """
-    C{beam 3000 ...} means C{beam expose 3000 ...}.
+    C{beam 3000 ...} means C{beam expose 3000 ...}, with global options
+    before or after the port.
     """
     out = list(argv)
     i = 0
     while i < len(out):
         arg = out[i]
-        if arg in ("--home", "--log-format", "--bootstrap"):
-            i += 2
-            continue
+        if arg == "--":
+            break
         if arg.startswith("-"):
-            i += 1
+            i += 2 if "=" not in arg and _takesValue(arg) else 1
             continue
         if arg.isdigit():
             out.insert(i, "expose")
         break
     return out
+
+
+def _wantsJSON(argv: Sequence[str]) -> bool:
+    """
+    Whether C{--json} is on the command line (before any C{--}), known
+    before parsing so that even a command line that does not parse is
+    reported as JSON.
+    """
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
 
 
 class _Out:
@@ -638,7 +773,8 @@ async def cmdPing(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         out.event(
             {"event": "summary", "count": len(rtts), "min_ms": round(min(rtts) * 1000, 3),
              "avg_ms": round(sum(rtts) / len(rtts) * 1000, 3), "max_ms": round(max(rtts) * 1000, 3)},
-            f"{len(rtts)} pings: min/avg/max = {min(rtts)*1000:.3f}/{sum(rtts)/len(rtts)*1000:.3f}/{max(rtts)*1000:.3f} ms",
+            f"{len(rtts)} pings: min/avg/max = "
+            f"{min(rtts)*1000:.3f}/{sum(rtts)/len(rtts)*1000:.3f}/{max(rtts)*1000:.3f} ms",
         )
     finally:
         await node.stopService()
@@ -658,25 +794,79 @@ ASYNC_COMMANDS: dict[str, Callable[[Any, argparse.Namespace, _Out], Coroutine[An
 }
 
 
+def _isUserError(cause: BaseException) -> bool:
+    """
+    Whether an error is one a user can cause (a bad argument, a peer that
+    is down, a port in use) rather than a bug in Beam.
+    """
+    from twisted.internet import defer, error as netError
+
+    return isinstance(cause, (
+        BeamError, OSError, netError.ConnectError, netError.ConnectionClosed,
+        netError.CannotListenError, netError.ConnectingCancelledError,
+        defer.TimeoutError, defer.CancelledError,
+    ))
+
+
+def _reportError(
+    error: BaseException | Failure, asJSON: bool, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> None:
+    """
+    Tell the user what went wrong: C{beam: <one line>} on stderr, or with
+    C{--json} one C{{"event": "error", ...}} object on stdout.  A bug
+    (see L{_isUserError}) also gets its traceback.
+    """
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    message = describe(error)
+    traceback = None
+    if not _isUserError(rootCause(error)):
+        message = f"unexpected error: {message}"
+        if isinstance(error, Failure):
+            traceback = error.getTraceback()
+        else:
+            import traceback as tb
+
+            traceback = "".join(tb.format_exception(error))
+    if asJSON:
+        obj: dict[str, Any] = {"event": "error", "error": message}
+        if traceback is not None:
+            obj["traceback"] = traceback
+        stdout.write(json.dumps(obj) + "\n")
+        stdout.flush()
+    else:
+        stderr.write(f"beam: {message}\n" + (traceback or ""))
+        stderr.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """
     Entry point of the C{beam} console script.
     """
-    argv = _rewritePortShortcut(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    asJSON = _wantsJSON(argv)
     parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        raise SystemExit(2)
-    out = _Out(sys.stdout, getattr(args, "json", False))
     try:
-        if args.command == "id":
-            raise SystemExit(cmdID(args, out))
-        if args.command == "config":
-            raise SystemExit(cmdConfig(args, out))
-    except BeamError as e:
-        sys.stderr.write(f"beam: {e}\n")
-        raise SystemExit(1)
+        args = _parseArgs(parser, _rewritePortShortcut(argv))
+    except (_UsageFailed, UsageError) as e:
+        if not asJSON:
+            (e.parser if isinstance(e, _UsageFailed) else parser).print_usage(sys.stderr)
+        _reportError(UsageError(str(e)), asJSON)
+        raise SystemExit(2)
+    if args.command is None:
+        if asJSON:
+            _reportError(UsageError("no command given (see `beam --help`)"), asJSON)
+        else:
+            parser.print_help()
+        raise SystemExit(2)
+    out = _Out(sys.stdout, args.json)
+    if args.command in ("id", "config"):
+        try:
+            code = cmdID(args, out) if args.command == "id" else cmdConfig(args, out)
+        except Exception as e:
+            _reportError(e, out.asJSON)
+            raise SystemExit(1)
+        raise SystemExit(code)
 
     from twisted.internet.task import react
 
@@ -690,11 +880,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             exitCode[0] = code
 
         def failed(f: Failure) -> None:
-            if f.check(BeamError):
-                text = str(f.value).strip().replace("\n", "; ")
-                sys.stderr.write(f"beam: {text}\n")
-            else:
-                sys.stderr.write(f"beam: unexpected error: {f.getTraceback()}\n")
+            _reportError(f, out.asJSON)
             exitCode[0] = 1
 
         return d.addCallbacks(done, failed)

@@ -4,6 +4,7 @@ The command line and twistd plugin, run as real processes on loopback.
 
 from __future__ import annotations
 
+import io
 import json
 import select
 import signal
@@ -11,11 +12,18 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+from twisted.internet import error as netError
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from beam import cli
+from beam.daemon.control import controlSocketPath
+from beam.errors import DialError
 from beam.identity.keys import Identity
 
 BIN = Path(sys.executable).parent
@@ -127,6 +135,279 @@ class CLITests(SynchronousTestCase):
             self.assertIn(expected, out.stderr.lower() if expected.islower() else out.stderr)
             self.assertNotIn("Traceback", out.stderr)
             self.assertEqual(len(out.stderr.strip().splitlines()), 1, out.stderr)
+
+
+def parse(*argv: str) -> Any:
+    """
+    The namespace C{beam ARGV...} runs with.
+    """
+    parser = cli._parser()
+    return cli._parseArgs(parser, cli._rewritePortShortcut(list(argv)))
+
+
+def runMain(*argv: str) -> tuple[int, str, str]:
+    """
+    Run L{cli.main} in this process (for commands that need no reactor):
+    its exit status, stdout and stderr.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        cli.main(list(argv))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    else:
+        code = 0
+    finally:
+        sys.stdout, sys.stderr = saved
+    return code, out.getvalue(), err.getvalue()
+
+
+def jsonError(test: SynchronousTestCase, stdout: str) -> str:
+    """
+    The message of the one JSON error object that is the last line of
+    C{stdout}.
+    """
+    lines = stdout.strip().splitlines()
+    test.assertTrue(lines, "nothing on stdout")
+    obj = json.loads(lines[-1])
+    test.assertEqual(set(obj), {"event", "error"}, obj)
+    test.assertEqual(obj["event"], "error")
+    test.assertIsInstance(obj["error"], str)
+    test.assertNotIn("\n", obj["error"])
+    for word in ("Traceback", "Failure", "<class"):
+        test.assertNotIn(word, obj["error"])
+    return obj["error"]
+
+
+class ArgumentTests(SynchronousTestCase):
+    """
+    Global options work before and after the command, and C{beam PORT}
+    still means C{beam expose PORT}.
+    """
+
+    def test_globalOptionsAfterCommand(self) -> None:
+        """
+        C{--home}, C{--json}, C{--bootstrap}, C{--log-format} and C{--quiet}
+        mean the same after the command as before it.
+        """
+        boot = "/ip4/127.0.0.1/tcp/4001/p2p/" + str(Identity.generate().peerID)
+        options = ["--home", "/h", "--json", "--bootstrap", boot, "--log-format", "json", "-q"]
+        for command in (["daemon"], ["status"], ["ping", "/ip4/127.0.0.1/tcp/1"], ["expose", "3000"],
+                        ["connect", "beam://x"], ["network", "peers"], ["id"]):
+            before, after = parse(*options, *command), parse(*command, *options)
+            self.assertEqual(vars(before), vars(after), command)
+            self.assertEqual((after.home, after.json, after.bootstrap, after.log_format, after.quiet),
+                             ("/h", True, [boot], "json", True))
+        defaults = parse("daemon")
+        self.assertEqual((defaults.home, defaults.json, defaults.bootstrap, defaults.log_format,
+                          defaults.quiet, defaults.listen), (None, False, None, None, False, None))
+        self.assertFalse([k for k in vars(defaults) if k.startswith("_")], vars(defaults))
+
+    def test_repeatedAndLater(self) -> None:
+        """
+        Repeatable options accumulate across both positions (C{--listen}
+        too, for the commands that run a node); for the others the later
+        one wins.
+        """
+        args = parse("--bootstrap", "/a", "--listen", "/l1", "daemon", "--bootstrap", "/b", "--listen", "/l2")
+        self.assertEqual((args.bootstrap, args.listen), (["/a", "/b"], ["/l1", "/l2"]))
+        self.assertEqual(parse("--listen", "/l1", "connect", "beam://x").listen, ["/l1"])
+        self.assertEqual(parse("--home", "/first", "status", "--home", "/second").home, "/second")
+        self.assertEqual(parse("--log-format", "json", "status", "--log-format", "text").log_format, "text")
+
+    def test_listenBeforeOtherCommands(self) -> None:
+        """
+        C{--listen} before a command that runs no node is a usage error,
+        as it is after one.
+        """
+        self.assertRaises(cli.UsageError, parse, "--listen", "/l", "status")
+        self.assertRaises(cli._UsageFailed, parse, "status", "--listen", "/l")
+
+    def test_portShortcut(self) -> None:
+        """
+        C{beam PORT} is C{beam expose PORT} with any global options before
+        or after the port, whether or not they take a value.
+        """
+        for argv in (["3000"], ["--home", "/h", "3000"], ["--home=/h", "3000"], ["-q", "3000"],
+                     ["--json", "--bootstrap", "/b", "3000"], ["--listen", "/l", "3000", "--name", "web"],
+                     ["--log-format", "json", "3000", "--json"]):
+            args = parse(*argv)
+            self.assertEqual((args.command, args.port), ("expose", 3000), argv)
+        self.assertEqual(parse("--listen", "/l", "3000").listen, ["/l"])
+        self.assertEqual(parse("3000", "--bootstrap", "/b").bootstrap, ["/b"])
+        self.assertEqual(cli._rewritePortShortcut(["--", "3000"]), ["--", "3000"])
+        self.assertEqual(cli._rewritePortShortcut(["status"]), ["status"])
+
+    def test_usageErrorsAsText(self) -> None:
+        """
+        Without C{--json} a command line that does not parse prints the
+        command's usage and one C{beam:} line on stderr, exit status 2.
+        """
+        code, out, err = runMain("daemon", "--frob")
+        self.assertEqual((code, out), (2, ""))
+        self.assertTrue(err.startswith("usage: beam daemon"), err)
+        self.assertEqual(err.strip().splitlines()[-1],
+                         "beam: unrecognized arguments: --frob (see `beam daemon --help`)")
+
+    def test_usageErrorsAsJSON(self) -> None:
+        """
+        With C{--json} anywhere, a command line that does not parse, or no
+        command at all, is one JSON error object on stdout, exit status 2,
+        nothing on stderr.
+        """
+        for argv in (["daemon", "--frob", "--json"], ["--json", "ping"], ["--json", "status", "--listen", "/l"],
+                     ["--json", "--listen", "/l", "id"], ["--json"], ["--json", "nonsense"]):
+            code, out, err = runMain(*argv)
+            self.assertEqual((code, err), (2, ""), argv)
+            self.assertTrue(jsonError(self, out), argv)
+            self.assertEqual(len(out.strip().splitlines()), 1)
+
+    def test_commandErrorsAsJSON(self) -> None:
+        """
+        A command that fails (here: a home directory that cannot be
+        created) is one JSON error object with C{--json}, else a C{beam:}
+        line on stderr; exit status 1 either way.
+        """
+        blocker = Path(self.mktemp())
+        blocker.write_text("a file, not a directory")
+        code, out, err = runMain("--home", str(blocker / "home"), "id", "--json")
+        self.assertEqual((code, err), (1, ""))
+        self.assertIn("cannot create home directory", jsonError(self, out))
+        code, out, err = runMain("id", "--home", str(blocker / "home"))
+        self.assertEqual((code, out), (1, ""))
+        self.assertTrue(err.startswith("beam: cannot create home directory"), err)
+
+    def test_reportError(self) -> None:
+        """
+        Errors are reported in plain words, Twisted's wrapped in Failures
+        too; a bug says "unexpected error" and adds its traceback.
+        """
+        def report(error: Any, asJSON: bool) -> tuple[str, str]:
+            out, err = io.StringIO(), io.StringIO()
+            cli._reportError(error, asJSON, out, err)
+            return out.getvalue(), err.getvalue()
+
+        nested = Failure(Failure(netError.ConnectionDone()))
+        self.assertEqual(report(nested, False), ("", "beam: the connection was closed\n"))
+        self.assertEqual(report(nested, True), ('{"event": "error", "error": "the connection was closed"}\n', ""))
+        self.assertEqual(report(Failure(DialError("could not connect to x")), False),
+                         ("", "beam: could not connect to x\n"))
+        try:
+            raise KeyError("missing")
+        except KeyError:
+            bug = Failure()
+        out, err = report(bug, False)
+        self.assertTrue(err.startswith("beam: unexpected error: 'missing'\nTraceback"), err)
+        out, err = report(bug, True)
+        obj = json.loads(out)
+        self.assertEqual(obj["error"], "unexpected error: 'missing'")
+        self.assertIn("KeyError", obj["traceback"])
+
+
+class CLIErrorTests(SynchronousTestCase):
+    """
+    Real C{beam} processes: errors are one line, or one JSON object with
+    C{--json}; global options after the command.
+    """
+
+    def test_jsonErrors(self) -> None:
+        """
+        With C{--json} (before or after the command) the errors of several
+        commands are each one JSON object on stdout, plain words, exit
+        status 1, nothing on stderr.
+        """
+        home = self.mktemp()
+        peer = Identity.generate().peerID
+        cases = [
+            (["status"], "no Beam node is running"),
+            (["stop", "web"], "no Beam node is running"),
+            (["network", "peers"], "no Beam node is running"),
+            (["ping", f"/ip4/127.0.0.1/tcp/{freePort()}/p2p/{peer}", "-c", "1"], "refused"),
+            (["ping", "/ip4/999.1.1.1/tcp/1"], "invalid"),
+            (["connect", "beam://nonsense"], ""),
+            (["expose", "99999"], "port must be between 1 and 65535"),
+        ]
+        for argv, expected in cases:
+            for where in ("before", "after"):
+                full = ["--json", *argv] if where == "before" else [*argv, "--json"]
+                out = beam(*full, home=home)
+                self.assertEqual((out.returncode, out.stderr), (1, ""), full)
+                self.assertEqual(len(out.stdout.strip().splitlines()), 1, out.stdout)
+                self.assertIn(expected, jsonError(self, out.stdout).lower() if expected.islower()
+                              else jsonError(self, out.stdout))
+
+    def test_bootstrapAfterCommand(self) -> None:
+        """
+        C{beam daemon --bootstrap ADDR} (the option after the command) is
+        accepted and used: the new node joins through ADDR, which sees it
+        connect.
+        """
+        first = subprocess.Popen(
+            [str(BIN / "beam"), "--home", self.mktemp(), "daemon", "--json", "-q",
+             "--listen", "/ip4/127.0.0.1/tcp/0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.addCleanup(lambda: first.poll() is None and (first.kill(), first.wait()))
+        ready = json.loads(readLine(first))
+        second = subprocess.Popen(
+            [str(BIN / "beam"), "daemon", "--home", self.mktemp(), "--json",
+             "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", ready["addrs"][0], "--log-format", "json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.addCleanup(lambda: second.poll() is None and (second.kill(), second.wait()))
+        joined = json.loads(readLine(second))
+        self.assertEqual(joined["event"], "ready", joined)
+        deadline = time.monotonic() + 20
+        while True:
+            event = json.loads(readLine(first, timeout=max(0.1, deadline - time.monotonic())))
+            if event["event"] == "connected":
+                break
+        self.assertEqual(event["peer_id"], joined["peer_id"])
+        for proc in (second, first):
+            proc.send_signal(signal.SIGINT)
+            self.assertEqual(proc.wait(timeout=20), 0)
+
+    def test_cutOffAnswerInPlainWords(self) -> None:
+        """
+        When the node's control socket hangs up in the middle of an
+        answer, C{beam status} says so in one plain line, never with a
+        Twisted repr or a traceback.
+        """
+        home = Path(self.mktemp())
+        home.mkdir()
+        path = controlSocketPath(home)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(path))
+        server.listen()
+        server.settimeout(30)
+        self.addCleanup(server.close)
+
+        def serve() -> None:
+            for _ in range(2):
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 1000\r\n\r\n{\"peer")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        for extra in ([], ["--json"]):
+            out = beam("status", *extra, home=str(home))
+            self.assertEqual(out.returncode, 1, out)
+            text = jsonError(self, out.stdout) if extra else out.stderr
+            self.assertNotIn("Traceback", out.stdout + out.stderr)
+            self.assertNotIn("Failure", out.stdout + out.stderr)
+            self.assertNotIn("unexpected", text)
+            self.assertTrue(text.rstrip().endswith("the connection was closed"), text)
+            if not extra:
+                self.assertEqual(len(text.strip().splitlines()), 1, text)
+                self.assertTrue(text.startswith("beam: "), text)
 
 
 class TwistdTests(SynchronousTestCase):

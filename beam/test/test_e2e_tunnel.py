@@ -562,15 +562,16 @@ class AccessTests(E2EMixin, SynchronousTestCase):
     def assertRefusedAtStart(self, target: str, host: Child, home: str | None = None) -> None:
         """
         C{beam connect} probes the host before listening: a refusal is one
-        error line and exit status 1, and the host logs it.
+        error (with C{--json}, one JSON object on stdout) and exit status
+        1, and the host logs it.
         """
         out = beamRun("connect", target, "--json", "--listen", LOOPBACK, home=home or self.newHome())
         self.assertEqual(out.returncode, 1, out.stderr)
-        self.assertEqual(out.stdout, "")
-        errors = [line for line in out.stderr.splitlines() if line.startswith("beam: ")]
-        self.assertEqual(len(errors), 1, out.stderr)
-        self.assertIn("refused", errors[0])
-        self.assertNotIn("Traceback", out.stderr)
+        [line] = out.stdout.splitlines()
+        error = json.loads(line)
+        self.assertEqual(error["event"], "error")
+        self.assertIn("refused", error["error"])
+        self.assertNotIn("Traceback", out.stderr + out.stdout)
         host.waitForLog("refused")
 
     def assertRefused(self, local: int, host: Child) -> None:
@@ -963,7 +964,10 @@ class CLITests(E2EMixin, SynchronousTestCase):
             "could not connect", peer,
         )
         self.assertOneLineError(beamRun("status", home=home), "no Beam node is running")
-        self.assertOneLineError(beamRun("status", "--json", home=home), "no Beam node is running")
+        out = beamRun("status", "--json", home=home)
+        self.assertEqual((out.returncode, out.stderr), (1, ""))
+        self.assertEqual(json.loads(out.stdout)["event"], "error")
+        self.assertIn("no Beam node is running", json.loads(out.stdout)["error"])
         self.assertOneLineError(beamRun("stop", "web", home=home), "no Beam node is running")
         daemon = Child(self, [str(BIN / "beam"), "--home", home, "daemon", "--json", "--listen", LOOPBACK], "daemon")
         self.assertEqual(daemon.readJSON()["event"], "ready")
