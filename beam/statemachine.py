@@ -22,7 +22,10 @@ built, at import time.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Generic, Mapping, TypeVar, Union
+from typing import Any, Generic, Mapping, TypeVar, Union
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
 
 
 class Outcome(Enum):
@@ -91,3 +94,76 @@ class StateMachine(Generic[S, I]):
                              else out.name)
             lines.append(f"| {state.name} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
+
+
+_PENDING = object()
+_OK = object()
+
+
+class Readiness:
+    """
+    The outcome of an asynchronous start (a node's listeners, the control
+    socket, a daemon's whole start), for whoever asks, reported once.
+
+    Twisted's L{MultiService.startService} ignores what its children's
+    C{startService} return, so a failure to listen would end up as an
+    "Unhandled error in Deferred" at garbage collection, or nowhere.  A
+    service records its start with L{begin} (and still returns the
+    Deferred, for callers that wait on it); anyone may then ask L{when}.
+    Once someone has asked, the failure is theirs to report, and the
+    original Deferred stops carrying it (no unhandled-error noise).
+    """
+
+    def __init__(self) -> None:
+        self._result: Any = None
+        self._origin: Any = None
+        self._waiters: list[Any] = []
+
+    def begin(self, started: Any) -> Any:
+        """
+        Record C{started} (a Deferred) as the start under way; returns it.
+        """
+        self._result = _PENDING
+        self._origin = started
+        started.addBoth(self._settle)
+        return started
+
+    def reset(self) -> None:
+        """
+        Forget the outcome (the service stopped).
+        """
+        self._result = None
+        self._origin = None
+
+    def _settle(self, result: Any) -> Any:
+        self._result = result if isinstance(result, Failure) else _OK
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            w.errback(result) if isinstance(result, Failure) else w.callback(None)
+        return result
+
+    @property
+    def started(self) -> bool:
+        return self._result is not None
+
+    def when(self) -> Any:
+        """
+        A new Deferred: fires once the start succeeded, fails with why it
+        did not, or fails with L{NotStarted} when nothing was started.
+        """
+        if self._result is None:
+            return fail(NotStarted("not started"))
+        origin, self._origin = self._origin, None
+        if origin is not None:
+            origin.addErrback(lambda f: None)
+        if self._result is _PENDING:
+            d: Deferred[None] = Deferred()
+            self._waiters.append(d)
+            return d
+        return fail(self._result) if isinstance(self._result, Failure) else succeed(None)
+
+
+class NotStarted(RuntimeError):
+    """
+    Asked for the outcome of a start that did not happen.
+    """

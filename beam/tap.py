@@ -98,6 +98,11 @@ def makeService(options: Any) -> IService:
         identity = loadOrCreateIdentity(options["home"])
     except BeamError as e:
         raise SystemExit(f"beam: {e}") from None
-    daemon = BeamDaemon(reactor, options["home"], identity, options["config"])
+    def failed(f: Any) -> None:
+        # twistd has no other way to hear about it.
+        daemon.log.critical("beam could not start: {why}", why=f.getErrorMessage())
+        reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
+
+    daemon = BeamDaemon(reactor, options["home"], identity, options["config"], onStartFailure=failed)
     daemon.setName("beam")
     return daemon

@@ -26,8 +26,9 @@ from types import MappingProxyType
 from typing import Any, Callable, Optional, Sequence
 
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from beam.daemon.config import Config
 from beam.daemon.control.resource import ControlRoot, StatusResource
@@ -35,6 +36,7 @@ from beam.daemon.control.socket import ControlService
 from beam.daemon.plugins import DaemonContext, IBeamService, checkServiceName, discoverPlugins
 from beam.daemon.status import DaemonStatus, ServiceInfo
 from beam.errors import BeamError
+from beam.statemachine import Readiness
 from beam.identity.keys import Identity
 from beam.identity.multiaddr import Multiaddr
 from beam.p2p.host.node import Node
@@ -91,6 +93,7 @@ class BeamDaemon(MultiService):
         control: bool = True,
         rememberPort: bool = True,
         onShutdown: Optional[Callable[[], Any]] = None,
+        onStartFailure: Optional[Callable[[Any], Any]] = None,
         random: Callable[[int], bytes] = os.urandom,
         nodeOptions: Optional[dict[str, Any]] = None,
         serviceOptions: Optional[dict[str, dict[str, Any]]] = None,
@@ -111,6 +114,8 @@ class BeamDaemon(MultiService):
         self.config = config
         self._rememberPort = rememberPort
         self._onShutdown = onShutdown
+        self._onStartFailure = onStartFailure
+        self._readiness = Readiness()
         self.controlRoot = ControlRoot(self)
         if control:
             self.control: Optional[ControlService] = ControlService(reactor, self.home, self.controlRoot)
@@ -163,7 +168,10 @@ class BeamDaemon(MultiService):
         service.setName(name)
         service.setServiceParent(self)
         self._made[name] = service
-        self._registered.append(_Registered(entry, origin, service))
+        reg = _Registered(entry, origin, service)
+        self._registered.append(reg)
+        if origin == "plugin":
+            _isolate(service, reg, self.log)
         resource = entry.controlResource(service)
         if resource is None and entry.status(service) is not None:
             resource = StatusResource(name, lambda: entry.status(service))
@@ -264,58 +272,67 @@ class BeamDaemon(MultiService):
 
     def startService(self) -> None:
         """
-        Start as a twistd service: failures to start are logged and stop
-        the reactor (twistd has no other way to hear about them).
+        Start every child through L{MultiService.startService}, in order:
+        the control socket (whose bind is synchronous: a second node for
+        this home is detected before anything else starts), the node, the
+        services.  A plugin's service that raises is logged and shown as
+        failed; the others start.  What is asynchronous (the node's
+        listeners, falling back from a remembered port that is taken, the
+        configured tunnels and forwards) is reported by L{whenReady}.
         """
-        d = self.start()
+        self._readiness = Readiness()
+        if self.control is not None:
+            # Started first, and alone, so that a home another node serves
+            # stops us before the node binds any port.
+            self.control.startService()
+            why = self.control.startFailure()
+            if why is not None:
+                self._readiness.begin(fail(why))
+                self._reportStartFailure()
+                return
+        MultiService.startService(self)
+        self._readiness.begin(self._finishStart())
+        self._reportStartFailure()
 
-        def failed(f: Any) -> None:
-            self.log.critical("beam could not start: {why}", why=f.getErrorMessage())
-            self.reactor.callLater(0, self.reactor.stop)
+    def _reportStartFailure(self) -> None:
+        if self._onStartFailure is not None:
+            self.whenReady().addErrback(self._onStartFailure)
 
-        d.addErrback(failed)
+    def whenReady(self) -> Deferred[None]:
+        """
+        Fires once the control socket and the listening ports are up and
+        the configured tunnels and forwards exist; fails with why not
+        (L{beam.daemon.control.NodeAlreadyRunning}, a listen failure...).
+        """
+        return self._readiness.when()
+
+    def start(self) -> Deferred["BeamDaemon"]:
+        """
+        L{startService}, then L{whenReady}: what the CLI and the C{beam:}
+        endpoints call.  Fires with the daemon.
+        """
+        self.startService()
+        return self.whenReady().addCallback(lambda _: self)
 
     @inlineCallbacks
-    def start(self) -> Any:
-        """
-        Start every child; fires once the control socket and the listening
-        ports are up, every service started, and the configured tunnels
-        and forwards exist.
-
-        @raise beam.daemon.control.NodeAlreadyRunning: another node serves this home.
-        """
-        # Children are started one by one (not by MultiService), each
-        # waited for, so a failure stops the sequence with its own error.
-        self.running = 1
-        if self.control is not None:
-            yield self.control.startService()
+    def _finishStart(self) -> Any:
         try:
-            yield self.node.startService()
+            yield self.node.whenListening()
         except BeamError:
             if self.node.configuredListenAddrs != list(self.config.listen):
                 # The remembered port is taken: fall back to the configured one.
                 yield self.node.stopService()
                 self.node.configuredListenAddrs = list(self.config.listen)
-                yield self.node.startService()
+                self.node.startService()
+                yield self.node.whenListening()
             else:
                 raise
         self._savePort()
-        for reg in self._registered:
-            if reg.service is None:
-                continue
-            try:
-                yield maybeDeferred(reg.service.startService)
-            except Exception as e:
-                if reg.origin != "plugin":
-                    raise
-                self.log.failure("plugin service {name} failed to start", name=reg.name)
-                reg.failure = _why(e)
         for tunnel in self.config.tunnels:
             self.tunnels.exposePort(tunnel.port, tunnel.name, tunnel.udp, tunnel.compress,
                                     list(tunnel.allow) if tunnel.allow else None, tunnel.secret)
         for fwd in self.config.forwards:
             yield self.forwards.start(fwd.address, fwd.port, fwd.bind, fwd.service, False, "tcp")
-        return self
 
     def _savePort(self) -> None:
         if not self._rememberPort:
@@ -335,6 +352,31 @@ class BeamDaemon(MultiService):
         names, the DHT, tunnels, the node, the control socket.
         """
         return MultiService.stopService(self)
+
+
+def _isolate(service: IService, reg: _Registered, log: Logger) -> None:
+    """
+    A plugin's service that fails to start (raises, or returns a failing
+    Deferred) is logged and marked failed; L{MultiService.startService}
+    goes on with the next child instead of stopping there.
+    """
+    start = service.startService
+
+    def guarded() -> None:
+        try:
+            result = start()
+        except Exception as e:
+            log.failure("plugin service {name} failed to start", name=reg.name)
+            reg.failure = _why(e)
+            return
+        if isinstance(result, Deferred):
+            def failed(f: Failure) -> None:
+                log.failure("plugin service {name} failed to start", failure=f, name=reg.name)
+                reg.failure = _why(f.value)
+
+            result.addErrback(failed)
+
+    service.startService = guarded  # type: ignore[method-assign]
 
 
 def _why(error: BaseException) -> str:

@@ -28,7 +28,7 @@ import socket
 import stat
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from twisted.application.service import Service
 from twisted.internet import error as netError
@@ -42,6 +42,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from beam.errors import BeamError
+from beam.statemachine import Readiness
 
 __all__ = [
     "CONTROL_SOCKET",
@@ -163,20 +164,42 @@ class ControlService(Service):
         self.socketPath = controlSocketPath(self.home)
         self.resource = resource
         self.port: IListeningPort | None = None
+        self._readiness = Readiness()
 
     def startService(self) -> Deferred[None]:
         """
-        Start listening.  The returned L{Deferred} fails with
-        L{NodeAlreadyRunning} when another node serves this home, or
-        L{ControlSocketError} when the socket cannot be created safely.
+        Start listening.  The returned L{Deferred} (and L{whenListening})
+        fails with L{NodeAlreadyRunning} when another node serves this
+        home, or L{ControlSocketError} when the socket cannot be created
+        safely.  Binding a UNIX socket is synchronous, so the outcome is
+        known when this returns (L{startFailure}): a parent can stop
+        before starting anything else.
         """
+        if self.running:
+            # Started early by its parent (see BeamDaemon.startService),
+            # then again by MultiService.startService.
+            return self.whenListening()
         super().startService()
         try:
             self._prepare()
         except BeamError as e:
             self.running = False
-            return fail(e)
-        return self._listen()
+            return self._readiness.begin(fail(e))
+        return self._readiness.begin(self._listen())
+
+    def whenListening(self) -> Deferred[None]:
+        """
+        The outcome of the last start (see L{Readiness}).
+        """
+        return self._readiness.when()
+
+    def startFailure(self) -> Optional[BaseException]:
+        """
+        Why the last start failed, if it failed already.
+        """
+        result: list[BaseException] = []
+        self.whenListening().addErrback(lambda f: result.append(f.value))
+        return result[0] if result else None
 
     def _prepare(self) -> None:
         if len(os.fsencode(self.socketPath)) > _MAX_SOCKET_PATH:

@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from beam import __version__
-from beam.statemachine import IGNORE, StateMachine
+from beam.statemachine import IGNORE, Readiness, StateMachine
 from beam.statemachine import ILLEGAL
 from beam.p2p.host.dialer import Dialer
 from beam.p2p.host.identifying import NodeIdentify
@@ -72,7 +72,6 @@ from beam.p2p.protocols.echo import ECHO_PROTOCOL, EchoProtocol
 from beam.p2p.transport.tcp import TCPTransport
 
 AGENT_VERSION = f"beam/{__version__}"
-_PENDING = object()
 
 
 class NodeState(Enum):
@@ -192,8 +191,7 @@ class Node(MultiService):
         self._ports: list[Any] = []
         self.listenAddrs: list[Multiaddr] = []
         self.peerStore = PeerStore(reactor)
-        self._listenResult: Any = None
-        self._listenWaiters: list[Deferred[None]] = []
+        self._readiness = Readiness()
         self.observedAddrs: dict[Multiaddr, int] = {}
         self._handlers: dict[str, StreamHandler] = {}
         self._reaper: Optional[LoopingCall] = None
@@ -289,36 +287,22 @@ class Node(MultiService):
         self._reaper = LoopingCall(self._reapIdle)
         self._reaper.clock = self.reactor
         self._reaper.start(max(0.05, min(self.idleTimeout / 4, 30.0)), now=False)
-        self._listenResult = _PENDING
-        self._listenWaiters = []
         listening = self.listen(self.configuredListenAddrs)
-
-        def settled(result: Any) -> Any:
-            self._move(NodeInput.LISTENED)
-            self._listenResult = result
-            waiters, self._listenWaiters = self._listenWaiters, []
-            for w in waiters:
-                w.errback(result) if isinstance(result, Failure) else w.callback(None)
-            return result
-
-        listening.addBoth(settled)
-        return listening
+        listening.addBoth(lambda r: (self._move(NodeInput.LISTENED), r)[1])
+        return self._readiness.begin(listening)
 
     def whenListening(self) -> Deferred[None]:
         """
         Fires once every configured address is listened on, or fails with
-        the reason one could not be (port in use, ...).  For a Node started
-        as a child of someone else's L{MultiService}, whose
-        C{startService} return value nobody reads.
+        the reason one could not be (port in use, ...), or with
+        L{NodeStopped} if the node was not started.  For a node started
+        by someone else's L{MultiService}, which ignores what
+        C{startService} returns: once asked, the failure is reported here
+        only.
         """
-        result = self._listenResult
-        if result is None and self.isStopping:
+        if not self._readiness.started:
             return fail(NodeStopped("the node is not started"))
-        if result is _PENDING:
-            d: Deferred[None] = Deferred()
-            self._listenWaiters.append(d)
-            return d
-        return fail(result) if isinstance(result, Failure) else succeed(None)
+        return self._readiness.when()
 
     def transportFor(self, addr: Multiaddr, listening: bool = False) -> Optional[ITransport]:
         for transport in self.transports:
