@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from beam.dht.service import NoDHTPeers
-from beam.errors import BeamError, NotFound
+from beam.errors import BeamError, NodeStopped, NotFound
 from beam.storage.home import readState, updateState
 from beam.names.pins import NamePins
 from beam.names.status import NameResolution, NameStatus
@@ -204,14 +205,23 @@ class NameService(Service):
     def _republish(self, reg: _Registration) -> None:
         reg.timer = None
         if self.registrations.get(reg.name) is reg:
-            self._publish(reg).addErrback(lambda f: self.log.failure("republishing failed", f))
+            self._publish(reg).addErrback(self._republishFailed)
+
+    def _republishFailed(self, f: Failure) -> None:
+        """
+        A republish cut short by the service stopping (its DHT requests
+        cancelled) is not a failure; anything else is logged.
+        """
+        if not self.running and f.check(CancelledError, NodeStopped):
+            return
+        self.log.failure("republishing failed", f)
 
     def republishAll(self) -> None:
         """
         Publish every name again now (our addresses or services changed).
         """
         for reg in list(self.registrations.values()):
-            self._publish(reg).addErrback(lambda f: self.log.failure("republishing failed", f))
+            self._publish(reg).addErrback(self._republishFailed)
 
     def withdraw(self, name: str) -> Deferred[NameStatus]:
         """
