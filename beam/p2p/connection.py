@@ -199,20 +199,3 @@ class PeerConnection:
 
     def whenClosed(self) -> Deferred[None]:
         return self.session.whenClosed()
-
-    def describe(self) -> dict:
-        """
-        A JSON-friendly summary for status output.
-        """
-        return {
-            "peer_id": str(self.remotePeer),
-            "direction": self.direction,
-            "transport": self.transport,
-            "limited": self.limited,
-            "remote_addr": str(self.remoteAddr),
-            "local_addr": str(self.localAddr),
-            "security": self.security,
-            "muxer": self.muxer,
-            "streams": self.streamCount,
-            "agent": self.identify.agentVersion if self.identify else None,
-        }
