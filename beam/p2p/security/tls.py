@@ -56,7 +56,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from beam.errors import HandshakeFailed, InvalidCertificate, PeerIDMismatch, SecurityError
+from beam.errors import HandshakeFailed, InvalidCertificate, PeerIDMismatch, SecurityError, describe
 from beam.identity.keys import Identity, PeerID, PublicKey
 from beam.p2p.interfaces import IAbortableTransport
 from beam.p2p.security._tlscert import CertifiedKey, makeCertificate, verifyCertificate
@@ -424,7 +424,7 @@ class TLSChannel(Protocol):
                 _log.failure("Error while closing TLS connection")
         if not self._settled:
             self._fail(HandshakeFailed(
-                f"connection lost during TLS handshake: {reason.getErrorMessage()}"
+                f"connection lost during TLS handshake: {describe(reason)}"
             ))
         elif self._upper is not None and not self._tlsLost:
             self._tlsConnectionLost(reason)
@@ -441,7 +441,7 @@ class TLSChannel(Protocol):
         # exchange).  Reading it is the only way to tell the two apart; if a
         # Twisted release renames it we merely lose detail and abort less.
         problem = getattr(self._tls, "_reason", None)
-        why = problem.getErrorMessage() if isinstance(problem, Failure) else "TLS error"
+        why = describe(problem) if isinstance(problem, Failure) else "TLS error"
         if not self._verified:
             self._fail(HandshakeFailed(f"TLS handshake failed: {why}"))
         elif isinstance(problem, Failure):
