@@ -41,7 +41,7 @@ from beam.dht.messages import Message, PeerInfo, decodeMessage, encodeMessage
 from beam.dht.routing import RoutingTable
 from beam.dht.status import BucketStatus, DHTStatus, RoutesStatus, RouteStatus
 from beam.dht.store import RecordStore
-from beam.errors import BeamError, DecodeError, NotFound, ProtocolError
+from beam.errors import BeamError, DecodeError, NotFound, ProtocolError, describe
 from beam.storage.fileutil import atomicWrite
 from beam.encoding.framing import LengthPrefixedReader, encodeLengthPrefixed
 from beam.identity.keys import PeerID
@@ -256,7 +256,7 @@ class KademliaService(Service):
         if self.bootstrapAddrs or self.kad.routingTable.size:
             self._initial = self.bootstrap(self.bootstrapAddrs)
             self._initial.addErrback(
-                lambda f: self.log.info("DHT bootstrap: {why}", why=f.getErrorMessage())
+                lambda f: self.log.info("DHT bootstrap: {why}", why=describe(f))
             )
 
     def whenBootstrapped(self) -> Deferred[None]:

@@ -24,7 +24,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from beam.errors import BeamError, ConnectionLimitExceeded, HandshakeFailed, MuxerClosed
+from beam.errors import BeamError, ConnectionLimitExceeded, HandshakeFailed, MuxerClosed, describe
 from beam.identity.keys import PeerID
 from beam.p2p.interfaces import IAbortableTransport
 from beam.p2p.multistream import MultistreamDialer, MultistreamListener, MultistreamProtocol
@@ -150,7 +150,7 @@ class UpgradingProtocol(_Delegating):
         self.log.info(
             "connection with {peer} failed during upgrade: {reason}",
             peer=self.transport.getPeer() if self.transport else None,
-            reason=failure.getErrorMessage(),
+            reason=describe(failure),
         )
         if self.transport is not None:
             self.transport.abortConnection()
@@ -166,7 +166,7 @@ class UpgradingProtocol(_Delegating):
         if not self.finished:
             if reason.check(BeamError) is None:
                 reason = Failure(HandshakeFailed(
-                    f"the peer closed the connection during the handshake ({reason.getErrorMessage()})"
+                    f"the peer closed the connection during the handshake ({describe(reason)})"
                 ))
             self._fail(reason)
 

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from beam.errors import BeamError, DialError, ProtocolError
+from beam.errors import BeamError, DialError, ProtocolError, describe
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
 from beam.tunnel._forward_machine import ForwardCore, ForwardMachine, HostUnreachable
@@ -224,7 +224,7 @@ class TunnelForward(Service):
         def failed(f: Failure) -> Failure:
             if f.check(CancelledError):
                 return f
-            return Failure(BeamError(f"cannot listen on {self.bind}:{self.localPort}: {f.getErrorMessage()}"))
+            return Failure(BeamError(f"cannot listen on {self.bind}:{self.localPort}: {describe(f)}"))
 
         return d.addCallbacks(listening, failed)
 
@@ -372,11 +372,11 @@ class TunnelForward(Service):
             if f.check(CancelledError):
                 return
             self.stats.failed += 1
-            self.log.info("tunnel to {label} failed: {reason}", label=self.label, reason=f.getErrorMessage())
+            self.log.info("tunnel to {label} failed: {reason}", label=self.label, reason=describe(f))
             if f.check(DialError) or not self._connected():
                 # The node's own dial failed, or the connection is gone:
                 # the machine decides whether that starts a backoff.
-                self._machine.streamFailed(f.getErrorMessage())
+                self._machine.streamFailed(describe(f))
             result.errback(f)
 
         def opened(_: Any) -> None:
@@ -554,4 +554,4 @@ class _ClientStream(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.finished:
-            self._fail(BeamError(f"the tunnel stream ended before the host answered ({reason.getErrorMessage()})"))
+            self._fail(BeamError(f"the tunnel stream ended before the host answered ({describe(reason)})"))

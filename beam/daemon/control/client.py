@@ -22,7 +22,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from beam.daemon.control.socket import NoNodeRunning, controlSocketPath
-from beam.errors import BeamError
+from beam.errors import BeamError, describe
 
 __all__ = ["ControlClient", "ControlError", "MAX_RESPONSE"]
 
@@ -166,4 +166,4 @@ class _BodyCollector(Protocol):
         elif reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(bytes(self.data))
         else:
-            self.done.errback(ControlError(f"the node's answer was cut off: {reason.getErrorMessage()}"))
+            self.done.errback(ControlError(f"the node's answer was cut off: {describe(reason)}"))

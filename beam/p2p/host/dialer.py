@@ -28,7 +28,7 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from beam.p2p.connection import PeerConnection
-from beam.errors import BeamError, ConnectionLimitExceeded, DialError, NodeStopped, PeerIDMismatch
+from beam.errors import BeamError, ConnectionLimitExceeded, DialError, NodeStopped, PeerIDMismatch, describe
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
 
@@ -127,7 +127,7 @@ class Dialer:
                 if mismatches and not errors:
                     result.errback(mismatches[0])
                     return
-                where = "; ".join(errors + [m.getErrorMessage() for m in mismatches]) or "no addresses"
+                where = "; ".join(errors + [describe(m) for m in mismatches]) or "no addresses"
                 if len(addrs) == 1:
                     who = f"{peer} at {addrs[0]}" if peer is not None else str(addrs[0])
                 else:
@@ -162,7 +162,7 @@ class Dialer:
                     if not result.called:
                         result.errback(f)
                     return
-                reason = f.getErrorMessage()
+                reason = describe(f)
                 errors.append(reason if len(addrs) == 1 else f"{addrs[i]}: {reason}")
                 attempt(i + 1)
 
@@ -213,7 +213,7 @@ class Dialer:
             elif f.check(CancelledError, ConnectingCancelledError):
                 result.errback(CancelledError())
             else:
-                result.errback(DialError(f.getErrorMessage()))
+                result.errback(DialError(describe(f)))
 
         connecting.addCallbacks(connected, failed)
         return result

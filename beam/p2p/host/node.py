@@ -869,7 +869,9 @@ class Node(MultiService):
 
     # -- ping ------------------------------------------------------------
 
-    def ping(self, target: Target, count: int = 1, timeout: float = 10.0, interval: float = 0.0) -> Deferred[list[float]]:
+    def ping(
+        self, target: Target, count: int = 1, timeout: float = 10.0, interval: float = 0.0
+    ) -> Deferred[list[float]]:
         """
         Ping C{target} C{count} times over one stream; fires with the
         round-trip times in seconds.
