@@ -101,7 +101,7 @@ def makeService(options: Any) -> IService:
     def failed(f: Any) -> None:
         # twistd has no other way to hear about it.
         daemon.log.critical("beam could not start: {why}", why=f.getErrorMessage())
-        reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
+        reactor.callLater(0, reactor.stop)
 
     daemon = BeamDaemon(reactor, options["home"], identity, options["config"], onStartFailure=failed)
     daemon.setName("beam")

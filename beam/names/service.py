@@ -80,7 +80,8 @@ class NameService(Service):
     """
 
     log = Logger()
-    name = "names"
+    # Twisted's Service says name = None, which mypy reads as "always None".
+    name = "names"  # type: ignore[assignment]
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 import attrs
 from twisted.application.service import Service
@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from beam.errors import BeamError, Conflict, NotFound, ProtocolError
 from beam.identity.keys import PeerID
+from beam.p2p.interfaces import IStreamTransport
 from beam.tunnel.access import PUBLIC, AccessPolicy
 from beam.tunnel.protocol import (
     TUNNEL_PROTOCOL,
@@ -44,6 +45,9 @@ from beam.tunnel.protocol import (
 )
 from beam.tunnel.splice import Splice, TunnelStats
 from beam.tunnel.status import TunnelStatus, trafficStatus
+
+if TYPE_CHECKING:
+    from beam.p2p.muxer.yamux import YamuxStream
 
 __all__ = ["ServiceSpec", "TunnelHost", "ServiceExists", "TunnelSpecError"]
 
@@ -157,7 +161,8 @@ class TunnelHost(Service):
     """
 
     log = Logger()
-    name = "tunnels"
+    # Twisted's Service says name = None, which mypy reads as "always None".
+    name = "tunnels"  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -234,10 +239,10 @@ class TunnelHost(Service):
             for spec in self.services.values():
                 return spec
             raise ServiceNotFound("this host exposes no services")
-        spec = self.services.get(name)
-        if spec is None:
+        found = self.services.get(name)
+        if found is None:
             raise ServiceNotFound(f"no service named {name!r}")
-        return spec
+        return found
 
     @property
     def totals(self) -> TunnelStats:
@@ -385,6 +390,7 @@ class TunnelHost(Service):
         super().stopService()
         self.node.removeStreamHandler(TUNNEL_PROTOCOL)
         for pending in list(self._pending):
+            assert pending.transport is not None  # pending from connectionMade on
             pending.transport.abortConnection()
         for splice in list(self._splices):
             splice.abort()
@@ -461,7 +467,7 @@ class TunnelHost(Service):
             return
         stats.total += 1
         self._pending.discard(proto)
-        stream: Any = proto.transport
+        stream = proto.stream()
         stream.write(encodeResponse(TunnelResponse(compression=compression)))
         wrapped = wrapStream(local, compression)
         stream.setProtocol(wrapped)
@@ -491,7 +497,7 @@ class TunnelHost(Service):
             return
         self._statsFor(spec.name).total += 1
         self._pending.discard(proto)
-        stream = proto.transport
+        stream = proto.stream()
         stream.write(encodeResponse(TunnelResponse(compression=compression)))
         wrapped = wrapStream(relay, compression)
         stream.setProtocol(wrapped)
@@ -509,10 +515,11 @@ class TunnelHost(Service):
         def connected(_: Any) -> None:
             proto.connecting = None
             if proto.gone:
+                assert splice.local.transport is not None  # connectProtocol connected it
                 splice.local.transport.abortConnection()
                 return
             self._pending.discard(proto)
-            stream = proto.transport
+            stream = proto.stream()
             stream.write(encodeResponse(TunnelResponse(compression=compression)))
             wrapped = wrapStream(splice.remote, compression)
             stream.setProtocol(wrapped)
@@ -562,6 +569,8 @@ class _HostStream(Protocol):
     @ivar leftover: bytes that followed the request.
     """
 
+    transport: Optional[IStreamTransport]
+
     def __init__(self, host: TunnelHost) -> None:
         self.host = host
         self.reader = RequestReader()
@@ -570,6 +579,14 @@ class _HostStream(Protocol):
         self.connecting: Optional[Deferred[Any]] = None
         self.leftover = b""
         self._timer: Any = None
+
+    def stream(self) -> "YamuxStream":
+        """
+        The stream, to connect another protocol to (C{setProtocol}): the
+        node hands stream handlers yamux streams.
+        """
+        assert self.transport is not None  # the host answers only connected streams
+        return cast("YamuxStream", self.transport)
 
     def _peer(self) -> Any:
         conn = getattr(self.transport, "connection", None)
@@ -585,6 +602,7 @@ class _HostStream(Protocol):
             "tunnel request from {peer} did not arrive within {t:g} s", peer=self._peer(),
             t=self.host.requestTimeout,
         )
+        assert self.transport is not None  # the timer starts in connectionMade
         self.transport.abortConnection()
 
     def _cancelTimer(self) -> None:
@@ -607,6 +625,7 @@ class _HostStream(Protocol):
         self._cancelTimer()
         self.done = True
         self.leftover = self.reader.leftover
+        assert self.transport is not None  # data arrives only once connected
         self.transport.pauseProducing()
         try:
             self.host._handle(self, request, self._peer())
@@ -620,6 +639,7 @@ class _HostStream(Protocol):
         """
         self.done = True
         self.host._pending.discard(self)
+        assert self.transport is not None  # answering a request it sent
         self.transport.write(encodeResponse(response))
         self.transport.loseConnection()
         self.transport.resumeProducing()
@@ -631,6 +651,7 @@ class _HostStream(Protocol):
         """
         self.done = True
         self.host._pending.discard(self)
+        assert self.transport is not None  # refusing a request it sent
         self.transport.write(encodeResponse(TunnelResponse.refusing(error)))
         self.transport.loseConnection()
         self.transport.resumeProducing()
@@ -640,6 +661,7 @@ class _HostStream(Protocol):
             self._cancelTimer()
             self.done = True
             self.host._pending.discard(self)
+            assert self.transport is not None  # its input ended, so it was connected
             self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
