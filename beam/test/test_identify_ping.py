@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from beam.encoding.framing import encodeLengthPrefixed
-from beam.errors import PingTimeout
+from beam.errors import BeamError, PingTimeout
 from beam.p2p.protocols.identify import IdentifyError, IdentifyInfo, IdentifyReceiver, IdentifySender
 from beam.identity.keys import Identity
 from beam.identity.multiaddr import Multiaddr
@@ -156,6 +156,34 @@ class PingTests(SynchronousTestCase):
         d = client.ping()
         client.connectionLost(None)
         self.failureResultOf(d)
+
+    def test_pingAfterClose(self) -> None:
+        """
+        A ping after the stream closed fails at once with the reason it
+        closed (it raised AttributeError: the nonexistent
+        C{Deferred.fromFailure}), and writes nothing.
+        """
+        client = PingClient(Clock())
+        t = MemoryTransport()
+        client.makeConnection(t)
+        client.connectionLost(None)
+        f = self.failureResultOf(client.ping(), BeamError)
+        self.assertEqual(f.getErrorMessage(), "the ping stream closed")
+        self.assertEqual(t.written, 0)
+
+    def test_pingAfterMismatch(self) -> None:
+        """
+        After a wrong echo aborted the stream, a ping fails with that
+        L{PingMismatch}, the reason the stream was closed.
+        """
+        client = PingClient(Clock(), random=lambda n: b"a" * n)
+        client.makeConnection(MemoryTransport())
+        d = client.ping()
+        client.dataReceived(b"b" * PING_SIZE)
+        self.failureResultOf(d, PingMismatch)
+        client.connectionLost(None)
+        f = self.failureResultOf(client.ping(), PingMismatch)
+        self.assertEqual(f.getErrorMessage(), "the peer echoed different bytes")
 
 
 class SlowResponder(Protocol):
