@@ -8,18 +8,59 @@ leads to one of them.  The wire is in L{beam.tunnel.protocol}, the joining
 of a TCP connection and a stream in L{beam.tunnel.splice}.
 """
 
-from beam.tunnel.access import PUBLIC, AccessPolicy
-from beam.tunnel.client import HostUnreachable, TunnelForward
-from beam.tunnel.host import ServiceExists, ServiceSpec, TunnelHost
-from beam.tunnel.protocol import (
-    TUNNEL_PROTOCOL,
-    AccessDenied,
-    BadTunnelRequest,
-    ServiceNotFound,
-    ServiceUnavailable,
-    TunnelRefused,
-)
-from beam.tunnel.splice import Splice, TunnelStats
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from beam.tunnel.access import PUBLIC, AccessPolicy
+    from beam.tunnel.client import HostUnreachable, TunnelForward
+    from beam.tunnel.host import ServiceExists, ServiceSpec, TunnelHost
+    from beam.tunnel.protocol import (
+        TUNNEL_PROTOCOL,
+        AccessDenied,
+        BadTunnelRequest,
+        ServiceNotFound,
+        ServiceUnavailable,
+        TunnelRefused,
+    )
+    from beam.tunnel.splice import Splice, TunnelStats
+
+#: Where each public name lives.  They are imported on first use (PEP 562),
+#: so that importing one submodule (C{beam.tunnel.share}, which the daemon's
+#: configuration needs) does not load them all: a node that only exposes
+#: services never loads the forward's machinery (Automat, ~1 MiB).
+_WHERE = {
+    "PUBLIC": "access",
+    "AccessPolicy": "access",
+    "HostUnreachable": "client",
+    "TunnelForward": "client",
+    "ServiceExists": "host",
+    "ServiceSpec": "host",
+    "TunnelHost": "host",
+    "TUNNEL_PROTOCOL": "protocol",
+    "AccessDenied": "protocol",
+    "BadTunnelRequest": "protocol",
+    "ServiceNotFound": "protocol",
+    "ServiceUnavailable": "protocol",
+    "TunnelRefused": "protocol",
+    "Splice": "splice",
+    "TunnelStats": "splice",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'beam.tunnel' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"beam.tunnel.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "PUBLIC",

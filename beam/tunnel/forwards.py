@@ -12,7 +12,7 @@ Forwards are kept by their local port; stopping the service stops them all.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred, succeed
@@ -22,11 +22,15 @@ from beam.errors import BeamError, NotFound
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
 from beam.p2p.transport.tcp import listenFailureReason
-from beam.tunnel.client import TunnelForward
 from beam.tunnel.host import TunnelSpecError
 from beam.tunnel.protocol import TunnelRefused
 from beam.tunnel.share import ShareAddress, parseShareAddress
 from beam.tunnel.status import ForwardStatus, trafficStatus
+
+if TYPE_CHECKING:
+    # Imported where a forward is made: a node that only exposes services
+    # never loads the forward's machinery.
+    from beam.tunnel.client import TunnelForward
 
 __all__ = ["Forwards"]
 
@@ -134,6 +138,8 @@ class Forwards(Service):
 
             def resolveAddrs() -> Deferred[Any]:
                 return resolver(name, False).addCallback(lambda r: [Multiaddr.fromString(a) for a in r.addrs])
+
+        from beam.tunnel.client import TunnelForward
 
         fwd = TunnelForward.fromShare(
             self.reactor, self.node, share, kind=kind, localPort=port or 0,
