@@ -384,7 +384,7 @@ def _printTunnel(
 
 
 async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
-    from beam.daemon.control import ControlClient, nodeRunning
+    from beam.daemon.control.socket import nodeRunning
     from beam.identity.keys import PeerID
 
     if not 0 < args.port < 65536:
@@ -397,6 +397,8 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         )
     home = _home(args)
     if nodeRunning(home):
+        from beam.daemon.control.client import ControlClient
+
         client = ControlClient(reactor, home)
         body: dict[str, Any] = {"port": args.port, "udp": args.udp, "compress": args.compress,
                                 "secret": bool(args.secret)}
@@ -444,7 +446,7 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
 
 
 async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
-    from beam.daemon.control import ControlClient, nodeRunning
+    from beam.daemon.control.socket import nodeRunning
     from beam.tunnel.share import parseShareAddress
 
     isName = not args.target.startswith(("beam://", "/"))
@@ -452,6 +454,8 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         parseShareAddress(args.target, args.service)  # fail fast on a malformed address
     home = _home(args)
     if nodeRunning(home):
+        from beam.daemon.control.client import ControlClient
+
         client = ControlClient(reactor, home)
         body: dict[str, Any] = {"target": args.target, "bind": args.bind, "compress": args.compress,
                                 "udp": args.udp}
