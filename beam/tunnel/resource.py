@@ -16,10 +16,14 @@ Routes (bodies are JSON objects)::
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.web.resource import IResource
-from twisted.web.server import Request
+
+if TYPE_CHECKING:
+    # Only annotations: twisted.web.server (~4 MiB) is the control socket's
+    # to import, when it serves.
+    from twisted.web.server import Request
 
 from beam.controlapi import BadRequest, JSONResource, checkUnknown, childKey, field, portField, readBody
 from beam.errors import InvalidPeerID
