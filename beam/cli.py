@@ -878,7 +878,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     exitCode = [0]
 
     def run(reactor: Any) -> Deferred[None]:
-        d = ensureDeferred(command(reactor, args, out))
+        # react() calls us before reactor.run(), i.e. before Twisted
+        # installs its SIGTERM/SIGINT handlers: start the command once the
+        # reactor runs, so that a SIGTERM that follows our "ready" line
+        # (systemd, kill, a test) stops us cleanly instead of killing us.
+        d: Deferred[Any] = Deferred()
+        reactor.callWhenRunning(d.callback, None)
+        d.addCallback(lambda _: ensureDeferred(command(reactor, args, out)))
 
         def done(code: int) -> None:
             exitCode[0] = code

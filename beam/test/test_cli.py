@@ -62,11 +62,16 @@ class CLITests(SynchronousTestCase):
     def setUp(self) -> None:
         self.home = self.mktemp()
 
-    def startDaemon(self, home: str) -> tuple[subprocess.Popen[str], dict]:
+    def startDaemon(self, home: str, ignoreSIGINT: bool = False) -> tuple[subprocess.Popen[str], dict]:
+        """
+        C{beam daemon --json} in its own process; with C{ignoreSIGINT}, as
+        a shell starts a background job or C{nohup} does (SIGINT ignored).
+        """
         proc = subprocess.Popen(
             [str(BIN / "beam"), "--home", home, "daemon", "--json",
              "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip6/::1/tcp/0"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignoreSIGINT else None,
         )
         self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
         ready = json.loads(readLine(proc))
@@ -90,7 +95,9 @@ class CLITests(SynchronousTestCase):
         """
         C{beam daemon --json} prints a ready event with /p2p/ addresses
         (IPv4 and IPv6); C{beam ping} reaches it with round-trip times; the
-        daemon reports the connection and exits cleanly on SIGINT.
+        daemon reports the connection and exits cleanly on SIGTERM (what
+        systemd and kill send; SIGINT is ignored by background jobs, so the
+        test does not depend on how the test runner was started).
         """
         proc, ready = self.startDaemon(self.home)
         self.assertEqual(ready["event"], "ready")
@@ -111,8 +118,20 @@ class CLITests(SynchronousTestCase):
         self.assertIn("seq=1 time=", text.stdout)
         connected = json.loads(readLine(proc))
         self.assertEqual(connected["event"], "connected")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         self.assertEqual(proc.wait(timeout=20), 0)
+
+    def test_sigtermWithSIGINTIgnored(self) -> None:
+        """
+        A daemon started with SIGINT ignored (a background job, C{nohup})
+        still stops cleanly, exit status 0 and no traceback, on SIGTERM.
+        """
+        proc, ready = self.startDaemon(self.home, ignoreSIGINT=True)
+        self.assertEqual(ready["event"], "ready")
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(timeout=20), 0)
+        assert proc.stderr is not None
+        self.assertNotIn("Traceback", proc.stderr.read())
 
     def test_pingErrors(self) -> None:
         """
@@ -366,7 +385,7 @@ class CLIErrorTests(SynchronousTestCase):
                 break
         self.assertEqual(event["peer_id"], joined["peer_id"])
         for proc in (second, first):
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
             self.assertEqual(proc.wait(timeout=20), 0)
 
     def test_cutOffAnswerInPlainWords(self) -> None:
