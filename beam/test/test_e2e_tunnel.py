@@ -633,12 +633,15 @@ class AccessTests(E2EMixin, SynchronousTestCase):
         """
         With C{--secret} the share address carries the secret; a client
         using it gets through, one whose address lost the secret is
-        refused.
+        refused.  The secret never reaches the host's log.
         """
         _svc, svcPort = self.service()
         host, ready, _ = self.expose(svcPort, "--secret")
         share = ready["share"]
         self.assertIn("#", share)
+        secret = share.split("#", 1)[1]
+        self.assertIn("with the secret", host.waitForLog("on the other side run"))
+        self.assertNotIn(secret, host.log())
         stripped = share.split("#", 1)[0]
         self.assertRefusedAtStart(stripped, host)
         _friend, friendPort, _ = self.connect(share)

@@ -297,9 +297,12 @@ class TunnelHost(Service):
             raise Conflict(f"a tunnel named {spec.name!r} already exists")
         self.expose(spec)
         status = self.tunnelStatus(spec)
+        # The log (the journal, under systemd) never gets the secret: it is
+        # for whoever holds the share address, which the CLI prints.
+        connect = status.connect.split("#", 1)[0] + (" (with the secret)" if "#" in status.connect else "")
         self.log.info(
             "exposing {kind} {where} as {name}; on the other side run: {connect}",
-            kind=kind, where=spec.where, name=spec.name, connect=status.connect,
+            kind=kind, where=spec.where, name=spec.name, connect=connect,
         )
         return status
 
