@@ -92,6 +92,31 @@ _GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 _LISTENING_COMMANDS = ("expose", "connect", "register", "daemon")
 
 
+
+def _localPort(text: str) -> int:
+    """
+    A local port number, checked before anything starts.
+    """
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0 to 65535)")
+    return port
+
+
+def _bindAddress(text: str) -> str:
+    """
+    A local IP address to listen on, checked before anything starts.
+    """
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
 def _addGlobalOptions(parser: argparse.ArgumentParser, top: bool) -> None:
     group = parser.add_argument_group("global options (before or after the command)")
     for flags, options in _GLOBAL_OPTIONS:
@@ -170,8 +195,9 @@ def _parser() -> _Parser:
                                   "or a multiaddr ending in /p2p/PEER_ID")
     s.add_argument("--accept-new-key", action="store_true",
                    help="accept that the name now belongs to a different key than last time")
-    s.add_argument("--port", "-p", type=int, default=0, help="local port (default: any free port)")
-    s.add_argument("--bind", default="127.0.0.1", help="local address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", "-p", type=_localPort, default=0, help="local port (default: any free port)")
+    s.add_argument("--bind", type=_bindAddress, default="127.0.0.1",
+                   help="local address to listen on (default 127.0.0.1)")
     s.add_argument("--service", help="the service to reach (default: the one in the share address)")
     s.add_argument("--udp", action="store_true", help="forward UDP datagrams")
     s.add_argument("--compress", action="store_true", help="offer lz4 compression")

@@ -270,6 +270,21 @@ class ArgumentTests(SynchronousTestCase):
         self.assertEqual(err.strip().splitlines()[-1],
                          "beam: unrecognized arguments: --frob (see `beam daemon --help`)")
 
+    def test_connectPortAndBindChecked(self) -> None:
+        """
+        C{beam connect --port 99999}, a non-number port and C{--bind
+        999.0.0.1} are usage errors before anything starts (exit status
+        2, one line); a valid IPv6 bind address is normalised.
+        """
+        target = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWQchxNaHT1nsGLfgPRi6HUGWW1qBrrSHu5vN6WvxJGqNU"
+        for flags, words in ((["--port", "99999"], "99999 is not a port number"),
+                             (["--port", "abc"], "'abc' is not a port number"),
+                             (["--bind", "999.0.0.1"], "'999.0.0.1' is not an IP address")):
+            code, out, err = runMain("connect", target, *flags)
+            self.assertEqual((code, out), (2, ""), err)
+            self.assertIn(words, err.strip().splitlines()[-1])
+        self.assertEqual(parse("connect", target, "--bind", "0:0::1").bind, "::1")
+
     def test_usageErrorsAsJSON(self) -> None:
         """
         With C{--json} anywhere, a command line that does not parse, or no

@@ -224,7 +224,8 @@ class TunnelForward(Service):
         def failed(f: Failure) -> Failure:
             if f.check(CancelledError):
                 return f
-            return Failure(BeamError(f"cannot listen on {self.bind}:{self.localPort}: {describe(f)}"))
+            # describe() already says "cannot listen on HOST:PORT: why".
+            return Failure(BeamError(describe(f)))
 
         return d.addCallbacks(listening, failed)
 
