@@ -707,7 +707,8 @@ class Beam(Contender):
             os.makedirs(profileDir, exist_ok=True)
             cmd = [sys.executable, "-c", _PROFILE_HOOK, profileDir, f"{self.tag}-{name}"]
         else:
-            cmd = [sys.executable, "-c", "import sys; from beam.cli import main; sys.argv[0] = 'beam'; sys.exit(main())"]
+            cmd = [sys.executable, "-c",
+                   "import sys; from beam.cli import main; sys.argv[0] = 'beam'; sys.exit(main())"]
         proc = subprocess.Popen(
             [*cmd, "--home", home, *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, cwd=ROOT,
