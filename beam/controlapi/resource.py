@@ -24,16 +24,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, Request
+
+if TYPE_CHECKING:
+    # Only annotations: twisted.web.server is the control socket's to
+    # import, when it first serves (beam.daemon.control.socket).
+    from twisted.web.server import Request
 
 from beam.controlapi.values import asJSON
 from beam.errors import BeamError, Conflict, NotFound
+
+#: C{twisted.web.server.NOT_DONE_YET} (C{1}), without importing the server.
+NOT_DONE_YET = 1
 
 __all__ = [
     "MAX_BODY",

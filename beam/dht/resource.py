@@ -12,9 +12,12 @@ C{/v1/network/routes} and C{/v1/network/bootstrap}.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.web.server import Request
+if TYPE_CHECKING:
+    # Only annotations: twisted.web.server is the control socket's to
+    # import, when it first serves (beam.daemon.control.socket).
+    from twisted.web.server import Request
 
 from beam.controlapi import BadRequest, JSONResource, checkUnknown, field, readBody
 from beam.errors import InvalidMultiaddr

@@ -11,10 +11,13 @@ The daemon also serves the lookup at its older place, C{/v1/resolve/<name>}.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.web.resource import IResource
-from twisted.web.server import Request
+if TYPE_CHECKING:
+    # Only annotations: twisted.web.server is the control socket's to
+    # import, when it first serves (beam.daemon.control.socket).
+    from twisted.web.server import Request
 
 from beam.controlapi import BadRequest, JSONResource, checkUnknown, childKey, field, queryFlag, readBody
 

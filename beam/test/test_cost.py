@@ -67,6 +67,14 @@ NEVER = (
     "beam.endpoints",
 )
 
+#: Not imported by either command while no one uses the control socket: its
+#: HTTP server (built on the first connection) and the control API's client
+#: (what the command line talks to an already running node with).
+NOT_UNTIL_USED = (
+    "twisted.web.server",
+    "twisted.web.client",
+)
+
 #: Not imported by C{beam PORT}, which makes no forward.
 NOT_BY_THE_HOST = (
     "beam.tunnel.client",
@@ -170,25 +178,26 @@ class TunnelImportsTests(SynchronousTestCase):
     def test_exposeImportsNoForwardOrTestCode(self) -> None:
         """
         C{beam PORT} imports no test code, no compression or UDP code (none
-        was asked for) and none of the forward's machinery (it makes no
-        forward: C{beam.tunnel.client}, its state machine, Automat).
+        was asked for), no HTTP server or client (no one used the control
+        socket) and none of the forward's machinery (it makes no forward:
+        C{beam.tunnel.client}, its state machine, Automat).
         """
         modules = self.host.modules()
         self.assertIn("beam.tunnel.host", modules)
-        self.assertEqual(_imported(modules, NEVER + NOT_BY_THE_HOST), [])
+        self.assertEqual(_imported(modules, NEVER + NOT_UNTIL_USED + NOT_BY_THE_HOST), [])
 
     def test_connectImportsNoTestCode(self) -> None:
         """
         C{beam connect}, once its forward listens, has imported the forward
-        but no test code and no compression or UDP code (it offered no
-        compression and forwards TCP).
+        but no test code, no compression or UDP code (it offered no
+        compression and forwards TCP) and no HTTP server or client.
         """
         client = _Command(self, os.path.join(self.tmp, "h2"),
                           ["connect", self.share, "--port", str(_freePort())])
         client.ready()
         modules = client.modules()
         self.assertIn("beam.tunnel.client", modules)
-        self.assertEqual(_imported(modules, NEVER), [])
+        self.assertEqual(_imported(modules, NEVER + NOT_UNTIL_USED), [])
 
 
 class StreamBuffersTests(SynchronousTestCase):

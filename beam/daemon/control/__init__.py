@@ -14,16 +14,52 @@ C{/v1/forwards}), L{beam.names.resource} (C{/v1/names}),
 L{beam.dht.resource} (C{/v1/kademlia}).
 """
 
-from beam.daemon.control.client import MAX_RESPONSE, ControlClient, ControlError
-from beam.daemon.control.socket import (
-    CONTROL_SOCKET,
-    ControlService,
-    ControlSocketError,
-    NodeAlreadyRunning,
-    NoNodeRunning,
-    controlSocketPath,
-    nodeRunning,
-)
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from beam.daemon.control.client import MAX_RESPONSE, ControlClient, ControlError
+    from beam.daemon.control.socket import (
+        CONTROL_SOCKET,
+        ControlService,
+        ControlSocketError,
+        NodeAlreadyRunning,
+        NoNodeRunning,
+        controlSocketPath,
+        nodeRunning,
+    )
+
+#: Where each name lives.  They are loaded on first use (PEP 562): a tunnel
+#: command that only checks C{nodeRunning} does not load the HTTP client
+#: (C{twisted.web.client}), which it needs only to talk to a running node.
+_LAZY = {
+    "MAX_RESPONSE": "client",
+    "ControlClient": "client",
+    "ControlError": "client",
+    "CONTROL_SOCKET": "socket",
+    "ControlService": "socket",
+    "ControlSocketError": "socket",
+    "NodeAlreadyRunning": "socket",
+    "NoNodeRunning": "socket",
+    "controlSocketPath": "socket",
+    "nodeRunning": "socket",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "CONTROL_SOCKET",

@@ -23,9 +23,12 @@ bodies, and 500 (with the traceback logged, never sent) for bugs.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.web.server import Request
+if TYPE_CHECKING:
+    # Only annotations: twisted.web.server is the control socket's to
+    # import, when it first serves (beam.daemon.control.socket).
+    from twisted.web.server import Request
 
 from beam.controlapi import Alias, JSONResource
 from beam.daemon.status import networkJSON, statusJSON

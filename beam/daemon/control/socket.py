@@ -28,21 +28,25 @@ import socket
 import stat
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.application.service import Service
 from twisted.internet import error as netError
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import UNIXServerEndpoint
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IAddress, IListeningPort
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python import lockfile
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
-from twisted.web.server import Site
 
 from beam.errors import BeamError
 from beam.statemachine import Readiness
+
+if TYPE_CHECKING:
+    # The control socket imports the HTTP server when it first serves.
+    from twisted.web.server import Site
 
 __all__ = [
     "CONTROL_SOCKET",
@@ -84,16 +88,47 @@ def controlSocketPath(home: Path | str) -> Path:
     return Path(home) / CONTROL_SOCKET
 
 
-class _QuietSite(Site):
+def _quietSite(resource: IResource) -> Site:
     """
-    A L{Site} without an access log: the operations are logged by the node
-    itself, and a status poll every second should not flood the log.
+    A L{Site<twisted.web.server.Site>} serving C{resource}, without an
+    access log: the operations are logged by the node itself, and a status
+    poll every second should not flood the log.
+    """
+    from twisted.web.server import Site
+
+    class _QuietSite(Site):
+        noisy = False
+
+        def log(self, request: Any) -> None:
+            pass
+
+    return _QuietSite(resource, timeout=60)
+
+
+class _LazySite(Factory):
+    """
+    The control socket's factory: it builds the L{Site<twisted.web.server.Site>}
+    (and imports C{twisted.web.server}, a few MiB that a tunnel command
+    otherwise never uses) when the first client connects, then hands every
+    connection to it.
     """
 
     noisy = False
 
-    def log(self, request: Any) -> None:
-        pass
+    def __init__(self, resource: IResource) -> None:
+        self.resource = resource
+        self.site: Site | None = None
+
+    def buildProtocol(self, addr: Optional[IAddress]) -> Any:
+        if self.site is None:
+            self.site = _quietSite(self.resource)
+            self.site.doStart()
+        return self.site.buildProtocol(addr)
+
+    def stopFactory(self) -> None:
+        site, self.site = self.site, None
+        if site is not None:
+            site.doStop()
 
 
 def _checkStaleSocket(path: Path) -> None:
@@ -215,7 +250,7 @@ class ControlService(Service):
 
     def _listen(self) -> Deferred[None]:
         endpoint = UNIXServerEndpoint(self.reactor, str(self.socketPath), mode=0o600, wantPID=True)
-        site = _QuietSite(self.resource, timeout=60)
+        site = _LazySite(self.resource)
         # listenUNIX binds synchronously inside listen(), so the umask only
         # needs to cover this call.  The umask is process-wide; Beam creates
         # no files from other threads.
