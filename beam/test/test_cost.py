@@ -67,12 +67,15 @@ NEVER = (
     "beam.endpoints",
 )
 
-#: Not imported by either command while no one uses the control socket: its
-#: HTTP server (built on the first connection) and the control API's client
-#: (what the command line talks to an already running node with).
+#: Not imported by either command until used: the control socket's HTTP
+#: server (built on the first connection), the control API's client (what
+#: the command line talks to an already running node with), and TLS.
 NOT_UNTIL_USED = (
     "twisted.web.server",
     "twisted.web.client",
+    # Beam's TLS, until a peer picks /tls/1.0.0 (both ends choose Noise).
+    # OpenSSL itself is imported by Twisted's reactor whether used or not.
+    "beam.p2p.security.tls",
 )
 
 #: Not imported by C{beam PORT}, which makes no forward.
@@ -179,8 +182,9 @@ class TunnelImportsTests(SynchronousTestCase):
         """
         C{beam PORT} imports no test code, no compression or UDP code (none
         was asked for), no HTTP server or client (no one used the control
-        socket) and none of the forward's machinery (it makes no forward:
-        C{beam.tunnel.client}, its state machine, Automat).
+        socket), no TLS (the tunnel's ends chose Noise) and none of the
+        forward's machinery (it makes no forward: C{beam.tunnel.client}, its
+        state machine, Automat).
         """
         modules = self.host.modules()
         self.assertIn("beam.tunnel.host", modules)
@@ -190,7 +194,7 @@ class TunnelImportsTests(SynchronousTestCase):
         """
         C{beam connect}, once its forward listens, has imported the forward
         but no test code, no compression or UDP code (it offered no
-        compression and forwards TCP) and no HTTP server or client.
+        compression and forwards TCP), no HTTP server or client and no TLS.
         """
         client = _Command(self, os.path.join(self.tmp, "h2"),
                           ["connect", self.share, "--port", str(_freePort())])

@@ -24,6 +24,7 @@ from beam.p2p.protocols.echo import ECHO_PROTOCOL
 from beam.errors import DialError, HandshakeFailed, NegotiationFailed, NodeStopped, PeerIDMismatch
 from beam.identity.keys import Identity
 from beam.p2p.protocols.ping import PING_PROTOCOL
+from beam.p2p.security.tls import PROTOCOL_ID
 from beam.test.memnodes import MemoryGrid, securities
 from beam.test.nodeutil import EchoClient, addrOf, randomPayload, startNode
 
@@ -158,6 +159,29 @@ class TLSNodeTests(NodeTestsMixin, SynchronousTestCase):
     """
 
     security = "tls"
+
+
+class DefaultSecuritiesTests(SynchronousTestCase):
+    """
+    A node made without C{securities} offers Noise and TLS; its TLS is
+    made when a connection first picks it.
+    """
+
+    def test_tlsOnlyPeers(self):
+        """
+        A default node accepts a TLS-only peer and dials another: both
+        connections are C{/tls/1.0.0}, authenticated, and ping.
+        """
+        grid = MemoryGrid(self, security=None)
+        node = grid.node()
+        self.assertEqual([s.protocolId for s in node.securities], ["/noise", PROTOCOL_ID])
+        ids = Identity.generate(), Identity.generate()
+        inbound, outbound = (grid.node(identity=i, securities=securities("tls", i, grid.clock)) for i in ids)
+        conn = grid.result(inbound.connect(grid.addr(node)))
+        self.assertEqual((conn.security, conn.remotePeer), (PROTOCOL_ID, node.peerID))
+        conn = grid.result(node.connect(grid.addr(outbound)))
+        self.assertEqual((conn.security, conn.remotePeer), (PROTOCOL_ID, outbound.peerID))
+        self.assertEqual(len(grid.result(node.ping(outbound.peerID, count=1))), 1)
 
 
 class RealTCPMixin:

@@ -64,7 +64,6 @@ from beam.p2p.muxer.yamux import YamuxSession, YamuxStream
 from beam.p2p.protocols.ping import PING_PROTOCOL, PingClient, PingResponder
 from beam.p2p.security.interfaces import ISecureTransport, SecureInfo
 from beam.p2p.security.noise import NoiseTransport
-from beam.p2p.security.tls import TLSTransport
 from beam.p2p.upgrade import YAMUX_PROTOCOL, UpgradingProtocol
 from beam.p2p.host.peerstore import PeerStore
 from beam.p2p.interfaces import IHost, ITransport
@@ -72,6 +71,37 @@ from beam.p2p.protocols.echo import ECHO_PROTOCOL, EchoProtocol
 from beam.p2p.transport.tcp import TCPTransport
 
 AGENT_VERSION = f"beam/{__version__}"
+
+
+@implementer(ISecureTransport)
+class _LazyTLS:
+    """
+    C{/tls/1.0.0}, offered and accepted like
+    L{TLSTransport<beam.p2p.security.tls.TLSTransport>}, which it makes (with
+    its certificate) the first time a connection picks TLS: a node whose
+    peers all choose Noise neither imports Beam's TLS nor makes a
+    certificate (about 1 MiB per process; OpenSSL itself is imported by
+    Twisted's reactor whether used or not).
+    """
+
+    protocolId = "/tls/1.0.0"
+
+    def __init__(self, identity: Identity, muxers: Sequence[str], clock: Any) -> None:
+        self._args = (identity, tuple(muxers), clock)
+        self._tls: Optional[ISecureTransport] = None
+
+    def wrap(
+        self,
+        isInitiator: bool,
+        expectedPeer: Optional[PeerID],
+        upperFactory: Callable[[SecureInfo], IProtocol],
+    ) -> Any:
+        if self._tls is None:
+            from beam.p2p.security.tls import TLSTransport
+
+            identity, muxers, clock = self._args
+            self._tls = TLSTransport(identity, muxers=muxers, clock=clock)
+        return self._tls.wrap(isInitiator, expectedPeer, upperFactory)
 
 
 class NodeState(Enum):
@@ -167,7 +197,7 @@ class Node(MultiService):
         if securities is None:
             securities = [
                 NoiseTransport(identity, muxers=[YAMUX_PROTOCOL]),
-                TLSTransport(identity, muxers=[YAMUX_PROTOCOL], clock=reactor),
+                _LazyTLS(identity, muxers=[YAMUX_PROTOCOL], clock=reactor),
             ]
         self.securities = list(securities)
         self.transports: list[ITransport] = list(transports) if transports is not None else [TCPTransport(reactor)]
