@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from beam.errors import DecodeError, MessageTooLarge, ProtocolError, StreamReset
+from beam.errors import DecodeError, MessageTooLarge, MuxerClosed, ProtocolError, StreamReset
 from beam.identity.keys import Identity
 from beam.proto import tunnel_pb2
 from beam.tunnel.access import PUBLIC, AccessPolicy
@@ -497,6 +497,23 @@ class SpliceTests(SynchronousTestCase):
         self.stream.lose(Failure(ConnectionDone()))
         self.assertTrue(self.tcp.closed)
         self.assertFalse(self.tcp.aborted)
+
+    def test_streamErrorAfterFinClosesTCP(self):
+        """
+        A stream that ends with an error after its FIN was passed on (its
+        connection went away, or a reset after the FIN) closes TCP
+        gracefully: what TCP still buffers reaches the app.
+        """
+        self.splice.start()
+        self.splice.remote.readConnectionLost()
+        self.assertTrue(self.tcp.writeClosed)
+        for reason in (MuxerClosed(), StreamReset()):
+            self.setUp()
+            self.splice.start()
+            self.splice.remote.readConnectionLost()
+            self.stream.lose(Failure(reason))
+            self.assertTrue(self.tcp.closed)
+            self.assertFalse(self.tcp.aborted)
 
     def test_tcpGoneWhileStreamOpenResets(self):
         """

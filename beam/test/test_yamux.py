@@ -1744,6 +1744,10 @@ _WALK: dict[StreamState, dict[str, StreamState | str]] = {
 for _state, _row in _WALK.items():
     for _ending in _ENDINGS:
         _row[_ending] = S.CLOSED
+# Except the connection's loss where the peer's FIN waits (behind a paused
+# reader here): the stream keeps it for its reader (SessionLostTests).
+for _state in (S.REMOTE_CLOSING, S.BOTH_CLOSING, S.LOCAL_CLOSED_REMOTE_CLOSING):
+    del _WALK[_state]["lost"]
 
 
 class LifecycleTableTests(SynchronousTestCase):
@@ -1838,6 +1842,76 @@ class LifecycleTableTests(SynchronousTestCase):
         if not doc.exists():
             raise SkipTest("not running from a checkout")
         self.assertIn(renderTable(), doc.read_text(encoding="utf-8"))
+
+
+class SessionLostTests(SynchronousTestCase):
+    """
+    The connection of a session goes away while a stream's reader is
+    paused: what the peer finished sending is not thrown away.
+    """
+
+    def test_finPendingKeptForTheReader(self) -> None:
+        """
+        A stream whose peer FIN waits behind a paused reader keeps its
+        state when the connection is lost, out of the session's streams;
+        resumed, its reader gets the end of input, then the stream ends:
+        cleanly if our FIN had been sent, else with L{MuxerClosed}.
+        """
+        for state, ending in [
+            (S.LOCAL_CLOSED_REMOTE_CLOSING, ConnectionDone),
+            (S.REMOTE_CLOSING, MuxerClosed),
+            (S.BOTH_CLOSING, MuxerClosed),
+        ]:
+            lone = Lone(state)
+            lone.session.connectionLost(Failure(ConnectionDone()))
+            self.assertIs(lone.stream.state, state, state.name)
+            self.assertEqual(lone.session.streams, {}, state.name)
+            self.assertEqual((lone.proto.readLost, lone.proto.lost), (0, []), state.name)
+            lone.stream.resumeProducing()
+            self.assertIs(lone.stream.state, S.CLOSED, state.name)
+            self.assertEqual(lone.proto.readLost, 1, state.name)
+            self.assertEqual(len(lone.proto.lost), 1, state.name)
+            lone.proto.lost[0].trap(ending)
+
+    def test_bufferedDataDelivered(self) -> None:
+        """
+        Data buffered for a paused reader, followed by the peer's FIN, is
+        all delivered after the connection is lost, in order, then the end
+        of input; writes meanwhile go nowhere and are not kept.
+        """
+        session, transport, accepted = lonelySession()
+        session.dataReceived(encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))
+        stream = accepted[0]
+        proto = HalfRecorder()
+        stream.setProtocol(proto)
+        stream.pauseProducing()
+        session.dataReceived(_DATA + encodeHeader(TYPE_DATA, 0, 1, 4) + b"more" + _FIN)
+        session.connectionLost(Failure(ConnectionDone()))
+        stream.write(b"x" * 1000)
+        self.assertEqual(stream._queued, 0)
+        self.assertEqual(proto.data, b"")
+        stream.resumeProducing()
+        self.assertEqual(proto.data, b"datamore")
+        self.assertEqual(proto.readLost, 1)
+        proto.lost[0].trap(MuxerClosed)
+
+    def test_othersEndAtOnce(self) -> None:
+        """
+        Streams whose peer has not finished sending end at once with
+        L{MuxerClosed}, their buffered data dropped.
+        """
+        session, transport, accepted = lonelySession()
+        session.dataReceived(encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))
+        stream = accepted[0]
+        proto = HalfRecorder()
+        stream.setProtocol(proto)
+        stream.pauseProducing()
+        session.dataReceived(_DATA)
+        session.connectionLost(Failure(ConnectionDone()))
+        self.assertIs(stream.state, S.CLOSED)
+        proto.lost[0].trap(MuxerClosed)
+        stream.resumeProducing()
+        self.assertEqual(proto.data, b"")
 
 
 class StreamLifecycleTests(SynchronousTestCase):

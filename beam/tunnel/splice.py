@@ -321,6 +321,12 @@ class Splice:
             clean = reason.check(ConnectionDone) is not None
             if end is self.local and not other.readClosed:
                 clean = False
+            elif end is self.remote and end.readClosed:
+                # Everything the stream carried, its FIN included, was
+                # passed on to TCP; only its end was abrupt (the connection
+                # went away, or a reset after the FIN): flush what TCP
+                # still buffers for the app instead of dropping it.
+                clean = True
             other.end(clean=clean)
         if self.local.lost and self.remote.lost and not self.ended:
             self.ended = True

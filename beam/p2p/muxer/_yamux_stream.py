@@ -72,6 +72,10 @@ class YamuxStream:
 
     protocolId: str | None = None
     connection: Any = None
+    #: Set when the session was lost while the peer's FIN waited to be
+    #: delivered (see L{_sessionLost}); a class default, so it costs an open
+    #: stream nothing.
+    _sessionLostReason: Failure | None = None
 
     def __init__(self, session: YamuxSession, streamID: int, recvWindow: int) -> None:
         self.streamID = streamID
@@ -192,6 +196,10 @@ class YamuxStream:
         ):
             self._sendWindow -= n
             session._sendData(self.streamID, [data], n)
+            return
+        if session._lost:
+            # The connection is gone; the stream lives on only to deliver
+            # what it received (see _sessionLost).
             return
         queue = self._sendQueue
         if queue is None:
@@ -527,6 +535,11 @@ class YamuxStream:
         else:
             self.loseConnection()
         self._maybeFinish()
+        if self._sessionLostReason is not None:
+            # The connection went away before: the peer's data is all
+            # delivered now, so the stream ends (cleanly above, if our FIN
+            # had gone out; with why the connection ended otherwise).
+            self._finish(self._sessionLostReason)
 
     # Ending.
 
@@ -536,6 +549,23 @@ class YamuxStream:
         """
         if self._state is _DONE:
             self._end(StreamInput.FINISH, Failure(ConnectionDone()))
+
+    def _sessionLost(self, reason: Failure) -> None:
+        """
+        The session's connection is gone.  What the peer sent before its FIN
+        is ours already: a stream whose FIN arrived but still waits to be
+        delivered (behind buffered data, a paused reader, or a protocol not
+        set yet) keeps it, and delivers it and then the FIN as its reader
+        takes them; only then does it end (see L{_maybeDeliverFin}).  Any
+        other stream ends now with C{reason}.
+        """
+        if not self._state.finPending:
+            self._finish(reason)
+            return
+        self._sessionLostReason = reason
+        # Nothing queued can be sent any more.
+        self._sendQueue = None
+        self._queued = 0
 
     def _finish(self, reason: Failure) -> None:
         """

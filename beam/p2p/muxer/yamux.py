@@ -287,7 +287,8 @@ class YamuxSession(Protocol):
         """
         End the session: send what the windows allow, a go-away, and lose the
         transport (which flushes its buffer).  Streams get C{connectionLost}
-        with L{MuxerClosed} when the connection is gone.
+        with L{MuxerClosed} when the connection is gone, except those whose
+        peer had finished sending: they first deliver what they hold.
         """
         if self._closing or self._lost or self.transport is None:
             return
@@ -370,7 +371,7 @@ class YamuxSession(Protocol):
         self._lost = True
         error = MuxerClosed(f"the peer connection is closed ({reason.getErrorMessage()})")
         for stream in list(self.streams.values()):
-            stream._finish(Failure(error))
+            stream._sessionLost(Failure(error))
         self.streams.clear()
         pings, self._pings = self._pings, {}
         for d, _ in pings.values():
