@@ -449,20 +449,60 @@ class _Validator:
 
 _SYNTAX_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
+MAX_CONFIG_BYTES = 1024 * 1024
+"""
+The largest C{config.toml} Beam reads; a real one is a few kilobytes.
+"""
+
+MAX_CONFIG_DEPTH = 32
+"""
+How deeply tables and arrays may nest in C{config.toml}; Beam's own
+settings use three levels.
+"""
+
+
+def _depth(data: dict[str, Any]) -> int:
+    """
+    How deeply C{data}'s tables and arrays nest (C{data} itself is 1),
+    walked without recursion; stops counting past L{MAX_CONFIG_DEPTH}.
+    """
+    deepest = 1
+    pending: list[tuple[Any, int]] = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_CONFIG_DEPTH:
+            break
+        children = value.values() if isinstance(value, dict) else value
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _readBounded(path: Path) -> bytes:
+    """
+    Read at most L{MAX_CONFIG_BYTES} plus one byte of C{path}.
+    """
+    with open(path, "rb") as f:
+        return f.read(MAX_CONFIG_BYTES + 1)
+
 
 def _load(path: Path) -> tuple[Config, list[str]]:
     name = path.name
     try:
-        raw = path.read_bytes()
+        raw = _readBounded(path)
     except FileNotFoundError:
         return Config(), []
     except OSError as e:
         return Config(), [f"{name}: cannot read {path}: {e.strerror}"]
+    if len(raw) > MAX_CONFIG_BYTES:
+        return Config(), [f"{name}: {path} is larger than {MAX_CONFIG_BYTES // 1024 // 1024} MiB; "
+                          "Beam refuses to read it"]
     try:
         source = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         return Config(), [f"{name}:{line}: not valid UTF-8"]
+    data: dict[str, Any] | None
     try:
         data = tomllib.loads(source)
     except tomllib.TOMLDecodeError as e:
@@ -472,6 +512,11 @@ def _load(path: Path) -> tuple[Config, list[str]]:
             message = message[: match.start()]
             return Config(), [f"{name}:{match.group(1)}: {message} (column {match.group(2)})"]
         return Config(), [f"{name}: {message}"]
+    except RecursionError:
+        data = None
+    if data is None or _depth(data) > MAX_CONFIG_DEPTH:
+        return Config(), [f"{name}: {path} nests tables or arrays more than {MAX_CONFIG_DEPTH} "
+                          "levels deep; Beam refuses to read it"]
     problems = _Problems(name, _Locator(source))
     config = _Validator(data, problems).config()
     if any(isinstance(t.secret, str) for t in config.tunnels):

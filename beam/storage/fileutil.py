@@ -5,7 +5,17 @@ Writing files so that a crash never leaves them half-written.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
+
+from beam.errors import BeamError
+
+
+class UnsafePath(BeamError):
+    """
+    A file or directory Beam would trust is owned by another user or can be
+    changed by other users.
+    """
 
 
 def atomicWrite(path: Path | str, data: bytes, mode: int = 0o600) -> None:
@@ -42,11 +52,53 @@ def atomicWrite(path: Path | str, data: bytes, mode: int = 0o600) -> None:
         os.close(dfd)
 
 
-def ensurePrivateDirectory(path: Path | str) -> Path:
+def checkOwned(path: Path | str, st: os.stat_result, what: str, private: bool = False) -> None:
     """
-    Create C{path} (and parents) if needed, readable by its owner only.
+    Refuse C{path} (whose status is C{st}) unless it belongs to the user
+    running Beam and other users cannot change it (nor, if C{private}, read
+    it).
+
+    @param what: what C{path} is, for the message (C{"home directory"}).
+    @raise UnsafePath: saying what is wrong and how to fix it.
+    """
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise UnsafePath(
+            f"the {what} {path} belongs to user id {st.st_uid}, not to you (user id {uid}); "
+            "Beam only uses files you own: choose another --home, or have its owner run: "
+            f"chown {uid} {path}"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    loose = mode & (0o077 if private else 0o022)
+    if loose:
+        fix = "600" if private else "go-w"
+        kind = "readable or writable" if private else "writable"
+        raise UnsafePath(
+            f"the {what} {path} is {kind} by other users (mode {mode:o}); run: chmod {fix} {path}"
+        )
+
+
+def ensurePrivateDirectory(path: Path | str, what: str = "directory") -> Path:
+    """
+    Create C{path} (and its parents) if needed, mode 0700; an existing
+    C{path} is used only if it is a directory of the user running Beam that
+    other users cannot write to.  The mode of a directory Beam did not
+    create is never changed.
+
+    @raise UnsafePath: C{path} exists but is not such a directory.
+    @raise OSError: C{path} cannot be created.
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    else:
+        # Ours: make sure of the mode whatever the umask.
+        os.chmod(path, 0o700)
+    st = path.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePath(f"the {what} {path} is not a directory")
+    checkOwned(path, st, what)
     return path

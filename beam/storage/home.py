@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from beam.errors import BeamError, InvalidKey
-from beam.storage.fileutil import atomicWrite, ensurePrivateDirectory
+from beam.storage.fileutil import UnsafePath, atomicWrite, checkOwned, ensurePrivateDirectory
 from beam.identity.keys import Identity
 
 IDENTITY_FILE = "identity.key"
@@ -41,36 +42,56 @@ def resolveHome(explicit: str | os.PathLike[str] | None = None) -> Path:
     return base / "beam"
 
 
+MAX_KEY_BYTES = 64 * 1024
+"""
+More than any identity file holds (an ed25519 key is under 100 bytes).
+"""
+
+
 def loadOrCreateIdentity(home: Path) -> Identity:
     """
     Read the node's ed25519 identity, creating it (mode 0600, written
-    atomically) on first start.
+    atomically) on first start.  A new home directory is created with mode
+    0700; an existing one must belong to the user running Beam and not be
+    writable by others, and the key must belong to that user and be
+    neither readable nor writable by others: Beam refuses rather than trust
+    (or change the mode of) files another user may have planted.
 
-    @raise HomeError: the key file exists but cannot be read or parsed, or
-        is readable by others.
+    @raise HomeError: the home directory or key file cannot be used, or the
+        key cannot be read or parsed.
     """
     try:
-        ensurePrivateDirectory(home)
+        ensurePrivateDirectory(home, "home directory")
+    except UnsafePath as e:
+        raise HomeError(str(e)) from None
     except OSError as e:
         raise HomeError(f"cannot create home directory {home}: {e.strerror}") from None
     path = home / IDENTITY_FILE
     try:
-        st = path.stat()
+        f = open(path, "rb")
     except FileNotFoundError:
         ident = Identity.generate()
         atomicWrite(path, ident.toProtobuf(), 0o600)
         return ident
-    if st.st_mode & 0o077:
-        raise HomeError(
-            f"{path} is readable by other users (mode {st.st_mode & 0o777:o}); "
-            f"run: chmod 600 {path}"
-        )
-    try:
-        return Identity.fromProtobuf(path.read_bytes())
-    except InvalidKey as e:
-        raise HomeError(f"{path} is not a valid Beam identity: {e}") from None
     except OSError as e:
         raise HomeError(f"cannot read {path}: {e.strerror}") from None
+    with f:
+        # Checked on the open file, so it cannot be swapped in between.
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise HomeError(f"{path} is not a regular file")
+        try:
+            checkOwned(path, st, "identity key", private=True)
+        except UnsafePath as e:
+            raise HomeError(str(e)) from None
+        try:
+            data = f.read(MAX_KEY_BYTES + 1)
+        except OSError as e:
+            raise HomeError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return Identity.fromProtobuf(data)
+    except InvalidKey as e:
+        raise HomeError(f"{path} is not a valid Beam identity: {e}") from None
 
 
 def readState(home: Path) -> dict[str, Any]:

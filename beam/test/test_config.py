@@ -150,6 +150,37 @@ class ProblemTests(ConfigTestCase):
         path.write_bytes(b'log_format = "text"\n# \xff\n')
         self.assertEqual(checkConfig(path), ["config.toml:2: not valid UTF-8"])
 
+    def test_deepNestingRefused(self) -> None:
+        """
+        Arrays, inline tables or dotted keys nested thousands of levels deep
+        are one clear problem naming the file, not a C{RecursionError}.
+        """
+        for text in [
+            "x = " + "[" * 5000 + "]" * 5000 + "\n",
+            "x = " + "{a=" * 5000 + "}" * 5000 + "\n",
+            "[plugins]\nfoo = " + "[" * 40 + "]" * 40 + "\n",
+            "a" + ".a" * 5000 + " = 1\n",
+        ]:
+            (problem,) = self.problems(text)
+            self.assertTrue(problem.startswith("config.toml: "), problem)
+            self.assertIn("more than 32 levels deep", problem)
+
+    def test_modestNestingAccepted(self) -> None:
+        """
+        Nesting up to the limit is left to the ordinary checks.
+        """
+        (problem,) = self.problems("[plugins]\nfoo = " + "[" * 30 + "]" * 30 + "\n")
+        self.assertNotIn("levels deep", problem)
+        self.assertIn("foo", problem)
+
+    def test_largeFileRefused(self) -> None:
+        """
+        A file over 1 MiB is refused without being parsed.
+        """
+        (problem,) = self.problems("# " + "x" * (1024 * 1024) + "\n")
+        self.assertTrue(problem.startswith("config.toml: "), problem)
+        self.assertIn("larger than 1 MiB", problem)
+
     def test_badPortLine(self) -> None:
         """
         A bad port in the second tunnel points at that tunnel's port line.

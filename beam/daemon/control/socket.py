@@ -9,8 +9,10 @@ forwards and to ask for status, instead of starting a second node::
 
 Why a UNIX socket: file permissions are the access control.  The socket is
 created with mode 0600 (under a umask of 0o177, so it is never more open,
-not even for the instant between C{bind()} and C{chmod()}) inside the 0700
-home directory, so only the node's owner can connect; no token is needed.
+not even for the instant between C{bind()} and C{chmod()}) inside the home
+directory, which Beam creates 0700 and otherwise requires to be the owner's
+and not writable by others, so only the node's owner can connect; no token
+is needed.
 
 What it serves is a C{twisted.web} resource tree (L{beam.daemon.control.resource}
 builds the daemon's); this module only owns the socket.
@@ -43,6 +45,7 @@ from twisted.web.resource import IResource
 
 from beam.errors import BeamError
 from beam.statemachine import Readiness
+from beam.storage.fileutil import UnsafePath, ensurePrivateDirectory
 
 if TYPE_CHECKING:
     # The control socket imports the HTTP server when it first serves.
@@ -243,7 +246,11 @@ class ControlService(Service):
                 "use a shorter home directory"
             )
         try:
-            self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Creates a new home 0700; refuses (never chmods) an existing
+            # one that another user owns or can write to.
+            ensurePrivateDirectory(self.home, "home directory")
+        except UnsafePath as e:
+            raise ControlSocketError(str(e)) from None
         except OSError as e:
             raise ControlSocketError(f"cannot create {self.home}: {e.strerror}") from None
         _checkStaleSocket(self.socketPath)
