@@ -33,6 +33,7 @@ from beam.p2p.muxer._yamux_frames import (
     FLAG_FIN,
     FLAG_RST,
     FLAG_SYN,
+    GO_AWAY_INTERNAL_ERROR,
     GO_AWAY_PROTOCOL_ERROR,
     TYPE_DATA,
     TYPE_GO_AWAY,
@@ -1359,6 +1360,163 @@ class FlowControlTests(SynchronousTestCase):
         pair.serverStreams[0].abortConnection()
         pair.flush()
         self.assertTrue(producer.stopped)
+
+
+class ControlBackpressureTests(SynchronousTestCase):
+    """
+    Control frames the peer makes us send (ping ACKs, SYN ACKs and RSTs)
+    respect backpressure: while the transport has paused the session, ping
+    ACKs are coalesced and the rest is bounded by C{maxControlBacklog},
+    past which a peer that does not read gets an internal-error go-away and
+    an aborted connection.
+    """
+
+    highWater = 64 * 1024
+
+    def congested(self, **kw: Any) -> tuple[YamuxSession, MemoryTransport]:
+        """
+        A lonely session whose transport pauses it above L{highWater}
+        unread bytes, as a TCP transport does when its peer stops reading.
+        """
+        session, transport, _ = lonelySession(**kw)
+        transport.highWater = self.highWater
+        transport.registerProducer(session, True)
+        return session, transport
+
+    def feed(self, session: YamuxSession, wire: bytes, perRead: int = 1000) -> None:
+        """
+        Deliver C{wire} in reads of C{perRead} frames, as a socket would.
+        """
+        step = perRead * 12
+        for i in range(0, len(wire), step):
+            session.dataReceived(wire[i : i + step])
+
+    def assertAbortedWithGoAway(self, transport: MemoryTransport) -> None:
+        """
+        The session ended the connection with an internal-error go-away
+        and an abort (a peer that does not read would never see a flush).
+        """
+        self.assertTrue(transport.aborted)
+        self.assertIsNone(transport.producer)
+        tail = frames(bytes(transport.buffer[-12:]))
+        self.assertEqual(tail, [Frame(TYPE_GO_AWAY, 0, 0, GO_AWAY_INTERNAL_ERROR)])
+
+    def test_pingFloodWhilePaused(self) -> None:
+        """
+        A peer that sends 100,000 pings and never reads makes us hold at
+        most one pending ping ACK beyond what filled the transport, and
+        once the pings it made us owe pass C{maxControlBacklog} the session
+        goes away and aborts; later pings are ignored.
+        """
+        session, transport = self.congested()
+        self.feed(session, encodeHeader(TYPE_PING, FLAG_SYN, 0, 7) * 100_000)
+        self.assertTrue(transport.producerPaused)
+        self.assertAbortedWithGoAway(transport)
+        self.assertLessEqual(len(transport.buffer), self.highWater + 2 * 12)
+        held = len(transport.buffer)
+        session.dataReceived(encodeHeader(TYPE_PING, FLAG_SYN, 0, 8))
+        self.assertEqual(len(transport.buffer), held)
+
+    def test_refusedSynFloodWhilePaused(self) -> None:
+        """
+        A peer that opens 100,000 streams we refuse (after our go-away) and
+        never reads gets RSTs only until C{maxControlBacklog} bytes of them
+        wait behind the paused transport; then the session goes away and
+        aborts.
+        """
+        session, transport = self.congested()
+        session.goAway()
+        wire = b"".join(
+            encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 * i + 1, 0) for i in range(100_000)
+        )
+        self.feed(session, wire)
+        self.assertAbortedWithGoAway(transport)
+        self.assertLessEqual(
+            len(transport.buffer), self.highWater + session.maxControlBacklog + 2 * 12
+        )
+        rsts = [f for f in frames(bytes(transport.buffer)) if f.flags & FLAG_RST]
+        self.assertLess(len(rsts), 100_000)
+
+    def test_acceptedSynResetFloodWhilePaused(self) -> None:
+        """
+        Streams the peer opens and resets at once, over and over, make us
+        send a SYN ACK each; those count against the bound too.
+        """
+        session, transport = self.congested(maxControlBacklog=12 * 1000)
+        wire = b"".join(
+            encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 * i + 1, 0)
+            + encodeHeader(TYPE_WINDOW_UPDATE, FLAG_RST, 2 * i + 1, 0)
+            for i in range(20_000)
+        )
+        self.feed(session, wire)
+        self.assertAbortedWithGoAway(transport)
+        self.assertLessEqual(len(transport.buffer), self.highWater + 12 * 1000 + 2 * 12)
+
+    def test_newestPingAnsweredOnResume(self) -> None:
+        """
+        Pings that arrive while paused are coalesced: nothing is written
+        until the transport drains, then one ACK answers the newest ping.
+        """
+        session, transport, _ = lonelySession()
+        session.pauseProducing()
+        session.dataReceived(
+            encodeHeader(TYPE_PING, FLAG_SYN, 0, 1) + encodeHeader(TYPE_PING, FLAG_SYN, 0, 2)
+        )
+        self.assertEqual(transport.buffer, b"")
+        session.resumeProducing()
+        self.assertEqual(frames(transport.take()), [Frame(TYPE_PING, FLAG_ACK, 0, 2)])
+        session.resumeProducing()
+        self.assertEqual(transport.buffer, b"")
+        session.dataReceived(encodeHeader(TYPE_PING, FLAG_SYN, 0, 3))
+        self.assertEqual(frames(transport.take()), [Frame(TYPE_PING, FLAG_ACK, 0, 3)])
+        self.assertFalse(transport.disconnecting)
+
+    def test_wellBehavedPeerPingedThroughCongestion(self) -> None:
+        """
+        A peer that pings while our connection is congested gets its answer
+        once it drains, and the session stays up.
+        """
+        pair = Pair()
+        pair.server.pauseProducing()
+        d = pair.client.ping()
+        pair.clock.advance(0.5)
+        pair.flush()
+        self.assertNoResult(d)
+        pair.server.resumeProducing()
+        pair.flush()
+        self.assertEqual(self.successResultOf(d), 0.5)
+        self.assertTrue(pair.server.acceptsStreams)
+
+    def test_backlogCountRestartsOnDrain(self) -> None:
+        """
+        The bound is on what is held while paused: a peer that reads, so
+        the transport keeps draining, may make us answer without limit.
+        """
+        session, transport, _ = lonelySession(maxControlBacklog=12 * 100)
+        session.goAway()
+        transport.take()
+        streamID = 1
+        for _ in range(5):
+            session.pauseProducing()
+            for _ in range(80):
+                session.dataReceived(encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, streamID, 0))
+                streamID += 2
+            session.resumeProducing()
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(len(frames(transport.take())), 400)
+        session.pauseProducing()
+        for _ in range(101):
+            session.dataReceived(encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, streamID, 0))
+            streamID += 2
+        self.assertTrue(transport.aborted)
+
+    def test_maxControlBacklogValidated(self) -> None:
+        """
+        A C{maxControlBacklog} smaller than one frame is refused.
+        """
+        self.assertRaises(
+            ValueError, YamuxSession, True, lambda s: None, Clock(), maxControlBacklog=11
+        )
 
 
 class ViolationTests(SynchronousTestCase):

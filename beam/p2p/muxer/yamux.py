@@ -70,6 +70,22 @@ Flow control, the part that is easy to get wrong:
     going to the back, and stops as soon as the transport pauses again,
     so the next resume starts with the streams this one did not reach: every
     stream gets its turn (round-robin), none starves.
+  - I{Control frames under backpressure}: stream data waits for the
+    transport, but answers the peer provokes (ping ACKs, the ACK or RST of
+    each SYN, window updates) cannot simply wait, and a peer that floods
+    them without reading would grow the transport's buffer without bound.
+    So while the transport has paused the session, at most one ping ACK is
+    pending (a newer ping replaces an older unanswered one, which its
+    sender sees as a lost ping; the ACK is sent on resume), and every control frame
+    written or coalesced while paused counts against
+    C{maxControlBacklog}; past it the session sends an internal-error
+    go-away and aborts the connection (not C{loseConnection}, which would
+    wait for a peer that does not read).  The count restarts whenever the
+    transport drains, so what the session makes the transport hold is
+    bounded by the transport's own high-water mark plus
+    C{maxControlBacklog}.  We do not stop reading while paused instead:
+    two peers that both send bulk data would each wait for the other to
+    read, a deadlock; the windows already bound what a peer can send us.
 """
 
 from __future__ import annotations
@@ -96,6 +112,7 @@ from beam.p2p.muxer._yamux_frames import (
     GO_AWAY_INTERNAL_ERROR,
     GO_AWAY_NORMAL,
     GO_AWAY_PROTOCOL_ERROR,
+    HEADER_LENGTH,
     MAX_UINT32,
     TYPE_DATA,
     TYPE_GO_AWAY,
@@ -147,6 +164,7 @@ class YamuxSession(Protocol):
         streamLowWater: int = 16 * 1024,
         maxStreamWindow: int = 4 * 1024 * 1024,
         windowBudget: int = 8 * 1024 * 1024,
+        maxControlBacklog: int = 1024 * 1024,
     ) -> None:
         """
         @param onStream: called with each stream the peer opens, after it was
@@ -169,6 +187,10 @@ class YamuxSession(Protocol):
         @param windowBudget: the most all streams' windows together may
             grow beyond C{initialWindow}, bounding the memory a peer can make
             us hold.
+        @param maxControlBacklog: bytes of control frames (ping ACKs,
+            SYN ACKs and RSTs, window updates, ...) the session may write
+            or owe while the transport keeps it paused, before it gives up
+            on the peer: internal-error go-away and abort.
         """
         if not DEFAULT_WINDOW <= initialWindow <= min(maxWindow, MAX_UINT32):
             raise ValueError("initialWindow must be between 256 KiB and maxWindow")
@@ -176,6 +198,8 @@ class YamuxSession(Protocol):
             raise ValueError("maxStreamWindow must be between initialWindow and maxWindow")
         if windowBudget < 0:
             raise ValueError("windowBudget must not be negative")
+        if maxControlBacklog < HEADER_LENGTH:
+            raise ValueError("maxControlBacklog must hold at least one frame")
         self.isInitiator = isInitiator
         self._onStream = onStream
         self._clock = clock
@@ -187,6 +211,11 @@ class YamuxSession(Protocol):
         self.streamLowWater = streamLowWater
         self.maxStreamWindow = maxStreamWindow
         self.windowBudget = windowBudget
+        self.maxControlBacklog = maxControlBacklog
+        # Control bytes written or coalesced since the transport paused us.
+        self._pausedControl = 0
+        # The opaque value of the one ping ACK held while paused.
+        self._pendingPingAck: int | None = None
         self._windowGrowth = 0
         self.streams: dict[int, YamuxStream] = {}
         # Streams a resume has work for, oldest first (see the module
@@ -399,6 +428,10 @@ class YamuxSession(Protocol):
         streams were waiting when it began.
         """
         self._paused = False
+        self._pausedControl = 0
+        if self._pendingPingAck is not None:
+            opaque, self._pendingPingAck = self._pendingPingAck, None
+            self._sendControl(TYPE_PING, FLAG_ACK, 0, opaque)
         waiting = self._waiting
         for _ in range(len(waiting)):
             if self._paused or not waiting:
@@ -427,7 +460,39 @@ class YamuxSession(Protocol):
 
     def _sendControl(self, ftype: int, flags: int, streamID: int, length: int) -> None:
         if self._writable():
+            if self._paused and not self._chargeControl():
+                return
             self.transport.write(encodeHeader(ftype, flags, streamID, length))  # type: ignore[union-attr]  # _writable
+
+    def _chargeControl(self) -> bool:
+        """
+        Count one control frame written or coalesced while the transport
+        has paused us; past C{maxControlBacklog}, give up on the peer.
+
+        @return: whether the frame may still be sent.
+        """
+        if self._failed:
+            return True  # our own final go-away
+        self._pausedControl += HEADER_LENGTH
+        if self._pausedControl <= self.maxControlBacklog:
+            return True
+        _log.warn(
+            "Yamux peer {peer} does not read while it makes us answer"
+            " ({bytes} bytes of control frames held); closing",
+            peer=self._peer(),
+            bytes=self._pausedControl,
+        )
+        self._fail(GO_AWAY_INTERNAL_ERROR, abort=True)
+        return False
+
+    def _answerPing(self, opaque: int) -> None:
+        """
+        Answer the peer's ping; while paused, hold only the newest answer.
+        """
+        if not self._paused:
+            self._sendControl(TYPE_PING, FLAG_ACK, 0, opaque)
+        elif self._chargeControl():
+            self._pendingPingAck = opaque
 
     def _sendData(self, streamID: int, parts: list[bytes], n: int) -> None:
         self.transport.writeSequence(  # type: ignore[union-attr]  # callers checked _canSendData
@@ -461,14 +526,25 @@ class YamuxSession(Protocol):
             except Exception:  # noqa: BLE001 - contain user code, log it
                 _log.failure("Stream-closed observer failed after {stream!r}", stream=stream)
 
-    def _fail(self, code: int) -> None:
+    def _fail(self, code: int, abort: bool = False) -> None:
+        """
+        Send a go-away with C{code} and end the connection: lose it (the
+        go-away is flushed), or abort it when the peer does not read.
+        """
         if self._failed:
             return
         self._failed = True
+        self._pendingPingAck = None
         if self._writable():
             self._sendControl(TYPE_GO_AWAY, 0, 0, code)
             self._localGoAway = True
-            self._loseTransport()
+            if abort and hasattr(self.transport, "abortConnection"):
+                unregister = getattr(self.transport, "unregisterProducer", None)
+                if unregister is not None:
+                    unregister()
+                self.transport.abortConnection()  # type: ignore[union-attr]  # _writable
+            else:
+                self._loseTransport()
 
     def _checkData(self, streamID: int, flags: int, length: int) -> None:
         """
@@ -489,7 +565,7 @@ class YamuxSession(Protocol):
             self._handleStreamFrame(frame)
         elif ftype == TYPE_PING:
             if frame.flags & FLAG_SYN:
-                self._sendControl(TYPE_PING, FLAG_ACK, 0, frame.length)
+                self._answerPing(frame.length)
             elif frame.flags & FLAG_ACK:
                 entry = self._pings.pop(frame.length, None)
                 if entry is not None:
