@@ -7,7 +7,9 @@ own (L{beam.daemon.plugins}): one entry each, made in this order.
   - C{"kademlia"}: L{KademliaService}, the DHT on C{/beam/kad/1.0.0};
     C{/v1/kademlia};
   - C{"names"}: L{NameService}, publishing our names in the DHT (again
-    whenever the tunnels change) and resolving others'; C{/v1/names};
+    whenever the tunnels change; the record lists only public services,
+    private ones are learned from their share address) and resolving
+    others'; C{/v1/names};
   - C{"forwards"}: L{Forwards}, local ports leading to other nodes'
     tunnels, resolving names through C{"names"}; C{/v1/forwards}.
 
@@ -54,7 +56,7 @@ def makeNames(context: DaemonContext) -> IService:
 
     names = NameService(
         context.reactor, context.identity, context.service("kademlia"), context.home,
-        addrs=recordAddrs, services=lambda: list(tunnels.services), **context.optionsFor("names"),
+        addrs=recordAddrs, services=lambda: tunnels.publicServices, **context.optionsFor("names"),
     )
     tunnels.changeObservers.append(names.republishAll)
     return names

@@ -76,7 +76,8 @@ class NameService(Service):
     @param dht: the DHT (L{beam.dht.service.KademliaService}): C{putValue},
         C{getValue}, C{routingTableSize}.
     @param addrs: returns our current addresses for records.
-    @param services: returns the services we currently expose.
+    @param services: returns the services our records list (the daemon
+        passes the public ones: private services are not advertised).
     """
 
     log = Logger()

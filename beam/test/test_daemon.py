@@ -108,7 +108,9 @@ class DaemonTests(TestCase):
         """
         A forward checks the host first: an unknown service, a peer not on
         the allow list, a missing secret and an unreachable host each fail
-        with a clear error, and leave no forward behind.
+        with a clear one-line error, and leave no forward behind.  The
+        first three read alike: a stranger learns nothing about private
+        services.
         """
         host = yield self.startDaemon()
         client = yield self.startDaemon()
@@ -117,12 +119,13 @@ class DaemonTests(TestCase):
         secret = host.tunnels.exposePort(self.echoService(), name="secret", secret=True)
         share = parseShareAddress(private.share)
         e = yield self.assertFailure(client.forwards.add(private.share), TunnelSpecError)
-        self.assertIn("not on the allow list", str(e))
+        onHost = f"that you may open on {host.node.peerID}"
+        self.assertEqual(str(e), f"the host refused the tunnel: no service 'private' {onHost}")
         e = yield self.assertFailure(client.forwards.add(private.share, service="nope"), TunnelSpecError)
-        self.assertIn("nope", str(e))
+        self.assertEqual(str(e), f"the host refused the tunnel: no service 'nope' {onHost}")
         stripped = secret.share.split("#")[0]
         e = yield self.assertFailure(client.forwards.add(stripped), TunnelSpecError)
-        self.assertIn("secret", str(e))
+        self.assertEqual(str(e), f"the host refused the tunnel: no service 'secret' {onHost}")
         ok = yield client.forwards.add(secret.share)
         self.assertEqual(ok.service, "secret")
         dead = f"beam://{Identity.generate().peerID}@127.0.0.1:{_freePort()}/{share.service}"
@@ -234,6 +237,32 @@ class DaemonNameTests(TestCase):
         self.assertGreater(found2.seq, found.seq)
 
 
+    @inlineCallbacks
+    def test_privateServiceByName(self):
+        """
+        A name's record lists only the public services, yet an allowed peer
+        reaches a private one by C{NAME/SERVICE}; a stranger asking the same
+        gets the one-line answer it would get for a service that does not
+        exist.
+        """
+        seed = yield _startDaemon(self)
+        boot = (seed.node.listenAddrs[0].withPeerID(seed.node.peerID),)
+        config = Config(listen=LOOPBACK, bootstrap=boot)
+        owner = yield _startDaemon(self, config)
+        friend = yield _startDaemon(self, config)
+        for daemon in (owner, friend):
+            yield daemon.kademlia.whenBootstrapped()
+        owner.tunnels.exposePort(_freePort(), name="web")
+        owner.tunnels.exposePort(_freePort(), name="priv", allow=[friend.node.peerID])
+        yield owner.names.register("alice")
+        found = yield friend.names.resolve("alice")
+        self.assertEqual(found.services, ("web",))
+        forward = yield friend.forwards.add("alice/priv", acceptNewKey=True)
+        self.assertEqual(forward.service, "priv")
+        e = yield self.assertFailure(seed.forwards.add("alice/priv", acceptNewKey=True), TunnelSpecError)
+        self.assertEqual(str(e), f"the host refused the tunnel: no service 'priv' that you may open on {owner.node.peerID}")
+
+
 class DaemonAssemblyTests(TestCase):
     """
     The daemon assembles its children from registrations and serves each
@@ -322,6 +351,20 @@ class DaemonAssemblyTests(TestCase):
         daemon.tunnels.exposePort(4242)
         daemon.tunnels.remove("4242")
         self.assertEqual(heard, [["4242"], []])
+
+    @inlineCallbacks
+    def test_recordsListOnlyPublicServices(self):
+        """
+        The services our name records list are the public ones: a tunnel
+        with C{--allow} or C{--secret} is learned from its share address,
+        not from the public record.
+        """
+        daemon = yield _startDaemon(self)
+        daemon.tunnels.exposePort(4242)
+        daemon.tunnels.exposePort(4243, allow=[Identity.generate().peerID])
+        daemon.tunnels.exposePort(4244, secret=True)
+        daemon.tunnels.exposePort(4245, name="web")
+        self.assertEqual(list(daemon.names._services()), ["4242", "web"])
 
     @inlineCallbacks
     def test_shutdown(self):

@@ -433,7 +433,8 @@ class TunnelTests(TunnelTestsMixin, TestCase):
         yield connectLocal(forward.localAddress.port, client)
         received, _ = yield client.done
         self.assertEqual(received, b"")
-        self.assertTrue(logs.matching(f"tunnel to {a.peerID}/nope refused: no service named 'nope'"), logs.lines)
+        self.assertTrue(logs.matching(f"tunnel to {a.peerID}/nope refused: no service 'nope' that you may open on {a.peerID}"),
+                        logs.lines)
 
     @inlineCallbacks
     def test_allowList(self):
@@ -458,7 +459,10 @@ class TunnelTests(TunnelTestsMixin, TestCase):
             len(logs.matching(f"refused tunnel from {stranger.peerID} for priv: not on the allow list")), 1,
             logs.lines,
         )
-        self.assertEqual(len(logs.matching(f"tunnel to {a.peerID}/priv refused: not on the allow list")), 1)
+        # The stranger is told only what it would be told for a service that
+        # does not exist; the host's log above has the reason.
+        self.assertEqual(len(logs.matching(f"tunnel to {a.peerID}/priv refused: no service 'priv' that you may open on")), 1)
+        self.assertFalse(logs.matching("refused: not on the allow list"), logs.lines)
         good = yield self.makeForward(a, "priv", node=friend)
         problems = yield moveConcurrently(good.localAddress.port, 2, 5000)
         self.assertEqual(problems, [])
@@ -483,7 +487,8 @@ class TunnelTests(TunnelTestsMixin, TestCase):
         yield connectLocal(bad.localAddress.port, client)
         received, _ = yield client.done
         self.assertEqual(received, b"")
-        self.assertTrue(logs.matching("refused: wrong secret"), logs.lines)
+        self.assertTrue(logs.matching("for s: wrong secret"), logs.lines)
+        self.assertTrue(logs.matching("refused: no service 's' that you may open on"), logs.lines)
 
     @inlineCallbacks
     def test_serviceDiesMidTransfer(self):

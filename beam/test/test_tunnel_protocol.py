@@ -30,6 +30,7 @@ from beam.tunnel.protocol import (
     RequestReader,
     ResponseReader,
     ServiceNotFound,
+    ServiceNotOpenable,
     ServiceUnavailable,
     TunnelRefused,
     TunnelRequest,
@@ -221,9 +222,15 @@ class CodecTests(SynchronousTestCase):
         """
         Each refusal status maps to its error class with the host's
         message; an unknown status is a plain L{TunnelRefused}; and a
-        refusal travels as its status.
+        refusal travels as its status.  C{NOT_FOUND} (no such service, or
+        one you may not open) raises L{ServiceNotOpenable}, which is both
+        a L{ServiceNotFound} and an L{AccessDenied}.
         """
-        for cls in (ServiceNotFound, AccessDenied, ServiceUnavailable, BadTunnelRequest):
+        notFound = refusalFor(ResponseReader().feed(encodeResponse(TunnelResponse.refusing(ServiceNotFound("x")))))
+        self.assertIs(type(notFound), ServiceNotOpenable)
+        self.assertIsInstance(notFound, ServiceNotFound)
+        self.assertIsInstance(notFound, AccessDenied)
+        for cls in (ServiceNotOpenable, AccessDenied, ServiceUnavailable, BadTunnelRequest):
             response = TunnelResponse.refusing(cls("why"))
             self.assertFalse(response.ok)
             error = refusalFor(ResponseReader().feed(encodeResponse(response)))
@@ -557,6 +564,7 @@ class SpliceTests(SynchronousTestCase):
 class FakeNode:
     def __init__(self) -> None:
         self.handlers: dict[str, Any] = {}
+        self.peerID = Identity.fromSeed(b"h" * 32).peerID
 
     def setStreamHandler(self, proto: str, handler: Any) -> None:
         self.handlers[proto] = handler
@@ -599,49 +607,135 @@ class HostRequestTests(SynchronousTestCase):
 
     def test_notFound(self):
         """
-        A request for an unknown service is answered NOT_FOUND and the
-        stream closed.
+        A request for an unknown service is answered NOT_FOUND, saying no
+        such service may be opened on this host, and the stream closed.
         """
         proto, stream = self.openStream()
         proto.dataReceived(encodeRequest(TunnelRequest(service="nope")))
         response = self.response(stream)
         self.assertEqual(response.status, tunnel_pb2.NOT_FOUND)
-        self.assertEqual(response.message, "no service named 'nope'")
+        self.assertEqual(response.message, f"no service 'nope' that you may open on {self.node.peerID}")
         self.assertTrue(stream.closed)
         self.assertFalse(stream.paused)
 
     def test_noServicesAtAll(self):
         """
-        A request for the default service of a host exposing nothing says
-        so.
+        A request for the default service of a host exposing nothing is
+        answered NOT_FOUND.
         """
         proto, stream = self.openStream()
         proto.dataReceived(encodeRequest(TunnelRequest()))
-        self.assertEqual(self.response(stream).message, "this host exposes no services")
+        response = self.response(stream)
+        self.assertEqual((response.status, response.message),
+                         (tunnel_pb2.NOT_FOUND, f"no service that you may open on {self.node.peerID}"))
 
-    def test_forbidden(self):
+    def refusalOf(self, request: TunnelRequest) -> tuple[int, str]:
+        proto, stream = self.openStream()
+        proto.dataReceived(encodeRequest(request))
+        response = self.response(stream)
+        self.assertTrue(stream.closed)
+        return response.status, response.message
+
+    def test_forbiddenLooksNotFound(self):
         """
-        A request refused by the policy is answered FORBIDDEN with the
-        reason, counted, and the peer's bytes after it are discarded.
+        A request refused by the policy (wrong secret, no secret, not on the
+        allow list) is answered exactly like one for a service that does
+        not exist; the refusal is counted and the peer's bytes after it are
+        discarded.
         """
         self.host.expose(ServiceSpec.forPort(3000, policy=AccessPolicy(secret=b"k")))
+        self.host.expose(ServiceSpec.forPort(3001, policy=AccessPolicy(allow=[self.node.peerID])))
         proto, stream = self.openStream()
-        proto.dataReceived(encodeRequest(TunnelRequest(secret=b"bad")) + b"junk")
+        proto.dataReceived(encodeRequest(TunnelRequest(service="3000", secret=b"bad")) + b"junk")
         proto.dataReceived(b"more junk")
-        response = self.response(stream)
-        self.assertEqual((response.status, response.message), (tunnel_pb2.FORBIDDEN, "wrong secret"))
-        self.assertEqual(self.host.stats["3000"].refused, 1)
+        first = self.response(stream)
+        unknown = self.refusalOf(TunnelRequest(service="nope"))
+        self.assertEqual((first.status, first.message), (tunnel_pb2.NOT_FOUND, unknown[1].replace("'nope'", "'3000'")))
+        self.assertTrue(stream.closed)
+        forbidden = [
+            self.refusalOf(TunnelRequest(service="3000", secret=b"bad")),
+            self.refusalOf(TunnelRequest(service="3000")),
+            self.refusalOf(TunnelRequest(service="3001")),
+            self.refusalOf(TunnelRequest(service="3001", secret=b"k")),
+        ]
+        for name, answer in zip(["3000", "3000", "3001", "3001"], forbidden):
+            self.assertEqual(answer, (tunnel_pb2.NOT_FOUND, unknown[1].replace("'nope'", repr(name))))
+        self.assertEqual(self.host.stats["3000"].refused, 3)  # with the first
+        self.assertEqual(self.host.stats["3001"].refused, 2)
+        self.assertNotIn("nope", self.host.stats)
+
+    def test_refusalLogsTheReason(self):
+        """
+        The host's log, unlike the answer, says why a private service was
+        refused.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.host.expose(ServiceSpec.forPort(3000, policy=AccessPolicy(secret=b"k")))
+        self.refusalOf(TunnelRequest(service="3000", secret=b"bad"))
+        self.refusalOf(TunnelRequest(service="nope"))
+        reasons = [(e.get("service"), e.get("reason")) for e in events if "reason" in e]
+        self.assertEqual(reasons, [("3000", "wrong secret"), ("nope", "no such service")])
 
     def test_wrongKind(self):
         """
-        A UDP request for a TCP service is a bad request.
+        A UDP request for a TCP service the peer may open is a bad request.
         """
         self.host.expose(ServiceSpec.forPort(3000))
-        proto, stream = self.openStream()
-        proto.dataReceived(encodeRequest(TunnelRequest(kind="udp")))
-        response = self.response(stream)
-        self.assertEqual(response.status, tunnel_pb2.BAD_REQUEST)
-        self.assertEqual(response.message, "service '3000' is TCP, not UDP")
+        response = self.refusalOf(TunnelRequest(kind="udp"))
+        self.assertEqual(response, (tunnel_pb2.BAD_REQUEST, "service '3000' is TCP, not UDP"))
+
+    def test_accessBeforeKind(self):
+        """
+        A request of the wrong kind for a private service the peer may not
+        open is refused as not found: the kind is not revealed.  With the
+        secret, the mismatch is reported.
+        """
+        self.host.expose(ServiceSpec.forPort(3000, policy=AccessPolicy(secret=b"k")))
+        self.assertEqual(
+            self.refusalOf(TunnelRequest(service="3000", kind="udp")),
+            (tunnel_pb2.NOT_FOUND, f"no service '3000' that you may open on {self.node.peerID}"),
+        )
+        self.assertEqual(
+            self.refusalOf(TunnelRequest(service="3000", kind="udp", secret=b"k")),
+            (tunnel_pb2.BAD_REQUEST, "service '3000' is TCP, not UDP"),
+        )
+
+    def test_admittedToPrivate(self):
+        """
+        A peer on the allow list, or holding the secret, passes (a probe
+        answers OK).
+        """
+        self.host.expose(ServiceSpec.forPort(3000, policy=AccessPolicy(secret=b"k")))
+        self.host.expose(ServiceSpec.forPort(3001, policy=AccessPolicy(allow=[self.peer])))
+        for request in (TunnelRequest(service="3000", secret=b"k", probe=True),
+                        TunnelRequest(service="3001", probe=True)):
+            self.assertEqual(self.refusalOf(request)[0], tunnel_pb2.OK)
+
+    def test_defaultIsFirstAdmitted(self):
+        """
+        The default service (C{""}) is the first one exposed that the peer
+        may open: a stranger skips private services.
+        """
+        self.host.expose(ServiceSpec.forPort(3000, policy=AccessPolicy(secret=b"k")))
+        self.host.expose(ServiceSpec.forPort(3001, kind="udp"))
+        self.assertEqual(self.refusalOf(TunnelRequest(probe=True)),
+                         (tunnel_pb2.BAD_REQUEST, "service '3001' is UDP, not TCP"))
+        self.assertEqual(self.refusalOf(TunnelRequest(probe=True, secret=b"k"))[0], tunnel_pb2.OK)
+
+    def test_publicServices(self):
+        """
+        L{TunnelHost.publicServices} lists only the services anyone may
+        open, in the order exposed.
+        """
+        self.host.expose(ServiceSpec.forPort(3000))
+        self.host.expose(ServiceSpec.forPort(3001, policy=AccessPolicy(secret=b"k")))
+        self.host.expose(ServiceSpec.forPort(3002, policy=AccessPolicy(allow=[self.peer])))
+        self.host.expose(ServiceSpec.forPort(3003))
+        self.assertEqual(self.host.publicServices, ["3000", "3003"])
 
     def test_garbage(self):
         """

@@ -3,10 +3,12 @@ The host side of tunnels: expose local services to peers.
 
 L{TunnelHost} serves C{/beam/tunnel/1.0.0} on a node.  For each inbound
 stream it reads the L{TunnelRequest} (bounded in size and in time), finds
-the service, checks its L{AccessPolicy}, connects to the local service
-(with a timeout) while the stream is paused, answers, and splices the two.
-Any refusal is answered with a status and a message the client shows, and
-logged here in one line.
+the service and checks its L{AccessPolicy} (a service the peer may not
+open is refused exactly like one that does not exist: nothing else about
+it is told), connects to the local service (with a timeout) while the
+stream is paused, answers, and splices the two.  Any refusal is answered
+with a status and a message the client shows, and logged here in one
+line (with the real reason).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from beam.tunnel.protocol import (
     BadTunnelRequest,
     RequestReader,
     ServiceNotFound,
+    ServiceNotOpenable,
     ServiceUnavailable,
     TunnelRefused,
     TunnelRequest,
@@ -146,6 +149,22 @@ def wrapStream(proto: IProtocol, compression: str) -> IProtocol:
     return DecompressingProtocol(proto)
 
 
+class _Unknown(ServiceNotOpenable):
+    """
+    The refusal of a request for a service that does not exist or that the
+    peer may not open: the peer sees only the message, our log the reason.
+
+    @ivar reason: why, for our log ("no such service", "wrong secret", ...).
+    @ivar service: the service refused, if it exists (its refusals are
+        counted).
+    """
+
+    def __init__(self, message: str, reason: str, service: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.service = service
+
+
 class TunnelHost(Service):
     """
     Exposes local services over C{/beam/tunnel/1.0.0} on C{node}.
@@ -243,6 +262,46 @@ class TunnelHost(Service):
         if found is None:
             raise ServiceNotFound(f"no service named {name!r}")
         return found
+
+    @property
+    def publicServices(self) -> list[str]:
+        """
+        The names of the services anyone may open, in the order exposed:
+        what our public name record lists.  Private services (an allow
+        list or a secret) are learned from their share address.
+        """
+        return [name for name, spec in self.services.items() if spec.policy.isPublic]
+
+    def _admit(self, request: TunnelRequest, peer: PeerID) -> ServiceSpec:
+        """
+        The service C{request} names, if C{peer} may open it; C{""} means
+        the first one exposed that C{peer} may open.
+
+        A service that does not exist and one C{peer} may not open are
+        refused alike (same status, same message), so that a stranger
+        learns nothing about private services; only the host's log says
+        which it was.
+
+        @raise ServiceNotFound: none such that C{peer} may open.
+        """
+        if request.service:
+            what = f"no service {request.service!r} that you may open on {self.node.peerID}"
+            spec = self.services.get(request.service)
+            if spec is None:
+                raise _Unknown(what, "no such service")
+            try:
+                spec.policy.check(peer, request.secret)
+            except AccessDenied as e:
+                raise _Unknown(what, str(e), spec.name) from None
+            return spec
+        what = f"no service that you may open on {self.node.peerID}"
+        for spec in self.services.values():
+            try:
+                spec.policy.check(peer, request.secret)
+            except AccessDenied:
+                continue
+            return spec
+        raise _Unknown(what, "no default service it may open")
 
     @property
     def totals(self) -> TunnelStats:
@@ -409,18 +468,20 @@ class TunnelHost(Service):
     def _handle(self, proto: "_HostStream", request: TunnelRequest, peer: PeerID) -> None:
         label = request.service or "the default service"
         try:
-            spec = self.lookup(request.service)
+            # Access first: nothing about a service (its kind, whether it
+            # exists) is told to a peer that may not open it.
+            spec = self._admit(request, peer)
             label = spec.name
             if request.kind != spec.kind:
                 raise BadTunnelRequest(
                     f"service {spec.name!r} is {spec.kind.upper()}, not {request.kind.upper()}"
                 )
-            spec.policy.check(peer, request.secret)
-        except AccessDenied as e:
-            self._statsFor(label).refused += 1
+        except _Unknown as e:
+            if e.service is not None:
+                self._statsFor(e.service).refused += 1
             self.log.info(
                 "refused tunnel from {peer} for {service}: {reason}",
-                peer=peer, service=label, reason=str(e),
+                peer=peer, service=label, reason=e.reason,
             )
             proto.refuse(e)
             return

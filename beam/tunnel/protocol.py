@@ -31,6 +31,7 @@ __all__ = [
     "TunnelRefused",
     "ServiceNotFound",
     "AccessDenied",
+    "ServiceNotOpenable",
     "ServiceUnavailable",
     "BadTunnelRequest",
     "encodeRequest",
@@ -112,8 +113,20 @@ class BadTunnelRequest(TunnelRefused):
     status = tunnel_pb2.BAD_REQUEST
 
 
+class ServiceNotOpenable(ServiceNotFound, AccessDenied):
+    """
+    The host has no service of that name that you may open: it does not
+    exist, or it is private and you are not admitted.  A host answers both
+    alike (C{NOT_FOUND}, one message) so that strangers learn nothing about
+    private services; this is what a C{NOT_FOUND} answer raises, and it is
+    both a L{ServiceNotFound} and an L{AccessDenied}.
+    """
+
+    status = tunnel_pb2.NOT_FOUND
+
+
 _REFUSALS: dict[int, type[TunnelRefused]] = {
-    cls.status: cls for cls in (ServiceNotFound, AccessDenied, ServiceUnavailable, BadTunnelRequest)
+    cls.status: cls for cls in (ServiceNotOpenable, AccessDenied, ServiceUnavailable, BadTunnelRequest)
 }
 
 
