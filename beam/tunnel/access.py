@@ -54,8 +54,8 @@ class AccessPolicy:
         reveal how much of a guess was right.
 
         @raise AccessDenied: with the reason, worded for the host's log
-            (the client sees it too; it tells nothing the client does not
-            know).
+            only: the client gets the same answer as for a service that
+            does not exist (L{beam.tunnel.host}).
         """
         if self.isPublic:
             return
