@@ -24,18 +24,20 @@ once rejoins through the peers it knew, with no fixed bootstrap server.
 from __future__ import annotations
 
 import random as _random
+from collections import deque
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from beam.dht.addrfilter import DialLimiter, filterMessage
 from beam.dht.kad import KademliaNode, Mode
 from beam.dht.messages import Message, PeerInfo, decodeMessage, encodeMessage
 from beam.dht.routing import RoutingTable
@@ -50,6 +52,14 @@ from beam.p2p.interfaces import IStreamTransport
 
 KAD_PROTOCOL = "/beam/kad/1.0.0"
 MAX_KAD_MESSAGE = 64 * 1024
+#: Requests read from one stream and not answered yet (a peer pipelining
+#: more is reset; libp2p clients send one and wait).
+MAX_PIPELINED = 64
+#: Requests one stream may make before it is reset (the peer opens another).
+MAX_REQUESTS_PER_STREAM = 1024
+#: Seconds an answer may stay unread (the stream paused) before the stream
+#: is reset.
+STALL_TIMEOUT = 10.0
 ROUTING_FILE = "routing.json"
 
 
@@ -92,6 +102,8 @@ class _KadClient(Protocol):
             self.result.errback(Failure(e))
             return
         assert self.transport is not None  # data arrives only while connected
+        conn = getattr(self.transport, "connection", None)
+        message = filterMessage(message, getattr(conn, "remoteAddr", None))
         self.transport.loseConnection()
         self.result.callback(message)
 
@@ -100,12 +112,20 @@ class _KadClient(Protocol):
             self.result.errback(Failure(BeamError("the DHT peer closed the stream without answering")))
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class _KadServer(Protocol):
     """
     Answer requests on one stream until the peer closes it.  Any error
     (malformed message, refused record) is logged and resets the stream,
     as other libp2p implementations do.
+
+    Answers respect backpressure: the server is the stream's producer, and
+    while the stream holds more unsent bytes than its high-water mark
+    (the peer does not read), no further request is answered and the
+    stream stops reading (the peer's window then stops it sending).  A
+    stream paused for longer than C{STALL_TIMEOUT}, one with more than
+    C{MAX_PIPELINED} requests waiting, or one that made more than
+    C{MAX_REQUESTS_PER_STREAM} requests, is reset.
     """
 
     log = Logger()
@@ -114,29 +134,117 @@ class _KadServer(Protocol):
     def __init__(self, service: "KademliaService") -> None:
         self.service = service
         self.reader = LengthPrefixedReader(MAX_KAD_MESSAGE)
+        self._waiting: deque[bytes] = deque()
+        self._answered = 0
+        self._paused = False
+        self._readDone = False
+        self._stall: Any = None
+
+    def connectionMade(self) -> None:
+        register = getattr(self.transport, "registerProducer", None)
+        if register is not None:
+            register(self, True)
 
     def dataReceived(self, data: bytes) -> None:
         stream = self.transport
         assert stream is not None  # data arrives only while connected
+        try:
+            self._waiting.extend(self.reader.feed(data))
+        except BeamError as e:
+            self._refuse(str(e))
+            return
+        if len(self._waiting) > MAX_PIPELINED:
+            self._refuse(f"more than {MAX_PIPELINED} requests waiting for an answer")
+            return
+        self._answerWaiting()
+
+    def _answerWaiting(self) -> None:
+        stream = self.transport
+        assert stream is not None
         conn = getattr(stream, "connection", None)
         if conn is None:
             stream.abortConnection()
             return
-        try:
-            for raw in self.reader.feed(data):
-                request = decodeMessage(raw)
-                response = self.service._handle(conn, request)
-                stream.write(encodeLengthPrefixed(encodeMessage(response)))
-        except BeamError as e:
-            self.log.debug("DHT request from {peer} refused: {why}", peer=conn.remotePeer, why=e)
-            stream.abortConnection()
+        while self._waiting and not self._paused:
+            if self._answered >= MAX_REQUESTS_PER_STREAM:
+                self._refuse(f"more than {MAX_REQUESTS_PER_STREAM} requests on one stream")
+                return
+            raw = self._waiting.popleft()
+            self._answered += 1
+            try:
+                response = self.service._handle(conn, decodeMessage(raw))
+                answer = encodeLengthPrefixed(encodeMessage(response))
+            except BeamError as e:
+                self._refuse(str(e))
+                return
+            # May pause us (re-entrantly) if the stream's queue is full.
+            stream.write(answer)
+        if self._readDone and not self._waiting:
+            stream.loseConnection()
+
+    def _refuse(self, why: str) -> None:
+        stream = self.transport
+        assert stream is not None
+        self._waiting.clear()
+        peer = getattr(getattr(stream, "connection", None), "remotePeer", None)
+        self.log.debug("DHT request from {peer} refused: {why}", peer=peer, why=why)
+        stream.abortConnection()
+
+    # IPushProducer: the stream tells us whether it takes more answers.
+
+    def pauseProducing(self) -> None:
+        if self._paused:
+            return
+        self._paused = True
+        stream = self.transport
+        if stream is not None:
+            pause = getattr(stream, "pauseProducing", None)
+            if pause is not None:
+                pause()
+        if self._stall is None:
+            self._stall = self.service.reactor.callLater(STALL_TIMEOUT, self._stalled)
+
+    def resumeProducing(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        self._cancelStall()
+        stream = self.transport
+        if stream is None:
+            return
+        self._answerWaiting()
+        if not self._paused:
+            resume = getattr(stream, "resumeProducing", None)
+            if resume is not None:
+                resume()
+
+    def stopProducing(self) -> None:
+        self._waiting.clear()
+        self._cancelStall()
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if self.transport is not None:
+            self._refuse(f"answers unread for {STALL_TIMEOUT:g} s")
+
+    def _cancelStall(self) -> None:
+        if self._stall is not None:
+            if self._stall.active():
+                self._stall.cancel()
+            self._stall = None
 
     def readConnectionLost(self) -> None:
         assert self.transport is not None  # only while connected
-        self.transport.loseConnection()
+        self._readDone = True
+        if not self._waiting:
+            self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._waiting.clear()
+        self._cancelStall()
 
 
 class KademliaService(Service):
@@ -177,6 +285,7 @@ class KademliaService(Service):
             reactor, self._localInfo, self, store, mode=mode,
             random=random, timeout=timeout, refreshInterval=refreshInterval,
         )
+        self.dialLimiter = DialLimiter(reactor)
         self._loops: list[LoopingCall] = []
         self._initial: Optional[Deferred[Any]] = None
 
@@ -202,6 +311,13 @@ class KademliaService(Service):
         """
         if peer.peer == self.node.peerID:
             return fail(BeamError("refusing to send a DHT request to ourselves"))
+        if self.node.connectionTo(peer.peer) is None:
+            # A dial: rate-limited per target, whoever told us the address.
+            known = list(peer.addrs) + [
+                a for a in self.node.peerStore.addrs(peer.peer) if a not in peer.addrs
+            ]
+            if known and not [a for a in known if self.dialLimiter.allow(a)]:
+                return fail(BeamError(f"too many DHT dials to {known[0]} recently; not dialling {peer.peer}"))
         self.node.peerStore.addAddrs(peer.peer, [a for a in peer.addrs if a.tcpTarget() is not None][:32], "dht")
         try:
             client = _KadClient(encodeLengthPrefixed(encodeMessage(message)))

@@ -1,0 +1,151 @@
+"""
+What a DHT peer may tell us about others: address filtering and a dial
+rate limit, so that no peer can make us connect where it likes (SSRF).
+
+A peer's answer lists other peers (closer peers) at addresses of its
+choosing.  Taken as they are, a stranger on the Internet could make us
+dial C{127.0.0.1} or a machine on our LAN.  As libp2p does, addresses of
+third parties are kept only if they are on a network the answering peer
+can itself speak for (L{filterAddrs}):
+
+  - public addresses always;
+  - private ones (RFC 1918, CGNAT, unique local, link-local) only if the
+    answer came over a private or loopback connection;
+  - loopback ones only if it came over loopback;
+  - unspecified, multicast and reserved ones never.
+
+Addresses that are not IP (C{/memory}, DNS names) are kept: a DNS name is
+checked only when dialled (a known gap: a name may resolve to a private
+address).  L{DialLimiter} then bounds how often the DHT dials any one
+target, whoever told us about it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable, Literal, Optional
+
+import attrs
+
+from beam.dht.messages import Message, PeerInfo
+from beam.identity.multiaddr import Multiaddr
+
+__all__ = ["DialLimiter", "addrScope", "filterAddrs", "filterMessage"]
+
+Scope = Literal["public", "private", "loopback", "invalid", "other"]
+
+_RANK = {"public": 0, "private": 1, "loopback": 2}
+
+
+def addrScope(addr: Multiaddr) -> Scope:
+    """
+    Which kind of network C{addr} is on: C{"public"}, C{"private"},
+    C{"loopback"}, C{"invalid"} (unspecified, multicast, reserved) or
+    C{"other"} (not an IP address: C{/memory}, a DNS name that is not
+    C{localhost}).
+    """
+    if addr.isLoopback():
+        return "loopback"
+    comps = addr.components()
+    if comps and comps[0][0] == "ip6zone":
+        comps = comps[1:]
+    if not comps or comps[0][0] not in ("ip4", "ip6") or comps[0][1] is None:
+        return "other"
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(comps[0][1])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+        return "invalid"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_global:
+        return "public"
+    return "private"
+
+
+def filterAddrs(addrs: Iterable[Multiaddr], via: Optional[Multiaddr]) -> tuple[Multiaddr, ...]:
+    """
+    The addresses of C{addrs} we may dial on the word of a peer reached at
+    C{via} (the remote address of its connection; L{None}: unknown, treated
+    as public).
+    """
+    viaScope = addrScope(via) if via is not None else "public"
+    allowed = _RANK.get(viaScope, 0) if viaScope != "other" else 0
+    kept = []
+    for addr in addrs:
+        scope = addrScope(addr)
+        if scope == "other" or (scope in _RANK and _RANK[scope] <= allowed):
+            kept.append(addr)
+    return tuple(kept)
+
+
+def filterMessage(message: Message, via: Optional[Multiaddr]) -> Message:
+    """
+    C{message} with the addresses of its closer peers filtered
+    (L{filterAddrs}); peers left with no address stay (they may be
+    reachable through the peer store or a later answer).
+    """
+    if not message.closerPeers:
+        return message
+    closer = tuple(PeerInfo(p.peer, filterAddrs(p.addrs, via)) for p in message.closerPeers)
+    if closer == message.closerPeers:
+        return message
+    return attrs.evolve(message, closerPeers=closer)
+
+
+class DialLimiter:
+    """
+    A token bucket per dial target (C{host:port}, or the whole address if
+    it is not TCP): at most C{burst} dials at once, then one every
+    C{1/rate} seconds.
+
+    @ivar refused: how many dials were refused so far.
+    """
+
+    def __init__(self, clock: object, burst: int = 4, rate: float = 0.2, maxTargets: int = 4096) -> None:
+        self.clock = clock
+        self.burst = burst
+        self.rate = rate
+        self.maxTargets = maxTargets
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self.refused = 0
+
+    @staticmethod
+    def key(addr: Multiaddr) -> str:
+        """
+        The target C{addr} dials.
+        """
+        target = addr.tcpTarget()
+        if target is not None:
+            return f"{target[0]}:{target[1]}"
+        return str(addr.withoutPeerID())
+
+    def allow(self, addr: Multiaddr) -> bool:
+        """
+        Take a token for dialling C{addr}; False if its bucket is empty.
+        """
+        now: float = self.clock.seconds()  # type: ignore[attr-defined]  # an IReactorTime
+        key = self.key(addr)
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            self.refused += 1
+            return False
+        if key not in self._buckets and len(self._buckets) >= self.maxTargets:
+            self._prune(now)
+        self._buckets[key] = (tokens - 1.0, now)
+        return True
+
+    def _prune(self, now: float) -> None:
+        """
+        Forget buckets that are full again (they behave as new ones); if
+        none is, forget the oldest half.
+        """
+        full = [k for k, (t, last) in self._buckets.items() if t + (now - last) * self.rate >= self.burst]
+        for k in full:
+            del self._buckets[k]
+        if len(self._buckets) >= self.maxTargets:
+            oldest = sorted(self._buckets, key=lambda k: self._buckets[k][1])
+            for k in oldest[: len(oldest) // 2]:
+                del self._buckets[k]
