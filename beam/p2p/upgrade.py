@@ -101,9 +101,11 @@ class UpgradingProtocol(_Delegating):
 
     def connectionMade(self) -> None:
         if self._onConnected is not None and not self._onConnected(self):
+            # Not logged here: the node counts refusals and logs them at
+            # most once per interval (a flood must not flood the log).
             self._fail(Failure(ConnectionLimitExceeded(
-                "the node refused the connection (stopping, or at its connection limit)"
-            )))
+                "the node refused the connection (stopping, or at a connection limit)"
+            )), quiet=True)
             return
         self._timer = self.clock.callLater(self.handshakeTimeout, self._timedOut)
         negotiator: MultistreamDialer | MultistreamListener
@@ -142,16 +144,17 @@ class UpgradingProtocol(_Delegating):
         self._cancelTimer()
         self.done.callback(conn)
 
-    def _fail(self, failure: Failure) -> None:
+    def _fail(self, failure: Failure, quiet: bool = False) -> None:
         if self.finished:
             return
         self.finished = True
         self._cancelTimer()
-        self.log.info(
-            "connection with {peer} failed during upgrade: {reason}",
-            peer=self.transport.getPeer() if self.transport else None,
-            reason=describe(failure),
-        )
+        if not quiet:
+            self.log.info(
+                "connection with {peer} failed during upgrade: {reason}",
+                peer=self.transport.getPeer() if self.transport else None,
+                reason=describe(failure),
+            )
         if self.transport is not None:
             self.transport.abortConnection()
         self.done.errback(failure)
@@ -200,6 +203,11 @@ class _MuxerStage(_Delegating):
         try:
             conn = self.upgrading._muxerReady(self, self.transport)
             self.setInner(conn.session)
+        except ConnectionLimitExceeded:
+            # The node refused the finished connection (counted and
+            # logged there, at most once per interval).
+            self.upgrading._fail(Failure(), quiet=True)
+            return
         except Exception:
             # Our bug, not the peer's: say so (rather than letting the
             # secure channel report a vague handshake failure) and drop

@@ -40,7 +40,7 @@ from beam.p2p.host.node import Node
 from beam.p2p.security.interfaces import ISecureTransport
 from beam.p2p.security.noise import NoiseTransport
 from beam.p2p.security.tls import TLSTransport
-from beam.p2p.transport.memory import MemoryNetwork, MemoryTransport, flush
+from beam.p2p.transport.memory import MemoryAddress, MemoryNetwork, MemoryPipe, MemoryTransport, flush
 from beam.p2p.upgrade import YAMUX_PROTOCOL
 
 #: Where the grid's clock starts: a fixed, realistic wall-clock time (TLS
@@ -142,16 +142,34 @@ class MemoryGrid:
         addr = node.listenAddrs[index]
         return addr.withPeerID(node.peerID) if withPeer else addr
 
-    def rawConnect(self, node: Node, protocol: Protocol) -> Protocol:
+    def rawConnect(self, node: Node, protocol: Protocol, source: Optional[int] = None) -> Protocol:
         """
         Connect C{protocol} to C{node}'s first listening address over the
         bare memory transport (no security, no muxer): a peer that does not
         speak libp2p, or speaks it badly.
+
+        @param source: the port the connection comes from; connections
+            given the same one come from one "IP" as far as the node's
+            per-source limits are concerned (by default each has its own).
         """
-        factory = Factory.forProtocol(lambda: protocol)
-        factory.noisy = False
-        transport = MemoryTransport(self.clock, self.network)
-        return self.result(transport.dial(self.addr(node, withPeer=False), factory, 10.0))
+        if source is None:
+            factory = Factory.forProtocol(lambda: protocol)
+            factory.noisy = False
+            transport = MemoryTransport(self.clock, self.network)
+            return self.result(transport.dial(self.addr(node, withPeer=False), factory, 10.0))
+        port = node.listenAddrs[0].components()[0][1]
+        assert port is not None
+        server = self.network.listeners[int(port)]
+        local, remote = MemoryAddress(source), MemoryAddress(int(port))
+        client = MemoryPipe(self.clock, local, remote)
+        serverPipe = MemoryPipe(self.clock, remote, local)
+        client.other, serverPipe.other = serverPipe, client
+        serverProto = server.buildProtocol(local)
+        serverPipe.protocol, client.protocol = serverProto, protocol
+        serverProto.makeConnection(serverPipe)
+        protocol.makeConnection(client)
+        self.settle()
+        return protocol
 
     def silentListener(self) -> SilentListener:
         """

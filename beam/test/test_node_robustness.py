@@ -473,6 +473,153 @@ class MisbehavingConnectionTests(SynchronousTestCase):
         assertNoLoggedErrors(self)
 
 
+class HandshakeBudgetTests(SynchronousTestCase):
+    """
+    Inbound connections that have not finished the handshake have their
+    own budget, capped per source, so an unauthenticated flood cannot lock
+    established or new peers out (OpenSSH's C{MaxStartups}).
+    """
+
+    def setUp(self) -> None:
+        self.grid = MemoryGrid(self)
+
+    def flood(self, node: Any, count: int, source: Any = None) -> list[Recorder]:
+        """
+        C{count} raw connections that never speak, all from port C{source}
+        (one "IP"), or each from its own port if C{source} is C{"each"}.
+        """
+        out = []
+        for i in range(count):
+            src = (1_000_000 + len(self.grid.nodes) * 1000 + i) if source == "each" else source
+            out.append(self.grid.rawConnect(node, Recorder(), source=src))
+        return out
+
+    def test_perSourceCap(self) -> None:
+        """
+        100 silent connections from one source: 8 wait in the handshake,
+        the rest are aborted at once and counted, one log line says so; a
+        legitimate peer connects and pings meanwhile; after the handshake
+        timeout the slots are free again.
+        """
+        logs = LogCapture(self)
+        grid = self.grid
+        b = grid.node()
+        a = grid.node()
+        raws = self.flood(b, 100, source=7)
+        grid.settle()
+        waiting = [r for r in raws if not r.lost.called]
+        self.assertEqual(len(waiting), 8)
+        self.assertEqual(b.pendingHandshakeCount, 8)
+        self.assertEqual(b.refusedHandshakes, 92)
+        self.assertEqual(b.openConnectionCount, 0)
+        self.assertEqual(len(logs.matching("refused {n} inbound")), 1)
+        self.assertFalse(logs.matching("failed during upgrade"))
+        self.assertEqual(len(grid.result(a.ping(grid.addr(b), count=3))), 3)
+        self.assertEqual(len(b._allConnections), 1)
+        grid.advance(b.handshakeTimeout + 0.1)
+        for r in waiting:
+            self.assertTrue(r.lost.called)
+        self.assertEqual(b.pendingHandshakeCount, 0)
+        self.assertEqual(b._pendingBySource, {})
+        again = self.flood(b, 8, source=7)
+        grid.settle()
+        self.assertFalse(any(r.lost.called for r in again))
+        self.assertEqual(b.pendingHandshakeCount, 8)
+        assertNoLoggedErrors(self)
+
+    def test_pendingBudget(self) -> None:
+        """
+        Silent connections from many sources fill the handshake budget, not
+        the connection limit: an established peer keeps working and the node
+        still dials out; once the budget is full, further inbound
+        connections are refused until the timeout frees it.
+        """
+        grid = self.grid
+        b = grid.node(maxConnections=4, maxPendingHandshakes=10, handshakeTimeout=5.0)
+        a, c, d = grid.node(), grid.node(), grid.node()
+        grid.result(a.connect(grid.addr(b)))
+        raws = self.flood(b, 5, source="each")
+        grid.settle()
+        self.assertEqual(b.pendingHandshakeCount, 5)
+        # Five unauthenticated connections with a limit of 4: a new peer
+        # still gets in, and b can still dial.
+        grid.result(c.ping(grid.addr(b)))
+        grid.result(b.connect(grid.addr(d)))
+        self.assertEqual(b.openConnectionCount, 3)
+        more = self.flood(b, 20, source="each")
+        grid.settle()
+        self.assertEqual(b.pendingHandshakeCount, 10)
+        self.assertEqual(sum(1 for r in raws + more if r.lost.called), 15)
+        self.assertEqual(b.refusedHandshakes, 15)
+        grid.result(a.ping(grid.addr(b)))
+        grid.advance(5.1)
+        self.assertEqual(b.pendingHandshakeCount, 0)
+        self.assertTrue(all(r.lost.called for r in raws + more))
+        assertNoLoggedErrors(self)
+
+    def test_limitCheckedWhenHandshakeFinishes(self) -> None:
+        """
+        Handshakes run beside a full connection table, so the connection
+        limit is checked again when one finishes: over it, the connection
+        is dropped (and counted), not kept.
+        """
+        grid = self.grid
+        b = grid.node(maxConnections=1)
+        a, c = grid.node(), grid.node()
+        da, dc = a.connect(grid.addr(b)), c.connect(grid.addr(b))
+        grid.settle()
+        outcomes: list[Any] = []
+        for d in (da, dc):
+            d.addBoth(outcomes.append)
+        grid.advance(1)
+        self.assertEqual(len(outcomes), 2)
+        self.assertEqual(len(b._allConnections), 1)
+        self.assertEqual(b.refusedHandshakes, 1)
+        self.assertEqual(b.pendingHandshakeCount, 0)
+        self.assertEqual(b.openConnectionCount, 1)
+        # The refused dialer finished its side of the handshake, but its
+        # connection is closed.
+        live = [o for o in outcomes if not isinstance(o, Failure) and not o.closed]
+        self.assertEqual(len(live), 1)
+        assertNoLoggedErrors(self)
+
+    def test_refusalsLoggedOncePerInterval(self) -> None:
+        """
+        Refusals are logged at most once per interval, with the number
+        refused since the last line.
+        """
+        logs = LogCapture(self)
+        grid = self.grid
+        b = grid.node(maxPendingHandshakesPerSource=1, handshakeTimeout=100.0)
+        self.flood(b, 5, source=9)
+        grid.advance(4)
+        self.flood(b, 5, source=9)
+        grid.advance(4)
+        self.assertEqual(len(logs.matching("refused {n} inbound")), 1)
+        grid.advance(3)
+        self.flood(b, 3, source=9)
+        grid.settle()
+        lines = logs.matching("refused {n} inbound")
+        self.assertEqual([e["n"] for e in lines], [1, 9])
+        self.assertEqual(b.refusedHandshakes, 12)
+
+    def test_sourceKey(self) -> None:
+        """
+        IPv4 connections are grouped by address, IPv6 ones by /64.
+        """
+        from twisted.internet.address import IPv4Address, IPv6Address
+
+        from beam.p2p.host.node import sourceKey
+
+        self.assertEqual(sourceKey(IPv4Address("TCP", "192.0.2.1", 5)), "192.0.2.1")
+        self.assertEqual(sourceKey(IPv6Address("TCP", "2001:db8:1:2:3::4", 5)),
+                         sourceKey(IPv6Address("TCP", "2001:db8:1:2:ffff::1", 6)))
+        self.assertNotEqual(sourceKey(IPv6Address("TCP", "2001:db8:1:2::1", 5)),
+                            sourceKey(IPv6Address("TCP", "2001:db8:1:3::1", 5)))
+        self.assertEqual(sourceKey(IPv6Address("TCP", "::ffff:192.0.2.1", 5)), "192.0.2.1")
+        self.assertIsNone(sourceKey(object()))
+
+
 class ObserverTests(SynchronousTestCase):
     """
     Connection observers see each connection's life in order.

@@ -21,6 +21,7 @@ in L{beam.p2p.host.identifying}.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from enum import Enum
 from functools import partial
@@ -35,6 +36,7 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall, IProtocol
 from twisted.internet.protocol import Factory
 from zope.interface import implementer
@@ -50,6 +52,7 @@ from beam.p2p.host.identifying import NodeIdentify
 from beam.p2p.connection import PeerConnection
 from beam.errors import (
     BeamError,
+    ConnectionLimitExceeded,
     DialError,
     MuxerClosed,
     NegotiationFailed,
@@ -178,6 +181,9 @@ class Node(MultiService):
         maxStreamsPerConnection: int = 1024,
         idleTimeout: float = 300.0,
         handshakeTimeout: float = 15.0,
+        maxPendingHandshakes: int = 64,
+        maxPendingHandshakesPerSource: int = 8,
+        refusalLogInterval: float = 10.0,
         negotiationTimeout: float = 15.0,
         dialTimeout: float = 15.0,
         closeTimeout: float = 5.0,
@@ -185,6 +191,19 @@ class Node(MultiService):
         random: Callable[[int], bytes] = os.urandom,
     ) -> None:
         """
+        @param maxConnections: the most established connections, plus our
+            own dials still upgrading.  Inbound connections that have not
+            finished the handshake do not count: they have their own budget.
+        @param maxPendingHandshakes: the most inbound connections still in
+            the security handshake (like OpenSSH's C{MaxStartups}): an
+            unauthenticated flood fills this budget, not C{maxConnections},
+            so established peers and new peers that finish quickly are not
+            locked out.  Each is dropped after C{handshakeTimeout}.
+        @param maxPendingHandshakesPerSource: the most of those from one
+            source (L{sourceKey}: one IPv4 address, one IPv6 /64).
+        @param refusalLogInterval: refused connections are counted in
+            L{refusedHandshakes} and logged at most once per this many
+            seconds.
         @param closeTimeout: on stop, seconds given to connections to close
             cleanly (flushing what they have queued) before they are
             aborted; a peer that stopped reading cannot hold the stop up.
@@ -205,6 +224,18 @@ class Node(MultiService):
         self.maxStreamsPerConnection = maxStreamsPerConnection
         self.idleTimeout = idleTimeout
         self.handshakeTimeout = handshakeTimeout
+        self.maxPendingHandshakes = maxPendingHandshakes
+        self.maxPendingHandshakesPerSource = maxPendingHandshakesPerSource
+        self.refusalLogInterval = refusalLogInterval
+        #: Inbound connections refused (over a handshake budget or the
+        #: connection limit) since the node was made.
+        self.refusedHandshakes = 0
+        self._refusedUnlogged = 0
+        self._lastRefusalLog: Optional[float] = None
+        # Inbound connections still upgrading, with their source key, and
+        # how many each source has.
+        self._pendingInbound: dict[UpgradingProtocol, Any] = {}
+        self._pendingBySource: dict[Any, int] = {}
         self.negotiationTimeout = negotiationTimeout
         self.dialTimeout = dialTimeout
         self.closeTimeout = closeTimeout
@@ -424,10 +455,36 @@ class Node(MultiService):
     @property
     def openConnectionCount(self) -> int:
         """
-        Connections open or still upgrading (what the connection limit
-        counts).
+        Connections open, or dialled by us and still upgrading (what the
+        connection limit counts; inbound handshakes have their own budget).
         """
-        return len(self._allConnections) + len(self._upgrading)
+        return len(self._allConnections) + len(self._upgrading) - len(self._pendingInbound)
+
+    @property
+    def pendingHandshakeCount(self) -> int:
+        """
+        Inbound connections that have not finished the handshake.
+        """
+        return len(self._pendingInbound)
+
+    def _refused(self, peer: object, why: str) -> None:
+        """
+        Count a refused inbound connection; log at most once per
+        C{refusalLogInterval}.
+        """
+        self.refusedHandshakes += 1
+        self._refusedUnlogged += 1
+        now = self.reactor.seconds()
+        if self._lastRefusalLog is not None and now - self._lastRefusalLog < self.refusalLogInterval:
+            return
+        self._lastRefusalLog = now
+        self.log.warn(
+            "refused {n} inbound connection(s) (latest from {peer}: {why}); "
+            "{total} refused in all, {pending} handshakes pending, {open} connections open",
+            n=self._refusedUnlogged, peer=peer, why=why, total=self.refusedHandshakes,
+            pending=len(self._pendingInbound), open=len(self._allConnections),
+        )
+        self._refusedUnlogged = 0
 
     @property
     def isStopping(self) -> bool:
@@ -515,6 +572,14 @@ class Node(MultiService):
         transport: ITransport,
     ) -> UpgradingProtocol:
         def makeConn(up: UpgradingProtocol, info: SecureInfo, secureTransport: Any) -> PeerConnection:
+            if not isInitiator:
+                # The handshake is done: only now does it take a place
+                # among the established connections.
+                self._forgetPending(up)
+                if self.openConnectionCount - 1 >= self.maxConnections:
+                    assert up.transport is not None
+                    self._refused(up.transport.getPeer(), f"{len(self._allConnections)} connections open")
+                    raise ConnectionLimitExceeded(f"already {self.maxConnections} connections open")
             return self._newConnection(up, info, isInitiator, dialledAddr, transport)
 
         def admit(up: UpgradingProtocol) -> bool:
@@ -522,16 +587,27 @@ class Node(MultiService):
             _noDelay(up.transport)
             if self.isStopping:
                 return False
-            if not isInitiator and len(self._allConnections) + len(self._upgrading) >= self.maxConnections:
-                self.log.warn(
-                    "refusing inbound connection from {peer}: {n} connections open",
-                    peer=up.transport.getPeer(), n=len(self._allConnections),
-                )
-                return False
+            if not isInitiator:
+                peer = up.transport.getPeer()
+                key = sourceKey(peer)
+                why = None
+                if len(self._pendingInbound) >= self.maxPendingHandshakes:
+                    why = f"{len(self._pendingInbound)} handshakes pending"
+                elif key is not None and self._pendingBySource.get(key, 0) >= self.maxPendingHandshakesPerSource:
+                    why = f"{self._pendingBySource[key]} handshakes pending from {key}"
+                elif self.openConnectionCount >= self.maxConnections:
+                    why = f"{len(self._allConnections)} connections open"
+                if why is not None:
+                    self._refused(peer, why)
+                    return False
+                self._pendingInbound[up] = key
+                if key is not None:
+                    self._pendingBySource[key] = self._pendingBySource.get(key, 0) + 1
             self._upgrading.add(up)
 
             def forget(result: object) -> object:
                 self._upgrading.discard(up)
+                self._forgetPending(up)
                 return result
 
             up.done.addBoth(forget)
@@ -553,6 +629,17 @@ class Node(MultiService):
             # ends here.
             up.done.addErrback(lambda f: None)
         return up
+
+    def _forgetPending(self, up: UpgradingProtocol) -> None:
+        if up not in self._pendingInbound:
+            return
+        key = self._pendingInbound.pop(up)
+        if key is not None:
+            left = self._pendingBySource[key] - 1
+            if left:
+                self._pendingBySource[key] = left
+            else:
+                del self._pendingBySource[key]
 
     def _newConnection(
         self,
@@ -974,6 +1061,30 @@ def _expandUnspecified(addr: Multiaddr) -> list[Multiaddr]:
             hosts.append(h)
     proto = "ip4" if fam == socket.AF_INET else "ip6"
     return [Multiaddr.fromString(f"/{proto}/{h}/tcp/{port}") for h in hosts]
+
+
+def sourceKey(address: object) -> Any:
+    """
+    Where an inbound connection comes from, for the per-source handshake
+    cap: the IPv4 address, the /64 of an IPv6 address (one host usually
+    has a whole /64), or for the memory transport the peer's port (each
+    dial has its own, so only a test harness shares one).  L{None} for an
+    address with no source to group by.
+    """
+    if isinstance(address, IPv4Address):
+        return address.host
+    if isinstance(address, IPv6Address):
+        try:
+            ip = ipaddress.IPv6Address(address.host.split("%", 1)[0])
+        except ValueError:
+            return address.host
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    port = getattr(address, "port", None)
+    if getattr(address, "type", None) == "MEMORY" and port is not None:
+        return f"memory:{port}"
+    return None
 
 
 def _noDelay(transport: object) -> None:
