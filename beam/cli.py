@@ -391,7 +391,7 @@ def _printTunnel(
     command = tunnel["connect"]
     byName = None
     secret = "#" in tunnel["share"]
-    if registered is not None and registered.get("stored_on", 0) > 1 and not secret:
+    if registered is not None and registered.get("stored_on", 0) > 0 and not secret:
         target = registered["name"] if tunnels == 1 else f"{registered['name']}/{tunnel['name']}"
         byName = f"beam connect {target}" + (" --udp" if tunnel["kind"] == "udp" else "")
     text = (
@@ -648,11 +648,20 @@ async def cmdRegister(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
 
 
 def _printRegistered(out: _Out, result: dict[str, Any]) -> None:
-    where = f"stored on {result['stored_on']} peer(s)"
+    stored = result.get("stored_on") or 0
+    where = f"stored on {stored} other peer(s)"
     if result.get("error"):
         where += f" (publishing failed: {result['error']})"
-    out.event({"event": "registered", **result},
-              f"registered {result['name']} -> {result['peer_id']} ({where})")
+    event = {"event": "registered", **result}
+    text = f"registered {result['name']} -> {result['peer_id']} ({where})"
+    if not stored:
+        event["warning"] = NAME_ONLY_HERE.format(name=result["name"])
+        text += f"\nwarning: {event['warning']}"
+    out.event(event, text)
+
+
+NAME_ONLY_HERE = ("no other peer stored the name {name}; it is only on this node, "
+                  "so others cannot resolve it until a DHT peer stores it")
 
 
 async def cmdResolve(reactor: Any, args: argparse.Namespace, out: _Out) -> int:

@@ -433,9 +433,10 @@ class KademliaNode:
         republish it), look up the k peers nearest to C{key} and send each a
         PUT_VALUE.
 
-        @return: how many of the k nearest nodes now hold it (ourselves
-            included when we are among them); errbacks with L{InvalidRecord}
-            for a record our own validator refuses.
+        @return: how many I{other} peers (of the k nearest nodes) accepted
+            it; never counts ourselves, so C{0} means the record is only
+            here (no DHT peers, or all refused).  Errbacks with
+            L{InvalidRecord} for a record our own validator refuses.
         """
         try:
             self.store.validate(key, value)
@@ -452,7 +453,7 @@ class KademliaNode:
             )
             puts = [self._put(info, request) for info in closest[: self.k - 1 if here else self.k]]
             d = gatherResults(puts)
-            return d.addCallback(lambda oks: sum(oks) + (1 if here else 0))
+            return d.addCallback(lambda oks: sum(1 for ok in oks if ok))
 
         return self.closestPeers(key).addCallback(send)
 
@@ -527,12 +528,18 @@ class KademliaNode:
 
     # --- requests in -----------------------------------------------------
 
-    def handleRequest(self, sender: PeerInfo, request: Message, senderIsServer: bool = False) -> Message:
+    def handleRequest(
+        self, sender: PeerInfo, request: Message, senderIsServer: bool = False,
+        senderNetwork: str | None = None,
+    ) -> Message:
         """
         Answer one request from C{sender}.
 
         @param senderIsServer: the adapter knows the sender is a DHT server
             (identify lists the protocol), so it may join our routing table.
+        @param senderNetwork: the network the request came from
+            (L{beam.dht.store.networkOf} of the connection's remote
+            address), charged by the store's per-network quotas.
         @raise UnexpectedMessage: we are a client, or the type is one we do
             not serve.
         @raise InvalidDHTMessage: the request lacks what its type needs.
@@ -570,7 +577,7 @@ class KademliaNode:
                 raise InvalidDHTMessage("PUT_VALUE without a record")
             if rec.key != request.key:
                 raise InvalidDHTMessage("PUT_VALUE record key differs from the message key")
-            self.store.put(rec.key, rec.value, origin=sender.peer)
+            self.store.put(rec.key, rec.value, origin=sender.peer, network=senderNetwork)
             return Message(MessageType.PUT_VALUE, request.key, Record(rec.key, rec.value))
         if t == MessageType.GET_PROVIDERS:
             self._needKey(request)

@@ -42,7 +42,7 @@ from beam.dht.kad import KademliaNode, Mode
 from beam.dht.messages import Message, PeerInfo, decodeMessage, encodeMessage
 from beam.dht.routing import RoutingTable
 from beam.dht.status import BucketStatus, DHTStatus, RoutesStatus, RouteStatus
-from beam.dht.store import RecordStore
+from beam.dht.store import RecordStore, networkOf
 from beam.errors import BeamError, DecodeError, NotFound, ProtocolError, describe
 from beam.storage.fileutil import atomicWrite
 from beam.encoding.framing import LengthPrefixedReader, encodeLengthPrefixed
@@ -339,7 +339,8 @@ class KademliaService(Service):
             addrs = tuple(a.withoutPeerID() for a in identified.listenAddrs)[:16]
             isServer = KAD_PROTOCOL in identified.protocols
         sender = PeerInfo(conn.remotePeer, addrs)
-        return self.kad.handleRequest(sender, request, senderIsServer=isServer)
+        network = networkOf(getattr(conn, "remoteAddr", None))
+        return self.kad.handleRequest(sender, request, senderIsServer=isServer, senderNetwork=network)
 
     def _connectionEvent(self, event: str, conn: Any) -> None:
         if event not in ("identified", "updated") or conn.identify is None:

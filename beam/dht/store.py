@@ -8,10 +8,16 @@ whether a value is well-formed and unexpired, which of several values is
 best, whether a new value may replace the held one (ownership), and when a
 value expires.
 
-Memory is bounded three ways: at most C{maxRecords} records, values of at
-most L{MAX_VALUE_BYTES}, and per sending peer at most C{maxPerPeer} accepted
-puts in any C{quotaWindow} seconds, so one peer cannot flood the store nor
-push out other peers' records.  Our own records (C{origin} is the local peer,
+Memory is bounded four ways: at most C{maxRecords} records, values of at
+most L{MAX_VALUE_BYTES}, per sending peer at most C{maxPerPeer} accepted new
+records in any C{quotaWindow} seconds, and per sending network (the /24 of
+an IPv4 address, the /48 of an IPv6 one, see L{networkOf}) at most
+C{maxPerNetwork} new records per window and C{maxHeldPerNetwork} held at
+once, so neither one peer nor many throwaway keys on one network can fill
+the store and refuse everyone else's records.  The owner's update of a
+record the store already holds (the validator's C{mayReplace}, e.g. same
+owner and newer) is always accepted, quota or full store notwithstanding:
+a flood cannot keep an owner from refreshing its name.  Our own records (C{origin} is the local peer,
 see L{RecordStore.put}) are exempt from quota and size-of-store limits: the
 owner must keep them to republish them (L{RecordStore.republishable}).
 """
@@ -20,7 +26,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Any, Final
+
+import ipaddress
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -29,10 +37,50 @@ from zope.interface import Interface
 from beam.dht.messages import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from beam.errors import InvalidRecord, RecordRefused
 from beam.identity.keys import PeerID
+from beam.identity.multiaddr import Multiaddr
 
 DEFAULT_MAX_RECORDS: Final = 2048
 DEFAULT_MAX_PER_PEER: Final = 32
 DEFAULT_QUOTA_WINDOW: Final = 3600.0
+#: New records one network (/24, /48) may store per quota window.
+DEFAULT_MAX_PER_NETWORK: Final = 128
+#: Records attributed to one network the store holds at once.
+DEFAULT_MAX_HELD_PER_NETWORK: Final = 256
+
+
+def networkOf(addr: Multiaddr | None) -> str | None:
+    """
+    The network a connection's remote address counts against for store
+    quotas: C{"ip4:a.b.c.0/24"} for IPv4 (IPv4-mapped IPv6 included),
+    C{"ip6:xxxx:xxxx:xxxx::/48"} for IPv6.  All of loopback is one network
+    (C{"loopback"}), so local processes share one quota; an address with
+    no IP (an in-memory or relayed connection with no IP of its own) is
+    C{"other:<first protocol>"}, one network per kind.
+
+    @return: L{None} when there is no address (only per-peer limits apply).
+    """
+    if addr is None:
+        return None
+    comps = addr.components()
+    if comps and comps[0][0] == "ip6zone":
+        comps = comps[1:]
+    if not comps:
+        return "other:"
+    name, text = comps[0]
+    try:
+        if addr.isLoopback():
+            return "loopback"
+        if name == "ip4" and text is not None:
+            net4 = ipaddress.IPv4Network((text, 24), strict=False)
+            return f"ip4:{net4}"
+        if name == "ip6" and text is not None:
+            ip6 = ipaddress.IPv6Address(text.split("%")[0])
+            if ip6.ipv4_mapped is not None:
+                return f"ip4:{ipaddress.IPv4Network((ip6.ipv4_mapped, 24), strict=False)}"
+            return f"ip6:{ipaddress.IPv6Network((ip6, 48), strict=False)}"
+    except ValueError:
+        pass
+    return f"other:{name}"
 
 
 class IValidator(Interface):
@@ -70,6 +118,7 @@ class StoredRecord:
     A record held by the store.
 
     @ivar origin: who asked us to store it (C{None}: unknown).
+    @ivar network: the network (L{networkOf}) it came from, if known.
     """
 
     key: bytes
@@ -77,6 +126,7 @@ class StoredRecord:
     expires: float
     received: float
     origin: PeerID | None
+    network: str | None = None
 
 
 def namespaceOf(key: bytes) -> str:
@@ -112,6 +162,8 @@ class RecordStore:
         maxPerPeer: int = DEFAULT_MAX_PER_PEER,
         quotaWindow: float = DEFAULT_QUOTA_WINDOW,
         localPeer: PeerID | None = None,
+        maxPerNetwork: int = DEFAULT_MAX_PER_NETWORK,
+        maxHeldPerNetwork: int = DEFAULT_MAX_HELD_PER_NETWORK,
     ) -> None:
         self._clock = clock
         self.validators = dict(validators)
@@ -119,8 +171,12 @@ class RecordStore:
         self.maxPerPeer = maxPerPeer
         self.quotaWindow = quotaWindow
         self.localPeer = localPeer
+        self.maxPerNetwork = maxPerNetwork
+        self.maxHeldPerNetwork = maxHeldPerNetwork
         self._records: dict[bytes, StoredRecord] = {}
         self._puts: dict[PeerID, deque[float]] = {}
+        self._netPuts: dict[str, deque[float]] = {}
+        self._held: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._records)
@@ -169,7 +225,7 @@ class RecordStore:
         if rec is None:
             return None
         if rec.expires <= self._clock.seconds():
-            del self._records[key]
+            self._drop(key)
             return None
         return rec.value
 
@@ -179,15 +235,24 @@ class RecordStore:
         """
         return self._records.get(key) if self.get(key) is not None else None
 
-    def put(self, key: bytes, value: bytes, origin: PeerID | None = None) -> bool:
+    def put(
+        self, key: bytes, value: bytes, origin: PeerID | None = None, network: str | None = None
+    ) -> bool:
         """
-        Validate and store C{value} under C{key} on behalf of C{origin}.
+        Validate and store C{value} under C{key} on behalf of C{origin},
+        whose connection is on C{network} (L{networkOf}; C{None}: unknown,
+        only the per-peer quota applies).
+
+        A valid C{value} that may replace the one held for C{key} (the
+        owner's update) is stored whatever the quotas and the store's size:
+        it takes no new room.
 
         @return: C{True} if stored, C{False} if the same value was already
             held (its expiry and origin untouched, no quota spent).
         @raise InvalidRecord: the record is invalid.
         @raise RecordRefused: a better record is held or may not be
-            replaced, the store is full, or C{origin} is over its quota.
+            replaced, the store is full, or C{origin} or its network is
+            over its quota.
         """
         validator = self.validator(key)
         self.validate(key, value)
@@ -201,34 +266,71 @@ class RecordStore:
             if validator.select(key, [old, value]) == 0:
                 raise RecordRefused("a better record is held for this key")
         ours = origin is not None and origin == self.localPeer
-        if not ours:
-            if old is None and len(self._records) >= self.maxRecords:
+        if not ours and old is None:
+            # A new record takes room: charge it.  (An update of a held one
+            # is accepted above by the validator's ownership rule.)
+            if len(self._records) >= self.maxRecords:
                 self.expire()
                 if len(self._records) >= self.maxRecords:
                     raise RecordRefused("the record store is full")
-            if origin is not None:
-                self._chargeQuota(origin, now)
+            peerPuts = None if origin is None else self._window(self._puts, origin, now)
+            netPuts = None if network is None else self._window(self._netPuts, network, now)
+            if peerPuts is not None and len(peerPuts) >= self.maxPerPeer:
+                raise RecordRefused(f"peer {origin} stored too many records recently")
+            if network is not None and netPuts is not None:
+                if self._held.get(network, 0) >= self.maxHeldPerNetwork:
+                    raise RecordRefused(f"network {network} holds too many records here")
+                if len(netPuts) >= self.maxPerNetwork:
+                    raise RecordRefused(f"network {network} stored too many records recently")
+                netPuts.append(now)
+            if peerPuts is not None:
+                peerPuts.append(now)
         expires = float(validator.expires(value))
         prior = self._records.get(key)
         if prior is not None and prior.origin == self.localPeer and not ours:
             # Someone else published a newer version of our record (e.g. the
             # same identity on another machine): keep republishing the newest.
             origin = self.localPeer
-        self._records[key] = StoredRecord(key, value, expires, now, origin)
+        if prior is not None:
+            if old is not None:
+                # An update keeps the network the record is counted against.
+                network = prior.network
+            self._drop(key)
+        if ours:
+            network = None
+        self._records[key] = StoredRecord(key, value, expires, now, origin, network)
+        if network is not None:
+            self._held[network] = self._held.get(network, 0) + 1
         return True
 
-    def _chargeQuota(self, origin: PeerID, now: float) -> None:
-        puts = self._puts.get(origin)
+    def _window(self, table: dict[Any, deque[float]], who: Any, now: float) -> deque[float]:
+        puts = table.get(who)
         if puts is None:
-            puts = self._puts[origin] = deque()
+            puts = table[who] = deque()
         while puts and puts[0] <= now - self.quotaWindow:
             puts.popleft()
-        if len(puts) >= self.maxPerPeer:
-            raise RecordRefused(f"peer {origin} stored too many records recently")
-        puts.append(now)
+        return puts
+
+    def _drop(self, key: bytes) -> bool:
+        rec = self._records.pop(key, None)
+        if rec is None:
+            return False
+        if rec.network is not None:
+            n = self._held.get(rec.network, 0) - 1
+            if n > 0:
+                self._held[rec.network] = n
+            else:
+                self._held.pop(rec.network, None)
+        return True
+
+    def heldFrom(self, network: str) -> int:
+        """
+        How many held records count against C{network}.
+        """
+        return self._held.get(network, 0)
 
     def remove(self, key: bytes) -> bool:
-        return self._records.pop(key, None) is not None
+        return self._drop(key)
 
     def expire(self) -> int:
         """
@@ -239,9 +341,12 @@ class RecordStore:
         now = self._clock.seconds()
         dead = [k for k, r in self._records.items() if r.expires <= now]
         for k in dead:
-            del self._records[k]
-        for peer in [p for p, q in self._puts.items() if not q or q[-1] <= now - self.quotaWindow]:
+            self._drop(k)
+        stale = now - self.quotaWindow
+        for peer in [p for p, q in self._puts.items() if not q or q[-1] <= stale]:
             del self._puts[peer]
+        for net in [n for n, q in self._netPuts.items() if not q or q[-1] <= stale]:
+            del self._netPuts[net]
         return len(dead)
 
     def republishable(self, owner: PeerID | None = None) -> list[tuple[bytes, bytes]]:

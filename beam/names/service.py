@@ -192,6 +192,7 @@ class NameService(Service):
         )
         reg.record = record
         try:
+            # How many OTHER peers accepted it (the DHT never counts us).
             stored = yield self.dht.putValue(dhtKey(reg.name), signRecord(self.identity, record))
             reg.storedOn = stored
             reg.lastError = None
@@ -201,7 +202,10 @@ class NameService(Service):
             self.log.warn("publishing name {name} failed: {why}", name=reg.name, why=e)
         if not withdrawn and self.running:
             reg.timer = self.reactor.callLater(self.republishInterval, self._republish, reg)
-        self.log.info("published name {name} on {n} peers", name=reg.name, n=reg.storedOn)
+        if reg.storedOn:
+            self.log.info("published name {name} on {n} other peer(s)", name=reg.name, n=reg.storedOn)
+        elif reg.lastError is None:
+            self.log.warn("no other peer stored the name {name}; it is only on this node", name=reg.name)
         return self.describe(reg)
 
     def _republish(self, reg: _Registration) -> None:

@@ -95,6 +95,27 @@ class HandleRequestTests(SynchronousTestCase):
         self.assertEqual(out, Message(MessageType.PUT_VALUE, b"/toy/x", rec))
         self.assertEqual(self.node.store.record(b"/toy/x").origin, SENDER.peer)  # type: ignore[union-attr]
 
+    def test_putValueChargesSenderNetwork(self) -> None:
+        """
+        A PUT_VALUE is charged to the sender's network: the record counts
+        against it, and past the network's quota new keys from any peer on
+        it are refused while another network still stores.
+        """
+        self.node.store.maxPerNetwork = 2
+        net1, net2 = "ip4:203.0.113.0/24", "ip4:198.51.100.0/24"
+        for i in range(2):
+            rec = Record(b"/toy/%d" % i, toyValue(f"s{i}", 1, 5000))
+            self.node.handleRequest(fakeInfo(f"s{i}"), Message(MessageType.PUT_VALUE, rec.key, rec),
+                                    senderNetwork=net1)
+        self.assertEqual(self.node.store.record(b"/toy/0").network, net1)  # type: ignore[union-attr]
+        rec = Record(b"/toy/2", toyValue("s2", 1, 5000))
+        with self.assertRaises(RecordRefused):
+            self.node.handleRequest(fakeInfo("s2"), Message(MessageType.PUT_VALUE, rec.key, rec),
+                                    senderNetwork=net1)
+        out = self.node.handleRequest(SENDER, Message(MessageType.PUT_VALUE, rec.key, rec), senderNetwork=net2)
+        self.assertEqual(out.record, rec)
+        self.assertEqual(self.node.store.heldFrom(net1), 2)
+
     def test_malformed(self) -> None:
         """
         Requests lacking what their type needs, with bad records, of
@@ -356,6 +377,29 @@ class NetworkTests(SynchronousTestCase):
         d3 = nodes[40].getValue(key)
         settle(self.clock, 30)
         self.assertEqual(self.successResultOf(d3)[0], v2)
+
+    def test_putValueCountsOnlyOthers(self) -> None:
+        """
+        putValue reports how many other peers stored the record, never
+        counting this node: 0 with no DHT peers at all (the record is kept
+        here only), and 2 among three nodes.
+        """
+        alone = FakeNetwork(self.clock).addNode("alone")
+        d = alone.putValue(b"/toy/solo", toyValue("o", 1, 5000))
+        settle(self.clock, 5)
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(alone.store.get(b"/toy/solo"), toyValue("o", 1, 5000))
+        nodes = self.build(3)
+        d = nodes[0].putValue(b"/toy/three", toyValue("o", 1, 5000))
+        settle(self.clock, 5)
+        self.assertEqual(self.successResultOf(d), 2)
+        self.assertEqual(sum(1 for n in nodes if n.store.get(b"/toy/three") is not None), 3)
+        # Peers that refuse it are not counted either.
+        for n in nodes[1:]:
+            n.store.maxRecords = 0
+        d = nodes[0].putValue(b"/toy/refused", toyValue("o", 1, 5000))
+        settle(self.clock, 5)
+        self.assertEqual(self.successResultOf(d), 0)
 
     def test_getSelectsBestAndFixesStale(self) -> None:
         """

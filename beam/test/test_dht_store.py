@@ -9,8 +9,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from beam.dht.messages import MAX_VALUE_BYTES
-from beam.dht.store import IValidator, RecordStore, namespaceOf
+from beam.dht.store import IValidator, RecordStore, namespaceOf, networkOf
 from beam.errors import InvalidRecord, RecordRefused
+from beam.identity.multiaddr import Multiaddr
 from beam.test.dhtutil import ToyValidator, fakePeer, toyValue
 
 ME = fakePeer("me")
@@ -149,3 +150,139 @@ class StoreTests(SynchronousTestCase):
         store = RecordStore(self.clock, {"toy": Bad()})
         with self.assertRaises(InvalidRecord):
             store.select(b"/toy/x", vals)
+
+
+class NetworkTests(SynchronousTestCase):
+    """
+    L{networkOf}: the network a connection's address is charged to.
+    """
+
+    def test_networks(self) -> None:
+        """
+        IPv4 addresses count by /24, IPv6 by /48 (IPv4-mapped ones as
+        IPv4), all of loopback as one network, addresses without an IP by
+        their kind; no address is no network.
+        """
+        def net(a: str) -> str | None:
+            return networkOf(Multiaddr(a))
+
+        self.assertEqual(net("/ip4/203.0.113.7/tcp/4001"), "ip4:203.0.113.0/24")
+        self.assertEqual(net("/ip4/203.0.113.250/tcp/9"), net("/ip4/203.0.113.7/tcp/4001"))
+        self.assertNotEqual(net("/ip4/203.0.114.7/tcp/4001"), net("/ip4/203.0.113.7/tcp/4001"))
+        self.assertEqual(net("/ip6/2001:db8:1:2::5/tcp/1"), "ip6:2001:db8:1::/48")
+        self.assertEqual(net("/ip6/2001:db8:1:ffff::9/tcp/1"), net("/ip6/2001:db8:1:2::5/tcp/1"))
+        self.assertNotEqual(net("/ip6/2001:db8:2::5/tcp/1"), net("/ip6/2001:db8:1:2::5/tcp/1"))
+        self.assertEqual(net("/ip6/::ffff:198.51.100.3/tcp/1"), "ip4:198.51.100.0/24")
+        self.assertEqual(net("/ip4/127.0.0.1/tcp/1"), "loopback")
+        self.assertEqual(net("/ip4/127.9.9.9/tcp/1"), "loopback")
+        self.assertEqual(net("/ip6/::1/tcp/1"), "loopback")
+        self.assertEqual(net("/dns4/example.com/tcp/1"), "other:dns4")
+        self.assertIsNone(networkOf(None))
+
+
+class NetworkQuotaTests(SynchronousTestCase):
+    """
+    Per-network quotas: many throwaway keys on one /24 cannot fill the
+    store, and an owner's refresh is taken even when the store is full.
+    """
+
+    NET1 = "ip4:203.0.113.0/24"
+    NET2 = "ip4:198.51.100.0/24"
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.store = RecordStore(
+            self.clock, {"toy": ToyValidator()}, maxRecords=40, maxPerPeer=3,
+            quotaWindow=100, localPeer=ME, maxPerNetwork=10, maxHeldPerNetwork=15,
+        )
+
+    def sybils(self, n: int, network: str, tag: str, seq: int = 1) -> int:
+        """
+        Have C{n} throwaway peers on C{network} each put up to 3 new keys;
+        return how many were stored.
+        """
+        stored = 0
+        for i in range(n):
+            peer = fakePeer(f"{tag}-sybil-{i}")
+            for j in range(3):
+                try:
+                    self.store.put(b"/toy/%s-%d-%d" % (tag.encode(), i, j),
+                                   toyValue(f"{tag}{i}", seq, 1_000_000), peer, network)
+                    stored += 1
+                except RecordRefused:
+                    pass
+        return stored
+
+    def test_manyKeysOneNetwork(self) -> None:
+        """
+        64 throwaway keys on one /24, each within its per-peer quota, store
+        only maxPerNetwork records per window; a peer on another /24 still
+        stores; the held cap stops the /24 even across windows.
+        """
+        self.assertEqual(self.sybils(64, self.NET1, "s"), 10)
+        with self.assertRaises(RecordRefused) as e:
+            self.store.put(b"/toy/another", toyValue("x", 1, 5000), fakePeer("x"), self.NET1)
+        self.assertIn(self.NET1, str(e.exception))
+        self.assertTrue(self.store.put(b"/toy/alice", toyValue("alice", 1, 5000), A, self.NET2))
+        self.assertEqual(self.store.get(b"/toy/alice"), toyValue("alice", 1, 5000))
+        # Next window: only up to the held cap (15), not another 10.
+        self.clock.advance(100)
+        self.assertEqual(self.sybils(64, self.NET1, "t"), 5)
+        self.assertEqual(self.store.heldFrom(self.NET1), 15)
+        self.clock.advance(100)
+        self.assertEqual(self.sybils(64, self.NET1, "u"), 0)
+        self.assertEqual(len(self.store), 16)
+        # Records from unknown networks still have the per-peer quota.
+        self.assertTrue(self.store.put(b"/toy/b", toyValue("b", 1, 5000), B))
+
+    def test_heldCountFollowsRecords(self) -> None:
+        """
+        Expired and removed records no longer count against their network.
+        """
+        self.store.put(b"/toy/x", toyValue("a", 1, 1010), A, self.NET1)
+        self.store.put(b"/toy/y", toyValue("a", 1, 5000), A, self.NET1)
+        self.assertEqual(self.store.heldFrom(self.NET1), 2)
+        self.store.remove(b"/toy/y")
+        self.assertEqual(self.store.heldFrom(self.NET1), 1)
+        self.clock.advance(10)
+        self.store.expire()
+        self.assertEqual(self.store.heldFrom(self.NET1), 0)
+
+    def test_ownerRefreshWhenFull(self) -> None:
+        """
+        When many networks have filled the store and the owner is over
+        its quotas, the owner's newer value for a key it holds is still
+        accepted (from any network); a new key is refused, and the flood
+        cannot take the owner's key.
+        """
+        self.store.put(b"/toy/alice", toyValue("alice", 1, 5000), A, self.NET2)
+        for k in range(10):
+            net = f"ip4:10.{k}.0.0/24"
+            for i in range(4):
+                for j in range(3):
+                    try:
+                        self.store.put(b"/toy/f%d-%d-%d" % (k, i, j), toyValue(f"f{k}{i}", 1, 5000),
+                                       fakePeer(f"f{k}-{i}"), net)
+                    except RecordRefused:
+                        pass
+        self.assertEqual(len(self.store), 40)
+        with self.assertRaises(RecordRefused):
+            self.store.put(b"/toy/new", toyValue("n", 1, 5000), fakePeer("n"), "ip4:192.0.2.0/24")
+        # Use up alice's per-peer quota and her network's.
+        for j in range(2):
+            self.store.remove(b"/toy/f0-0-%d" % j)
+            self.store.put(b"/toy/a%d" % j, toyValue("alice", 1, 5000), A, self.NET2)
+        self.store.maxPerNetwork = 0
+        self.assertEqual(len(self.store), 40)
+        with self.assertRaises(RecordRefused):
+            self.store.put(b"/toy/a9", toyValue("alice", 1, 5000), A, self.NET2)
+        for seq in range(2, 6):
+            self.assertTrue(self.store.put(b"/toy/alice", toyValue("alice", seq, 6000), A, self.NET2))
+        self.assertEqual(self.store.get(b"/toy/alice"), toyValue("alice", 5, 6000))
+        # Relayed by a stranger on a flooded network, also fine.
+        self.assertTrue(self.store.put(b"/toy/alice", toyValue("alice", 6, 6000), fakePeer("f0-0"), "ip4:10.0.0.0/24"))
+        with self.assertRaises(RecordRefused):
+            self.store.put(b"/toy/alice", toyValue("mallory", 9, 6000), fakePeer("m"), "ip4:10.1.0.0/24")
+        self.assertEqual(self.store.heldFrom(self.NET2), 3)
+        self.assertEqual(len(self.store), 40)

@@ -813,3 +813,101 @@ class WordsTests(SynchronousTestCase):
         """
         names = {randomName() for _ in range(20)}
         self.assertGreater(len(names), 1)
+
+
+class _KadDHT:
+    """
+    What L{NameService} needs of the DHT, over one in-memory
+    L{beam.dht.kad.KademliaNode}.
+    """
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    def addValidator(self, namespace: str, validator: Any) -> None:
+        self.node.store.validators[namespace] = validator
+
+    def putValue(self, key: bytes, value: bytes) -> Any:
+        return self.node.putValue(key, value)
+
+    def getValue(self, key: bytes) -> Any:
+        return self.node.getValue(key).addCallbacks(lambda r: (r[0], {}), lambda f: (None, {"queried": 0}))
+
+    def whenBootstrapped(self) -> Any:
+        from twisted.internet.defer import succeed
+
+        return succeed(None)
+
+
+class RegisterCountTests(SynchronousTestCase):
+    """
+    C{register} reports how many I{other} peers stored the name, and
+    C{beam register} warns when none did.
+    """
+
+    def setUp(self) -> None:
+        from beam.test.dhtutil import FakeNetwork
+
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.net = FakeNetwork(self.clock)
+
+    def register(self, nodes: int) -> Any:
+        from beam.names.service import NameService
+        from beam.test.dhtutil import fillTables
+
+        kad = [self.net.addNode(i) for i in range(nodes)]
+        for n in kad:
+            n.store.validators[NAMESPACE] = NameValidator()
+        fillTables(self.net)
+        service = NameService(self.clock, ALICE, _KadDHT(kad[0]), Path(self.mktemp()),
+                              lambda: [ADDR], lambda: ["web"])
+        d = service.register("brave-otter-4821")
+        self.clock.pump([0.05] * 200)
+        status = self.successResultOf(d)
+        return status, kad
+
+    def test_countExcludesSelf(self) -> None:
+        """
+        Among three DHT nodes, the record is on all three but the result
+        says two: ourselves never count.
+        """
+        status, kad = self.register(3)
+        self.assertIsNone(status.error)
+        self.assertEqual(sum(1 for n in kad if n.store.get(dhtKey("brave-otter-4821")) is not None), 3)
+        self.assertEqual(status.storedOn, 2)
+
+    def test_noPeers(self) -> None:
+        """
+        With no DHT peers the name is kept here only and the count is 0
+        (not "stored on 1 peer").
+        """
+        status, kad = self.register(1)
+        self.assertEqual(status.storedOn, 0)
+        self.assertIsNotNone(kad[0].store.get(dhtKey("brave-otter-4821")))
+
+    def test_printRegistered(self) -> None:
+        """
+        C{beam register} says how many other peers stored the name, and
+        warns (in text and in the JSON event) when none did.
+        """
+        import io
+
+        from beam.cli import _Out, _printRegistered
+
+        def printed(storedOn: int, asJSON: bool) -> str:
+            stream = io.StringIO()
+            _printRegistered(_Out(stream, asJSON), {"name": "alice", "peer_id": "12D3", "stored_on": storedOn,
+                                                    "error": None})
+            return stream.getvalue()
+
+        text = printed(3, False)
+        self.assertIn("stored on 3 other peer(s)", text)
+        self.assertNotIn("warning", text)
+        self.assertNotIn("warning", json.loads(printed(3, True)))
+        text = printed(0, False)
+        self.assertIn("stored on 0 other peer(s)", text)
+        self.assertIn("warning: no other peer stored the name alice; it is only on this node", text)
+        event = json.loads(printed(0, True))
+        self.assertEqual(event["event"], "registered")
+        self.assertIn("only on this node", event["warning"])
