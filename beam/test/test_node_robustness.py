@@ -605,7 +605,8 @@ class HandshakeBudgetTests(SynchronousTestCase):
 
     def test_sourceKey(self) -> None:
         """
-        IPv4 connections are grouped by address, IPv6 ones by /64.
+        IPv4 connections are grouped by address, IPv6 ones by /64;
+        loopback is not capped per source (every local node shares it).
         """
         from twisted.internet.address import IPv4Address, IPv6Address
 
@@ -618,6 +619,9 @@ class HandshakeBudgetTests(SynchronousTestCase):
                             sourceKey(IPv6Address("TCP", "2001:db8:1:3::1", 5)))
         self.assertEqual(sourceKey(IPv6Address("TCP", "::ffff:192.0.2.1", 5)), "192.0.2.1")
         self.assertIsNone(sourceKey(object()))
+        for local in (IPv4Address("TCP", "127.0.0.1", 5), IPv6Address("TCP", "::1", 5),
+                      IPv6Address("TCP", "::ffff:127.0.0.1", 5)):
+            self.assertIsNone(sourceKey(local))
 
 
 class ObserverTests(SynchronousTestCase):

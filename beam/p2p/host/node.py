@@ -1069,9 +1069,14 @@ def sourceKey(address: object) -> Any:
     cap: the IPv4 address, the /64 of an IPv6 address (one host usually
     has a whole /64), or for the memory transport the peer's port (each
     dial has its own, so only a test harness shares one).  L{None} for an
-    address with no source to group by.
+    address with no source to group by, and for loopback: every local
+    process shares 127.0.0.1, so a per-source cap would make a machine
+    running many nodes (or a test with twenty) refuse its own; the global
+    handshake budget still applies to it.
     """
     if isinstance(address, IPv4Address):
+        if address.host.startswith("127."):
+            return None
         return address.host
     if isinstance(address, IPv6Address):
         try:
@@ -1079,7 +1084,9 @@ def sourceKey(address: object) -> Any:
         except ValueError:
             return address.host
         if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
+            return None if ip.ipv4_mapped.is_loopback else str(ip.ipv4_mapped)
+        if ip.is_loopback:
+            return None
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     port = getattr(address, "port", None)
     if getattr(address, "type", None) == "MEMORY" and port is not None:
