@@ -16,8 +16,7 @@ then C{daemon}, and the entry points C{cli}, C{tap}, C{endpoints}.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from beam._lazy import lazyExports
 
 __version__ = "0.1.0"
 
@@ -35,15 +34,4 @@ _PUBLIC = {
 __all__ = ["__version__", "endpoints", *_PUBLIC]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    if name == "endpoints":
-        return importlib.import_module("beam.endpoints")
-    raise AttributeError(f"module 'beam' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazyExports(__name__, {**_PUBLIC, "endpoints": "beam.endpoints"})

@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "beam.errors": 0,
     "beam.proto": 0,
     "beam.statemachine": 0,
+    "beam._lazy": 0,
     "beam.encoding": 1,
     "beam.controlapi": 1,
     "beam.identity": 2,

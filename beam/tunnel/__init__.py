@@ -8,7 +8,9 @@ leads to one of them.  The wire is in L{beam.tunnel.protocol}, the joining
 of a TCP connection and a stream in L{beam.tunnel.splice}.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from beam._lazy import lazyExports
 
 if TYPE_CHECKING:
     from beam.tunnel.access import PUBLIC, AccessPolicy
@@ -47,19 +49,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'beam.tunnel' has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(f"beam.tunnel.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = lazyExports(__name__, {name: "." + module for name, module in _WHERE.items()})
 
 
 __all__ = [

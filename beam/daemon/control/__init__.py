@@ -16,8 +16,9 @@ L{beam.dht.resource} (C{/v1/kademlia}).
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from beam._lazy import lazyExports
 
 if TYPE_CHECKING:
     from beam.daemon.control.client import MAX_RESPONSE, ControlClient, ControlError
@@ -48,17 +49,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazyExports(__name__, {name: "." + module for name, module in _LAZY.items()})
 
 
 __all__ = [
