@@ -326,9 +326,6 @@ class Node(MultiService):
             if not tags:
                 del self._keepTags[peer]
 
-    def isProtected(self, peer: PeerID) -> bool:
-        return bool(self._keepTags.get(peer))
-
     def connectionTo(self, peer: PeerID) -> Optional[PeerConnection]:
         return self._usableConnection(peer)
 
