@@ -65,6 +65,7 @@ from beam.identity.multiaddr import Multiaddr
 from beam.p2p.multistream import MultistreamDialer, MultistreamListener, MultistreamProtocol
 from beam.p2p.muxer.yamux import YamuxSession, YamuxStream
 from beam.p2p.protocols.ping import PING_PROTOCOL, PingClient, PingResponder
+from beam.p2p.resources import ResourceManager
 from beam.p2p.security.interfaces import ISecureTransport, SecureInfo
 from beam.p2p.security.noise import NoiseTransport
 from beam.p2p.upgrade import YAMUX_PROTOCOL, UpgradingProtocol
@@ -189,6 +190,7 @@ class Node(MultiService):
         closeTimeout: float = 5.0,
         agentVersion: str = AGENT_VERSION,
         random: Callable[[int], bytes] = os.urandom,
+        resources: Optional[ResourceManager] = None,
     ) -> None:
         """
         @param maxConnections: the most established connections, plus our
@@ -204,6 +206,9 @@ class Node(MultiService):
         @param refusalLogInterval: refused connections are counted in
             L{refusedHandshakes} and logged at most once per this many
             seconds.
+        @param resources: the node's L{ResourceManager} (limits on what
+            peers may make us hold); one with L{defaultLimits} when not
+            given.
         @param closeTimeout: on stop, seconds given to connections to close
             cleanly (flushing what they have queued) before they are
             aborted; a peer that stopped reading cannot hold the stop up.
@@ -220,6 +225,7 @@ class Node(MultiService):
             ]
         self.securities = list(securities)
         self.transports: list[ITransport] = list(transports) if transports is not None else [TCPTransport(reactor)]
+        self.resources = resources if resources is not None else ResourceManager(clock=reactor)
         self.maxConnections = maxConnections
         self.maxStreamsPerConnection = maxStreamsPerConnection
         self.idleTimeout = idleTimeout
