@@ -158,6 +158,10 @@ class Limits:
     @ivar transientPerSource: the most of those from one source (one IPv4
         address, one IPv6 /64; loopback exempt), like OpenSSH's
         C{MaxStartups} per address.
+    @ivar connsPerSource: the most inbound connections, in the handshake or
+        established, from one source (loopback exempt), like go-libp2p's
+        per-subnet connection limit: one address cannot fill the node's
+        connections with throwaway keys.
     @ivar peer: each authenticated peer, all its connections together.
     @ivar allowedPeer: the same for peers in the allow list.
     @ivar connection: each connection.
@@ -172,6 +176,7 @@ class Limits:
     system: BaseLimit
     transient: BaseLimit
     transientPerSource: int
+    connsPerSource: int = 32
     peer: BaseLimit
     allowedPeer: BaseLimit
     connection: BaseLimit
@@ -195,6 +200,7 @@ class Limits:
         for key, name in _SCOPE_KEYS.items():
             out[key] = getattr(self, name).asJSON()
         out["transient"]["per_source"] = self.transientPerSource
+        out["system"]["conns_per_source"] = _show(self.connsPerSource)
         out["protocol"] = {"default": self.protocolDefault.asJSON()}
         out["protocol"].update({p: lim.asJSON() for p, lim in sorted(self.protocols.items())})
         out["service"] = {"default": self.serviceDefault.asJSON()}
@@ -363,6 +369,7 @@ def limitsFromTable(table: Mapping[str, Any], base: Limits) -> tuple[Limits, lis
         memory = "512MiB"
         [limits.peer]
         streams_inbound = 64
+        conns_per_source = 16         # inbound connections per address
         [limits.transient]
         conns = 32
         per_source = 4
@@ -379,7 +386,7 @@ def limitsFromTable(table: Mapping[str, Any], base: Limits) -> tuple[Limits, lis
     for key, value in table.items():
         if key in _SCOPE_KEYS:
             name = _SCOPE_KEYS[key]
-            extra = ("per_source",) if key == "transient" else ()
+            extra = {"transient": ("per_source",), "system": ("conns_per_source",)}.get(key, ())
             changes[name] = _parseLimit(f"limits.{key}", value, getattr(base, name), problems, extra)
             if key == "transient" and isinstance(value, dict) and "per_source" in value:
                 n = value["per_source"]
@@ -387,6 +394,12 @@ def limitsFromTable(table: Mapping[str, Any], base: Limits) -> tuple[Limits, lis
                     problems.append("limits.transient.per_source: must be a whole number, 1 or more")
                 else:
                     changes["transientPerSource"] = n
+            if key == "system" and isinstance(value, dict) and "conns_per_source" in value:
+                n = value["conns_per_source"]
+                if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                    problems.append("limits.system.conns_per_source: must be a whole number, 1 or more")
+                else:
+                    changes["connsPerSource"] = n
         elif key in ("protocol", "service"):
             if not isinstance(value, dict):
                 problems.append(f"limits.{key}: must be a table of tables")
@@ -548,6 +561,8 @@ class ResourceManager:
         self._peers: dict[Any, _Scope] = {}
         self._protocols: dict[str, _Scope] = {}
         self._services: dict[str, _Scope] = {}
+        # Inbound connections by source: still in the handshake, and all.
+        self._pendingSources: dict[Any, int] = {}
         self._sources: dict[Any, int] = {}
         self._allowed: dict[Any, set[str]] = {}
         self.refusals: Counter[str] = Counter()
@@ -690,25 +705,31 @@ class ResourceManager:
         @raise ResourceLimitExceeded: when there is no room.
         """
         if source is not None and direction == INBOUND:
-            if self._sources.get(source, 0) >= self.limits.transientPerSource:
+            if self._pendingSources.get(source, 0) >= self.limits.transientPerSource:
                 self._refuse(
                     _Scope(f"transient source {source}", self.limits.transient),
                     "per_source",
                     self.limits.transientPerSource,
                 )
+            if self._sources.get(source, 0) >= self.limits.connsPerSource:
+                self._refuse(
+                    _Scope(f"system source {source}", self.limits.system),
+                    "conns_per_source",
+                    self.limits.connsPerSource,
+                )
         scope = ConnectionScope(self, direction, useFD, source)
         self.reserve([self.transient, self.system], scope._base)
         if source is not None and direction == INBOUND:
-            self._sources[source] = self._sources.get(source, 0) + 1
+            _count(self._pendingSources, source, 1)
+            _count(self._sources, source, 1)
         self.openConnections.add(scope)
         return scope
 
+    def _releasePending(self, source: Any) -> None:
+        _count(self._pendingSources, source, -1)
+
     def _releaseSource(self, source: Any) -> None:
-        left = self._sources.get(source, 0) - 1
-        if left > 0:
-            self._sources[source] = left
-        else:
-            self._sources.pop(source, None)
+        _count(self._sources, source, -1)
 
     # -- status ----------------------------------------------------------
 
@@ -739,6 +760,14 @@ class ResourceManager:
         }
 
 
+def _count(table: dict[Any, int], key: Any, delta: int) -> None:
+    left = table.get(key, 0) + delta
+    if left > 0:
+        table[key] = left
+    else:
+        table.pop(key, None)
+
+
 class ConnectionScope:
     """
     What one connection holds: itself (and its descriptor), its streams and
@@ -753,7 +782,10 @@ class ConnectionScope:
     def __init__(self, manager: ResourceManager, direction: str, useFD: bool, source: Any) -> None:
         self.manager = manager
         self.direction = direction
-        self.source = source
+        # The source key counted against the per-source caps (inbound
+        # only), and whether it still counts as a pending handshake.
+        self.source = source if direction == INBOUND else None
+        self._pending = self.source is not None
         self.peer: Any = None
         self._base: _Ask = _conn(direction) + ((("fd", 1),) if useFD else ())
         self.own = _Scope("connection", manager.limits.connection)
@@ -790,9 +822,9 @@ class ConnectionScope:
         self._owner.add(held, -1)
         self._owner = target
         self.peer = peer
-        if self.source is not None and self.direction == INBOUND:
-            m._releaseSource(self.source)
-            self.source = None
+        if self._pending:
+            m._releasePending(self.source)
+            self._pending = False
 
     @property
     def isTransient(self) -> bool:
@@ -857,7 +889,10 @@ class ConnectionScope:
         self.closed = True
         self._owner.add(self._base, -1)
         m.system.add(self._base, -1)
-        if self.source is not None and self.direction == INBOUND:
+        if self._pending:
+            m._releasePending(self.source)
+            self._pending = False
+        if self.source is not None:
             m._releaseSource(self.source)
             self.source = None
         if self._owner is not m.transient:
@@ -992,6 +1027,7 @@ def unlimitedManager() -> ResourceManager:
             system=free,
             transient=free,
             transientPerSource=UNLIMITED,
+            connsPerSource=UNLIMITED,
             peer=free,
             allowedPeer=free,
             connection=free,
