@@ -558,6 +558,8 @@ def statusText(status: dict[str, Any]) -> str:
     lines.append(f"connections: {len(node.connections)}")
     for c in node.connections:
         lines.append(f"  {c.peerID} {c.direction} {c.remoteAddr} {c.security} streams {c.streams}")
+    if isinstance(status.get("resources"), dict):
+        lines.append(_resourcesText(status["resources"]))
     if "names" in status:
         names = [fromJSON(NameStatus, n) for n in status["names"]]
         lines.append("names: " + (", ".join(
@@ -576,6 +578,22 @@ def statusText(status: dict[str, Any]) -> str:
         if service.name not in ("tunnels", "forwards", "names", "kademlia") and service.name in status:
             lines += _genericText(service.name, status[service.name])
     return "\n".join(lines)
+
+
+def _resourcesText(resources: dict[str, Any]) -> str:
+    """
+    One line of what the node holds and how often a limit refused
+    something (the limits themselves are in C{beam status --json}).
+    """
+    used = resources.get("system") or {}
+
+    def count(*keys: str) -> int:
+        return sum(int(used.get(k) or 0) for k in keys)
+
+    refusals = sum(int(n) for n in (resources.get("refusals") or {}).values())
+    return (f"resources: {count('conns_inbound', 'conns_outbound')} conns, "
+            f"{count('streams_inbound', 'streams_outbound')} streams, {count('fd')} fds, "
+            f"{_size(count('memory'))}; {refusals} refusals")
 
 
 def _genericText(name: str, value: Any, indent: str = "") -> list[str]:

@@ -34,6 +34,29 @@ defaults.  Schema (every key optional)::
     enabled = true            # false: load none
     disable = ["hello"]       # load all but these (by service name)
 
+    # What peers may make the node hold (beam.p2p.resources; defaults are
+    # derived from the file-descriptor limit and memory, and shown by
+    # `beam status --json` under "resources"; docs/security.md).  A
+    # scope's table overrides only the resources it names: conns,
+    # conns_inbound, conns_outbound, streams, streams_inbound,
+    # streams_outbound, fd, memory (bytes, or "64MiB").
+    [limits]
+    handshake_timeout = 15    # seconds a new connection has to authenticate
+    [limits.system]           # the whole node
+    fd = 4096
+    memory = "512MiB"
+    [limits.transient]        # connections still in the handshake
+    conns = 64
+    per_source = 8            # of those, from one IPv4 address / IPv6 /64
+    [limits.peer]             # each peer (allowed_peer: peers in an allow list)
+    streams_inbound = 64
+    [limits.connection]       # also: stream
+    memory = "32MiB"
+    [limits.service.web]      # one tunnel service (service.default: each)
+    fd = 256
+    [limits.protocol."/beam/kad/1.0.0"]   # one protocol (protocol.default: each)
+    streams_inbound = 512
+
 Unknown keys are errors, so a typo (C{comprees = true}) is reported instead
 of silently ignored.  Problems are reported all at once, each as
 C{config.toml:LINE: message}.  TOML parsers do not keep line numbers for
@@ -58,6 +81,7 @@ import attr
 from beam.errors import BeamError, InvalidMultiaddr, InvalidPeerID
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
+from beam.p2p.resources import Limits, defaultLimits, limitsFromTable
 from beam.tunnel.share import InvalidShareAddress, ShareAddress, parseShareAddress
 
 CONFIG_FILE = "config.toml"
@@ -124,6 +148,11 @@ def _defaultListen() -> tuple[Multiaddr, ...]:
 class Config:
     """
     A validated configuration; C{Config()} is the defaults.
+
+    @ivar limits: the resource limits (C{[limits]} applied to
+        L{defaultLimits}).
+    @ivar handshakeTimeout: seconds an inbound connection has to finish
+        the security handshake; L{None} for the node's default.
     """
 
     listen: tuple[Multiaddr, ...] = attr.ib(factory=_defaultListen)
@@ -133,11 +162,23 @@ class Config:
     forwards: tuple[ForwardConfig, ...] = ()
     plugins: bool = True
     disabledPlugins: tuple[str, ...] = ()
+    limits: Limits = attr.ib(factory=defaultLimits)
+    handshakeTimeout: float | None = None
+
+
+#: The C{[limits]} keys that are not a scope's table.
+_LIMITS_SCALARS = {"handshake_timeout"}
+
+#: The longest C{handshake_timeout} accepted: a slot held longer than this
+#: by an unauthenticated stranger is a slot lost.
+MAX_HANDSHAKE_TIMEOUT = 300.0
 
 
 # -- finding lines -------------------------------------------------------------
 
-_HEADER = re.compile(r"""^\s*(\[\[?)\s*([A-Za-z0-9_.-]+|"[^"]*"|'[^']*')\s*\]\]?\s*(?:#.*)?$""")
+_PART = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
+_HEADER = re.compile(rf"""^\s*(\[\[?)\s*({_PART}(?:\s*\.\s*{_PART})*)\s*\]\]?\s*(?:#.*)?$""")
+_PARTS = re.compile(_PART)
 _KEY = re.compile(r"""^\s*([A-Za-z0-9_-]+|"[^"]*"|'[^']*')\s*(?:\.[^=]*)?=""")
 
 Context = tuple[str, int]
@@ -169,7 +210,8 @@ class _Locator:
             header = _HEADER.match(line)
             if header:
                 self.spans.setdefault(context, (start, number - 1))
-                name = header.group(2).strip("\"'")
+                # [a."b.c"] is table "a.b.c": dotted, quotes dropped.
+                name = ".".join(part.strip("\"'") for part in _PARTS.findall(header.group(2)))
                 if header.group(1) == "[[":
                     index = counts.get(name, 0)
                     counts[name] = index + 1
@@ -207,6 +249,33 @@ class _Locator:
             return self.keys.get((_TOP, context[0]))
         return header
 
+    def pathLine(self, path: str) -> int | None:
+        """
+        The line of the value at the dotted C{path} (C{"limits.peer.fd"}),
+        however the file spells it: under the deepest C{[table]} header
+        that is a prefix of it, as a (dotted) key of that table or of the
+        top level, else that header's line.  Parts may contain dots
+        (C{limits.protocol./beam/kad/1.0.0.fd}), so keys are matched as
+        prefixes rather than split.
+        """
+        tables = sorted((c for c in self.headers if c[1] == 0), key=lambda c: len(c[0]), reverse=True)
+        for context in [*tables, _TOP]:
+            name = context[0]
+            if name:
+                if path == name:
+                    return self.headers[context]
+                if not path.startswith(name + "."):
+                    continue
+                rest = path[len(name) + 1:]
+            else:
+                rest = path
+            keys = [k for (c, k) in self.keys if c == context and (rest == k or rest.startswith(k + "."))]
+            if keys:
+                return self.keys[(context, max(keys, key=len))]
+            if name:
+                return self.headers[context]
+        return None
+
 
 class _Problems:
     def __init__(self, fileName: str, locator: _Locator) -> None:
@@ -220,13 +289,17 @@ class _Problems:
         where = f"{self.fileName}:{line}" if line is not None else self.fileName
         self.items.append((line or 0, f"{where}: {message}"))
 
+    def addAt(self, message: str, line: int | None) -> None:
+        where = f"{self.fileName}:{line}" if line is not None else self.fileName
+        self.items.append((line or 0, f"{where}: {message}"))
+
     def sorted(self) -> list[str]:
         return [text for _, text in sorted(self.items, key=lambda item: item[0])]
 
 
 # -- validation ----------------------------------------------------------------
 
-_TOP_KEYS = {"listen", "bootstrap", "log_format", "tunnel", "forward", "plugins"}
+_TOP_KEYS = {"listen", "bootstrap", "log_format", "tunnel", "forward", "plugins", "limits"}
 _PLUGINS_KEYS = {"enabled", "disable"}
 _TUNNEL_KEYS = {"port", "name", "udp", "compress", "allow", "secret"}
 _FORWARD_KEYS = {"target", "port", "bind", "service"}
@@ -390,6 +463,46 @@ class _Validator:
             out["disabledPlugins"] = tuple(disable)
         return out
 
+    def limits(self) -> dict[str, Any]:
+        """
+        The C{[limits]} table: its scalars here, its scopes' tables by
+        L{limitsFromTable}, whose C{"limits.KEY: message"} problems are
+        placed at the line that KEY is on.
+        """
+        value = self.data["limits"]
+        context = ("limits", 0)
+        if not isinstance(value, dict):
+            self.p.addAt(f"limits must be one [limits] table, not {_typeName(value)}",
+                         self.p.locator.pathLine("limits"))
+            return {}
+        out: dict[str, Any] = {}
+        base = defaultLimits()
+        scopes = set(base.asJSON())
+        known = scopes | _LIMITS_SCALARS
+        table = {}
+        for key, item in value.items():
+            if key in scopes:
+                table[key] = item
+            elif key not in known:
+                self.p.addAt(f"limits: unknown key {key!r} (expected one of: {', '.join(sorted(known))})",
+                             self.p.locator.pathLine(f"limits.{key}"))
+        if "handshake_timeout" in value:
+            timeout = value["handshake_timeout"]
+            if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                    or not 0 < timeout <= MAX_HANDSHAKE_TIMEOUT):
+                self.p.add(f"handshake_timeout must be a number of seconds above 0 and at most "
+                           f"{MAX_HANDSHAKE_TIMEOUT:g}, not {timeout!r}", context, "handshake_timeout")
+            else:
+                out["handshakeTimeout"] = float(timeout)
+        limits, problems = limitsFromTable(table, base)
+        for problem in problems:
+            where, _, message = problem.partition(": ")
+            unknown = _UNKNOWN_KEY.match(message)
+            path = f"{where}.{unknown.group(1)}" if unknown else where
+            self.p.addAt(problem, self.p.locator.pathLine(path))
+        out["limits"] = limits
+        return out
+
     def config(self) -> Config:
         d = self.data
         self.unknown(d, _TOP_KEYS, _TOP, "the top level")
@@ -444,7 +557,12 @@ class _Validator:
         kw["forwards"] = tuple(forwards)
         if "plugins" in d:
             kw.update(self.plugins())
+        if "limits" in d:
+            kw.update(self.limits())
         return Config(**kw)
+
+
+_UNKNOWN_KEY = re.compile(r"""^unknown key ['"](.*?)['"] """)
 
 
 _SYNTAX_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")

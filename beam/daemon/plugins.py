@@ -74,7 +74,7 @@ SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 #: Names a service cannot take: the daemon's own routes and status keys.
 RESERVED = frozenset({
     "v1", "status", "shutdown", "network", "resolve", "services", "control", "node",
-    "addrs", "connections", "protocols",
+    "addrs", "connections", "protocols", "resources",
 })
 
 

@@ -41,6 +41,7 @@ from beam.identity.keys import Identity
 from beam.identity.multiaddr import Multiaddr
 from beam.p2p.host.node import Node
 from beam.p2p.host.status import nodeStatus
+from beam.p2p.resources import ResourceManager
 from beam.storage.home import readState, updateState
 from beam.tunnel.host import TunnelSpecError
 
@@ -123,7 +124,7 @@ class BeamDaemon(MultiService):
             self.control.setServiceParent(self)
         else:
             self.control = None
-        self.node = Node(reactor, identity, self._listenAddrs(config.listen), **(nodeOptions or {}))
+        self.node = Node(reactor, identity, self._listenAddrs(config.listen), **self._nodeOptions(nodeOptions))
         self.node.setName("node")
         self.node.setServiceParent(self)
         self._made: dict[str, IService] = {}
@@ -156,6 +157,18 @@ class BeamDaemon(MultiService):
             except Exception as e:
                 self.log.failure("plugin {name} could not be loaded", name=getattr(entry, "name", entry))
                 self._registered.append(_Registered(entry, "plugin", failure=_why(e)))
+
+    def _nodeOptions(self, given: Optional[dict[str, Any]]) -> dict[str, Any]:
+        """
+        The node's keyword arguments: the configuration's limits (a
+        L{ResourceManager} logging refusals on the reactor's clock) and
+        handshake timeout, then C{given} (a test's), which wins.
+        """
+        options: dict[str, Any] = {"resources": ResourceManager(self.config.limits, clock=self.reactor)}
+        if self.config.handshakeTimeout is not None:
+            options["handshakeTimeout"] = self.config.handshakeTimeout
+        options.update(given or {})
+        return options
 
     def _register(self, entry: IBeamService, origin: str) -> None:
         """
@@ -238,6 +251,7 @@ class BeamDaemon(MultiService):
             node=nodeStatus(self.node),
             services=tuple(reg.info() for reg in self._registered),
             sections=tuple(sections),
+            resources=self.node.resources.status(),
         )
 
     def shutdown(self) -> dict[str, Any]:

@@ -3,13 +3,14 @@ The daemon's status: the node's, and each service's under its name.
 
 L{DaemonStatus} is what C{GET /v1/status} answers and C{beam status}
 shows; L{statusJSON} renders it (the node's fields at the top level, as
-before services had their own, then C{"services"}, then one key per
-service).
+before services had their own, then C{"services"}, C{"resources"} (the
+limits in force, what the node holds and what was refused), then one key
+per service).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import attrs
 
@@ -40,11 +41,15 @@ class DaemonStatus:
     """
     @ivar sections: C{(name, status)} of every service that reports one,
         in start order.
+    @ivar resources: the resource manager's limits, usage and refusals
+        (L{ResourceManager.status<beam.p2p.resources.ResourceManager.status>}),
+        already JSON-shaped; L{None} when not known.
     """
 
     node: NodeStatus
     services: tuple[ServiceInfo, ...] = ()
     sections: tuple[tuple[str, Any], ...] = ()
+    resources: Optional[dict[str, Any]] = None
 
     def section(self, name: str) -> Any:
         """
@@ -64,6 +69,8 @@ def statusJSON(status: DaemonStatus) -> dict[str, Any]:
     """
     out: dict[str, Any] = asJSON(status.node)
     out["services"] = asJSON(status.services)
+    if status.resources is not None:
+        out["resources"] = asJSON(status.resources)
     for name, value in status.sections:
         out[name] = asJSON(value)
     return out

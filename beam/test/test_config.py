@@ -22,6 +22,7 @@ from beam.daemon.config import (
 from beam.errors import BeamError
 from beam.identity.keys import Identity
 from beam.identity.multiaddr import Multiaddr
+from beam.p2p.resources import MiB, defaultLimits
 from beam.tunnel.share import parseShareAddress
 
 PEER = str(Identity.fromSeed(b"\x01" * 32).peerID)
@@ -225,7 +226,7 @@ prot = 3
 a = 1
 """)
         self.assertEqual(problems[0], "config.toml:1: unknown key 'listen_on' in the top level "
-                                      "(expected one of: bootstrap, forward, listen, log_format, plugins, tunnel)")
+                                      "(expected one of: bootstrap, forward, limits, listen, log_format, plugins, tunnel)")
         self.assertTrue(problems[1].startswith("config.toml:4: unknown key 'comprees' in [[tunnel]]"), problems)
         self.assertTrue(problems[2].startswith("config.toml:6: target: "), problems)
         self.assertTrue(problems[3].startswith("config.toml:7: unknown key 'prot' in [[forward]]"), problems)
@@ -412,6 +413,130 @@ port = 0
 ''')
         self.assertTrue(problems[0].startswith("config.toml:2: log_format must be"), problems)
         self.assertTrue(problems[1].startswith("config.toml:7: port must be"), problems)
+
+
+class LimitsTests(ConfigTestCase):
+    """
+    The C{[limits]} table: resource limits over the defaults derived from
+    the system, and the handshake timeout.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Without a C{[limits]} table the limits are L{defaultLimits} and the
+        handshake timeout is the node's own.
+        """
+        config = loadConfig(self.write('log_format = "text"\n'))
+        self.assertEqual(config.limits, defaultLimits())
+        self.assertIsNone(config.handshakeTimeout)
+        self.assertEqual(Config().limits, defaultLimits())
+
+    def test_limitsApplied(self) -> None:
+        """
+        Each scope's table overrides only the resources it names, sizes may
+        have units, named services and protocols (quoted, with dots) get
+        their own limits, and the handshake timeout is read as seconds.
+        """
+        config = loadConfig(self.write("""
+[limits]
+handshake_timeout = 5
+[limits.system]
+fd = 4096
+memory = "512MiB"
+[limits.peer]
+streams_inbound = 7
+[limits.transient]
+per_source = 2
+[limits.service.web]
+fd = 256
+[limits.protocol."/beam/kad/1.0.0"]
+streams_inbound = 512
+"""))
+        base = defaultLimits()
+        limits = config.limits
+        self.assertEqual((limits.system.fd, limits.system.memory), (4096, 512 * MiB))
+        self.assertEqual(limits.system.conns, base.system.conns)
+        self.assertEqual(limits.peer.streamsInbound, 7)
+        self.assertEqual(limits.peer.streamsOutbound, base.peer.streamsOutbound)
+        self.assertEqual(limits.transientPerSource, 2)
+        self.assertEqual(limits.service("web").fd, 256)
+        self.assertEqual(limits.service("other"), base.serviceDefault)
+        self.assertEqual(limits.protocol("/beam/kad/1.0.0").streamsInbound, 512)
+        self.assertEqual(config.handshakeTimeout, 5.0)
+
+    def test_inlineAndDottedKeys(self) -> None:
+        """
+        Limits written as dotted keys or inline tables are read the same.
+        """
+        config = loadConfig(self.write('[limits]\npeer.fd = 9\nstream = { memory = "1MiB" }\n'))
+        self.assertEqual((config.limits.peer.fd, config.limits.stream.memory), (9, MiB))
+
+    def test_problemsHaveLines(self) -> None:
+        """
+        Every problem in C{[limits]} is reported at its line, whether the
+        key is in the scope's own table, a dotted key, or a quoted
+        protocol's table; unknown keys name what is known.
+        """
+        problems = self.problems("""log_format = "text"
+
+[limits]
+handshake_timeout = 0
+bogus = 1
+connection.conns = -1
+
+[limits.peer]
+streams_inbound = 7
+wat = 3
+
+[limits.transient]
+per_source = 0
+
+[limits.service.web]
+fd = "x"
+
+[limits.protocol."/beam/kad/1.0.0"]
+streams_inbound = true
+[limits.system]
+memory = "lots"
+""")
+        self.assertEqual(problems, [
+            "config.toml:4: handshake_timeout must be a number of seconds above 0 and at most 300, not 0",
+            "config.toml:5: limits: unknown key 'bogus' (expected one of: allowed_peer, connection, "
+            "handshake_timeout, peer, protocol, service, stream, system, transient)",
+            "config.toml:6: limits.connection.conns: must be a whole number, 0 or more",
+            "config.toml:10: limits.peer: unknown key 'wat' (known: conns, conns_inbound, conns_outbound, "
+            "streams, streams_inbound, streams_outbound, fd, memory)",
+            "config.toml:13: limits.transient.per_source: must be a whole number, 1 or more",
+            "config.toml:16: limits.service.web.fd: must be a whole number, 0 or more",
+            "config.toml:19: limits.protocol./beam/kad/1.0.0.streams_inbound: must be a whole number, 0 or more",
+            'config.toml:21: limits.system.memory: must be a number of bytes or a size such as "64MiB"',
+        ])
+
+    def test_handshakeTimeoutValues(self) -> None:
+        """
+        The handshake timeout must be a positive number of seconds, at most
+        five minutes.
+        """
+        for value in ["-1", "301", "true", '"15"', "nan", "inf"]:
+            (problem,) = self.problems(f"[limits]\nhandshake_timeout = {value}\n")
+            self.assertTrue(problem.startswith("config.toml:2: handshake_timeout must be"), problem)
+        self.assertEqual(loadConfig(self.write("[limits]\nhandshake_timeout = 2.5\n")).handshakeTimeout, 2.5)
+
+    def test_nesting(self) -> None:
+        """
+        C{limits} must be one table, and each scope in it a table (a
+        service's or protocol's too); a wrong shape is one clear problem.
+        """
+        self.assertEqual(self.problems("limits = 5\n"),
+                         ["config.toml:1: limits must be one [limits] table, not an integer"])
+        self.assertEqual(self.problems("[[limits]]\n"),
+                         ["config.toml:1: limits must be one [limits] table, not a list"])
+        self.assertEqual(self.problems("[limits]\npeer = 5\n"),
+                         ["config.toml:2: limits.peer: must be a table"])
+        self.assertEqual(self.problems("[limits]\nservice = 5\n"),
+                         ["config.toml:2: limits.service: must be a table of tables"])
+        self.assertEqual(self.problems("[limits.service]\nweb = [1]\n"),
+                         ["config.toml:2: limits.service.web: must be a table"])
 
 
 class MergeTests(SynchronousTestCase):

@@ -19,12 +19,13 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from beam.daemon.config import Config, TunnelConfig
+from beam.daemon.config import Config, TunnelConfig, loadConfig
 from beam.daemon.control import ControlClient, NodeAlreadyRunning
 from beam.daemon.service import BeamDaemon, TunnelSpecError
 from beam.errors import Conflict, DialError, NotFound
 from beam.identity.keys import Identity
 from beam.identity.multiaddr import Multiaddr
+from beam.p2p.resources import ResourceManager, defaultLimits, unlimitedManager
 from beam.tunnel.share import parseShareAddress
 
 LOOPBACK = (Multiaddr.fromString("/ip4/127.0.0.1/tcp/0"),)
@@ -317,7 +318,8 @@ class DaemonAssemblyTests(TestCase):
         client = ControlClient(reactor, daemon.home)
         status = yield client.request("GET", "/v1/status")
         self.assertEqual(set(status), {"peer_id", "addrs", "listen_addrs", "observed_addrs", "protocols",
-                                       "connections", "services", "tunnels", "kademlia", "names", "forwards"})
+                                       "connections", "services", "resources", "tunnels", "kademlia", "names",
+                                       "forwards"})
         self.assertIn("/beam/tunnel/1.0.0", status["protocols"])
         tunnel = yield client.request("POST", "/v1/tunnels", {"port": 4242, "name": "web", "secret": True})
         self.assertEqual(set(tunnel), {"name", "port", "kind", "target", "compress", "private", "allow", "share",
@@ -337,6 +339,47 @@ class DaemonAssemblyTests(TestCase):
         removed = yield client.request("DELETE", "/v1/tunnels/web")
         self.assertEqual(removed["name"], "web")
         self.assertEqual(daemon.tunnels.services, {})
+
+    @inlineCallbacks
+    def test_configuredLimits(self):
+        """
+        The node runs under the configuration's C{[limits]} (a resource
+        manager on the reactor's clock, the handshake timeout), and GET
+        /v1/status shows them with what the node holds and what was
+        refused, under C{"resources"}.
+        """
+        home = Path(self.mktemp())
+        home.mkdir(mode=0o700)
+        (home / "config.toml").write_text(
+            'listen = ["/ip4/127.0.0.1/tcp/0"]\n[limits]\nhandshake_timeout = 4\n'
+            '[limits.peer]\nstreams_inbound = 7\n[limits.service.web]\nfd = 3\n'
+        )
+        config = loadConfig(home / "config.toml")
+        daemon = yield _startDaemon(self, config, home=home)
+        self.assertIsInstance(daemon.node.resources, ResourceManager)
+        self.assertIs(daemon.node.resources.limits, config.limits)
+        self.assertIs(daemon.node.resources.clock, reactor)
+        self.assertEqual(daemon.node.handshakeTimeout, 4.0)
+        self.assertEqual(daemon.status().resources, daemon.node.resources.status())
+        status = yield ControlClient(reactor, home).request("GET", "/v1/status")
+        resources = status["resources"]
+        self.assertEqual(set(resources), {"limits", "system", "transient", "peers", "protocols", "services",
+                                          "refusals"})
+        self.assertEqual(resources["limits"]["peer"]["streams_inbound"], 7)
+        self.assertEqual(resources["limits"]["service"]["web"]["fd"], 3)
+        self.assertEqual(resources["limits"]["system"]["fd"], defaultLimits().system.fd)
+        self.assertEqual(resources["refusals"], {})
+
+    @inlineCallbacks
+    def test_nodeOptionsWin(self):
+        """
+        A caller's own node options (a test's resource manager) replace
+        the configuration's.
+        """
+        manager = unlimitedManager()
+        daemon = yield _startDaemon(self, nodeOptions={"resources": manager, "handshakeTimeout": 2.0})
+        self.assertIs(daemon.node.resources, manager)
+        self.assertEqual(daemon.node.handshakeTimeout, 2.0)
 
     @inlineCallbacks
     def test_tunnelChangesRepublishNames(self):

@@ -20,6 +20,15 @@ from beam.dht.status import BucketStatus, DHTStatus, RoutesStatus, RouteStatus
 from beam.identity.keys import Identity
 from beam.names.status import NameResolution, NameStatus
 from beam.p2p.host.status import ConnectionStatus, NodeStatus
+from beam.p2p.resources import (
+    GiB,
+    INBOUND,
+    OUTBOUND,
+    MiB,
+    ResourceLimitExceeded,
+    ResourceManager,
+    defaultLimits,
+)
 from beam.tunnel.status import ForwardStatus, TrafficStatus, TunnelStatus
 
 PEER = "12D3KooWPeer"
@@ -192,6 +201,35 @@ class TextTests(SynchronousTestCase):
         text = statusText(statusJSON(DaemonStatus(node=NodeStatus(peerID="12D3KooWSelf"))))
         self.assertEqual(text.splitlines(), ["peer 12D3KooWSelf", "tunnels: none", "forwards: none",
                                              "connections: 0"])
+
+    def test_resources(self) -> None:
+        """
+        The resource manager's status is the JSON's C{"resources"} as it
+        was given, and one line of the text: connections, streams and
+        descriptors of both directions, memory, and all refusals summed.
+        An answer without it (an older node) has no such line.
+        """
+        # No connection in the handshake from a given source: three refusals.
+        manager = ResourceManager(attrs.evolve(defaultLimits(fdLimit=1024, memory=GiB), transientPerSource=0))
+        connection = manager.openConnection(INBOUND)
+        connection.setPeer(PEER)
+        connection.reserveMemory(4 * MiB)
+        connection.openStream(INBOUND)
+        connection.openStream(OUTBOUND)
+        for _ in range(3):
+            self.assertRaises(ResourceLimitExceeded, manager.openConnection, INBOUND, source="192.0.2.9")
+        resources = manager.status()
+        status = attrs.evolve(_daemonStatus(), resources=resources)
+        rendered = statusJSON(status)
+        self.assertEqual(rendered["resources"], resources)
+        self.assertEqual(rendered["resources"]["limits"]["peer"]["streams_inbound"],
+                         defaultLimits(fdLimit=1024, memory=GiB).peer.streamsInbound)
+        lines = statusText(rendered).splitlines()
+        self.assertEqual(lines[lines.index(f"  {PEER} outbound /ip4/192.0.2.9/tcp/4001 /noise streams 2") + 1],
+                         "resources: 1 conns, 2 streams, 1 fds, 4.0 MiB; 3 refusals")
+        self.assertNotIn("resources", statusJSON(_daemonStatus()))
+        self.assertFalse(any(line.startswith("resources:") for line in statusText(statusJSON(_daemonStatus()))
+                             .splitlines()))
 
     def test_network(self) -> None:
         """
