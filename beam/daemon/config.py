@@ -45,6 +45,7 @@ defaults.  Schema (every key optional)::
     [limits.system]           # the whole node
     fd = 4096
     memory = "512MiB"
+    conns_per_source = 32     # inbound connections from one address
     [limits.transient]        # connections still in the handshake
     conns = 64
     per_source = 8            # of those, from one IPv4 address / IPv6 /64
