@@ -367,9 +367,9 @@ def limitsFromTable(table: Mapping[str, Any], base: Limits) -> tuple[Limits, lis
         [limits.system]
         fd = 4096
         memory = "512MiB"
+        conns_per_source = 16         # inbound connections per address
         [limits.peer]
         streams_inbound = 64
-        conns_per_source = 16         # inbound connections per address
         [limits.transient]
         conns = 32
         per_source = 4
@@ -377,6 +377,10 @@ def limitsFromTable(table: Mapping[str, Any], base: Limits) -> tuple[Limits, lis
         fd = 256
         [limits.protocol."/ipfs/kad/1.0.0"]
         streams_inbound = 512
+
+    Allowed peers never get less than strangers: each resource of
+    C{allowed_peer} is at least C{peer}'s (raising C{[limits.peer]} alone
+    raises both).
 
     @return: the new limits and the problems found, as C{"limits.KEY:
         message"} lines (the limits ignore what was wrong).
@@ -406,7 +410,9 @@ def limitsFromTable(table: Mapping[str, Any], base: Limits) -> tuple[Limits, lis
                 continue
             named = dict(base.protocols if key == "protocol" else base.services)
             default = base.protocolDefault if key == "protocol" else base.serviceDefault
-            for sub, subTable in value.items():
+            # The default first: a named table inherits what it does not
+            # name from the default, wherever the file puts the default.
+            for sub, subTable in sorted(value.items(), key=lambda item: item[0] != "default"):
                 if sub == "default":
                     default = _parseLimit(f"limits.{key}.default", subTable, default, problems)
                 else:
@@ -420,7 +426,9 @@ def limitsFromTable(table: Mapping[str, Any], base: Limits) -> tuple[Limits, lis
         else:
             known = ", ".join([*_SCOPE_KEYS, "protocol", "service"])
             problems.append(f"limits: unknown key {key!r} (known: {known})")
-    return attr.evolve(base, **changes), problems
+    limits = attr.evolve(base, **changes)
+    floor = {name: max(value, getattr(limits.peer, name)) for name, value in limits.allowedPeer._items()}
+    return attr.evolve(limits, allowedPeer=BaseLimit(**floor)), problems
 
 
 # -- usage and scopes ------------------------------------------------------
@@ -813,7 +821,16 @@ class ConnectionScope:
             raise AssertionError("setPeer on a finished connection scope")
         m = self.manager
         target = m.peerScope(peer)
-        held = self._base + (("memory", self.memory),)
+        # Everything the connection's own scope holds (its streams, their
+        # descriptors, its and their memory) moves with it: they were
+        # counted in the transient scope and are released from the peer's.
+        u = self.own.usage
+        held = self._base + (
+            ("streamsInbound", u.streamsInbound),
+            ("streamsOutbound", u.streamsOutbound),
+            ("fd", u.fd),
+            ("memory", u.memory),
+        )
         try:
             m.reserve([target], held)
         except ResourceLimitExceeded:
@@ -836,14 +853,19 @@ class ConnectionScope:
 
         @raise ResourceLimitExceeded: when there is no room.
         """
+        if self.closed:
+            raise AssertionError("reserveMemory on a finished connection scope")
         self.manager.reserve(self.chain(), (("memory", n),))
         self.memory += n
 
     def tryReserveMemory(self, n: int) -> bool:
         """
         Reserve C{n} bytes if they fit, without counting a refusal: for
-        optional growth, such as a larger window.
+        optional growth, such as a larger window.  A finished connection
+        has no room (what it reserved would never be released).
         """
+        if self.closed:
+            return False
         chain = self.chain()
         if not self.manager.fits(chain, (("memory", n),)):
             return False
@@ -962,13 +984,18 @@ class StreamScope:
         """
         @raise ResourceLimitExceeded: when there is no room.
         """
+        if self.closed:
+            raise AssertionError("reserveMemory on a finished stream scope")
         self.connection.manager.reserve(self.chain(), (("memory", n),))
         self.memory += n
 
     def tryReserveMemory(self, n: int) -> bool:
         """
-        Reserve C{n} bytes if they fit, without counting a refusal.
+        Reserve C{n} bytes if they fit, without counting a refusal.  A
+        finished stream has no room.
         """
+        if self.closed:
+            return False
         chain = self.chain()
         m = self.connection.manager
         if not m.fits(chain, (("memory", n),)):
@@ -990,6 +1017,8 @@ class StreamScope:
 
         @raise ResourceLimitExceeded: when there is no room.
         """
+        if self.closed:
+            raise AssertionError("reserveFD on a finished stream scope")
         self.connection.manager.reserve(self.chain(), (("fd", 1),))
         self.fd += 1
 
