@@ -12,7 +12,8 @@ protocol's stream is closed when the peer finishes, as a TCP transport
 does.
 
 L{TunnelOpener} is the client's protocol on a new tunnel stream until the
-host answered: it writes the request, reads the response, and on an OK
+host answered: a L{beam.tunnel.client.TunnelRequester} (the request and
+response exchange a forward uses too) that on an OK
 connects the user's protocol (through a L{StreamTransport}) before any
 later byte is delivered, so nothing the host sends first is lost.
 """
@@ -29,14 +30,14 @@ from twisted.internet.interfaces import (
     IPushProducer,
     ITransport,
 )
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from beam.endpoints._address import BeamAddress
-from beam.errors import BeamError, ProtocolError
-from beam.tunnel import HostUnreachable
-from beam.tunnel.protocol import InvalidTunnelMessage, ResponseReader, TunnelResponse, refusalFor
+from beam.errors import BeamError
+from beam.tunnel.client import TunnelRequester
+from beam.tunnel.protocol import TunnelRefused, TunnelResponse
 
 __all__ = ["StreamTransport", "TunnelOpener"]
 
@@ -160,19 +161,16 @@ class StreamTransport:
         self.stream.stopProducing()
 
 
-@implementer(IHalfCloseableProtocol)
-class TunnelOpener(Protocol):
+class TunnelOpener(TunnelRequester):
     """
     The client's protocol on a tunnel stream until the host answers.
 
     @ivar result: fires with what C{install} returned once the host said
         OK and the user's protocol is connected, or fails with the host's
-        refusal (a L{beam.tunnel.TunnelRefused}), L{HostUnreachable} when
+        refusal (a L{beam.tunnel.TunnelRefused}), L{beam.tunnel.HostUnreachable} when
         the stream ends first, or whatever C{install} raised.  Cancelling
         it resets the stream.
     """
-
-    transport: Any = None
 
     def __init__(self, request: bytes, install: Callable[[Any, TunnelResponse, bytes], Any], label: str) -> None:
         """
@@ -182,11 +180,8 @@ class TunnelOpener(Protocol):
             that came after the response) and returns it.
         @param label: who we are talking to, for messages.
         """
-        self.request = request
+        super().__init__(request, label)
         self.install = install
-        self.label = label
-        self.reader = ResponseReader()
-        self.finished = False
         self.result: Deferred[Any] = Deferred(self._cancel)
 
     def _cancel(self, d: Deferred[Any]) -> None:
@@ -194,25 +189,7 @@ class TunnelOpener(Protocol):
         if self.transport is not None:
             self.transport.abortConnection()
 
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.finished:
-            return
-        try:
-            response = self.reader.feed(data)
-        except ProtocolError as e:
-            self._fail(InvalidTunnelMessage(f"bad answer from {self.label}: {e}"))
-            self.transport.abortConnection()
-            return
-        if response is None:
-            return
-        self.finished = True
-        if not response.ok:
-            self.transport.loseConnection()
-            self.result.errback(refusalFor(response))
-            return
+    def answered(self, response: TunnelResponse) -> None:
         stream = self.transport
         try:
             protocol = self.install(stream, response, self.reader.leftover)
@@ -223,22 +200,11 @@ class TunnelOpener(Protocol):
             return
         self.result.callback(protocol)
 
-    def _fail(self, error: BeamError) -> None:
-        if not self.finished:
-            self.finished = True
-            self.result.errback(error)
+    def refused(self, error: TunnelRefused) -> None:
+        self.result.errback(error)
 
-    def readConnectionLost(self) -> None:
-        self._fail(HostUnreachable(f"{self.label} closed the tunnel stream without answering"))
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._fail(HostUnreachable(
-            f"the tunnel stream to {self.label} ended before it answered ({reason.getErrorMessage()})"
-        ))
+    def failed(self, error: BeamError) -> None:
+        self.result.errback(error)
 
 
 def connectUser(

@@ -11,7 +11,17 @@ reachable new connections cost one stream and one request/response; when
 it goes away the forward re-dials with Twisted's C{backoffPolicy} (on the
 injected reactor), re-resolving the host's name before each retry, and
 while the last attempt failed new local connections are closed at once
-(fail fast) instead of hanging until a dial times out.  That lifecycle is
+(fail fast) instead of hanging until a dial times out.
+
+A forward never fails a connection for want of a stream: when no stream
+can be opened because a stream limit is reached (ours: the muxer's
+C{maxStreams} or our resource manager; the host's: it resets the new
+stream, or answers L{TunnelBusy}), the local connection waits, still
+paused, in a bounded queue, and is retried as soon as one of the
+forward's tunnels ends (and on a timer, in case the streams are someone
+else's); it is closed only if the queue is full or it waited
+C{queueTimeout} seconds.  Thousands of quick connect/disconnect cycles
+thus all succeed, merely waiting for the streams that are still closing.  That lifecycle is
 the state machine in L{beam.tunnel._forward_machine} (drawn in
 docs/state-machines/tunnel-forward.md); this module supplies its effects
 and feeds it the node's connection events.
@@ -20,6 +30,7 @@ and feeds it the node's connection events.
 from __future__ import annotations
 
 import ipaddress
+from collections import deque
 from typing import Any, Callable, Optional, Sequence
 
 import attrs
@@ -33,27 +44,44 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from beam.errors import BeamError, DialError, ProtocolError, describe
+from beam.errors import BeamError, DialError, ProtocolError, StreamLimitExceeded, StreamReset, describe
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
+from beam.p2p.resources import ResourceLimitExceeded
 from beam.tunnel._forward_machine import ForwardCore, ForwardMachine, HostUnreachable
 from beam.tunnel.host import COMPRESSIONS, _compressionAvailable, wrapStream
 from beam.tunnel.protocol import (
     TUNNEL_PROTOCOL,
     InvalidTunnelMessage,
     ResponseReader,
+    TunnelBusy,
     TunnelRefused,
     TunnelRequest,
     TunnelResponse,
     encodeRequest,
     refusalFor,
 )
-from beam.tunnel.splice import Splice, TunnelStats
+from beam.tunnel.splice import HALF_CLOSED_TIMEOUT, Splice, TunnelStats
 
-__all__ = ["TunnelForward", "HostUnreachable"]
+__all__ = ["TunnelForward", "HostUnreachable", "NoStreamFree", "TunnelRequester"]
 
 #: The accept queue of a forward's local port.
 LISTEN_BACKLOG = 1024
+
+
+class NoStreamFree(BeamError):
+    """
+    No tunnel stream could be opened for want of a free stream: ours
+    (the muxer's or the resource manager's limit) or the host's (it reset
+    the new stream).  A forward queues the connection and retries.
+    """
+
+
+#: What a forward queues a local connection for, rather than failing it.
+_WAIT_FOR_STREAM = (NoStreamFree, TunnelBusy)
+
+#: Local failures to open a stream that mean "no stream free".
+_STREAM_LIMITS = (StreamLimitExceeded, ResourceLimitExceeded, StreamReset)
 
 
 class TunnelForward(Service):
@@ -94,6 +122,11 @@ class TunnelForward(Service):
         retryPolicy: Optional[Callable[[int], float]] = None,
         responseTimeout: float = 30.0,
         resolveAddrs: Optional[Callable[[], Deferred[Sequence[Multiaddr]]]] = None,
+        maxQueued: int = 1024,
+        queueTimeout: float = 30.0,
+        halfClosedTimeout: Optional[float] = HALF_CLOSED_TIMEOUT,
+        idleTimeout: Optional[float] = None,
+        refusalLogInterval: float = 10.0,
     ) -> None:
         """
         @param reactor: time and I/O (an C{IReactorTime} and
@@ -118,6 +151,15 @@ class TunnelForward(Service):
         @param resolveAddrs: re-resolves the host's current addresses
             (from its name record) before each re-dial after a failure, so
             a host that moved is found.
+        @param maxQueued: the most local connections waiting for a free
+            stream (beyond it they are closed).
+        @param queueTimeout: seconds a local connection may wait for a
+            free stream before it is closed.
+        @param halfClosedTimeout: seconds a half-closed tunnel may go
+            without moving a byte before it is aborted (L{None}: never).
+        @param idleTimeout: the same for any tunnel (L{None}: never).
+        @param refusalLogInterval: waiting for streams is logged at most
+            once per this many seconds.
         """
         if kind not in ("tcp", "udp"):
             raise ValueError(f"tunnel kind must be 'tcp' or 'udp', not {kind!r}")
@@ -138,7 +180,21 @@ class TunnelForward(Service):
         self.stats = TunnelStats()
         self.listeningPort: Optional[IListeningPort] = None
         self.localAddress: Any = None
+        self.maxQueued = maxQueued
+        self.queueTimeout = queueTimeout
+        self.halfClosedTimeout = halfClosedTimeout
+        self.idleTimeout = idleTimeout
+        self.refusalLogInterval = refusalLogInterval
         self._splices: set[Splice] = set()
+        #: local connections waiting for a free stream: (splice, since,
+        #: why), oldest first.
+        self._queue: deque[tuple[Splice, float, str]] = deque()
+        #: connections that had to wait for a stream, since start
+        self.waited = 0
+        self._queueTimer: Any = None
+        self._queueDelay = _QUEUE_RETRY_MIN
+        self._waitUnlogged = 0
+        self._lastWaitLog: Optional[float] = None
         self._udp: Any = None
         #: the UDP forwarder's counters (a L{beam.tunnel.udp.UDPStats}),
         #: for a UDP forward once started.
@@ -250,6 +306,10 @@ class TunnelForward(Service):
     def _close(self) -> Deferred[Any]:
         for splice in list(self._splices):
             splice.abort()
+        self._stopQueueTimer()
+        queued, self._queue = self._queue, deque()
+        for splice, _, _ in queued:
+            _closeLocal(splice, abort=True)
         port, self.listeningPort = self.listeningPort, None
         if self._udp is not None:
             udp, self._udp = self._udp, None
@@ -372,6 +432,9 @@ class TunnelForward(Service):
             negotiator.finished = True
             if f.check(CancelledError):
                 return
+            if f.check(*_STREAM_LIMITS) and self._connected():
+                result.errback(NoStreamFree(describe(f)))
+                return
             self.stats.failed += 1
             self.log.info("tunnel to {label} failed: {reason}", label=self.label, reason=describe(f))
             if f.check(DialError) or not self._connected():
@@ -389,7 +452,15 @@ class TunnelForward(Service):
     def _localConnected(self, splice: Splice) -> None:
         """
         An app connected (its reading is paused): ask the host, then
-        splice, or close the app's connection.
+        splice, or close the app's connection (or queue it when no stream
+        is free).
+        """
+        self._attempt(splice, None)
+
+    def _attempt(self, splice: Splice, since: Optional[float]) -> None:
+        """
+        Ask the host for a tunnel for C{splice}'s app connection, waiting
+        (queued) since C{since}, or new (L{None}).
         """
         local = splice.local
 
@@ -405,17 +476,98 @@ class TunnelForward(Service):
                 wrapped.dataReceived(negotiator.reader.leftover)
             self._splices.add(splice)
             splice.start()
+            if since is not None:
+                # There was room for this one: maybe for the next too.
+                self._queueDelay = _QUEUE_RETRY_MIN
+                self._drainOne()
 
         def failed(f: Failure) -> None:
             if local.lost:
                 return
-            transport: Any = local.transport  # a TCP transport: it can abort
-            if f.check(TunnelRefused):
-                transport.loseConnection()
-            else:
-                transport.abortConnection()
+            if f.check(*_WAIT_FOR_STREAM):
+                self._wait(splice, since, f.getErrorMessage())
+                return
+            _closeLocal(splice, abort=not f.check(TunnelRefused))
 
         self._ask().addCallbacks(accepted, failed)
+
+    # -- waiting for a free stream -----------------------------------------
+
+    def _wait(self, splice: Splice, since: Optional[float], why: str) -> None:
+        """
+        No stream is free for C{splice}: queue it (a retried one goes back
+        to the front, keeping its place), or close it when the queue is
+        full or it waited too long.
+        """
+        now = self.reactor.seconds()
+        if since is None:
+            if len(self._queue) >= self.maxQueued:
+                self._giveUp(splice, f"{self.maxQueued} connections are already waiting for a stream ({why})")
+                return
+            self._queue.append((splice, now, why))
+            self.waited += 1
+        elif now - since >= self.queueTimeout:
+            self._giveUp(splice, f"no stream was free within {self.queueTimeout:g} s ({why})")
+            return
+        else:
+            self._queue.appendleft((splice, since, why))
+        self._waitUnlogged += 1
+        if self._lastWaitLog is None or now - self._lastWaitLog >= self.refusalLogInterval:
+            self.log.info(
+                "tunnel to {label}: no stream free ({reason}); {n} connection(s) waiting, "
+                "{count} wait(s) since the last report",
+                label=self.label, reason=why, n=len(self._queue), count=self._waitUnlogged,
+            )
+            self._waitUnlogged = 0
+            self._lastWaitLog = now
+        if self._queueTimer is None:
+            self._queueTimer = self.reactor.callLater(self._queueDelay, self._queueTick)
+
+    def _giveUp(self, splice: Splice, why: str) -> None:
+        self.stats.failed += 1
+        self.log.warn("tunnel to {label} failed: {reason}", label=self.label, reason=why)
+        _closeLocal(splice, abort=True)
+
+    def _queueTick(self) -> None:
+        """
+        The retry timer: drop what waited too long, retry the oldest (in
+        case no tunnel of ours ends to make room), and back off while the
+        queue stays full.
+        """
+        self._queueTimer = None
+        now = self.reactor.seconds()
+        kept: deque[tuple[Splice, float, str]] = deque()
+        for splice, since, why in self._queue:
+            if splice.local.lost:
+                continue
+            if now - since >= self.queueTimeout:
+                self._giveUp(splice, f"no stream was free within {self.queueTimeout:g} s ({why})")
+            else:
+                kept.append((splice, since, why))
+        self._queue = kept
+        if not kept:
+            self._queueDelay = _QUEUE_RETRY_MIN
+            return
+        self._drainOne()
+        self._queueDelay = min(_QUEUE_RETRY_MAX, self._queueDelay * 2)
+        if self._queueTimer is None and self._queue:
+            self._queueTimer = self.reactor.callLater(self._queueDelay, self._queueTick)
+
+    def _drainOne(self) -> None:
+        """
+        Retry the oldest waiting connection (its app may have gone).
+        """
+        while self._queue:
+            splice, since, _ = self._queue.popleft()
+            if not splice.local.lost:
+                self._attempt(splice, since)
+                return
+        self._stopQueueTimer()
+
+    def _stopQueueTimer(self) -> None:
+        if self._queueTimer is not None and self._queueTimer.active():
+            self._queueTimer.cancel()
+        self._queueTimer = None
 
     def _openUDPStream(self, proto: IProtocol) -> Deferred[IProtocol]:
         """
@@ -429,10 +581,42 @@ class TunnelForward(Service):
                 wrapped.dataReceived(negotiator.reader.leftover)
             return proto
 
-        return self._ask().addCallback(accepted)
+        def failed(f: Failure) -> Failure:
+            if f.check(*_WAIT_FOR_STREAM):
+                # A datagram session is not queued: its datagrams are
+                # dropped meanwhile, and the next one tries again.
+                self.stats.failed += 1
+                self.log.info("tunnel to {label} failed: {reason}", label=self.label, reason=f.getErrorMessage())
+            return f
+
+        return self._ask().addCallbacks(accepted, failed)
 
     def _spliceEnded(self, splice: Splice) -> None:
         self._splices.discard(splice)
+        if self._queue:
+            # One of our streams is closing: make room for a waiting one.
+            # (Not from inside the teardown: the stream is freed after it.)
+            self.reactor.callLater(0, self._drainOne)
+
+
+#: Seconds between retries of a waiting connection when none of the
+#: forward's own tunnels ends to make room (doubling up to the maximum).
+_QUEUE_RETRY_MIN = 0.05
+_QUEUE_RETRY_MAX = 1.0
+
+
+def _closeLocal(splice: Splice, abort: bool) -> None:
+    """
+    Close (or abort) an app connection that got no tunnel.
+    """
+    local = splice.local
+    if local.lost or local.transport is None:
+        return
+    transport: Any = local.transport  # a TCP transport: it can abort
+    if abort:
+        transport.abortConnection()
+    else:
+        transport.loseConnection()
 
 
 def _serverEndpoint(reactor: Any, port: int, bind: str) -> Any:
@@ -464,29 +648,121 @@ class _ForwardFactory(Factory):
             forward.stats,
             onEnd=forward._spliceEnded,
             onLocalConnected=forward._localConnected,
+            clock=forward.reactor,
+            halfClosedTimeout=forward.halfClosedTimeout,
+            idleTimeout=forward.idleTimeout,
         )
         return splice.local
 
 
 @implementer(IHalfCloseableProtocol)
-class _ClientStream(Protocol):
+class TunnelRequester(Protocol):
     """
-    The protocol on an outbound tunnel stream until the host answered:
-    writes the request and reads the response.
+    A client's protocol on a new tunnel stream until the host answered:
+    writes the request and reads the response, then calls one of
+    L{answered} (an OK), L{refused} (the host's refusal, our side already
+    closed) or L{failed} (anything else that ended the exchange), exactly
+    once.  Forwards (L{TunnelForward}) and in-process clients
+    (L{beam.endpoints}) build on it.
 
-    @ivar result: fires with C{(self, response)} on OK, or fails with the
-        refusal or whatever ended the stream first.
+    @ivar reader: the response reader (its C{leftover} is what followed
+        the response: the tunnel's first bytes).
+    @ivar finished: one of the three was called (or the exchange was
+        abandoned).
     """
 
     #: a yamux stream (it can abort and hand over to another protocol)
-    transport: Any
+    transport: Any = None
+
+    def __init__(self, request: bytes, label: str) -> None:
+        """
+        @param request: the encoded request.
+        @param label: who we are talking to, for messages.
+        """
+        self.request = request
+        self.label = label
+        self.reader = ResponseReader()
+        self.finished = False
+
+    def answered(self, response: TunnelResponse) -> None:
+        """
+        The host said OK.
+        """
+
+    def refused(self, error: TunnelRefused) -> None:
+        """
+        The host refused with C{error}.
+        """
+
+    def failed(self, error: BeamError) -> None:
+        """
+        The exchange failed: a bad answer, or the stream ended first.
+        """
+
+    def lostBeforeAnswer(self, reason: Optional[Failure]) -> BeamError:
+        """
+        The error for a stream that ended (C{reason}) or was finished by
+        the host (L{None}) before it answered.
+        """
+        if reason is None:
+            return HostUnreachable(f"{self.label} closed the tunnel stream without answering")
+        return HostUnreachable(
+            f"the tunnel stream to {self.label} ended before it answered ({reason.getErrorMessage()})"
+        )
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished:
+            return
+        try:
+            response = self.reader.feed(data)
+        except ProtocolError as e:
+            self._fail(InvalidTunnelMessage(f"bad answer from {self.label}: {e}"))
+            self.transport.abortConnection()
+            return
+        if response is None:
+            return
+        self.finished = True
+        if response.ok:
+            self.answered(response)
+            return
+        self.transport.loseConnection()
+        self.refused(refusalFor(response))
+
+    def _fail(self, error: BeamError) -> None:
+        if not self.finished:
+            self.finished = True
+            self.failed(error)
+
+    def readConnectionLost(self) -> None:
+        if not self.finished:
+            self._fail(self.lostBeforeAnswer(None))
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.finished:
+            self._fail(self.lostBeforeAnswer(reason))
+
+
+class _ClientStream(TunnelRequester):
+    """
+    A forward's L{TunnelRequester}, with a response timeout.
+
+    @ivar result: fires with C{(self, response)} on OK, or fails with the
+        refusal or whatever ended the stream first.  A failure for want
+        of a stream (L{NoStreamFree}, L{TunnelBusy}) is neither counted
+        nor logged here: the forward queues the connection.
+    """
 
     def __init__(self, forward: TunnelForward, requestBytes: Optional[bytes] = None) -> None:
+        super().__init__(forward._requestBytes if requestBytes is None else requestBytes, "the host")
         self.forward = forward
-        self.requestBytes = forward._requestBytes if requestBytes is None else requestBytes
-        self.reader = ResponseReader()
         self.opening: Optional[Deferred[Any]] = None
-        self.finished = False
         self._timer: Any = None
         self.result: Deferred[tuple[_ClientStream, TunnelResponse]] = Deferred(self._cancel)
 
@@ -499,7 +775,7 @@ class _ClientStream(Protocol):
             self.transport.abortConnection()
 
     def connectionMade(self) -> None:
-        self.transport.write(self.requestBytes)
+        super().connectionMade()
         self._timer = self.forward.reactor.callLater(self.forward.responseTimeout, self._timedOut)
 
     def _timedOut(self) -> None:
@@ -512,47 +788,34 @@ class _ClientStream(Protocol):
             self._timer.cancel()
         self._timer = None
 
-    def dataReceived(self, data: bytes) -> None:
-        if self.finished:
-            return
-        try:
-            response = self.reader.feed(data)
-        except ProtocolError as e:
-            self._fail(InvalidTunnelMessage(f"bad answer from the host: {e}"))
-            self.transport.abortConnection()
-            return
-        if response is None:
-            return
-        self.finished = True
+    def lostBeforeAnswer(self, reason: Optional[Failure]) -> BeamError:
+        if reason is None:
+            return InvalidTunnelMessage("the host closed the stream without answering")
+        if reason.check(StreamReset):
+            # A host over its stream limit resets new streams.
+            return NoStreamFree("the host reset the tunnel stream before answering")
+        return BeamError(f"the tunnel stream ended before the host answered ({describe(reason)})")
+
+    def answered(self, response: TunnelResponse) -> None:
         self._cancelTimer()
-        forward = self.forward
-        if response.ok:
-            self.result.callback((self, response))
-            return
-        error = refusalFor(response)
-        forward.stats.refused += 1
-        forward.log.warn("tunnel to {label} refused: {reason}", label=forward.label, reason=str(error))
-        self.transport.loseConnection()
+        self.result.callback((self, response))
+
+    def refused(self, error: TunnelRefused) -> None:
+        self._cancelTimer()
+        if not isinstance(error, TunnelBusy):
+            forward = self.forward
+            forward.stats.refused += 1
+            forward.log.warn("tunnel to {label} refused: {reason}", label=forward.label, reason=str(error))
+        self.result.errback(error)
+
+    def failed(self, error: BeamError) -> None:
+        self._cancelTimer()
+        if not isinstance(error, NoStreamFree):
+            forward = self.forward
+            forward.stats.failed += 1
+            forward.log.warn("tunnel to {label} failed: {reason}", label=forward.label, reason=str(error))
         self.result.errback(error)
 
     def _fail(self, error: BeamError) -> None:
         self._cancelTimer()
-        if self.finished:
-            return
-        self.finished = True
-        forward = self.forward
-        forward.stats.failed += 1
-        forward.log.warn("tunnel to {label} failed: {reason}", label=forward.label, reason=str(error))
-        self.result.errback(error)
-
-    def readConnectionLost(self) -> None:
-        if not self.finished:
-            self._fail(InvalidTunnelMessage("the host closed the stream without answering"))
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.finished:
-            self._fail(BeamError(f"the tunnel stream ended before the host answered ({describe(reason)})"))
+        super()._fail(error)

@@ -9,6 +9,16 @@ it is told), connects to the local service (with a timeout) while the
 stream is paused, answers, and splices the two.  Any refusal is answered
 with a status and a message the client shows, and logged here in one
 line (with the real reason).
+
+Each local connection (or UDP socket) a tunnel opens is a file descriptor
+of ours that a peer asked for, so it is reserved before it is opened: in
+the stream's resource scopes when the node's resource manager accounts
+the stream (its peer, its service and the whole node, see
+L{beam.p2p.resources}), and in any case against a per-peer count held
+here, capped at the manager's per-peer C{fd} limit (peers in a service's
+C{--allow} list get the allowed-peer limit).  A peer over its limit is
+answered L{TunnelBusy}: one stranger cannot take the descriptors everyone
+else needs.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from zope.interface import implementer
 from beam.errors import BeamError, Conflict, NotFound, ProtocolError
 from beam.identity.keys import PeerID
 from beam.p2p.interfaces import IStreamTransport
+from beam.p2p.resources import UNLIMITED, ResourceLimitExceeded
 from beam.tunnel.access import PUBLIC, AccessPolicy
 from beam.tunnel.protocol import (
     TUNNEL_PROTOCOL,
@@ -40,13 +51,14 @@ from beam.tunnel.protocol import (
     ServiceNotFound,
     ServiceNotOpenable,
     ServiceUnavailable,
+    TunnelBusy,
     TunnelRefused,
     TunnelRequest,
     TunnelResponse,
     chooseCompression,
     encodeResponse,
 )
-from beam.tunnel.splice import Splice, TunnelStats
+from beam.tunnel.splice import HALF_CLOSED_TIMEOUT, Splice, TunnelStats
 from beam.tunnel.status import TunnelStatus, trafficStatus
 
 if TYPE_CHECKING:
@@ -191,6 +203,9 @@ class TunnelHost(Service):
         requestTimeout: float = 10.0,
         connectTimeout: float = 10.0,
         random: Callable[[int], bytes] = os.urandom,
+        halfClosedTimeout: Optional[float] = HALF_CLOSED_TIMEOUT,
+        idleTimeout: Optional[float] = None,
+        refusalLogInterval: float = 10.0,
     ) -> None:
         """
         @param requestTimeout: seconds a new stream may take to send its
@@ -198,6 +213,11 @@ class TunnelHost(Service):
         @param connectTimeout: seconds to wait for the local service to
             accept a connection.
         @param random: where generated secrets come from.
+        @param halfClosedTimeout: seconds a half-closed tunnel may go
+            without moving a byte before it is aborted (L{None}: never).
+        @param idleTimeout: the same for any tunnel (L{None}: never).
+        @param refusalLogInterval: tunnels refused for a resource limit
+            are logged at most once per this many seconds, with a count.
         """
         self.reactor = reactor
         self.node = node
@@ -211,9 +231,52 @@ class TunnelHost(Service):
         self.stats: dict[str, TunnelStats] = {}
         #: datagram counters per UDP service (L{beam.tunnel.udp.UDPStats}).
         self.udpStats: dict[str, Any] = {}
+        self.halfClosedTimeout = halfClosedTimeout
+        self.idleTimeout = idleTimeout
+        self.refusalLogInterval = refusalLogInterval
         self._splices: set[Splice] = set()
         self._pending: set[_HostStream] = set()
+        #: local connections (descriptors) open per peer, for the per-peer
+        #: limit that holds whether or not the node accounts streams.
+        self.peerFDs: dict[PeerID, int] = {}
+        self._busyUnlogged = 0
+        self._lastBusyLog: Optional[float] = None
 
+    def _resources(self) -> Any:
+        """
+        The node's resource manager, or L{None} (a node without one).
+        """
+        return getattr(self.node, "resources", None)
+
+    def _allowTag(self, spec: ServiceSpec) -> str:
+        return f"tunnel:{spec.name}"
+
+    def _allowPeers(self, spec: ServiceSpec, allow: bool) -> None:
+        """
+        Peers in C{spec}'s allow list get the resource manager's
+        allowed-peer limits while it is exposed.
+        """
+        resources = self._resources()
+        if resources is None or spec.policy.allow is None:
+            return
+        for peer in spec.policy.allow:
+            if allow:
+                resources.allow(peer, self._allowTag(spec))
+            else:
+                resources.disallow(peer, self._allowTag(spec))
+
+    def peerFDLimit(self, peer: PeerID) -> int:
+        """
+        The most local connections C{peer} may hold open through our
+        tunnels: the resource manager's per-peer C{fd} limit (by default
+        a sixteenth of three quarters of the process's descriptor limit),
+        or its allowed-peer limit for a peer in an allow list.
+        """
+        resources = self._resources()
+        if resources is None:
+            return UNLIMITED
+        limits = resources.limits
+        return int(limits.allowedPeer.fd if resources.isAllowed(peer) else limits.peer.fd)
     # -- services --------------------------------------------------------
 
     def expose(self, spec: ServiceSpec) -> None:
@@ -226,6 +289,7 @@ class TunnelHost(Service):
             raise ServiceExists(f"a service named {spec.name!r} is already exposed")
         self.services[spec.name] = spec
         self.stats.setdefault(spec.name, TunnelStats())
+        self._allowPeers(spec, True)
         self._changed()
 
     def unexpose(self, name: str) -> ServiceSpec:
@@ -238,6 +302,7 @@ class TunnelHost(Service):
             spec = self.services.pop(name)
         except KeyError:
             raise ServiceNotFound(f"no service named {name!r} is exposed") from None
+        self._allowPeers(spec, False)
         self._changed()
         return spec
 
@@ -507,6 +572,67 @@ class TunnelHost(Service):
             return
         self._connectTCP(proto, spec, compression, peer)
 
+    # -- descriptors -----------------------------------------------------
+
+    def _reserveFD(self, proto: "_HostStream", spec: ServiceSpec, peer: PeerID) -> Optional["_FDHold"]:
+        """
+        Reserve the descriptor of the local connection (or UDP socket) a
+        tunnel stream is about to open: in the stream's resource scopes
+        when the node accounts the stream, else against L{peerFDs}.
+
+        @return: the reservation (release it once the local connection
+            ended), or L{None} when a limit is reached: the stream was
+            then answered L{TunnelBusy} and closed.
+        """
+        scope = getattr(proto.transport, "resourceScope", None)
+        try:
+            if scope is not None:
+                if scope.service is None:
+                    scope.setService(spec.name)
+                scope.reserveFD()
+            else:
+                limit = self.peerFDLimit(peer)
+                if self.peerFDs.get(peer, 0) >= limit:
+                    raise ResourceLimitExceeded(f"peer {peer}", "fd", limit)
+        except ResourceLimitExceeded as e:
+            self._refuseBusy(proto, spec, peer, e)
+            return None
+        self.peerFDs[peer] = self.peerFDs.get(peer, 0) + 1
+        return _FDHold(self, peer, scope)
+
+    def _releasePeerFD(self, peer: PeerID) -> None:
+        left = self.peerFDs.get(peer, 0) - 1
+        if left > 0:
+            self.peerFDs[peer] = left
+        else:
+            self.peerFDs.pop(peer, None)
+
+    def _refuseBusy(self, proto: "_HostStream", spec: ServiceSpec, peer: PeerID, e: ResourceLimitExceeded) -> None:
+        """
+        Answer a tunnel over a resource limit with L{TunnelBusy} and a
+        message saying which limit; count it, and log at most once per
+        L{refusalLogInterval} (a flood must not flood the log too).
+        """
+        kind = e.scope.split(" ", 1)[0]
+        if kind == "peer":
+            why = f"too many tunnel connections from this peer (limit {e.limit})"
+        elif kind == "service":
+            why = f"too many tunnel connections to service {spec.name!r} (limit {e.limit})"
+        else:
+            why = f"the host is at its {e.resource} limit ({e.limit})"
+        self._statsFor(spec.name).refused += 1
+        self._busyUnlogged += 1
+        now = self.reactor.seconds()
+        if self._lastBusyLog is None or now - self._lastBusyLog >= self.refusalLogInterval:
+            self.log.info(
+                "refused {count} tunnel(s) over a resource limit since the last report; "
+                "the last from {peer} for {service}: {reason}",
+                count=self._busyUnlogged, peer=peer, service=spec.name, reason=why,
+            )
+            self._busyUnlogged = 0
+            self._lastBusyLog = now
+        proto.refuse(TunnelBusy(f"{why}; try again once some of yours have closed"))
+
     def _serveInProcess(self, proto: "_HostStream", spec: ServiceSpec, compression: str, peer: PeerID) -> None:
         """
         Hand the stream to the protocol C{spec.serve} builds, in this
@@ -546,11 +672,15 @@ class TunnelHost(Service):
         """
         from beam.tunnel.udp import UDPHostProtocol, UDPStats
 
+        hold = self._reserveFD(proto, spec, peer)
+        if hold is None:
+            return
         stats = self.udpStats.setdefault(spec.name, UDPStats())
         relay = UDPHostProtocol(self.reactor, spec.host, spec.port, stats=stats)
         try:
             relay.openSocket()
         except Exception as e:  # noqa: BLE001 - reported to the client
+            hold.release()
             why = f"cannot open a UDP socket to {spec.where}: {e}"
             self._statsFor(spec.name).failed += 1
             self.log.info(
@@ -560,6 +690,7 @@ class TunnelHost(Service):
             proto.refuse(ServiceUnavailable(why))
             return
         self._statsFor(spec.name).total += 1
+        relay.whenClosed().addBoth(lambda _: hold.release())
         self._pending.discard(proto)
         stream = proto.stream()
         stream.write(encodeResponse(TunnelResponse(compression=compression)))
@@ -570,8 +701,19 @@ class TunnelHost(Service):
         stream.resumeProducing()
 
     def _connectTCP(self, proto: "_HostStream", spec: ServiceSpec, compression: str, peer: PeerID) -> None:
+        hold = self._reserveFD(proto, spec, peer)
+        if hold is None:
+            return
         stats = self._statsFor(spec.name)
-        splice = Splice(stats, onEnd=self._splices.discard)
+
+        def ended(splice: Splice) -> None:
+            self._splices.discard(splice)
+            hold.release()
+
+        splice = Splice(
+            stats, onEnd=ended, clock=self.reactor,
+            halfClosedTimeout=self.halfClosedTimeout, idleTimeout=self.idleTimeout,
+        )
         endpoint = _clientEndpoint(self.reactor, spec.host, spec.port, self.connectTimeout)
         d = endpoint.connect(_OneProtocol(splice.local))
         proto.connecting = d
@@ -581,6 +723,7 @@ class TunnelHost(Service):
             if proto.gone:
                 assert splice.local.transport is not None  # the endpoint connected it
                 splice.local.transport.abortConnection()
+                hold.release()
                 return
             self._pending.discard(proto)
             stream = proto.stream()
@@ -594,6 +737,7 @@ class TunnelHost(Service):
 
         def failed(f: Failure) -> None:
             proto.connecting = None
+            hold.release()
             if proto.gone or f.check(CancelledError):
                 return
             stats.failed += 1
@@ -610,6 +754,32 @@ class TunnelHost(Service):
             proto.refuse(ServiceUnavailable(why))
 
         d.addCallbacks(connected, failed)
+
+
+class _FDHold:
+    """
+    The descriptor reserved for one tunnel's local connection: released
+    once, when that connection ended (or was never made).
+    """
+
+    __slots__ = ("host", "peer", "scope", "released")
+
+    def __init__(self, host: TunnelHost, peer: PeerID, scope: Any) -> None:
+        self.host = host
+        self.peer = peer
+        self.scope = scope
+        self.released = False
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self.host._releasePeerFD(self.peer)
+        scope = self.scope
+        # The stream's scope releases what it holds when the stream ends
+        # (done()), which may be first: never release it twice.
+        if scope is not None and not scope.closed and scope.fd:
+            scope.releaseFD()
 
 
 class _OneProtocol(Factory):

@@ -34,6 +34,8 @@ __all__ = [
     "ServiceNotOpenable",
     "ServiceUnavailable",
     "BadTunnelRequest",
+    "TunnelBusy",
+    "BUSY",
     "encodeRequest",
     "encodeResponse",
     "decodeRequest",
@@ -54,6 +56,12 @@ MAX_MESSAGE_SIZE = 4096
 #: Tunnel kinds, by their wire value.
 KINDS = {tunnel_pb2.TCP: "tcp", tunnel_pb2.UDP: "udp"}
 _KIND_VALUES = {name: value for value, name in KINDS.items()}
+
+#: The status of L{TunnelBusy}.  It is not in C{tunnel.proto}'s enum (its
+#: generated module is not rebuilt here), but proto3 enums are open: the
+#: value travels as is, and an older client shows it as a plain refusal
+#: with the host's message.
+BUSY = 5
 
 #: Limits on request fields, so that a request stays meaningful.
 MAX_SERVICE_NAME = 255
@@ -113,6 +121,16 @@ class BadTunnelRequest(TunnelRefused):
     status = tunnel_pb2.BAD_REQUEST
 
 
+class TunnelBusy(TunnelRefused):
+    """
+    The host is over a resource limit (too many tunnel connections from
+    this peer, to this service, or in all): try again once some of yours
+    have closed.  A forward queues its connection and retries.
+    """
+
+    status = BUSY
+
+
 class ServiceNotOpenable(ServiceNotFound, AccessDenied):
     """
     The host has no service of that name that you may open: it does not
@@ -126,7 +144,7 @@ class ServiceNotOpenable(ServiceNotFound, AccessDenied):
 
 
 _REFUSALS: dict[int, type[TunnelRefused]] = {
-    cls.status: cls for cls in (ServiceNotOpenable, AccessDenied, ServiceUnavailable, BadTunnelRequest)
+    cls.status: cls for cls in (ServiceNotOpenable, AccessDenied, ServiceUnavailable, BadTunnelRequest, TunnelBusy)
 }
 
 

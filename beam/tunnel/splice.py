@@ -21,6 +21,12 @@ them:
     closed once both directions have ended.
   - I{Abort}: a TCP connection lost uncleanly resets the stream (RST), a
     stream reset (or its peer connection dying) aborts the TCP connection.
+  - I{Idle timeouts}: once one direction has ended (a half-close), a
+    tunnel in which no byte moved either way for C{halfClosedTimeout}
+    seconds (5 minutes by default) is aborted on both sides, so an app
+    that never finishes cannot hold a stream and a socket forever; an
+    optional C{idleTimeout} does the same for any tunnel, half-closed or
+    not (off by default: an idle interactive session is legitimate).
   - I{Teardown} happens exactly once, when both sides are gone: the stats
     are updated and C{onEnd} is called.
 
@@ -32,7 +38,7 @@ reordered.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
@@ -43,7 +49,11 @@ from zope.interface import implementer
 
 from beam.p2p.interfaces import IStreamTransport
 
-__all__ = ["Splice", "TunnelStats"]
+__all__ = ["Splice", "TunnelStats", "HALF_CLOSED_TIMEOUT"]
+
+#: Seconds a half-closed tunnel may go without moving a byte before it is
+#: aborted.
+HALF_CLOSED_TIMEOUT = 300.0
 
 _log = Logger()
 
@@ -156,6 +166,9 @@ class _End(Protocol):
         if other.lost or other.writeClosed or other.transport is None:
             return
         self._count(len(data))
+        splice = self.splice
+        if splice._watching:
+            splice._lastActive = splice._clock.seconds()
         other.transport.write(data)
         if self.throttled and not self.readStopped and not self.lost:
             self.readStopped = True
@@ -168,6 +181,7 @@ class _End(Protocol):
         self.readClosed = True
         if self.splice.started:
             self.other.closeWrite()
+            self.splice._halfClosed()
 
     def writeConnectionLost(self) -> None:
         pass
@@ -254,11 +268,22 @@ class Splice:
         stats: Optional[TunnelStats] = None,
         onEnd: Optional[Callable[["Splice"], None]] = None,
         onLocalConnected: Optional[Callable[["Splice"], None]] = None,
+        *,
+        clock: Any = None,
+        halfClosedTimeout: Optional[float] = HALF_CLOSED_TIMEOUT,
+        idleTimeout: Optional[float] = None,
     ) -> None:
         """
         @param onEnd: called once when both sides are gone (after L{start}).
         @param onLocalConnected: called when the TCP connection is made
             (its reading already paused).
+        @param clock: an C{IReactorTime} for the idle timeouts; without
+            one there are none.
+        @param halfClosedTimeout: seconds without a byte moving, once one
+            direction has ended, before both sides are aborted (L{None}:
+            never).
+        @param idleTimeout: the same for a tunnel in any state (L{None},
+            the default: never).
         """
         self.stats = stats if stats is not None else TunnelStats()
         self._onEnd = onEnd
@@ -269,6 +294,15 @@ class Splice:
         self.remote.other = self.local
         self.started = False
         self.ended = False
+        self._clock = clock
+        self.halfClosedTimeout = halfClosedTimeout
+        self.idleTimeout = idleTimeout
+        #: whether a timeout is armed (only then is activity timed)
+        self._watching = False
+        self._lastActive = 0.0
+        self._timeout: Optional[float] = None
+        self._timer: Any = None
+        self.timedOut = False
 
     def _localConnected(self) -> None:
         if self._onLocalConnected is not None:
@@ -289,6 +323,7 @@ class Splice:
             lost = local if local.lost else remote
             self._lost(lost, lost.lostReason or Failure(ConnectionDone()))
             return
+        self._arm(self.idleTimeout)
         # Started only once both sides are connected.
         assert local.transport is not None and remote.transport is not None
         remote.transport.registerProducer(_Throttle(local), True)
@@ -301,6 +336,63 @@ class Splice:
             local.transport.resumeProducing()
         if not remote.lost:
             remote.transport.resumeProducing()
+        if local.readClosed or remote.readClosed:
+            self._halfClosed()
+
+    # -- idle timeouts ---------------------------------------------------
+
+    def _arm(self, timeout: Optional[float]) -> None:
+        """
+        Abort the tunnel once no byte moved for C{timeout} seconds (the
+        shorter of this and a timeout already armed wins); L{None} changes
+        nothing.
+        """
+        if timeout is None or self._clock is None or self.ended:
+            return
+        if self._timeout is not None and self._timeout <= timeout:
+            return
+        self._timeout = timeout
+        self._watching = True
+        self._lastActive = self._clock.seconds()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self._clock.callLater(timeout, self._checkIdle)
+
+    def _halfClosed(self) -> None:
+        """
+        One direction ended: from now on the half-closed timeout applies
+        (the half-close itself counts as activity).
+        """
+        if self.ended or self.local.lost or self.remote.lost:
+            return
+        self._arm(self.halfClosedTimeout)
+
+    def _checkIdle(self) -> None:
+        """
+        The timer is due: abort if nothing moved for the whole timeout,
+        else wait for the rest of it.  (Bytes only note the time; the
+        timer is moved here, not on every read.)
+        """
+        self._timer = None
+        if self.ended or self._timeout is None:
+            return
+        idle = self._clock.seconds() - self._lastActive
+        if idle < self._timeout:
+            self._timer = self._clock.callLater(self._timeout - idle, self._checkIdle)
+            return
+        self.timedOut = True
+        halfClosed = self.local.readClosed or self.remote.readClosed
+        _log.info(
+            "closing a {what} tunnel: no data either way for {t:g} s",
+            what="half-closed" if halfClosed else "idle", t=self._timeout,
+        )
+        self.abort()
+
+    def _stopTimer(self) -> None:
+        self._watching = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def abort(self) -> None:
         """
@@ -330,6 +422,7 @@ class Splice:
             other.end(clean=clean)
         if self.local.lost and self.remote.lost and not self.ended:
             self.ended = True
+            self._stopTimer()
             self.stats.active -= 1
             if self._onEnd is not None:
                 try:
