@@ -18,6 +18,7 @@ from beam.identity.multiaddr import Multiaddr
 from beam.p2p.interfaces import IPeerConnection
 from beam.statemachine import IGNORE, StateMachine
 from beam.p2p.muxer.yamux import YamuxSession, YamuxStream
+from beam.p2p.resources import ConnectionScope
 
 
 class ConnectionState(Enum):
@@ -104,12 +105,16 @@ class PeerConnection:
         rawTransport: Any = None,
         transport: str = "tcp",
         limited: bool = False,
+        resourceScope: Optional[ConnectionScope] = None,
     ) -> None:
         """
         @param rawTransport: the raw (Twisted) transport underneath, so
             that a connection that will not close cleanly can be aborted.
         @param transport: the name of the L{ITransport} it came over.
         @param limited: whether that transport is limited (relayed).
+        @param resourceScope: what the connection holds in the node's
+            resource manager (its streams are reserved in it by the
+            session); the node releases it when the connection closes.
         """
         self.remotePeer = remotePeer
         self.remotePublicKey = remotePublicKey
@@ -128,6 +133,7 @@ class PeerConnection:
         self.rawTransport = rawTransport
         self.transport = transport
         self.limited = limited
+        self.resourceScope = resourceScope
         self.identified: Optional[Deferred[Optional[IdentifyInfo]]] = None
 
     def openStream(self) -> YamuxStream:

@@ -520,7 +520,7 @@ class HandshakeBudgetTests(SynchronousTestCase):
         for r in waiting:
             self.assertTrue(r.lost.called)
         self.assertEqual(b.pendingHandshakeCount, 0)
-        self.assertEqual(b._pendingBySource, {})
+        self.assertEqual(b.resources.status()["transient"]["conns_inbound"], 0)
         again = self.flood(b, 8, source=7)
         grid.settle()
         self.assertFalse(any(r.lost.called for r in again))
@@ -529,20 +529,19 @@ class HandshakeBudgetTests(SynchronousTestCase):
 
     def test_pendingBudget(self) -> None:
         """
-        Silent connections from many sources fill the handshake budget, not
-        the connection limit: an established peer keeps working and the node
-        still dials out; once the budget is full, further inbound
-        connections are refused until the timeout frees it.
+        Silent connections from many sources fill the handshake budget (the
+        transient scope's inbound share), not the connection limit: an
+        established peer keeps working and the node still dials out; once
+        the budget is full, further inbound connections are refused until
+        the timeout frees it.
         """
         grid = self.grid
-        b = grid.node(maxConnections=4, maxPendingHandshakes=10, handshakeTimeout=5.0)
-        a, c, d = grid.node(), grid.node(), grid.node()
+        b = grid.node(maxConnections=16, maxPendingHandshakes=10, handshakeTimeout=5.0)
+        a, c, d, e = grid.node(), grid.node(), grid.node(), grid.node()
         grid.result(a.connect(grid.addr(b)))
         raws = self.flood(b, 5, source="each")
         grid.settle()
         self.assertEqual(b.pendingHandshakeCount, 5)
-        # Five unauthenticated connections with a limit of 4: a new peer
-        # still gets in, and b can still dial.
         grid.result(c.ping(grid.addr(b)))
         grid.result(b.connect(grid.addr(d)))
         self.assertEqual(b.openConnectionCount, 3)
@@ -551,7 +550,11 @@ class HandshakeBudgetTests(SynchronousTestCase):
         self.assertEqual(b.pendingHandshakeCount, 10)
         self.assertEqual(sum(1 for r in raws + more if r.lost.called), 15)
         self.assertEqual(b.refusedHandshakes, 15)
+        # With the handshake budget full, established peers, our own dials
+        # and their place in the connection limit are untouched.
         grid.result(a.ping(grid.addr(b)))
+        grid.result(b.connect(grid.addr(e)))
+        self.assertEqual(b.openConnectionCount, 4)
         grid.advance(5.1)
         self.assertEqual(b.pendingHandshakeCount, 0)
         self.assertTrue(all(r.lost.called for r in raws + more))

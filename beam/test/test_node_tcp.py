@@ -35,3 +35,31 @@ class NoDelayTests(TestCase):
         for c in (conn, theirs):
             sock = c.rawTransport.getHandle()
             self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+class DescriptorAccountingTests(TestCase):
+    """
+    A TCP connection holds a file descriptor, which the resource manager
+    counts on both ends while it is open.
+    """
+
+    @inlineCallbacks
+    def test_fdCounted(self) -> None:
+        """
+        Each end of a loopback TCP connection counts one descriptor in its
+        node's system scope, and none is left once it closed.
+        """
+        a = yield startNode(self)
+        b = yield startNode(self)
+        inbound: Deferred[object] = Deferred()
+        b.addConnectionObserver(lambda event, c: event == "connected" and not inbound.called and inbound.callback(c))
+        conn = yield a.connect(addrOf(b))
+        theirs = yield inbound.addTimeout(10, reactor)
+        self.assertEqual(a.resources.status()["system"]["fd"], 1)
+        self.assertEqual(b.resources.status()["system"]["fd"], 1)
+        closed = [conn.whenClosed(), theirs.whenClosed()]  # type: ignore[attr-defined]
+        conn.close()
+        for d in closed:
+            yield d.addTimeout(10, reactor)
+        self.assertEqual(a.resources.status()["system"]["fd"], 0)
+        self.assertEqual(b.resources.status()["system"]["fd"], 0)

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from beam.p2p.connection import PeerConnection
 from beam.errors import BeamError, ConnectionLimitExceeded, DialError, NodeStopped, PeerIDMismatch, describe
+from beam.p2p.resources import OUTBOUND, ResourceLimitExceeded
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
 
@@ -173,17 +174,23 @@ class Dialer:
 
     def _dialOne(self, peer: Optional[PeerID], addr: Multiaddr) -> Deferred[PeerConnection]:
         node = self.node
-        if node.openConnectionCount >= node.maxConnections:
-            return fail(ConnectionLimitExceeded(
-                f"already {node.maxConnections} connections open"
-            ))
         transport = node.transportFor(addr)
         if transport is None:
             return fail(DialError(f"cannot dial {addr}: no transport for that address"))
-        upgrading = node.makeUpgrading(isInitiator=True, expectedPeer=peer, dialledAddr=addr, transport=transport)
+        # The connection is reserved before any I/O, and released by the
+        # upgrade once it ran (see Node.makeUpgrading), or here when the
+        # transport never connected.
+        try:
+            scope = node.resources.openConnection(OUTBOUND, useFD=usesFD(transport))
+        except ResourceLimitExceeded as e:
+            return fail(ConnectionLimitExceeded(f"cannot dial {addr}: the node is at a connection limit ({e})"))
+        upgrading = node.makeUpgrading(
+            isInitiator=True, expectedPeer=peer, dialledAddr=addr, transport=transport, scope=scope
+        )
         try:
             connecting = transport.dial(addr, _OneProtocolFactory(upgrading), node.dialTimeout)
         except (ValueError, BeamError) as e:
+            scope.done()
             return fail(DialError(f"cannot dial {addr}: {e}"))
 
         def cancel(_: Any) -> None:
@@ -206,6 +213,9 @@ class Dialer:
             upgrading.done.addBoth(relay)
 
         def failed(f: Failure) -> None:
+            if upgrading.transport is None:
+                # Never connected: the upgrade never ran to release it.
+                scope.done()
             if result.called:
                 return
             if node.isStopping:
@@ -217,6 +227,16 @@ class Dialer:
 
         connecting.addCallbacks(connected, failed)
         return result
+
+
+def usesFD(transport: object) -> bool:
+    """
+    Whether the connections of an L{ITransport<beam.p2p.interfaces.ITransport>}
+    hold a file descriptor of ours (TCP's sockets do; the in-memory
+    transport and relayed circuits do not), for the resource manager's
+    C{fd} count.  A transport may say so with a C{usesFD} attribute.
+    """
+    return bool(getattr(transport, "usesFD", getattr(transport, "name", None) == "tcp"))
 
 
 class _OneProtocolFactory(Factory):

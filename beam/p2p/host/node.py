@@ -17,12 +17,23 @@ and closes when its last stream ends.
 
 Dialling lives in L{beam.p2p.host.dialer}, identify (asking, answering, pushing)
 in L{beam.p2p.host.identifying}.
+
+What peers may make the node hold is accounted by its L{ResourceManager}
+(C{node.resources}, L{beam.p2p.resources}): each connection is reserved
+before its handshake (inbound ones in the transient scope, capped per
+source) and moved to its peer's scope after it; the yamux session reserves
+each stream and its receive window in the connection's scopes, and the
+node adds the protocol multistream-select agreed on.  What does not fit is
+refused with the protocol's refusal (a refused connection, a stream reset)
+and everyone else is unaffected.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+
+import attr
 from enum import Enum
 from functools import partial
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -47,7 +58,7 @@ from twisted.python.failure import Failure
 from beam import __version__
 from beam.statemachine import IGNORE, Readiness, StateMachine
 from beam.statemachine import ILLEGAL
-from beam.p2p.host.dialer import Dialer
+from beam.p2p.host.dialer import Dialer, usesFD
 from beam.p2p.host.identifying import NodeIdentify
 from beam.p2p.connection import PeerConnection
 from beam.errors import (
@@ -65,7 +76,13 @@ from beam.identity.multiaddr import Multiaddr
 from beam.p2p.multistream import MultistreamDialer, MultistreamListener, MultistreamProtocol
 from beam.p2p.muxer.yamux import YamuxSession, YamuxStream
 from beam.p2p.protocols.ping import PING_PROTOCOL, PingClient, PingResponder
-from beam.p2p.resources import ResourceManager
+from beam.p2p.resources import (
+    INBOUND,
+    UNLIMITED,
+    ConnectionScope,
+    ResourceLimitExceeded,
+    ResourceManager,
+)
 from beam.p2p.security.interfaces import ISecureTransport, SecureInfo
 from beam.p2p.security.noise import NoiseTransport
 from beam.p2p.upgrade import YAMUX_PROTOCOL, UpgradingProtocol
@@ -178,12 +195,12 @@ class Node(MultiService):
         *,
         securities: Optional[Sequence[ISecureTransport]] = None,
         transports: Optional[Sequence[ITransport]] = None,
-        maxConnections: int = 512,
-        maxStreamsPerConnection: int = 1024,
+        maxConnections: Optional[int] = None,
+        maxStreamsPerConnection: Optional[int] = None,
         idleTimeout: float = 300.0,
         handshakeTimeout: float = 15.0,
-        maxPendingHandshakes: int = 64,
-        maxPendingHandshakesPerSource: int = 8,
+        maxPendingHandshakes: Optional[int] = None,
+        maxPendingHandshakesPerSource: Optional[int] = None,
         refusalLogInterval: float = 10.0,
         negotiationTimeout: float = 15.0,
         dialTimeout: float = 15.0,
@@ -193,19 +210,28 @@ class Node(MultiService):
         resources: Optional[ResourceManager] = None,
     ) -> None:
         """
-        @param maxConnections: the most established connections, plus our
-            own dials still upgrading.  Inbound connections that have not
-            finished the handshake do not count: they have their own budget.
+        The connection and stream limits live in C{resources}, the single
+        source of truth; the four C{max*} arguments are shortcuts that
+        change its limits (L{None}: leave them as they are).
+
+        @param maxConnections: the most connections of all kinds (the
+            system scope's C{conns}): established, our dials, and inbound
+            ones still in the handshake, which also have their own, smaller
+            budget below, so a flood of them takes only that share.
         @param maxPendingHandshakes: the most inbound connections still in
-            the security handshake (like OpenSSH's C{MaxStartups}): an
-            unauthenticated flood fills this budget, not C{maxConnections},
-            so established peers and new peers that finish quickly are not
-            locked out.  Each is dropped after C{handshakeTimeout}.
+            the security handshake (the transient scope's inbound
+            connections, like OpenSSH's C{MaxStartups}): an unauthenticated
+            flood fills this budget, so established peers, our own dials
+            and new peers that finish quickly are not locked out.  Each is
+            dropped after C{handshakeTimeout}.
         @param maxPendingHandshakesPerSource: the most of those from one
             source (L{sourceKey}: one IPv4 address, one IPv6 /64).
+        @param maxStreamsPerConnection: the most streams open on one
+            connection, both directions together (the connection scope's
+            C{streams}).
         @param refusalLogInterval: refused connections are counted in
             L{refusedHandshakes} and logged at most once per this many
-            seconds.
+            seconds (so is every refusal of the resource manager made here).
         @param resources: the node's L{ResourceManager} (limits on what
             peers may make us hold); one with L{defaultLimits} when not
             given.
@@ -225,23 +251,22 @@ class Node(MultiService):
             ]
         self.securities = list(securities)
         self.transports: list[ITransport] = list(transports) if transports is not None else [TCPTransport(reactor)]
-        self.resources = resources if resources is not None else ResourceManager(clock=reactor)
-        self.maxConnections = maxConnections
-        self.maxStreamsPerConnection = maxStreamsPerConnection
+        if resources is None:
+            resources = ResourceManager(clock=reactor, logInterval=refusalLogInterval)
+        self.resources = resources
+        self._overrideLimits(maxConnections, maxPendingHandshakes, maxPendingHandshakesPerSource,
+                             maxStreamsPerConnection)
         self.idleTimeout = idleTimeout
         self.handshakeTimeout = handshakeTimeout
-        self.maxPendingHandshakes = maxPendingHandshakes
-        self.maxPendingHandshakesPerSource = maxPendingHandshakesPerSource
         self.refusalLogInterval = refusalLogInterval
         #: Inbound connections refused (over a handshake budget or the
         #: connection limit) since the node was made.
         self.refusedHandshakes = 0
         self._refusedUnlogged = 0
         self._lastRefusalLog: Optional[float] = None
-        # Inbound connections still upgrading, with their source key, and
-        # how many each source has.
-        self._pendingInbound: dict[UpgradingProtocol, Any] = {}
-        self._pendingBySource: dict[Any, int] = {}
+        # Inbound connections still in the handshake (their connections
+        # and sources are counted by the resource manager).
+        self._pendingInbound: set[UpgradingProtocol] = set()
         self.negotiationTimeout = negotiationTimeout
         self.dialTimeout = dialTimeout
         self.closeTimeout = closeTimeout
@@ -270,6 +295,68 @@ class Node(MultiService):
         self.setStreamHandler(IDENTIFY_PUSH_PROTOCOL, self._identifier.pushHandler)
         self.setStreamHandler(PING_PROTOCOL, PingResponder)
         self.setStreamHandler(ECHO_PROTOCOL, EchoProtocol)
+
+    def _overrideLimits(
+        self,
+        maxConnections: Optional[int],
+        maxPendingHandshakes: Optional[int],
+        maxPendingHandshakesPerSource: Optional[int],
+        maxStreamsPerConnection: Optional[int],
+    ) -> None:
+        """
+        Put the constructor's shortcuts into the resource manager's limits.
+        """
+        limits = self.resources.limits
+        changes: dict[str, Any] = {}
+        if maxConnections is not None:
+            s = limits.system
+            changes["system"] = attr.evolve(
+                s,
+                conns=maxConnections,
+                connsInbound=min(s.connsInbound, maxConnections),
+                connsOutbound=min(s.connsOutbound, maxConnections),
+            )
+        if maxPendingHandshakes is not None:
+            t = limits.transient
+            # Our own dials are transient too until the handshake is done:
+            # the total leaves them their share, so a flood of inbound
+            # handshakes does not stop the node dialling out.
+            outbound = min(t.connsOutbound, t.conns)
+            changes["transient"] = attr.evolve(
+                t,
+                connsInbound=maxPendingHandshakes,
+                conns=min(UNLIMITED, maxPendingHandshakes + outbound),
+            )
+        if maxPendingHandshakesPerSource is not None:
+            changes["transientPerSource"] = maxPendingHandshakesPerSource
+        if maxStreamsPerConnection is not None:
+            changes["connection"] = attr.evolve(limits.connection, streams=maxStreamsPerConnection)
+        if changes:
+            self.resources.setLimits(attr.evolve(limits, **changes))
+
+    @property
+    def maxConnections(self) -> int:
+        """
+        The most connections of all kinds (the resource manager's system
+        C{conns}).
+        """
+        return self.resources.limits.system.conns
+
+    @property
+    def maxPendingHandshakes(self) -> int:
+        """
+        The most inbound connections in the handshake at once.
+        """
+        limits = self.resources.limits.transient
+        return min(limits.connsInbound, limits.conns)
+
+    @property
+    def maxPendingHandshakesPerSource(self) -> int:
+        return self.resources.limits.transientPerSource
+
+    @property
+    def maxStreamsPerConnection(self) -> int:
+        return self.resources.limits.connection.streams
 
     # -- stream handlers -------------------------------------------------
 
@@ -458,8 +545,8 @@ class Node(MultiService):
     @property
     def openConnectionCount(self) -> int:
         """
-        Connections open, or dialled by us and still upgrading (what the
-        connection limit counts; inbound handshakes have their own budget).
+        Connections open, or dialled by us and still upgrading (inbound
+        handshakes are L{pendingHandshakeCount}).
         """
         return len(self._allConnections) + len(self._upgrading) - len(self._pendingInbound)
 
@@ -473,7 +560,8 @@ class Node(MultiService):
     def _refused(self, peer: object, why: str) -> None:
         """
         Count a refused inbound connection; log at most once per
-        C{refusalLogInterval}.
+        C{refusalLogInterval}, with what the node holds (the resource
+        manager logs which limit it was, as rarely).
         """
         self.refusedHandshakes += 1
         self._refusedUnlogged += 1
@@ -573,17 +661,41 @@ class Node(MultiService):
         expectedPeer: Optional[PeerID],
         dialledAddr: Optional[Multiaddr] = None,
         transport: ITransport,
+        scope: Optional[ConnectionScope] = None,
     ) -> UpgradingProtocol:
+        """
+        The protocol that upgrades one raw connection (ours if
+        C{isInitiator}) to a L{PeerConnection}.
+
+        Every connection holds a L{ConnectionScope} of the resource
+        manager: an outbound one brings it (C{scope}, reserved by the
+        dialer), an inbound one reserves it when accepted, and is refused
+        if there is no room.  The scope moves to the peer once the
+        handshake proved who it is (the connection is closed if that peer
+        has no room for one more), and is released exactly once: when the
+        upgrade fails (refusal, timeout, abort, the node stopping), or else
+        when the connection closes.
+        """
+        held: list[ConnectionScope] = [scope] if scope is not None else []
+        made: list[PeerConnection] = []
+
         def makeConn(up: UpgradingProtocol, info: SecureInfo, secureTransport: Any) -> PeerConnection:
-            if not isInitiator:
-                # The handshake is done: only now does it take a place
-                # among the established connections.
-                self._forgetPending(up)
-                if self.openConnectionCount - 1 >= self.maxConnections:
-                    assert up.transport is not None
-                    self._refused(up.transport.getPeer(), f"{len(self._allConnections)} connections open")
-                    raise ConnectionLimitExceeded(f"already {self.maxConnections} connections open")
-            return self._newConnection(up, info, isInitiator, dialledAddr, transport)
+            # The handshake is done: it no longer counts as pending.
+            self._pendingInbound.discard(up)
+            if held:
+                try:
+                    held[0].setPeer(info.remotePeer)
+                except ResourceLimitExceeded as e:
+                    if not isInitiator:
+                        assert up.transport is not None
+                        self._refused(up.transport.getPeer(), str(e))
+                    raise ConnectionLimitExceeded(
+                        f"too many connections with {info.remotePeer} ({e})"
+                    ) from e
+            conn = self._newConnection(up, info, isInitiator, dialledAddr, transport,
+                                       held[0] if held else None)
+            made.append(conn)
+            return conn
 
         def admit(up: UpgradingProtocol) -> bool:
             assert up.transport is not None  # called from its connectionMade
@@ -592,29 +704,25 @@ class Node(MultiService):
                 return False
             if not isInitiator:
                 peer = up.transport.getPeer()
-                key = sourceKey(peer)
-                why = None
-                if len(self._pendingInbound) >= self.maxPendingHandshakes:
-                    why = f"{len(self._pendingInbound)} handshakes pending"
-                elif key is not None and self._pendingBySource.get(key, 0) >= self.maxPendingHandshakesPerSource:
-                    why = f"{self._pendingBySource[key]} handshakes pending from {key}"
-                elif self.openConnectionCount >= self.maxConnections:
-                    why = f"{len(self._allConnections)} connections open"
-                if why is not None:
-                    self._refused(peer, why)
+                try:
+                    held.append(self.resources.openConnection(
+                        INBOUND, source=sourceKey(peer), useFD=usesFD(transport)
+                    ))
+                except ResourceLimitExceeded as e:
+                    self._refused(peer, str(e))
                     return False
-                self._pendingInbound[up] = key
-                if key is not None:
-                    self._pendingBySource[key] = self._pendingBySource.get(key, 0) + 1
+                self._pendingInbound.add(up)
             self._upgrading.add(up)
-
-            def forget(result: object) -> object:
-                self._upgrading.discard(up)
-                self._forgetPending(up)
-                return result
-
-            up.done.addBoth(forget)
             return True
+
+        def finished(result: object) -> object:
+            self._upgrading.discard(up)
+            self._pendingInbound.discard(up)
+            # A connection whose session runs releases its scope when it
+            # closes (_connectionClosed); otherwise the upgrade ends here.
+            if held and not (made and made[0].session.transport is not None):
+                held[0].done()
+            return result
 
         up = UpgradingProtocol(
             clock=self.reactor,
@@ -625,6 +733,7 @@ class Node(MultiService):
             handshakeTimeout=self.handshakeTimeout,
             onConnected=admit,
         )
+        up.done.addBoth(finished)
         up.done.addCallback(self._registerConnection)
         if not isInitiator:
             # Nobody waits for an inbound upgrade: its failure was logged
@@ -633,17 +742,6 @@ class Node(MultiService):
             up.done.addErrback(lambda f: None)
         return up
 
-    def _forgetPending(self, up: UpgradingProtocol) -> None:
-        if up not in self._pendingInbound:
-            return
-        key = self._pendingInbound.pop(up)
-        if key is not None:
-            left = self._pendingBySource[key] - 1
-            if left:
-                self._pendingBySource[key] = left
-            else:
-                del self._pendingBySource[key]
-
     def _newConnection(
         self,
         up: UpgradingProtocol,
@@ -651,17 +749,21 @@ class Node(MultiService):
         isInitiator: bool,
         dialledAddr: Optional[Multiaddr],
         transport: ITransport,
+        scope: Optional[ConnectionScope] = None,
     ) -> PeerConnection:
         holder: list[PeerConnection] = []
 
         def onStream(stream: YamuxStream) -> None:
             self._inboundStream(holder[0], stream)
 
+        # The resource manager limits the streams (the connection scope's
+        # count is the yamux session's); without a scope, the old cap.
         session = YamuxSession(
             isInitiator,
             onStream,
             self.reactor,
-            maxStreams=self.maxStreamsPerConnection,
+            maxStreams=UNLIMITED if scope is not None else self.maxStreamsPerConnection,
+            scope=scope,
         )
         raw = up.transport
         assert raw is not None  # the handshake ran over it
@@ -683,6 +785,7 @@ class Node(MultiService):
             rawTransport=raw,
             transport=transport.name,
             limited=transport.limited,
+            resourceScope=scope,
         )
         conn.observedRemote = seen if seen is not None else remote
         holder.append(conn)
@@ -801,6 +904,8 @@ class Node(MultiService):
 
     def _connectionClosed(self, conn: PeerConnection) -> None:
         conn.lost()
+        if conn.resourceScope is not None:
+            conn.resourceScope.done()
         self._allConnections.discard(conn)
         self._draining.discard(conn)
         if self.connections.get(conn.remotePeer) is conn:
@@ -870,6 +975,14 @@ class Node(MultiService):
                 return
             stream.protocolId = protocolId
             try:
+                _joinProtocol(stream, protocolId)
+            except ResourceLimitExceeded:
+                # The protocol (or the peer's share of it) is full: the
+                # stream's refusal is a reset (counted and logged by the
+                # resource manager).
+                stream.abortConnection()
+                return
+            try:
                 proto = handler()
             except Exception:
                 self.log.failure("handler for {protocol} failed", protocol=protocolId)
@@ -927,6 +1040,13 @@ class Node(MultiService):
             if timer.active():
                 timer.cancel()
             stream.protocolId = protocolId
+            try:
+                _joinProtocol(stream, protocolId)
+            except ResourceLimitExceeded:
+                if not result.called:
+                    result.errback()
+                stream.abortConnection()
+                return
             try:
                 proto = factory()
             except Exception:
@@ -1095,6 +1215,17 @@ def sourceKey(address: object) -> Any:
     if getattr(address, "type", None) == "MEMORY" and port is not None:
         return f"memory:{port}"
     return None
+
+
+def _joinProtocol(stream: YamuxStream, protocolId: str) -> None:
+    """
+    Count C{stream} in C{protocolId}'s resource scope (if it has a scope).
+
+    @raise ResourceLimitExceeded: the protocol has no room.
+    """
+    scope = stream.resourceScope
+    if scope is not None and not scope.closed and scope.protocol is None:
+        scope.setProtocol(protocolId)
 
 
 def _noDelay(transport: object) -> None:

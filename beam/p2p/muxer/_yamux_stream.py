@@ -49,6 +49,7 @@ from beam.p2p.muxer._yamux_lifecycle import (
 
 if TYPE_CHECKING:
     from beam.p2p.muxer.yamux import YamuxSession
+    from beam.p2p.resources import StreamScope
 
 __all__ = ["StreamInput", "StreamState", "YamuxStream"]
 
@@ -68,6 +69,11 @@ class YamuxStream:
     @ivar protocol: the connected protocol, or L{None} until L{setProtocol}.
     @ivar protocolId: slot for the negotiated protocol name (set by the node).
     @ivar connection: slot for the owning peer connection (set by the node).
+    @ivar resourceScope: the stream's L{StreamScope} in the resource
+        manager, or L{None} when its session does no accounting.  It holds
+        the stream and its receive window until the stream ends (released
+        then, however it ends); the node adds the negotiated protocol to
+        it, and a tunnel its service and its local descriptor.
     """
 
     protocolId: str | None = None
@@ -77,9 +83,12 @@ class YamuxStream:
     #: stream nothing.
     _sessionLostReason: Failure | None = None
 
-    def __init__(self, session: YamuxSession, streamID: int, recvWindow: int) -> None:
+    def __init__(
+        self, session: YamuxSession, streamID: int, recvWindow: int, resourceScope: StreamScope | None = None
+    ) -> None:
         self.streamID = streamID
         self.session = session
+        self.resourceScope = resourceScope
         self.protocol: IProtocol | None = None
         # The lifecycle (see _yamux_lifecycle); the flags below are flow
         # control and re-entrancy guards, orthogonal to it.
@@ -476,7 +485,7 @@ class YamuxStream:
             if self._exhausted:
                 self._exhausted = False
                 if not self._readPaused and not self._recvBuffer:
-                    grow = self.session._growWindow(self._recvMax)
+                    grow = self.session._growWindow(self._recvMax, self)
                     self._recvMax += grow
                     delta += grow
             self._recvWindow += delta
@@ -590,6 +599,10 @@ class YamuxStream:
         session._waiting.pop(self, None)
         session._windowGrowth -= self._recvMax - session.initialWindow
         self._recvMax = session.initialWindow
+        if self.resourceScope is not None:
+            # Releases the stream, its window and anything else reserved
+            # in its scope (a tunnel's descriptor); once only.
+            self.resourceScope.done()
         self._sendQueue = None
         self._queued = 0
         self._recvBuffer = None

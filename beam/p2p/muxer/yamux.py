@@ -43,6 +43,16 @@ Flow control, the part that is easy to get wrong:
     streams of a session together is capped at C{windowBudget}, so the
     memory a peer can make us hold stays C{streams * initialWindow +
     windowBudget} at most, and a reader that pauses never grows.
+  - I{Resource accounting}: a session given a L{ConnectionScope} (the
+    node's; see L{beam.p2p.resources}) reserves every stream in it before
+    the stream exists, in either direction, together with the memory of
+    its receive window (what the peer may make us buffer on it), and each
+    growth of that window; a growth that does not fit is simply not made.
+    A SYN the scopes have no room for is answered with an RST (the spec's
+    refusal), before anything of it is buffered, and the session carries
+    on; an L{openStream} they have no room for raises
+    L{StreamResourceLimitExceeded}.  A stream's scope (its
+    C{resourceScope}) is released when the stream ends, however it ends.
   - I{How far}: a grown window is what a reader that stops holds (a tunnel
     whose local app stops reading after a fast start buffers the whole
     window), so the defaults are 4 MiB per stream and 8 MiB per session,
@@ -102,6 +112,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from beam.errors import MuxerClosed, StreamLimitExceeded, StreamReset
+from beam.p2p.resources import INBOUND, OUTBOUND, ConnectionScope, ResourceLimitExceeded, StreamScope
 from beam.p2p.interfaces import IMuxerSession
 from beam.p2p.muxer._yamux_frames import (
     DEFAULT_WINDOW,
@@ -125,12 +136,23 @@ from beam.p2p.muxer._yamux_frames import (
 )
 from beam.p2p.muxer._yamux_stream import YamuxStream
 
-__all__ = ["PROTOCOL_ID", "YamuxProtocolError", "YamuxSession", "YamuxStream"]
+__all__ = ["PROTOCOL_ID", "StreamResourceLimitExceeded", "YamuxProtocolError", "YamuxSession", "YamuxStream"]
 
 #: The multistream-select protocol ID.
 PROTOCOL_ID = "/yamux/1.0.0"
 
 _log = Logger()
+
+
+class StreamResourceLimitExceeded(StreamLimitExceeded, ResourceLimitExceeded):
+    """
+    The resource manager has no room for another stream on this
+    connection.
+
+    Both a L{StreamLimitExceeded} (what callers that open streams already
+    handle) and a L{ResourceLimitExceeded} (naming the full scope and
+    resource).
+    """
 
 
 @implementer(IPushProducer, IMuxerSession)
@@ -165,6 +187,7 @@ class YamuxSession(Protocol):
         maxStreamWindow: int = 4 * 1024 * 1024,
         windowBudget: int = 8 * 1024 * 1024,
         maxControlBacklog: int = 1024 * 1024,
+        scope: ConnectionScope | None = None,
     ) -> None:
         """
         @param onStream: called with each stream the peer opens, after it was
@@ -191,6 +214,9 @@ class YamuxSession(Protocol):
             SYN ACKs and RSTs, window updates, ...) the session may write
             or owe while the transport keeps it paused, before it gives up
             on the peer: internal-error go-away and abort.
+        @param scope: the connection's resource scope, in which every
+            stream and its receive window are reserved (see the module
+            docstring); L{None} for no accounting beyond C{maxStreams}.
         """
         if not DEFAULT_WINDOW <= initialWindow <= min(maxWindow, MAX_UINT32):
             raise ValueError("initialWindow must be between 256 KiB and maxWindow")
@@ -212,6 +238,7 @@ class YamuxSession(Protocol):
         self.maxStreamWindow = maxStreamWindow
         self.windowBudget = windowBudget
         self.maxControlBacklog = maxControlBacklog
+        self.scope = scope
         # Control bytes written or coalesced since the transport paused us.
         self._pausedControl = 0
         # The opaque value of the one ping ACK held while paused.
@@ -266,6 +293,8 @@ class YamuxSession(Protocol):
         @raise MuxerClosed: the session is closed or a go-away was sent or
             received.
         @raise StreamLimitExceeded: C{maxStreams} streams are open.
+        @raise StreamResourceLimitExceeded: the resource manager has no room
+            for the stream or its receive window.
         """
         if not self.acceptsStreams:
             raise MuxerClosed("the peer connection is closed to new streams")
@@ -274,8 +303,12 @@ class YamuxSession(Protocol):
         streamID = self._nextStreamID
         if streamID > MAX_UINT32:
             raise MuxerClosed("the peer connection ran out of stream IDs")
+        try:
+            streamScope = self._reserveStream(OUTBOUND)
+        except ResourceLimitExceeded as e:
+            raise StreamResourceLimitExceeded(e.scope, e.resource, e.limit) from e
         self._nextStreamID += 2
-        stream = YamuxStream(self, streamID, self.initialWindow)
+        stream = YamuxStream(self, streamID, self.initialWindow, streamScope)
         self.streams[streamID] = stream
         self._sendControl(
             TYPE_WINDOW_UPDATE, FLAG_SYN, streamID, self.initialWindow - DEFAULT_WINDOW
@@ -499,15 +532,41 @@ class YamuxSession(Protocol):
             [encodeHeader(TYPE_DATA, 0, streamID, n), *parts]
         )
 
-    def _growWindow(self, current: int) -> int:
+    def _reserveStream(self, direction: str) -> StreamScope | None:
         """
-        How much a stream whose receive window is C{current} may grow it by
-        now (doubling, within C{maxStreamWindow} and what is left of the
-        session's C{windowBudget}); the growth is reserved until the stream
+        Reserve a new stream and its receive window in our scope (nothing
+        without one).
+
+        @raise ResourceLimitExceeded: there is no room; nothing is held.
+        @raise MuxerClosed: the scope was already released (the connection
+            is ending).
+        """
+        scope = self.scope
+        if scope is None:
+            return None
+        if scope.closed:
+            raise MuxerClosed("the peer connection is closed to new streams")
+        streamScope = scope.openStream(direction)
+        try:
+            streamScope.reserveMemory(self.initialWindow)
+        except ResourceLimitExceeded:
+            streamScope.done()
+            raise
+        return streamScope
+
+    def _growWindow(self, current: int, stream: YamuxStream) -> int:
+        """
+        How much C{stream}, whose receive window is C{current}, may grow it
+        by now (doubling, within C{maxStreamWindow}, what is left of the
+        session's C{windowBudget}, and, with a resource scope, the memory
+        its scopes have room for); the growth is reserved until the stream
         ends.
         """
         grow = min(current, self.maxStreamWindow - current, self.windowBudget - self._windowGrowth)
         if grow <= 0:
+            return 0
+        scope = stream.resourceScope
+        if scope is not None and not scope.tryReserveMemory(grow):
             return 0
         self._windowGrowth += grow
         return grow
@@ -595,7 +654,14 @@ class YamuxSession(Protocol):
             if self._localGoAway or self._closing or len(self.streams) >= self.maxStreams:
                 self._sendControl(TYPE_WINDOW_UPDATE, FLAG_RST, streamID, 0)
                 return
-            stream = YamuxStream(self, streamID, self.initialWindow)
+            try:
+                streamScope = self._reserveStream(INBOUND)
+            except (ResourceLimitExceeded, MuxerClosed):
+                # Refused (counted and logged by the resource manager):
+                # the spec's refusal, and nothing of the stream is kept.
+                self._sendControl(TYPE_WINDOW_UPDATE, FLAG_RST, streamID, 0)
+                return
+            stream = YamuxStream(self, streamID, self.initialWindow, streamScope)
             self.streams[streamID] = stream
             self._sendControl(
                 TYPE_WINDOW_UPDATE, FLAG_ACK, streamID, self.initialWindow - DEFAULT_WINDOW
