@@ -609,7 +609,8 @@ class HandshakeBudgetTests(SynchronousTestCase):
     def test_sourceKey(self) -> None:
         """
         IPv4 connections are grouped by address, IPv6 ones by /64;
-        loopback is not capped per source (every local node shares it).
+        the machine's own 127.0.0.1 and ::1 are not capped per source
+        (every local node shares them), other loopback addresses are.
         """
         from twisted.internet.address import IPv4Address, IPv6Address
 
@@ -625,6 +626,10 @@ class HandshakeBudgetTests(SynchronousTestCase):
         for local in (IPv4Address("TCP", "127.0.0.1", 5), IPv6Address("TCP", "::1", 5),
                       IPv6Address("TCP", "::ffff:127.0.0.1", 5)):
             self.assertIsNone(sourceKey(local))
+        # Another loopback address is a source like any other: a process
+        # must choose to bind it.
+        self.assertEqual(sourceKey(IPv4Address("TCP", "127.0.0.2", 5)), "127.0.0.2")
+        self.assertEqual(sourceKey(IPv6Address("TCP", "::ffff:127.0.0.9", 5)), "127.0.0.9")
 
 
 class ObserverTests(SynchronousTestCase):

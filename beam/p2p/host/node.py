@@ -1192,13 +1192,15 @@ def sourceKey(address: object) -> Any:
     cap: the IPv4 address, the /64 of an IPv6 address (one host usually
     has a whole /64), or for the memory transport the peer's port (each
     dial has its own, so only a test harness shares one).  L{None} for an
-    address with no source to group by, and for loopback: every local
-    process shares 127.0.0.1, so a per-source cap would make a machine
-    running many nodes (or a test with twenty) refuse its own; the global
-    handshake budget still applies to it.
+    address with no source to group by, and for the machine's own
+    C{127.0.0.1} and C{::1}: every local process connects from those, so a
+    per-source cap would make a machine running many nodes (or a test with
+    twenty) refuse its own; the global budgets still apply to them.  The
+    rest of 127.0.0.0/8 is capped like any other address (a process must
+    choose to bind it, as the attack suite's strangers do).
     """
     if isinstance(address, IPv4Address):
-        if address.host.startswith("127."):
+        if address.host == "127.0.0.1":
             return None
         return address.host
     if isinstance(address, IPv6Address):
@@ -1207,7 +1209,7 @@ def sourceKey(address: object) -> Any:
         except ValueError:
             return address.host
         if ip.ipv4_mapped is not None:
-            return None if ip.ipv4_mapped.is_loopback else str(ip.ipv4_mapped)
+            return None if str(ip.ipv4_mapped) == "127.0.0.1" else str(ip.ipv4_mapped)
         if ip.is_loopback:
             return None
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
