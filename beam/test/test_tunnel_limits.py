@@ -13,13 +13,16 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from beam.errors import StreamLimitExceeded, StreamReset
 from beam.identity.keys import Identity
 from beam.p2p.resources import INBOUND, ResourceManager, defaultLimits
 from beam.test.nodeutil import EchoClient, addrOf, startNode
 from beam.test.test_tunnel import EchoServer, TunnelTestsMixin, serviceFactory, waitFor
+from beam.test.test_tunnel_forward import ForwardTestsMixin
 from beam.test.test_tunnel_protocol import FakeConnection, FakeNode, FakeTransport
 from beam.tunnel import AccessPolicy, ServiceSpec, TunnelHost
 from beam.tunnel.client import TunnelRequester
@@ -31,6 +34,7 @@ from beam.tunnel.protocol import (
     TunnelRequest,
     TunnelResponse,
     encodeRequest,
+    encodeResponse,
     refusalFor,
 )
 from beam.tunnel.splice import Splice
@@ -359,3 +363,94 @@ class SpliceIdleTests(SynchronousTestCase):
         splice.start()
         clock.advance(5)
         self.assertTrue(tcp.aborted and stream.aborted)
+
+
+# -- the forward's queue, deterministic -------------------------------------
+
+
+class ForwardQueueTests(ForwardTestsMixin, SynchronousTestCase):
+    """
+    A forward's local connection that finds no free stream waits, paused,
+    in a bounded queue, and is retried; it is closed only when the queue
+    is full or it waited too long.
+    """
+
+    def test_waitsAndRetries(self) -> None:
+        """
+        A stream limit does not fail the connection: it stays open and
+        paused, and the retry timer opens a new stream for it.
+        """
+        forward = self.steady()
+        app = self.localConnection()
+        self.host.streams.pop().errback(StreamLimitExceeded())
+        self.assertFalse(app.disconnecting)
+        self.assertEqual(app.producerState, "paused")
+        self.assertEqual((len(forward._queue), forward.waited, forward.stats.failed), (1, 1, 0))
+        self.reactor.advance(1)
+        self.assertEqual(len(self.host.streams), 1)
+        self.assertEqual(len(forward._queue), 0)
+
+    def test_hostBusyWaits(self) -> None:
+        """
+        A host's BUSY answer and a host reset before the answer make the
+        connection wait too.
+        """
+        forward = self.steady()
+        self.localConnection()
+        self.host.streams.pop().errback(StreamReset())
+        factories = []
+        opened = self.host.openStream
+
+        def openStream(peer: Any, protocols: Any, factory: Any) -> Any:
+            factories.append(factory)
+            return opened(peer, protocols, factory)
+
+        self.host.openStream = openStream  # type: ignore[method-assign]
+        self.localConnection()
+        negotiator = factories[0]()
+        stream = StringTransport()
+        negotiator.makeConnection(stream)
+        busy = TunnelBusy("too many tunnel connections from this peer (limit 4)")
+        negotiator.dataReceived(encodeResponse(TunnelResponse.refusing(busy)))
+        self.assertEqual((len(forward._queue), forward.stats.failed, forward.stats.refused), (2, 0, 0))
+
+    def test_queueTimeout(self) -> None:
+        """
+        A connection that finds no stream within C{queueTimeout} is
+        closed and counted as failed, with a clear log line.
+        """
+        logs = self.captureLogs()
+        forward = self.steady(queueTimeout=5.0)
+        app = self.localConnection()
+        self.host.streams.pop().errback(StreamLimitExceeded())
+        for _ in range(20):
+            self.reactor.advance(0.5)
+            while self.host.streams:
+                self.host.streams.pop().errback(StreamLimitExceeded())
+        self.assertTrue(app.disconnected)
+        self.assertEqual(forward.stats.failed, 1)
+        self.assertEqual(len(forward._queue), 0)
+        self.assertTrue([line for line in logs if "no stream was free within 5 s" in line], logs)
+        self.assertIsNone(forward._queueTimer)
+
+    def test_queueFull(self) -> None:
+        """
+        Beyond C{maxQueued} waiting connections, a new one is closed.
+        """
+        forward = self.steady(maxQueued=2)
+        apps = [self.localConnection() for _ in range(3)]
+        for d in list(self.host.streams):
+            d.errback(StreamLimitExceeded())
+        self.assertEqual([a.disconnected for a in apps], [False, False, True])
+        self.assertEqual(forward.stats.failed, 1)
+
+    def test_stopAbortsWaiting(self) -> None:
+        """
+        Stopping the forward aborts the waiting connections.
+        """
+        forward = self.steady()
+        app = self.localConnection()
+        self.host.streams.pop().errback(StreamLimitExceeded())
+        forward.stopService()
+        self.assertTrue(app.disconnected)
+        self.assertEqual(len(forward._queue), 0)
