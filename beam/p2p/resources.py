@@ -494,28 +494,32 @@ class _Scope:
         key, limit), or L{None} when all fit.
         """
         u, lim = self.usage, self.limit
+        # The totals count both directions of the ask at once (a
+        # connection moving to its peer brings streams of both).
+        conns = sum(n for field, n in ask if n > 0 and field in ("connsInbound", "connsOutbound"))
+        streams = sum(n for field, n in ask if n > 0 and field in ("streamsInbound", "streamsOutbound"))
         for field, n in ask:
             if n <= 0:
                 continue
             if field == "connsInbound":
                 if u.connsInbound + n > lim.connsInbound:
                     return "conns_inbound", lim.connsInbound
-                if u.connsInbound + u.connsOutbound + n > lim.conns:
+                if u.connsInbound + u.connsOutbound + conns > lim.conns:
                     return "conns", lim.conns
             elif field == "connsOutbound":
                 if u.connsOutbound + n > lim.connsOutbound:
                     return "conns_outbound", lim.connsOutbound
-                if u.connsInbound + u.connsOutbound + n > lim.conns:
+                if u.connsInbound + u.connsOutbound + conns > lim.conns:
                     return "conns", lim.conns
             elif field == "streamsInbound":
                 if u.streamsInbound + n > lim.streamsInbound:
                     return "streams_inbound", lim.streamsInbound
-                if u.streamsInbound + u.streamsOutbound + n > lim.streams:
+                if u.streamsInbound + u.streamsOutbound + streams > lim.streams:
                     return "streams", lim.streams
             elif field == "streamsOutbound":
                 if u.streamsOutbound + n > lim.streamsOutbound:
                     return "streams_outbound", lim.streamsOutbound
-                if u.streamsInbound + u.streamsOutbound + n > lim.streams:
+                if u.streamsInbound + u.streamsOutbound + streams > lim.streams:
                     return "streams", lim.streams
             elif field == "fd":
                 if u.fd + n > lim.fd:
