@@ -57,11 +57,11 @@ MAX_MESSAGE_SIZE = 4096
 KINDS = {tunnel_pb2.TCP: "tcp", tunnel_pb2.UDP: "udp"}
 _KIND_VALUES = {name: value for value, name in KINDS.items()}
 
-#: The status of L{TunnelBusy}.  It is not in C{tunnel.proto}'s enum (its
-#: generated module is not rebuilt here), but proto3 enums are open: the
-#: value travels as is, and an older client shows it as a plain refusal
-#: with the host's message.
-BUSY = 5
+#: The status of L{TunnelBusy}: a resource limit (the asking peer's, the
+#: service's or the node's) is reached.  proto3 enums are open, so an
+#: older client that does not know it shows it as a plain refusal with the
+#: host's message.
+BUSY = tunnel_pb2.BUSY
 
 #: Limits on request fields, so that a request stays meaningful.
 MAX_SERVICE_NAME = 255
