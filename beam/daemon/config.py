@@ -42,6 +42,7 @@ defaults.  Schema (every key optional)::
     # streams_outbound, fd, memory (bytes, or "64MiB").
     [limits]
     handshake_timeout = 15    # seconds a new connection has to authenticate
+    enabled = true            # false: no resource manager (benchmarks only!)
     [limits.system]           # the whole node
     fd = 4096
     memory = "512MiB"
@@ -154,6 +155,9 @@ class Config:
         L{defaultLimits}).
     @ivar handshakeTimeout: seconds an inbound connection has to finish
         the security handshake; L{None} for the node's default.
+    @ivar limitsEnabled: C{[limits] enabled}: L{False} runs the node
+        with no resource manager (to measure what it costs; never on a
+        node strangers can reach).
     """
 
     listen: tuple[Multiaddr, ...] = attr.ib(factory=_defaultListen)
@@ -165,10 +169,11 @@ class Config:
     disabledPlugins: tuple[str, ...] = ()
     limits: Limits = attr.ib(factory=defaultLimits)
     handshakeTimeout: float | None = None
+    limitsEnabled: bool = True
 
 
 #: The C{[limits]} keys that are not a scope's table.
-_LIMITS_SCALARS = {"handshake_timeout"}
+_LIMITS_SCALARS = {"handshake_timeout", "enabled"}
 
 #: The longest C{handshake_timeout} accepted: a slot held longer than this
 #: by an unauthenticated stranger is a slot lost.
@@ -495,6 +500,8 @@ class _Validator:
                            f"{MAX_HANDSHAKE_TIMEOUT:g}, not {timeout!r}", context, "handshake_timeout")
             else:
                 out["handshakeTimeout"] = float(timeout)
+        if "enabled" in value:
+            out["limitsEnabled"] = self.flag(value, "enabled", context)
         limits, problems = limitsFromTable(table, base)
         for problem in problems:
             where, _, message = problem.partition(": ")

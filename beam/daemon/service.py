@@ -41,7 +41,7 @@ from beam.identity.keys import Identity
 from beam.identity.multiaddr import Multiaddr
 from beam.p2p.host.node import Node
 from beam.p2p.host.status import nodeStatus
-from beam.p2p.resources import ResourceManager
+from beam.p2p.resources import NullResourceManager, ResourceManager
 from beam.storage.home import readState, updateState
 from beam.tunnel.host import TunnelSpecError
 
@@ -164,7 +164,12 @@ class BeamDaemon(MultiService):
         L{ResourceManager} logging refusals on the reactor's clock) and
         handshake timeout, then C{given} (a test's), which wins.
         """
-        options: dict[str, Any] = {"resources": ResourceManager(self.config.limits, clock=self.reactor)}
+        if self.config.limitsEnabled:
+            resources: ResourceManager = ResourceManager(self.config.limits, clock=self.reactor)
+        else:
+            self.log.warn("[limits] enabled = false: no resource limits; do not let strangers reach this node")
+            resources = NullResourceManager(clock=self.reactor)
+        options: dict[str, Any] = {"resources": resources}
         if self.config.handshakeTimeout is not None:
             options["handshakeTimeout"] = self.config.handshakeTimeout
         options.update(given or {})

@@ -286,11 +286,13 @@ def defaultLimits(fdLimit: Optional[int] = None, memory: Optional[int] = None) -
             fd=fd,
             memory=mem,
         ),
+        # Inbound and outbound handshakes have a share each, so a flood
+        # of unauthenticated inbound connections never stops our own dials.
         transient=BaseLimit(
-            conns=64,
+            conns=128,
             connsInbound=64,
             connsOutbound=64,
-            fd=64,
+            fd=128,
             memory=16 * MiB,
         ),
         transientPerSource=8,
@@ -551,6 +553,10 @@ class ResourceManager:
 
     log = Logger()
 
+    #: Whether streams are accounted and limits enforced (L{False} only
+    #: for L{NullResourceManager}).
+    enforcing = True
+
     def __init__(
         self,
         limits: Optional[Limits] = None,
@@ -758,6 +764,7 @@ class ResourceManager:
 
         busiest = sorted(self._peers.items(), key=weight, reverse=True)[:top]
         return {
+            "enabled": self.enforcing,
             "limits": self.limits.asJSON(),
             "system": self.system.usage.asJSON(),
             "transient": self.transient.usage.asJSON(),
@@ -1049,24 +1056,45 @@ class StreamScope:
         self.connection.streams.discard(self)
 
 
-def unlimitedManager() -> ResourceManager:
+def unlimitedLimits() -> Limits:
     """
-    A manager that never refuses: for tests and tools that measure
-    something else.
+    Limits that never refuse anything.
     """
     free = BaseLimit()
-    return ResourceManager(
-        Limits(
-            system=free,
-            transient=free,
-            transientPerSource=UNLIMITED,
-            connsPerSource=UNLIMITED,
-            peer=free,
-            allowedPeer=free,
-            connection=free,
-            stream=free,
-        )
+    return Limits(
+        system=free,
+        transient=free,
+        transientPerSource=UNLIMITED,
+        connsPerSource=UNLIMITED,
+        peer=free,
+        allowedPeer=free,
+        connection=free,
+        stream=free,
     )
+
+
+def unlimitedManager() -> ResourceManager:
+    """
+    A manager that accounts everything and never refuses: for tests and
+    tools that measure something else.
+    """
+    return ResourceManager(unlimitedLimits())
+
+
+class NullResourceManager(ResourceManager):
+    """
+    No resource management (C{[limits] enabled = false}, like kubo's
+    C{Swarm.ResourceMgr.Enabled = false}): nothing is refused, and streams
+    are not accounted at all (the node gives its muxer no scope), only
+    connections, once each.  It exists to measure what the manager costs
+    (C{bench/bench_tunnel.py}); a node that strangers can reach must not
+    run with it.
+    """
+
+    enforcing = False
+
+    def __init__(self, *, clock: Any = None) -> None:
+        super().__init__(unlimitedLimits(), clock=clock)
 
 
 __all__ = [
@@ -1077,10 +1105,12 @@ __all__ = [
     "OUTBOUND",
     "ResourceLimitExceeded",
     "ResourceManager",
+    "NullResourceManager",
     "StreamScope",
     "Usage",
     "defaultLimits",
     "limitsFromTable",
     "parseSize",
+    "unlimitedLimits",
     "unlimitedManager",
 ]

@@ -501,7 +501,7 @@ memory = "lots"
 """)
         self.assertEqual(problems, [
             "config.toml:4: handshake_timeout must be a number of seconds above 0 and at most 300, not 0",
-            "config.toml:5: limits: unknown key 'bogus' (expected one of: allowed_peer, connection, "
+            "config.toml:5: limits: unknown key 'bogus' (expected one of: allowed_peer, connection, enabled, "
             "handshake_timeout, peer, protocol, service, stream, system, transient)",
             "config.toml:6: limits.connection.conns: must be a whole number, 0 or more",
             "config.toml:10: limits.peer: unknown key 'wat' (known: conns, conns_inbound, conns_outbound, "
@@ -521,6 +521,16 @@ memory = "lots"
             (problem,) = self.problems(f"[limits]\nhandshake_timeout = {value}\n")
             self.assertTrue(problem.startswith("config.toml:2: handshake_timeout must be"), problem)
         self.assertEqual(loadConfig(self.write("[limits]\nhandshake_timeout = 2.5\n")).handshakeTimeout, 2.5)
+
+    def test_limitsEnabled(self) -> None:
+        """
+        C{[limits] enabled} is a flag, true unless set; anything but a
+        boolean is a problem at its line.
+        """
+        self.assertIs(loadConfig(self.write("")).limitsEnabled, True)
+        self.assertIs(loadConfig(self.write("[limits]\nenabled = false\n")).limitsEnabled, False)
+        (problem,) = self.problems("[limits]\nenabled = 0\n")
+        self.assertTrue(problem.startswith("config.toml:2: enabled must be true or false"), problem)
 
     def test_nesting(self) -> None:
         """

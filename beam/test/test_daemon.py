@@ -25,7 +25,7 @@ from beam.daemon.service import BeamDaemon, TunnelSpecError
 from beam.errors import Conflict, DialError, NotFound
 from beam.identity.keys import Identity
 from beam.identity.multiaddr import Multiaddr
-from beam.p2p.resources import ResourceManager, defaultLimits, unlimitedManager
+from beam.p2p.resources import NullResourceManager, ResourceManager, defaultLimits, unlimitedManager
 from beam.tunnel.share import parseShareAddress
 
 LOOPBACK = (Multiaddr.fromString("/ip4/127.0.0.1/tcp/0"),)
@@ -363,12 +363,27 @@ class DaemonAssemblyTests(TestCase):
         self.assertEqual(daemon.status().resources, daemon.node.resources.status())
         status = yield ControlClient(reactor, home).request("GET", "/v1/status")
         resources = status["resources"]
-        self.assertEqual(set(resources), {"limits", "system", "transient", "peers", "protocols", "services",
+        self.assertEqual(set(resources), {"enabled", "limits", "system", "transient", "peers", "protocols", "services",
                                           "refusals"})
         self.assertEqual(resources["limits"]["peer"]["streams_inbound"], 7)
         self.assertEqual(resources["limits"]["service"]["web"]["fd"], 3)
         self.assertEqual(resources["limits"]["system"]["fd"], defaultLimits().system.fd)
         self.assertEqual(resources["refusals"], {})
+        self.assertIs(resources["enabled"], True)
+
+    @inlineCallbacks
+    def test_limitsDisabled(self):
+        """
+        C{[limits] enabled = false} runs the node with a
+        L{NullResourceManager}, which status reports as not enabled, and
+        its streams carry no scope.
+        """
+        home = Path(self.mktemp())
+        home.mkdir(mode=0o700)
+        (home / "config.toml").write_text('listen = ["/ip4/127.0.0.1/tcp/0"]\n[limits]\nenabled = false\n')
+        daemon = yield _startDaemon(self, loadConfig(home / "config.toml"), home=home)
+        self.assertIsInstance(daemon.node.resources, NullResourceManager)
+        self.assertIs(daemon.status().resources["enabled"], False)
 
     @inlineCallbacks
     def test_nodeOptionsWin(self):

@@ -102,7 +102,8 @@ class DefaultLimitsTests(SynchronousTestCase):
         self.assertEqual(lim.system.conns, 384)
         self.assertEqual(lim.peer.fd, 48)
         self.assertEqual(lim.allowedPeer.fd, 192)
-        self.assertEqual(lim.transient.conns, 64)
+        self.assertEqual(lim.transient.conns, 128)
+        self.assertEqual((lim.transient.connsInbound, lim.transient.connsOutbound), (64, 64))
         self.assertEqual(lim.transientPerSource, 8)
 
     def test_fewDescriptors(self) -> None:
@@ -1067,7 +1068,7 @@ class ManagerTests(SynchronousTestCase):
         self.assertRaises(ResourceLimitExceeded, conns[2].openStream, INBOUND)
         m.openConnection(INBOUND, useFD=False)
         status = m.status(top=2)
-        self.assertEqual(set(status), {"limits", "system", "transient", "peers", "protocols", "services", "refusals"})
+        self.assertEqual(set(status), {"enabled", "limits", "system", "transient", "peers", "protocols", "services", "refusals"})
         self.assertEqual(status["limits"]["peer"]["streams_inbound"], 2)
         self.assertEqual(
             status["system"],

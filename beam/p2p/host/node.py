@@ -758,12 +758,15 @@ class Node(MultiService):
 
         # The resource manager limits the streams (the connection scope's
         # count is the yamux session's); without a scope, the old cap.
+        # A manager that does not enforce (NullResourceManager) gets no
+        # per-stream accounting at all: that is what it is for.
+        streamScope = scope if self.resources.enforcing else None
         session = YamuxSession(
             isInitiator,
             onStream,
             self.reactor,
-            maxStreams=UNLIMITED if scope is not None else self.maxStreamsPerConnection,
-            scope=scope,
+            maxStreams=UNLIMITED if streamScope is not None else self.maxStreamsPerConnection,
+            scope=streamScope,
         )
         raw = up.transport
         assert raw is not None  # the handshake ran over it
