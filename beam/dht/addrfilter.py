@@ -14,10 +14,13 @@ can itself speak for (L{filterAddrs}):
   - loopback ones only if it came over loopback;
   - unspecified, multicast and reserved ones never.
 
-Addresses that are not IP (C{/memory}, DNS names) are kept: a DNS name is
-checked only when dialled (a known gap: a name may resolve to a private
-address).  L{DialLimiter} then bounds how often the DHT dials any one
-target, whoever told us about it.
+DNS names (C{/dns}, C{/dns4}, C{/dns6}, C{/dnsaddr}) may resolve to
+anything, a private or loopback address included, and are resolved only
+when dialled; so a third party's DNS address is kept only from a peer that
+may give private addresses (one reached over a private or loopback
+connection), never on a public stranger's word.  Other addresses that are
+not IP (C{/memory}) are kept.  L{DialLimiter} then bounds how often the
+DHT dials any one target, whoever told us about it.
 """
 
 from __future__ import annotations
@@ -74,9 +77,19 @@ def filterAddrs(addrs: Iterable[Multiaddr], via: Optional[Multiaddr]) -> tuple[M
     kept = []
     for addr in addrs:
         scope = addrScope(addr)
-        if scope == "other" or (scope in _RANK and _RANK[scope] <= allowed):
+        if scope == "other":
+            # A name may resolve to a private address: kept only from a
+            # peer that may give those.
+            if not _isDNS(addr) or allowed >= _RANK["private"]:
+                kept.append(addr)
+        elif scope in _RANK and _RANK[scope] <= allowed:
             kept.append(addr)
     return tuple(kept)
+
+
+def _isDNS(addr: Multiaddr) -> bool:
+    comps = addr.components()
+    return bool(comps) and comps[0][0] in ("dns", "dns4", "dns6", "dnsaddr")
 
 
 def filterMessage(message: Message, via: Optional[Multiaddr]) -> Message:

@@ -203,16 +203,22 @@ class AddrFilterTests(SynchronousTestCase):
 
     def test_publicPeerTellsOnlyPublic(self) -> None:
         """
-        A peer reached over a public address can give public (and non-IP)
-        addresses only: loopback, private and unspecified ones are dropped.
+        A peer reached over a public address can give public IP addresses
+        only: loopback, private and unspecified ones are dropped, and so are
+        DNS names, which could resolve to any of those.
         """
         addrs = [_ma(a) for a in (
             "/ip4/127.0.0.1/tcp/22", "/ip4/10.0.0.1/tcp/80", "/ip4/0.0.0.0/tcp/1",
             "/ip4/1.2.3.4/tcp/4001", "/dns4/example.com/tcp/4001", "/ip6/fe80::1/tcp/2",
         )]
         kept = filterAddrs(addrs, _ma("/ip4/5.6.7.8/tcp/4001"))
-        self.assertEqual([str(a) for a in kept], ["/ip4/1.2.3.4/tcp/4001", "/dns4/example.com/tcp/4001"])
+        self.assertEqual([str(a) for a in kept], ["/ip4/1.2.3.4/tcp/4001"])
         self.assertEqual(filterAddrs(addrs, None), kept)
+        # From a LAN or loopback peer, names are kept (it may give private
+        # addresses anyway).
+        for via in ("/ip4/192.168.1.2/tcp/4001", "/ip4/127.0.0.1/tcp/4001"):
+            self.assertIn("/dns4/example.com/tcp/4001", [str(a) for a in filterAddrs(addrs, _ma(via))])
+        self.assertEqual([str(a) for a in filterAddrs([_ma("/memory/7")], None)], ["/memory/7"])
 
     def test_privatePeerTellsPrivate(self) -> None:
         """
