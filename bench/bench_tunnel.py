@@ -9,6 +9,7 @@ OpenSSH if they are missing)::
     .venv/bin/python bench/bench_tunnel.py --repeat 3        # medians of three runs
     .venv/bin/python bench/bench_tunnel.py --size-mib 128 --json
     .venv/bin/python bench/bench_tunnel.py --contenders beam,ssh
+    .venv/bin/python bench/bench_tunnel.py --contenders beam,beam-nolimits --no-compression --repeat 6
     BEAM_PROFILE_DIR=/tmp/prof .venv/bin/python bench/bench_tunnel.py --contenders beam
 
 The contenders, all between this process (the client) and one service
@@ -22,7 +23,13 @@ at the kernel's speed):
     C{ssh -N -L P:127.0.0.1:SVC}; the cipher is whatever the two pick by
     default and is reported;
   - C{beam}: two real C{beam} processes, C{beam --home H1 SVC} exposing the
-    service and C{beam --home H2 connect SHARE --port P}.
+    service and C{beam --home H2 connect SHARE --port P};
+  - C{beam-nolimits}: the same, but both homes' C{config.toml} say
+    C{[limits] enabled = false}, so both daemons run without the resource
+    manager (L{beam.p2p.resources.NullResourceManager}: nothing refused, no
+    per-stream accounting).  Against C{beam} it measures what the manager
+    costs (issue 8: at most 5 % of throughput and round-trip time; see
+    L{resourceCost}).
 
 Every contender gets the same client code and the same metrics:
 
@@ -69,8 +76,13 @@ from typing import Any, Callable, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1024 * 1024
 PATTERN_SIZE = 4 * MIB
-CONTENDERS = ("direct", "socat", "ssh", "beam")
-LABELS = {"direct": "direct TCP", "socat": "socat", "ssh": "ssh -L", "beam": "beam"}
+CONTENDERS = ("direct", "socat", "ssh", "beam", "beam-nolimits")
+LABELS = {"direct": "direct TCP", "socat": "socat", "ssh": "ssh -L", "beam": "beam",
+          "beam-nolimits": "beam, limits off"}
+
+#: Issue 8: the resource manager may cost at most this fraction of
+#: throughput and of round-trip time (beam against beam-nolimits).
+RESOURCE_COST_LIMIT = 0.05
 
 #: Request header to the service: mode, payload kind, length.
 #: Modes: C{U} upload (the service consumes C{length} bytes and answers with
@@ -693,13 +705,67 @@ class SSH(Contender):
         return port
 
 
+def disableLimits(home: str) -> str:
+    """
+    Make C{home}'s C{config.toml} say C{[limits] enabled = false}, keeping
+    whatever else it says (an existing C{[limits]} table gets the key, any
+    other C{enabled} in it is dropped; no table: one is appended), and
+    check with C{tomllib} that the result reads as meant.
+
+    @return: the path of C{config.toml}.
+    """
+    import re
+    import tomllib
+
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    path = os.path.join(home, "config.toml")
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        lines = []
+    out: list[str] = []
+    inLimits = done = False
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("["):
+            inLimits = stripped.split("#", 1)[0].replace(" ", "") == "[limits]"
+            out.append(line)
+            if inLimits:
+                out.append("enabled = false")
+                done = True
+            continue
+        if inLimits and re.match(r"enabled\s*=", stripped):
+            continue
+        out.append(line)
+    if not done:
+        out += (["", "[limits]", "enabled = false"] if out else ["[limits]", "enabled = false"])
+    text = "\n".join(out) + "\n"
+    if tomllib.loads(text).get("limits", {}).get("enabled") is not False:
+        raise RuntimeError(f"could not set [limits] enabled = false in {path}")
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    return path
+
+
 class Beam(Contender):
+    """
+    Two C{beam} processes; with C{limits=False} both homes' C{config.toml}
+    turn the resource manager off.  After starting, each process is asked
+    (C{beam status --json}) whether its resource manager is on, into
+    C{info["resourcesEnabled"]}, and a contender whose processes do not
+    run as asked stops the benchmark: its numbers would mean nothing.
+    """
+
     name = "beam"
 
-    def __init__(self, servicePort: int, workdir: str, compress: bool = False) -> None:
+    def __init__(self, servicePort: int, workdir: str, compress: bool = False, limits: bool = True) -> None:
         super().__init__(servicePort, workdir)
         self.compress = compress
-        self.tag = "beam-compress" if compress else "beam"
+        self.limits = limits
+        self.tag = "beam-compress" if compress else ("beam" if limits else "beam-nolimits")
+        self.homes: dict[str, str] = {}
 
     def _beam(self, home: str, args: list[str], name: str) -> subprocess.Popen:
         profileDir = os.environ.get("BEAM_PROFILE_DIR")
@@ -707,22 +773,43 @@ class Beam(Contender):
             os.makedirs(profileDir, exist_ok=True)
             cmd = [sys.executable, "-c", _PROFILE_HOOK, profileDir, f"{self.tag}-{name}"]
         else:
-            cmd = [sys.executable, "-c",
-                   "import sys; from beam.cli import main; sys.argv[0] = 'beam'; sys.exit(main())"]
+            cmd = self._cli()
         proc = subprocess.Popen(
             [*cmd, "--home", home, *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, cwd=ROOT,
             stderr=open(os.path.join(self.workdir, f"{self.tag}-{name}.log"), "w"),
         )
         self.procs.append(proc)
-        flag = " --compress" if self.compress else ""
+        flag = " --compress" if self.compress else ("" if self.limits else ", limits off")
         self.names[proc.pid] = {"host": f"beam PORT{flag} (host)", "client": f"beam connect{flag} (client)"}[name]
         return proc
+
+    @staticmethod
+    def _cli() -> list[str]:
+        return [sys.executable, "-c",
+                "import sys; from beam.cli import main; sys.argv[0] = 'beam'; sys.exit(main())"]
+
+    def resourcesEnabled(self, home: str) -> Optional[bool]:
+        """
+        C{resources.enabled} from C{beam --home HOME status --json}: whether
+        the running daemon of C{home} has a resource manager that enforces.
+        """
+        done = subprocess.run([*self._cli(), "--home", home, "status", "--json"], capture_output=True,
+                              text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL)
+        lines = done.stdout.strip().splitlines()
+        if done.returncode or not lines:
+            raise RuntimeError(f"beam --home {home} status --json failed ({done.returncode}): "
+                               f"{done.stderr.strip()[-300:]}")
+        resources = json.loads(lines[-1]).get("resources")
+        return resources.get("enabled") if isinstance(resources, dict) else None
 
     def start(self) -> int:
         flags = ["--compress"] if self.compress else []
         listen = ["--listen", "/ip4/127.0.0.1/tcp/0"]
         h1, h2 = os.path.join(self.workdir, f"{self.tag}-h1"), os.path.join(self.workdir, f"{self.tag}-h2")
+        self.homes = {"host": h1, "client": h2}
+        if not self.limits:
+            self.info["config"] = [disableLimits(h) for h in (h1, h2)]
         host = self._beam(h1, [str(self.servicePort), *listen, *flags, "--json"], "host")
         ready = json.loads(_readLine(host, 60, "beam (host)"))
         port = _freePort()
@@ -730,6 +817,11 @@ class Beam(Contender):
                             "client")
         json.loads(_readLine(client, 60, "beam connect"))
         _waitForPort(port, proc=client)
+        enabled = {role: self.resourcesEnabled(home) for role, home in self.homes.items()}
+        self.info["resourcesEnabled"] = enabled
+        if any(v is not self.limits for v in enabled.values()):
+            raise RuntimeError(f"{self.tag}: resources.enabled should be {self.limits} in both processes, "
+                               f"beam status --json says {enabled}")
         return port
 
 
@@ -741,13 +833,18 @@ def runAll(names: list[str], servicePort: int, workdir: str, opts: argparse.Name
     """
     Start every contender, then, in each repetition, run each metric on
     every contender in turn (so load from elsewhere on the machine falls on
-    all of them alike), and stop them.
+    all of them alike), and stop them.  Every other repetition runs them
+    in the reverse order, so that going first or last (e.g. right after
+    another contender's bulk transfer) falls on each alike: with
+    C{beam,beam-nolimits} and an even C{--repeat}, each goes first in half
+    the runs of every metric.
     """
     classes: dict[str, Callable[[], Contender]] = {
         "direct": lambda: Direct(servicePort, workdir),
         "socat": lambda: Socat(servicePort, workdir),
         "ssh": lambda: SSH(servicePort, workdir),
         "beam": lambda: Beam(servicePort, workdir),
+        "beam-nolimits": lambda: Beam(servicePort, workdir, limits=False),
         "beam-compress": lambda: Beam(servicePort, workdir, compress=True),
     }
     compression = not opts.no_compression and "beam" in names
@@ -768,20 +865,21 @@ def runAll(names: list[str], servicePort: int, workdir: str, opts: argparse.Name
             samplers[n].start()
         for rep in range(opts.repeat):
             r: dict[str, dict[str, Any]] = {n: {} for n in names}
+            order = names if rep % 2 == 0 else names[::-1]
             for way, move in (("upload", lambda n: upload(ports[n], size, rand)),
                               ("download", lambda n: download(ports[n], size, rand))):
-                for n in names:
+                for n in order:
                     roots = contenders[n].roots()
                     cpu = treeCpu(roots)
                     r[n][way + "MiBps"] = move(n)
                     # CPU the tunnel's processes spent per GiB moved: unlike
                     # MiB/s, hardly changed by other load on the machine.
                     r[n][way + "CpuPerGiB"] = (treeCpu(roots) - cpu) / (size / (1024 * MIB))
-            for n in names:
+            for n in order:
                 r[n]["rtt"] = roundTrips(ports[n], opts.round_trips)
-            for n in names:
+            for n in order:
                 r[n]["setup"] = connectionSetup(ports[n], opts.connections)
-            for n in names:
+            for n in order:
                 r[n]["concurrent"] = concurrent(ports[n], opts.concurrent, opts.concurrent_kib * 1024)
             for n in names:
                 x = r[n]
@@ -948,6 +1046,107 @@ def targets(results: dict) -> list[tuple[str, bool, str]]:
     return out
 
 
+#: The metrics of the resource manager's cost: median key, label, whether
+#: higher is better, whether issue 8's 5 % applies (the others are shown).
+_COST_METRICS = (
+    ("uploadMiBps", "upload MiB/s", True, True),
+    ("downloadMiBps", "download MiB/s", True, True),
+    ("rttP50us", "64 B round trip p50 µs", False, True),
+    ("rttP99us", "64 B round trip p99 µs", False, False),
+    ("setupP50ms", "new connection p50 ms", False, False),
+    ("uploadCpuPerGiB", "tunnel CPU s per GiB uploaded", False, False),
+    ("downloadCpuPerGiB", "tunnel CPU s per GiB downloaded", False, False),
+)
+
+
+_SHORT = {"uploadMiBps": "upload", "downloadMiBps": "download", "rttP50us": "round trip p50"}
+
+
+def _cost(withManager: float, without: float, higherBetter: bool) -> float:
+    """
+    What the manager costs, as a fraction of the limits-off figure: the
+    throughput lost (C{1 - beam / nolimits}) or the time added
+    (C{beam / nolimits - 1}); negative when beam came out ahead (noise).
+    """
+    ratio = withManager / without
+    return 1 - ratio if higherBetter else ratio - 1
+
+
+def resourceCost(results: dict) -> Optional[dict]:
+    """
+    Issue 8: beam against beam-nolimits, metric by metric: both medians,
+    the ratio beam / beam-nolimits, the cost (L{_cost}) of the medians and
+    the median of the costs of each run's pair (the two ran side by side,
+    so drift in the machine's load hits both), and for throughput and
+    round trip p50 a verdict against L{RESOURCE_COST_LIMIT} on the
+    medians.  A report, not a test: nothing fails on C{"OVER"}.
+    """
+    a, b = results.get("beam"), results.get("beam-nolimits")
+    if not a or not b:
+        return None
+    pairs = list(zip(a["runs"], b["runs"]))
+    metrics = []
+    for key, label, higherBetter, judged in _COST_METRICS:
+        v, w = a["median"][key], b["median"][key]
+        if not w:
+            continue
+        cost = _cost(v, w, higherBetter)
+        perRun = [_cost(_flat(x)[key], _flat(y)[key], higherBetter) for x, y in pairs if _flat(y)[key]]
+        metrics.append({
+            "metric": key, "label": label, "beam": v, "beamNolimits": w, "ratio": v / w, "cost": cost,
+            "pairedCost": statistics.median(perRun) if perRun else None,
+            "verdict": ("PASS" if cost <= RESOURCE_COST_LIMIT else "OVER") if judged else None,
+        })
+    return {
+        "limit": RESOURCE_COST_LIMIT, "runs": len(pairs), "metrics": metrics,
+        "resourcesEnabled": {"beam": a["info"].get("resourcesEnabled"),
+                             "beam-nolimits": b["info"].get("resourcesEnabled")},
+        "pass": all(m["verdict"] == "PASS" for m in metrics if m["verdict"]),
+    }
+
+
+def _flat(run: dict) -> dict:
+    """
+    One run's metrics under the keys of L{_medianRun}.
+    """
+    return {
+        "uploadMiBps": run["uploadMiBps"], "downloadMiBps": run["downloadMiBps"],
+        "uploadCpuPerGiB": run["uploadCpuPerGiB"], "downloadCpuPerGiB": run["downloadCpuPerGiB"],
+        "rttP50us": run["rtt"]["p50"], "rttP99us": run["rtt"]["p99"], "setupP50ms": run["setup"]["p50"],
+    }
+
+
+def resourceCostText(cost: dict) -> str:
+    """
+    L{resourceCost} as a heading line, a Markdown table and a verdict line.
+    """
+    def enabled(tag: str) -> str:
+        e = cost["resourcesEnabled"].get(tag) or {}
+        return ", ".join(f"{role} {str(v).lower()}" for role, v in e.items()) or "?"
+
+    limit = cost["limit"] * 100
+    lines = [
+        f"Resource manager cost (issue 8: at most {limit:g} % of throughput and round-trip time): "
+        f"beam against beam-nolimits ([limits] enabled = false in both homes), {cost['runs']} paired run(s)",
+        f"resources.enabled from beam status --json: beam: {enabled('beam')}; "
+        f"beam-nolimits: {enabled('beam-nolimits')}",
+        "",
+        "| metric | beam | beam, limits off | beam / limits off | cost | cost, median of run pairs | "
+        f"≤ {limit:g} % |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for m in cost["metrics"]:
+        fmt = ".0f" if m["metric"] in ("uploadMiBps", "downloadMiBps", "rttP50us", "rttP99us") else ".2f"
+        paired = "-" if m["pairedCost"] is None else f"{m['pairedCost'] * 100:+.1f} %"
+        lines.append(f"| {m['label']} | {m['beam']:{fmt}} | {m['beamNolimits']:{fmt}} | {m['ratio']:.3f} | "
+                     f"{m['cost'] * 100:+.1f} % | {paired} | {m['verdict'] or '(shown only)'} |")
+    judged = [m for m in cost["metrics"] if m["verdict"]]
+    lines += ["", f"- {'PASS' if cost['pass'] else 'OVER'}: resource manager costs at most {limit:g} % "
+              "(upload, download, round trip p50): "
+              + ", ".join(f"{_SHORT.get(m['metric'], m['label'])} {m['cost'] * 100:+.1f} %" for m in judged)]
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=512, help="MiB per bulk transfer, each way (default 512)")
@@ -992,9 +1191,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     load.append(os.getloadavg()[0])
     verdicts = targets(results)
+    cost = resourceCost(results)
     if opts.json:
         print(json.dumps({"machine": machine(), "options": vars(opts), "loadavg": load, "results": results,
-                          "compression": comp,
+                          "compression": comp, "resourceManagerCost": cost,
                           "targets": [{"target": t, "met": ok, "detail": d} for t, ok, d in verdicts]},
                          indent=2))
         return 0
@@ -1024,6 +1224,9 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{ratio:.1f}:1 with lz4)" if ratio else "Compression:")
         print()
         print(compressionTable(comp))
+    if cost is not None:
+        print()
+        print(resourceCostText(cost))
     if verdicts:
         print()
         for t, ok, d in verdicts:
