@@ -52,12 +52,17 @@ def networkOf(addr: Multiaddr | None) -> str | None:
     """
     The network a connection's remote address counts against for store
     quotas: C{"ip4:a.b.c.0/24"} for IPv4 (IPv4-mapped IPv6 included),
-    C{"ip6:xxxx:xxxx:xxxx::/48"} for IPv6.  All of loopback is one network
-    (C{"loopback"}), so local processes share one quota; an address with
-    no IP (an in-memory or relayed connection with no IP of its own) is
-    C{"other:<first protocol>"}, one network per kind.
+    C{"ip6:xxxx:xxxx:xxxx::/48"} for IPv6.  The machine's own C{127.0.0.1}
+    and C{::1} count against no network (every local process connects from
+    them, as L{beam.p2p.host.node.sourceKey} exempts them from its
+    per-source caps); any other loopback address is a network of its own
+    (C{"loopback:127.0.0.2"}), so a local stranger bound to one cannot use
+    up the quota of the rest.  An address with no IP (an in-memory or
+    relayed connection with no IP of its own) is C{"other:<first
+    protocol>"}, one network per kind.
 
-    @return: L{None} when there is no address (only per-peer limits apply).
+    @return: L{None} when there is no address or it is 127.0.0.1 or ::1
+        (only per-peer limits apply).
     """
     if addr is None:
         return None
@@ -69,7 +74,10 @@ def networkOf(addr: Multiaddr | None) -> str | None:
     name, text = comps[0]
     try:
         if addr.isLoopback():
-            return "loopback"
+            host = _loopbackHost(name, text)
+            if host in (None, "127.0.0.1", "::1"):
+                return None
+            return f"loopback:{host}"
         if name == "ip4" and text is not None:
             net4 = ipaddress.IPv4Network((text, 24), strict=False)
             return f"ip4:{net4}"
@@ -81,6 +89,19 @@ def networkOf(addr: Multiaddr | None) -> str | None:
     except ValueError:
         pass
     return f"other:{name}"
+
+
+def _loopbackHost(name: str, text: str | None) -> str | None:
+    """
+    The loopback IP address of an address's first component, normalised
+    (an IPv4-mapped one as IPv4); L{None} for a name (C{localhost}).
+    """
+    if name not in ("ip4", "ip6") or text is None:
+        return None
+    ip = ipaddress.ip_address(text.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 class IValidator(Interface):

@@ -160,8 +160,9 @@ class NetworkTests(SynchronousTestCase):
     def test_networks(self) -> None:
         """
         IPv4 addresses count by /24, IPv6 by /48 (IPv4-mapped ones as
-        IPv4), all of loopback as one network, addresses without an IP by
-        their kind; no address is no network.
+        IPv4), the machine's own 127.0.0.1 and ::1 as no network, any other
+        loopback address as a network of its own, addresses without an IP
+        by their kind; no address is no network.
         """
         def net(a: str) -> str | None:
             return networkOf(Multiaddr(a))
@@ -173,9 +174,11 @@ class NetworkTests(SynchronousTestCase):
         self.assertEqual(net("/ip6/2001:db8:1:ffff::9/tcp/1"), net("/ip6/2001:db8:1:2::5/tcp/1"))
         self.assertNotEqual(net("/ip6/2001:db8:2::5/tcp/1"), net("/ip6/2001:db8:1:2::5/tcp/1"))
         self.assertEqual(net("/ip6/::ffff:198.51.100.3/tcp/1"), "ip4:198.51.100.0/24")
-        self.assertEqual(net("/ip4/127.0.0.1/tcp/1"), "loopback")
-        self.assertEqual(net("/ip4/127.9.9.9/tcp/1"), "loopback")
-        self.assertEqual(net("/ip6/::1/tcp/1"), "loopback")
+        self.assertIsNone(net("/ip4/127.0.0.1/tcp/1"))
+        self.assertIsNone(net("/ip6/::1/tcp/1"))
+        self.assertIsNone(net("/ip6/::ffff:127.0.0.1/tcp/1"))
+        self.assertEqual(net("/ip4/127.9.9.9/tcp/1"), "loopback:127.9.9.9")
+        self.assertEqual(net("/ip4/127.0.0.2/tcp/1"), "loopback:127.0.0.2")
         self.assertEqual(net("/dns4/example.com/tcp/1"), "other:dns4")
         self.assertIsNone(networkOf(None))
 
