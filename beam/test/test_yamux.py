@@ -1424,7 +1424,7 @@ class ControlBackpressureTests(SynchronousTestCase):
         wait behind the paused transport; then the session goes away and
         aborts.
         """
-        session, transport = self.congested()
+        session, transport = self.congested(wastedStreamBurst=10**6)
         session.goAway()
         wire = b"".join(
             encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 * i + 1, 0) for i in range(100_000)
@@ -1442,7 +1442,7 @@ class ControlBackpressureTests(SynchronousTestCase):
         Streams the peer opens and resets at once, over and over, make us
         send a SYN ACK each; those count against the bound too.
         """
-        session, transport = self.congested(maxControlBacklog=12 * 1000)
+        session, transport = self.congested(maxControlBacklog=12 * 1000, wastedStreamBurst=10**6)
         wire = b"".join(
             encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 * i + 1, 0)
             + encodeHeader(TYPE_WINDOW_UPDATE, FLAG_RST, 2 * i + 1, 0)
@@ -1451,6 +1451,25 @@ class ControlBackpressureTests(SynchronousTestCase):
         self.feed(session, wire)
         self.assertAbortedWithGoAway(transport)
         self.assertLessEqual(len(transport.buffer), self.highWater + 12 * 1000 + 2 * 12)
+
+    def test_rapidResetWhilePaused(self) -> None:
+        """
+        Streams opened and reset before any protocol was agreed are wasted
+        streams: past C{wastedStreamBurst} of them the session sends a
+        protocol-error go-away, and aborts, since the peer does not read.
+        """
+        session, transport = self.congested(wastedStreamBurst=50)
+        transport.highWater = 20 * 12  # the SYN ACKs fill it: paused
+        wire = b"".join(
+            encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 * i + 1, 0)
+            + encodeHeader(TYPE_WINDOW_UPDATE, FLAG_RST, 2 * i + 1, 0)
+            for i in range(1000)
+        )
+        self.feed(session, wire)
+        self.assertTrue(transport.aborted)
+        self.assertEqual(session.wastedStreams, 51)
+        tail = frames(bytes(transport.buffer[-12:]))
+        self.assertEqual(tail, [Frame(TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR)])
 
     def test_newestPingAnsweredOnResume(self) -> None:
         """
@@ -2316,3 +2335,74 @@ class StreamLifecycleTests(SynchronousTestCase):
         self.assertIs(stream.state, S.CLOSED)
         self.assertIn(Frame(TYPE_WINDOW_UPDATE, FLAG_FIN, 1, 0), frames(transport.take()))
         proto.lost[0].trap(ConnectionDone)
+
+
+class WastedStreamTests(SynchronousTestCase):
+    """
+    The rapid-reset defence: streams the peer opens and resets before any
+    protocol was agreed, and SYNs we refuse, come out of a budget that
+    refills with time.
+    """
+
+    def openAndReset(self, session: YamuxSession, first: int, count: int) -> None:
+        session.dataReceived(b"".join(
+            encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 * i + 1, 0)
+            + encodeHeader(TYPE_WINDOW_UPDATE, FLAG_RST, 2 * i + 1, 0)
+            for i in range(first, first + count)
+        ))
+
+    def test_slowResetsAreFine(self) -> None:
+        """
+        A peer that wastes streams no faster than the refill rate is never
+        cut off, however many it wastes in all.
+        """
+        session, transport, _ = lonelySession(wastedStreamBurst=10, wastedStreamRate=5.0)
+        clock = session._clock
+        assert isinstance(clock, Clock)
+        for n in range(100):
+            self.openAndReset(session, 5 * n, 5)
+            clock.advance(1.0)
+        self.assertEqual(session.wastedStreams, 500)
+        self.assertFalse(transport.disconnecting)
+        self.assertTrue(session.acceptsStreams)
+
+    def test_burstThenRefill(self) -> None:
+        """
+        The burst is spent at once; one more wasted stream goes over it
+        and the session goes away with a protocol error (flushed, since
+        the peer reads).
+        """
+        session, transport, _ = lonelySession(wastedStreamBurst=10, wastedStreamRate=1.0)
+        self.openAndReset(session, 0, 10)
+        self.assertFalse(transport.disconnecting)
+        self.openAndReset(session, 10, 1)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.aborted)
+        goAways = [f for f in frames(bytes(transport.buffer)) if f.type == TYPE_GO_AWAY]
+        self.assertEqual(goAways, [Frame(TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR)])
+
+    def test_negotiatedStreamsAreNotWasted(self) -> None:
+        """
+        A stream reset after a protocol was agreed on it (the node sets
+        C{protocolId}) is ordinary use, not waste.
+        """
+        session, transport, accepted = lonelySession(wastedStreamBurst=2)
+        for i in range(20):
+            sid = 2 * i + 1
+            session.dataReceived(encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, sid, 0))
+            accepted[-1].protocolId = "/beam/tunnel/1.0.0"
+            session.dataReceived(encodeHeader(TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0))
+        self.assertEqual(session.wastedStreams, 0)
+        self.assertFalse(transport.disconnecting)
+
+    def test_refusedSynsAreWasted(self) -> None:
+        """
+        SYNs refused for the stream limit count too: a peer that ignores
+        our RSTs and keeps opening is cut off.
+        """
+        session, transport, _ = lonelySession(maxStreams=1, wastedStreamBurst=5, wastedStreamRate=0.0)
+        session.dataReceived(b"".join(
+            encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 * i + 1, 0) for i in range(7)
+        ))
+        self.assertEqual(session.wastedStreams, 6)
+        self.assertTrue(transport.disconnecting)

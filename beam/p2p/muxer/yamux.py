@@ -188,6 +188,8 @@ class YamuxSession(Protocol):
         windowBudget: int = 8 * 1024 * 1024,
         maxControlBacklog: int = 1024 * 1024,
         scope: ConnectionScope | None = None,
+        wastedStreamBurst: int = 512,
+        wastedStreamRate: float = 64.0,
     ) -> None:
         """
         @param onStream: called with each stream the peer opens, after it was
@@ -214,6 +216,17 @@ class YamuxSession(Protocol):
             SYN ACKs and RSTs, window updates, ...) the session may write
             or owe while the transport keeps it paused, before it gives up
             on the peer: internal-error go-away and abort.
+        @param wastedStreamBurst: how many streams the peer may waste
+            at once before it is cut off: streams it opens and resets
+            before any protocol was agreed on them, and SYNs we had to
+            refuse.  That is the pattern of HTTP/2's "rapid reset" attack
+            (CVE-2023-44487): each costs us a stream's setup and teardown
+            and the peer next to nothing, and no limit on open streams
+            stops it, since none stays open.  Past the budget the session
+            sends a protocol-error go-away and closes.
+        @param wastedStreamRate: how fast that budget refills, per second.
+            An honest peer rarely wastes a stream (a client whose user
+            closed a connection mid-setup), far below this.
         @param scope: the connection's resource scope, in which every
             stream and its receive window are reserved (see the module
             docstring); L{None} for no accounting beyond C{maxStreams}.
@@ -239,6 +252,12 @@ class YamuxSession(Protocol):
         self.windowBudget = windowBudget
         self.maxControlBacklog = maxControlBacklog
         self.scope = scope
+        self.wastedStreamBurst = wastedStreamBurst
+        self.wastedStreamRate = wastedStreamRate
+        self._wasteTokens = float(wastedStreamBurst)
+        self._wasteAt = clock.seconds()
+        #: Streams the peer wasted (see C{wastedStreamBurst}) so far.
+        self.wastedStreams = 0
         # Control bytes written or coalesced since the transport paused us.
         self._pausedControl = 0
         # The opaque value of the one ping ACK held while paused.
@@ -605,6 +624,29 @@ class YamuxSession(Protocol):
             else:
                 self._loseTransport()
 
+    def _wasted(self) -> None:
+        """
+        The peer wasted a stream (see C{wastedStreamBurst}): take a token,
+        and cut the session off when there is none.
+        """
+        self.wastedStreams += 1
+        now = self._clock.seconds()
+        tokens = min(float(self.wastedStreamBurst), self._wasteTokens + (now - self._wasteAt) * self.wastedStreamRate)
+        self._wasteAt = now
+        if tokens < 1.0:
+            if not self._failed:
+                _log.warn(
+                    "Peer {peer} opened and reset or overran {n} streams (a rapid-reset flood); closing the connection",
+                    peer=self._peer(),
+                    n=self.wastedStreams,
+                )
+            self._wasteTokens = tokens
+            # Aborted if the peer does not read either: a flush would
+            # never come.
+            self._fail(GO_AWAY_PROTOCOL_ERROR, abort=self._paused)
+            return
+        self._wasteTokens = tokens - 1.0
+
     def _checkData(self, streamID: int, flags: int, length: int) -> None:
         """
         Refuse a data frame longer than the stream's remaining receive window
@@ -653,6 +695,7 @@ class YamuxSession(Protocol):
                 raise YamuxProtocolError(f"peer opened stream {streamID} with our parity")
             if self._localGoAway or self._closing or len(self.streams) >= self.maxStreams:
                 self._sendControl(TYPE_WINDOW_UPDATE, FLAG_RST, streamID, 0)
+                self._wasted()
                 return
             try:
                 streamScope = self._reserveStream(INBOUND)
@@ -660,6 +703,7 @@ class YamuxSession(Protocol):
                 # Refused (counted and logged by the resource manager):
                 # the spec's refusal, and nothing of the stream is kept.
                 self._sendControl(TYPE_WINDOW_UPDATE, FLAG_RST, streamID, 0)
+                self._wasted()
                 return
             stream = YamuxStream(self, streamID, self.initialWindow, streamScope)
             self.streams[streamID] = stream
@@ -684,4 +728,7 @@ class YamuxSession(Protocol):
         if flags & FLAG_FIN:
             stream._remoteFinReceived()
         if flags & FLAG_RST:
+            early = stream.protocolId is None and (streamID & 1) == (0 if self.isInitiator else 1)
             stream._finish(Failure(StreamReset()))
+            if early:
+                self._wasted()
