@@ -277,6 +277,38 @@ class TunnelLimitTests(TunnelTestsMixin, TestCase):
         self.assertEqual(len(forward._queue), 0)
         self.assertGreater(forward.waited, 0)
 
+    @inlineCallbacks
+    def test_forwardWaitsForHostLimit(self):
+        """
+        600 connections at once through a forward to a host that accepts
+        only 16 inbound streams from its peer all succeed: the host
+        refuses the excess SYNs (RSTs), the streams it did accept carry on
+        (no go-away for the refused ones), and the forward's connections
+        wait for a free stream.
+        """
+        service = serviceFactory(EchoServer)
+        port = yield self.listenService(service)
+        limits = defaultLimits()
+        limits = attr.evolve(limits, peer=attr.evolve(limits.peer, streamsInbound=16))
+        hostNode = yield startNode(self, resources=ResourceManager(limits, clock=reactor))
+        _, host = yield self.makeHost(hostNode)
+        host.expose(ServiceSpec.forPort(port, name="echo"))
+        forward = yield self.makeForward(hostNode, "echo")
+        local = forward.localAddress.port
+        payload = b"x" * 16384
+
+        @inlineCallbacks
+        def one(n: int) -> Any:
+            client = EchoClient(payload)
+            yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", local), client)
+            received = yield client.done
+            return received == payload
+
+        results = yield DeferredList([one(n) for n in range(600)], consumeErrors=True)
+        self.assertEqual([ok and value for ok, value in results].count(True), 600)
+        self.assertEqual(forward.stats.failed, 0)
+        self.assertGreater(hostNode.resources.refusals["peer streams_inbound"], 0)
+
 
 # -- idle timeouts -----------------------------------------------------------
 

@@ -2395,14 +2395,19 @@ class WastedStreamTests(SynchronousTestCase):
         self.assertEqual(session.wastedStreams, 0)
         self.assertFalse(transport.disconnecting)
 
-    def test_refusedSynsAreWasted(self) -> None:
+    def test_refusedSynsAreNotWasted(self) -> None:
         """
-        SYNs refused for the stream limit count too: a peer that ignores
-        our RSTs and keeps opening is cut off.
+        SYNs refused for a limit do not count: a client that opens more
+        streams than we allow (a forward with 1,000 concurrent
+        connections) gets RSTs for the excess and keeps the streams we
+        accepted.
         """
-        session, transport, _ = lonelySession(maxStreams=1, wastedStreamBurst=5, wastedStreamRate=0.0)
+        session, transport, accepted = lonelySession(maxStreams=1, wastedStreamBurst=5, wastedStreamRate=0.0)
         session.dataReceived(b"".join(
-            encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 * i + 1, 0) for i in range(7)
+            encodeHeader(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 * i + 1, 0) for i in range(50)
         ))
-        self.assertEqual(session.wastedStreams, 6)
-        self.assertTrue(transport.disconnecting)
+        self.assertEqual(session.wastedStreams, 0)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(len(accepted), 1)
+        rsts = [f for f in frames(bytes(transport.buffer)) if f.flags & FLAG_RST]
+        self.assertEqual(len(rsts), 49)

@@ -218,12 +218,17 @@ class YamuxSession(Protocol):
             on the peer: internal-error go-away and abort.
         @param wastedStreamBurst: how many streams the peer may waste
             at once before it is cut off: streams it opens and resets
-            before any protocol was agreed on them, and SYNs we had to
-            refuse.  That is the pattern of HTTP/2's "rapid reset" attack
+            before any protocol was agreed on them.  That is the pattern
+            of HTTP/2's "rapid reset" attack
             (CVE-2023-44487): each costs us a stream's setup and teardown
             and the peer next to nothing, and no limit on open streams
             stops it, since none stays open.  Past the budget the session
-            sends a protocol-error go-away and closes.
+            sends a protocol-error go-away and closes.  SYNs we refuse
+            (over a limit) do not count: a refusal costs us one RST (bounded
+            by C{maxControlBacklog} for a peer that does not read), and an
+            honest client that opens more streams than our limit (a forward
+            with 1,000 concurrent connections) must not lose the streams
+            we did accept.
         @param wastedStreamRate: how fast that budget refills, per second.
             An honest peer rarely wastes a stream (a client whose user
             closed a connection mid-setup), far below this.
@@ -695,7 +700,6 @@ class YamuxSession(Protocol):
                 raise YamuxProtocolError(f"peer opened stream {streamID} with our parity")
             if self._localGoAway or self._closing or len(self.streams) >= self.maxStreams:
                 self._sendControl(TYPE_WINDOW_UPDATE, FLAG_RST, streamID, 0)
-                self._wasted()
                 return
             try:
                 streamScope = self._reserveStream(INBOUND)
@@ -703,7 +707,6 @@ class YamuxSession(Protocol):
                 # Refused (counted and logged by the resource manager):
                 # the spec's refusal, and nothing of the stream is kept.
                 self._sendControl(TYPE_WINDOW_UPDATE, FLAG_RST, streamID, 0)
-                self._wasted()
                 return
             stream = YamuxStream(self, streamID, self.initialWindow, streamScope)
             self.streams[streamID] = stream
