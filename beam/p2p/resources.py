@@ -483,12 +483,16 @@ class _Scope:
     stream scopes change it.
     """
 
-    __slots__ = ("name", "limit", "usage")
+    __slots__ = ("name", "limit", "usage", "table", "key")
 
-    def __init__(self, name: str, limit: BaseLimit) -> None:
+    def __init__(self, name: str, limit: BaseLimit, table: Optional[dict[Any, _Scope]] = None, key: Any = None) -> None:
         self.name = name
         self.limit = limit
         self.usage = Usage()
+        # Where the manager keeps it (peer, protocol and service scopes),
+        # so that forgetting it is one dictionary deletion.
+        self.table = table
+        self.key = key
 
     def check(self, ask: _Ask) -> Optional[tuple[str, int]]:
         """
@@ -637,19 +641,21 @@ class ResourceManager:
     def peerScope(self, peer: Any) -> _Scope:
         scope = self._peers.get(peer)
         if scope is None:
-            scope = self._peers[peer] = _Scope(f"peer {peer}", self._peerLimit(peer))
+            scope = self._peers[peer] = _Scope(f"peer {peer}", self._peerLimit(peer), self._peers, peer)
         return scope
 
     def protocolScope(self, protocolId: str) -> _Scope:
         scope = self._protocols.get(protocolId)
         if scope is None:
-            scope = self._protocols[protocolId] = _Scope(f"protocol {protocolId}", self.limits.protocol(protocolId))
+            scope = self._protocols[protocolId] = _Scope(
+                f"protocol {protocolId}", self.limits.protocol(protocolId), self._protocols, protocolId
+            )
         return scope
 
     def serviceScope(self, name: str) -> _Scope:
         scope = self._services.get(name)
         if scope is None:
-            scope = self._services[name] = _Scope(f"service {name}", self.limits.service(name))
+            scope = self._services[name] = _Scope(f"service {name}", self.limits.service(name), self._services, name)
         return scope
 
     def _forget(self, scope: _Scope) -> None:
@@ -657,13 +663,10 @@ class ResourceManager:
         Drop a peer, protocol or service scope that holds nothing, so a
         stream of throwaway peer IDs does not grow the manager.
         """
-        if not scope.usage.isEmpty():
+        if scope.table is None or not scope.usage.isEmpty():
             return
-        for table in (self._peers, self._protocols, self._services):
-            for key, value in table.items():
-                if value is scope:
-                    del table[key]
-                    return
+        if scope.table.get(scope.key) is scope:
+            del scope.table[scope.key]
 
     def reserve(self, scopes: Iterable[_Scope], ask: _Ask) -> None:
         """
