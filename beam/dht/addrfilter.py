@@ -32,38 +32,12 @@ import attrs
 
 from beam.dht.messages import Message, PeerInfo
 from beam.identity.multiaddr import Multiaddr
+from beam.p2p.host.addrs import Scope, addrScope
 
 __all__ = ["DialLimiter", "addrScope", "filterAddrs", "filterMessage"]
 
-Scope = Literal["public", "private", "loopback", "invalid", "other"]
 
 _RANK = {"public": 0, "private": 1, "loopback": 2}
-
-
-def addrScope(addr: Multiaddr) -> Scope:
-    """
-    Which kind of network C{addr} is on: C{"public"}, C{"private"},
-    C{"loopback"}, C{"invalid"} (unspecified, multicast, reserved) or
-    C{"other"} (not an IP address: C{/memory}, a DNS name that is not
-    C{localhost}).
-    """
-    if addr.isLoopback():
-        return "loopback"
-    comps = addr.components()
-    if comps and comps[0][0] == "ip6zone":
-        comps = comps[1:]
-    if not comps or comps[0][0] not in ("ip4", "ip6") or comps[0][1] is None:
-        return "other"
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(comps[0][1])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
-        return "invalid"
-    if ip.is_loopback:
-        return "loopback"
-    if ip.is_global:
-        return "public"
-    return "private"
 
 
 def filterAddrs(addrs: Iterable[Multiaddr], via: Optional[Multiaddr]) -> tuple[Multiaddr, ...]:

@@ -198,6 +198,11 @@ class AddrFilterTests(SynchronousTestCase):
             "/ip4/240.0.0.1/tcp/1": "invalid",
             "/dns4/example.com/tcp/1": "other",
             "/memory/5": "other",
+            # Documentation ranges: TEST-NET-1 and -3 play the Internet
+            # (in examples and the NAT lab), TEST-NET-2 a home LAN.
+            "/ip4/203.0.113.9/tcp/1": "public",
+            "/ip4/192.0.2.9/tcp/1": "public",
+            "/ip4/198.51.100.9/tcp/1": "private",
         }
         self.assertEqual({a: addrScope(_ma(a)) for a in cases}, cases)
 
