@@ -11,7 +11,8 @@ from typing import Any, Optional
 from hypothesis import given, settings, strategies as st
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from beam.errors import DialError
 from beam.identity.keys import Identity
@@ -398,6 +399,34 @@ class CircuitTests(SynchronousTestCase):
         self.assertEqual(status.answers[0].status, Status.UNEXPECTED_MESSAGE)
 
 
+    def test_silentRequestTimesOut(self) -> None:
+        """
+        A hop stream that never says what it wants is reset after the
+        request timeout, and holds nothing at the relay.
+        """
+        w = RelayWorld(self, reserve=False)
+        raw = w.hop(w.b)
+        self.assertIsNone(raw.ended)
+        w.grid.advance(15.5)
+        self.assertIsNotNone(raw.ended)
+        self.assertEqual((w.service.reservations, w.service.circuits), ({}, set()))
+
+    def test_circuitsHoldNoDescriptor(self) -> None:
+        """
+        A relayed connection counts as a connection for the resource
+        manager, but not as a file descriptor.
+        """
+        from beam.p2p.host.dialer import usesFD
+
+        w = RelayWorld(self)
+        self.assertFalse(usesFD(RelayTransport(w.a)))
+        before = w.a.resources.status()
+        w.grid.result(w.b.connect(w.circuitAddr()))
+        after = w.a.resources.status()
+        self.assertEqual(after["system"]["conns_inbound"], before["system"]["conns_inbound"] + 1)
+        self.assertEqual(after["system"]["fd"], before["system"]["fd"])
+
+
 class WireTests(SynchronousTestCase):
     def test_reserveBytes(self) -> None:
         """
@@ -493,3 +522,42 @@ class WireTests(SynchronousTestCase):
         for c in chunks:
             proto.dataReceived(c)
         self.assertLessEqual(len(proto._buf), 32 + 10)
+
+
+class LoopbackTCPTests(TestCase):
+    """
+    The same over real TCP on 127.0.0.1, with the real reactor.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_echoOverTCP(self) -> Any:
+        """
+        A reserves on R over TCP; B reaches A through R; echo works, the
+        connection is limited.
+        """
+        from twisted.internet import reactor
+
+        nodes = [Node(reactor, Identity.generate(), ["/ip4/127.0.0.1/tcp/0"]) for _ in range(3)]
+        for n in nodes:
+            yield n.startService()
+            self.addCleanup(n.stopService)
+            n.transports.append(RelayTransport(n))
+        r, a, b = nodes
+        service = RelayService(r)
+        service.startService()
+        self.addCleanup(service.stopService)
+        client = RelayClient(a)
+        self.addCleanup(client.stop)
+        reservation = yield client.reserve(r.listenAddrs[0].withPeerID(r.peerID))
+        addr = reservation.circuitAddrs()[0].encapsulate(f"/p2p/{a.peerID}")
+        conn = yield b.connect(addr)
+        self.assertTrue(conn.limited)
+        got = Collect()
+        done: Deferred[bytes] = Deferred()
+        got.dataReceived = lambda data: done.callback(data) if not done.called else None  # type: ignore[method-assign]
+        proto = yield b.openStream(a.peerID, [ECHO_PROTOCOL], lambda: got)
+        proto.transport.write(b"over loopback")
+        echoed = yield done
+        self.assertEqual(echoed, b"over loopback")
