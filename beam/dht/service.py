@@ -13,8 +13,14 @@ Who joins the routing table: peers whose identify lists
 C{/beam/kad/1.0.0} (they are servers) and peers that answered us.  Our
 own mode: a node that listens somewhere is a server; one that listens
 nowhere (C{beam resolve} without a running node) is a client and does not
-register the protocol, so it never appears in routing tables.  (AutoNAT,
-a later issue, will refine "listens" into "is reachable".)
+register the protocol, so it never appears in routing tables.  AutoNAT
+refines "listens" into "is reachable": when the node's address book
+(C{node.addresses}) says the node is C{"private"}, the DHT switches to
+client mode (it stops serving the protocol; identify push tells connected
+peers, which drop it from their routing tables) and keeps asking others;
+C{"public"} makes it a server again; C{"unknown"} keeps the choice made
+at start.  A peer whose identify stops listing the protocol leaves our
+routing table.
 
 The routing table is saved to C{<home>/routing.json} (atomically) every
 minute and on stop, and reloaded at start: a node that has been online
@@ -288,6 +294,7 @@ class KademliaService(Service):
         self.dialLimiter = DialLimiter(reactor)
         self._loops: list[LoopingCall] = []
         self._initial: Optional[Deferred[Any]] = None
+        self._watching = False
 
     def addValidator(self, namespace: str, validator: Any) -> None:
         """
@@ -345,13 +352,18 @@ class KademliaService(Service):
     def _connectionEvent(self, event: str, conn: Any) -> None:
         if event not in ("identified", "updated") or conn.identify is None:
             return
-        if KAD_PROTOCOL in conn.identify.protocols:
-            addrs = tuple(
-                a.withoutPeerID() for a in conn.identify.listenAddrs if a.tcpTarget() is not None
-            )[:16]
-            if not addrs and conn.direction == "outbound":
-                addrs = (conn.remoteAddr.withoutPeerID(),)
-            self.kad.addPeer(PeerInfo(conn.remotePeer, addrs))
+        if KAD_PROTOCOL not in conn.identify.protocols:
+            # A client (or a server that switched to client mode: its
+            # identify push no longer lists the protocol) does not belong
+            # in the routing table.
+            self.kad.routingTable.remove(conn.remotePeer)
+            return
+        addrs = tuple(
+            a.withoutPeerID() for a in conn.identify.listenAddrs if a.tcpTarget() is not None
+        )[:16]
+        if not addrs and conn.direction == "outbound":
+            addrs = (conn.remoteAddr.withoutPeerID(),)
+        self.kad.addPeer(PeerInfo(conn.remotePeer, addrs))
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -361,6 +373,14 @@ class KademliaService(Service):
             # Started as the node's child, before its ports are bound:
             # what it is configured to listen on is what counts.
             self.kad.setReachable(bool(self.node.configuredListenAddrs or self.node.listenAddrs))
+        book = getattr(self.node, "addresses", None)
+        if book is not None and not self._watching:
+            # The address book cannot unsubscribe: the callback checks
+            # whether we run.
+            book.onChange(self._reachabilityChanged)
+            self._watching = True
+        if self.kad.mode == "auto" and book is not None and book.reachability != "unknown":
+            self.kad.setReachable(book.reachability == "public")
         if self.kad.isServer:
             self.node.setStreamHandler(KAD_PROTOCOL, lambda: _KadServer(self))
         self.node.addConnectionObserver(self._connectionEvent)
@@ -375,6 +395,29 @@ class KademliaService(Service):
             self._initial.addErrback(
                 lambda f: self.log.info("DHT bootstrap: {why}", why=describe(f))
             )
+
+    def _reachabilityChanged(self) -> None:
+        """
+        The address book changed: in C{"auto"} mode, follow AutoNAT's
+        verdict (C{"private"}: client, C{"public"}: server; C{"unknown"}
+        changes nothing).
+        """
+        book = getattr(self.node, "addresses", None)
+        if not self.running or self.kad.mode != "auto" or book is None:
+            return
+        if book.reachability == "unknown":
+            return
+        serve = book.reachability == "public"
+        if serve == self.kad.isServer and serve == self.node.hasStreamHandler(KAD_PROTOCOL):
+            return
+        self.kad.setReachable(serve)
+        if serve:
+            self.log.info("reachable from the Internet: serving the DHT")
+            self.node.setStreamHandler(KAD_PROTOCOL, lambda: _KadServer(self))
+        else:
+            self.log.info("not reachable from the Internet: DHT client mode")
+            if self.node.hasStreamHandler(KAD_PROTOCOL):
+                self.node.removeStreamHandler(KAD_PROTOCOL)
 
     def whenBootstrapped(self) -> Deferred[None]:
         """
