@@ -20,7 +20,7 @@ from beam.encoding.framing import LengthPrefixedReader, encodeLengthPrefixed
 from beam.identity.multiaddr import Multiaddr
 from beam.p2p.autonat import AutoNATClient, AutoNATServer, RateLimiter
 from beam.p2p.autonat._stream import MessageStream
-from beam.p2p.autonat.client import _DialRequestClient, _Attempt
+from beam.p2p.autonat.client import _Attempt, _DialBackReceiver, _DialRequestClient
 from beam.p2p.autonat.messages import (
     DIAL_BACK_PROTOCOL,
     DIAL_DATA_CHUNK,
@@ -38,6 +38,7 @@ from beam.p2p.autonat.messages import (
     decodeDialBackResponse,
     decodeMessage,
     encodeDialBack,
+    encodeDialBackResponse,
     encodeMessage,
 )
 from beam.p2p.autonat.server import _DialRequestHandler, sameHost
@@ -414,6 +415,41 @@ class ClientStreamTests(SynchronousTestCase):
                 self.proto.dataReceived(encodeLengthPrefixed(encodeMessage(second)))
             self.assertTrue(self.transport.aborted)
             self.failureResultOf(self.proto.result, AutoNATProtocolError)
+
+    @settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.binary(max_size=200))
+    def test_fuzzClientStreams(self, raw: bytes) -> None:
+        """
+        Arbitrary bytes from a server on a request stream or a dial-back
+        stream end in a response, a reset, or waiting; never an exception,
+        and never more dial data than the cap.
+        """
+        self.setUp()
+        self.proto.result.addErrback(lambda f: None)
+        self.proto.dataReceived(raw)
+        self.assertLessEqual(len(self.transport.value()), 60_000)
+        receiver = _DialBackReceiver(self.client)
+        transport = _StreamTransport(_FakeConn("server", "/ip4/9.9.9.9/tcp/1"))
+        receiver.makeConnection(transport)
+        receiver.dataReceived(raw)
+        self.client.reactor.advance(self.client.dialBackTimeout)
+
+    def test_dialBackNoted(self) -> None:
+        """
+        A dial back carrying the nonce of a request in flight is noted with
+        the connection's local address, and acknowledged with OK.
+        """
+        attempt = _Attempt("server", (ma("/ip4/1.2.3.4/tcp/1"),), 77)  # type: ignore[arg-type]
+        self.client._pending[77] = attempt
+        receiver = _DialBackReceiver(self.client)
+        conn = _FakeConn("dialer", "/ip4/9.9.9.9/tcp/1")
+        conn.localAddr = ma("/ip4/10.0.0.2/tcp/4001")  # type: ignore[attr-defined]
+        transport = _StreamTransport(conn)
+        receiver.makeConnection(transport)
+        receiver.dataReceived(encodeLengthPrefixed(encodeDialBack(77)))
+        self.assertEqual(attempt.dialedBackOn, ma("/ip4/10.0.0.2/tcp/4001"))
+        self.assertEqual(LengthPrefixedReader(64).feed(transport.value()), [encodeDialBackResponse()])
+        self.assertTrue(transport.disconnecting)
 
 
 # -- whole nodes on the memory grid ----------------------------------------------
