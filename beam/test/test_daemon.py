@@ -319,7 +319,8 @@ class DaemonAssemblyTests(TestCase):
         status = yield client.request("GET", "/v1/status")
         self.assertEqual(set(status), {"peer_id", "addrs", "listen_addrs", "observed_addrs", "protocols",
                                        "connections", "services", "resources", "tunnels", "kademlia", "names",
-                                       "forwards"})
+                                       "forwards", "reachability", "confirmed_addrs", "candidate_addrs",
+                                       "relay_addrs"})
         self.assertIn("/beam/tunnel/1.0.0", status["protocols"])
         tunnel = yield client.request("POST", "/v1/tunnels", {"port": 4242, "name": "web", "secret": True})
         self.assertEqual(set(tunnel), {"name", "port", "kind", "target", "compress", "private", "allow", "share",

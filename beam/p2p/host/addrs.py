@@ -25,6 +25,15 @@ everyone.  What goes into share addresses and name records
 
 The module is sans-IO: AutoNAT, identify and the relay client feed it;
 observers learn of changes through L{onChange}.
+
+What a peer tells us about I{itself} (its identify listen addresses) is
+filtered the same way in the other direction (L{reachableFrom}): we keep
+only the addresses we could reach from where the peer's connection comes
+from.
+
+Everything a peer can feed is bounded: L{MAX_OBSERVED} observed
+addresses with L{MAX_OBSERVERS} observers each, and L{MAX_VERDICTS}
+confirmed and rejected addresses.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from twisted.logger import Logger
 
 from beam.identity.multiaddr import Multiaddr
 
-__all__ = ["AddressBook", "Reachability", "Scope", "addrScope"]
+__all__ = ["AddressBook", "Reachability", "Scope", "addrScope", "observerGroup", "reachableFrom"]
 
 Reachability = Literal["public", "private", "unknown"]
 
@@ -45,6 +54,9 @@ Reachability = Literal["public", "private", "unknown"]
 MAX_OBSERVED = 64
 #: Most observers remembered per observed address.
 MAX_OBSERVERS = 16
+#: Most confirmed, and most rejected, addresses remembered (oldest verdicts
+#: are forgotten first).
+MAX_VERDICTS = 32
 
 
 Scope = Literal["public", "private", "loopback", "invalid", "other"]
@@ -83,6 +95,74 @@ def addrScope(addr: Multiaddr) -> Scope:
     return "private"
 
 
+#: How far each scope of a connection may see: a peer reached over
+#: loopback may name loopback, private and public addresses; one over a
+#: private network private and public ones; anyone else public ones.
+_REACH = {"public": 0, "private": 1, "loopback": 2}
+
+
+def _isDNS(addr: Multiaddr) -> bool:
+    comps = addr.components()
+    return bool(comps) and comps[0][0] in ("dns", "dns4", "dns6", "dnsaddr")
+
+
+def reachableFrom(addrs: Iterable[Multiaddr], via: Optional[Multiaddr]) -> list[Multiaddr]:
+    """
+    The addresses of C{addrs} that we could reach, given that the peer
+    naming them is connected to us from C{via} (its address as our socket
+    sees it; L{None} or a non-IP address such as a relayed one: treated as
+    public).  libp2p's address filtering:
+
+      - public addresses always;
+      - private ones only over a private or loopback connection;
+      - loopback ones only over a loopback connection;
+      - unspecified, multicast and reserved ones never;
+      - DNS names (which may resolve to anything, a LAN host included)
+        only from a peer that may give private addresses, as the DHT's
+        filter does for third parties; other non-IP addresses
+        (C{/memory}) always.
+
+    A peer across the Internet that names C{192.168.1.1} or C{127.0.0.1}
+    means a machine of its own network, never ours: storing it would make
+    us dial a stranger's idea of our LAN.
+    """
+    viaScope = addrScope(via) if via is not None else "public"
+    reach = _REACH.get(viaScope, 0)
+    kept: list[Multiaddr] = []
+    for addr in addrs:
+        scope = addrScope(addr)
+        if scope == "other":
+            ok = not _isDNS(addr) or reach >= _REACH["private"]
+        else:
+            ok = scope in _REACH and _REACH[scope] <= reach
+        if ok and addr not in kept:
+            kept.append(addr)
+    return kept
+
+
+def observerGroup(remote: Optional[Multiaddr], peer: Any) -> Any:
+    """
+    Who counts as one observer of our address: the peer's IP address (an
+    IPv6 one by its /56, what one customer usually gets), so that one
+    machine with many peer IDs is one observer, as libp2p's observed
+    address manager groups them.  Peers without an IP address (in-memory,
+    relayed) count by their peer ID.
+    """
+    if remote is not None:
+        comps = remote.components()
+        if comps and comps[0][0] == "ip4" and comps[0][1] is not None:
+            return comps[0][1]
+        if comps and comps[0][0] == "ip6" and comps[0][1] is not None:
+            try:
+                ip6 = ipaddress.IPv6Address(comps[0][1])
+            except ValueError:
+                return comps[0][1]
+            if ip6.ipv4_mapped is not None:
+                return str(ip6.ipv4_mapped)
+            return str(ipaddress.IPv6Network((ip6, 56), strict=False))
+    return peer
+
+
 class AddressBook:
     """
     See the module docstring.
@@ -97,13 +177,17 @@ class AddressBook:
     def __init__(self, listenAddrs: Callable[[], Sequence[Multiaddr]], observerThreshold: int = 2) -> None:
         """
         @param listenAddrs: returns the node's listen addresses, expanded
-            to real interface addresses, without C{/p2p}.
+            to real interface addresses, without C{/p2p}.  Called whenever
+            they are needed, so it follows the node's listeners (and the
+            machine's interfaces) as they change.
         """
         self._listenAddrs = listenAddrs
         self.observerThreshold = observerThreshold
+        # Insertion order is the age of each entry: the oldest of the least
+        # observed goes first, and the oldest verdicts are forgotten first.
         self._observed: dict[Multiaddr, set[Any]] = {}
-        self._confirmed: list[Multiaddr] = []
-        self._rejected: set[Multiaddr] = set()
+        self._confirmed: dict[Multiaddr, None] = {}
+        self._rejected: dict[Multiaddr, None] = {}
         self._relay: list[Multiaddr] = []
         self.reachability: Reachability = "unknown"
         self._observers: list[Callable[[], None]] = []
@@ -111,15 +195,31 @@ class AddressBook:
     # -- facts -----------------------------------------------------------
 
     def listenAddrs(self) -> list[Multiaddr]:
-        return list(self._listenAddrs())
+        """
+        The node's listen addresses (expanded, without C{/p2p}), each once.
+        """
+        out: list[Multiaddr] = []
+        for addr in self._listenAddrs():
+            addr = addr.withoutPeerID()
+            if addr not in out:
+                out.append(addr)
+        return out
 
     def observe(self, observed: Multiaddr, observer: Any) -> None:
         """
         Peer C{observer} says it sees us at C{observed} (identify's
         observed address).  Bounded: at most L{MAX_OBSERVED} addresses and
-        L{MAX_OBSERVERS} observers each.
+        L{MAX_OBSERVERS} observers each; a new address pushes out the
+        oldest of the least observed ones.  Unspecified, multicast and
+        reserved addresses mean nothing and are ignored.
+
+        @param observer: who observed it; observations by the same
+            observer count once (see L{observerGroup} for what the node
+            passes).
         """
         observed = observed.withoutPeerID()
+        if addrScope(observed) == "invalid":
+            return
         peers = self._observed.get(observed)
         if peers is None:
             if len(self._observed) >= MAX_OBSERVED:
@@ -158,26 +258,39 @@ class AddressBook:
         AutoNAT: a peer dialled C{addr} back.  The node is public.
         """
         addr = addr.withoutPeerID()
-        self._rejected.discard(addr)
-        if addr not in self._confirmed:
-            self._confirmed.append(addr)
-        self.setReachability("public")
-        self._changed()
+        self._rejected.pop(addr, None)
+        changed = addr not in self._confirmed
+        if changed:
+            self._confirmed[addr] = None
+            _trim(self._confirmed)
+        if self.reachability != "public":
+            self.reachability = "public"
+            changed = True
+        if changed:
+            self._changed()
 
     def reject(self, addr: Multiaddr) -> None:
         """
-        AutoNAT: C{addr} could not be dialled back.
+        AutoNAT: C{addr} could not be dialled back.  With no confirmed
+        address left, the node is private.
         """
         addr = addr.withoutPeerID()
-        self._rejected.add(addr)
-        if addr in self._confirmed:
-            self._confirmed.remove(addr)
+        self._rejected.pop(addr, None)
+        self._rejected[addr] = None
+        _trim(self._rejected)
+        changed = addr in self._confirmed
+        self._confirmed.pop(addr, None)
+        if not self._confirmed and self.reachability != "private":
+            self.reachability = "private"
+            changed = True
+        if changed:
             self._changed()
-        if not self._confirmed:
-            self.setReachability("private")
 
     def confirmed(self) -> list[Multiaddr]:
         return list(self._confirmed)
+
+    def rejected(self) -> list[Multiaddr]:
+        return list(self._rejected)
 
     def setReachability(self, reachability: Reachability) -> None:
         if reachability != self.reachability:
@@ -189,7 +302,10 @@ class AddressBook:
         The relay client's current C{.../p2p/RELAY/p2p-circuit} addresses
         (replacing the previous ones).
         """
-        new = [a for a in addrs]
+        new: list[Multiaddr] = []
+        for a in addrs:
+            if a not in new:
+                new.append(a)
         if new != self._relay:
             self._relay = new
             self._changed()
@@ -201,25 +317,14 @@ class AddressBook:
 
     def advertisedFor(self, peerAddr: Optional[Multiaddr]) -> list[Multiaddr]:
         """
-        The addresses to tell a peer connected from C{peerAddr} (L{None}:
-        unknown, treated as public): listen addresses it can reach by
-        libp2p's address filtering, confirmed public addresses, relay
+        The addresses to tell a peer connected from C{peerAddr} (its
+        address as our socket sees it; L{None} or a non-IP address: treated
+        as public): confirmed addresses, then the listen addresses it can
+        reach by libp2p's address filtering (L{reachableFrom}), then relay
         addresses.
         """
-        peerScope = addrScope(peerAddr) if peerAddr is not None else "public"
-        allowed = {"public"}
-        if peerScope in ("private", "loopback"):
-            allowed.add("private")
-        if peerScope == "loopback":
-            allowed.add("loopback")
-        out: list[Multiaddr] = []
-        for addr in [*self._confirmed, *self.listenAddrs()]:
-            scope = addrScope(addr)
-            if (scope in allowed or scope == "other") and addr not in out:
-                out.append(addr)
-        for addr in self._relay:
-            if addr not in out:
-                out.append(addr)
+        out = reachableFrom([*self._confirmed, *self.listenAddrs()], peerAddr)
+        out.extend(a for a in self._relay if a not in out)
         return out
 
     def shareable(self) -> list[Multiaddr]:
@@ -230,7 +335,7 @@ class AddressBook:
         loopback.
         """
         rank = {"public": 0, "other": 1, "private": 2, "loopback": 3}
-        out = [*self._confirmed, *self._relay]
+        out = [*self._confirmed, *(a for a in self._relay if a not in self._confirmed)]
         rest = sorted(self.listenAddrs(), key=lambda a: rank.get(addrScope(a), 4))
         out.extend(a for a in rest if a not in out and addrScope(a) != "invalid")
         return out
@@ -242,9 +347,21 @@ class AddressBook:
         """
         return bool(self._confirmed or self._relay)
 
+    def hasPublicListenAddress(self) -> bool:
+        """
+        Whether one of the machine's own addresses is public (it may still
+        be firewalled: only AutoNAT can tell).
+        """
+        return any(addrScope(a) == "public" for a in self.listenAddrs())
+
     # -- observers -------------------------------------------------------
 
     def onChange(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback()} after each change of what the node may tell
+        others: a new candidate, a verdict, the reachability, the relay
+        addresses.
+        """
         self._observers.append(callback)
 
     def _changed(self) -> None:
@@ -253,3 +370,8 @@ class AddressBook:
                 callback()
             except Exception:
                 self.log.failure("address book observer failed")
+
+
+def _trim(table: dict[Multiaddr, None]) -> None:
+    while len(table) > MAX_VERDICTS:
+        del table[next(iter(table))]

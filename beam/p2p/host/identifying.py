@@ -7,6 +7,13 @@ runs and what happens to the answer.  It is split from L{beam.p2p.host.node} to 
 the pool and the dialer readable; L{beam.p2p.host.node.Node} owns one
 L{NodeIdentify} and delegates to it.
 
+Addresses follow libp2p's address filtering both ways: a peer is told
+only the addresses it can reach from where it is (no loopback address to
+a peer across a network, no private one to a peer across the Internet),
+and of what a peer says about itself we keep only what we can reach.  Its
+observed address for us is noted in the node's L{AddressBook}, grouped by
+observer, where enough of them make a candidate for AutoNAT.
+
 Every identify stream has a deadline.  Without one, a peer that accepts
 C{/ipfs/id/1.0.0} and then says nothing (or never closes its side after
 our answer) would hold a stream open for ever, and a connection with an
@@ -32,6 +39,8 @@ from beam.p2p.protocols.identify import (
     IdentifySender,
 )
 from beam.identity.keys import PeerID
+from beam.identity.multiaddr import Multiaddr
+from beam.p2p.host.addrs import observerGroup, reachableFrom
 
 if TYPE_CHECKING:
     from beam.p2p.connection import PeerConnection
@@ -39,7 +48,6 @@ if TYPE_CHECKING:
     from beam.p2p.muxer.yamux import YamuxStream
 
 MAX_LEARNED_ADDRS = 64
-MAX_OBSERVED_ADDRS = 64
 
 
 class _Deadline:
@@ -120,14 +128,16 @@ class NodeIdentify:
 
     def infoFor(self, transport: Any) -> IdentifyInfo:
         """
-        What we tell the peer on the other end of C{transport}.
+        What we tell the peer on the other end of C{transport}: the
+        addresses it can reach (L{AddressBook.advertisedFor} its address
+        as our socket sees it), and where we see it.
         """
         node = self.node
         conn = getattr(transport, "connection", None)
         observed = conn.observedRemote if conn is not None else None
         return IdentifyInfo(
             protocols=tuple(node.protocols),
-            listenAddrs=tuple(a.withoutPeerID() for a in node.advertisedAddrs()),
+            listenAddrs=tuple(node.addresses.advertisedFor(observed)),
             observedAddr=observed,
             publicKey=node.identity.publicKey,
             agentVersion=node.agentVersion,
@@ -184,9 +194,10 @@ class NodeIdentify:
 
     def learn(self, conn: "PeerConnection", info: IdentifyInfo, push: bool = False) -> IdentifyInfo:
         """
-        Record what a peer told us: its protocols on the connection, its
-        listen addresses for later dials, our observed address (bounded
-        tallies, so a peer cannot grow them without limit).  Tells the
+        Record what a peer told us: its protocols on the connection, the
+        listen addresses we can reach for later dials (L{reachableFrom}
+        where its connection comes from), our observed address (in the
+        node's bounded L{AddressBook}, see L{_observe}).  Tells the
         connection observers C{"identified"} for an answer to our question
         and C{"updated"} for a push.
         """
@@ -204,19 +215,36 @@ class NodeIdentify:
             )
         conn.identify = info
         store = node.peerStore
-        store.addAddrs(conn.remotePeer, list(info.listenAddrs[:MAX_LEARNED_ADDRS]), "identify")
+        learned = reachableFrom(info.listenAddrs[:MAX_LEARNED_ADDRS], conn.observedRemote)
+        store.addAddrs(conn.remotePeer, learned, "identify")
         if info.protocols:
             store.setProtocols(conn.remotePeer, info.protocols)
         if info.agentVersion:
             store.setAgent(conn.remotePeer, info.agentVersion)
         if info.observedAddr is not None and not push:
-            obs = info.observedAddr
-            node.observedAddrs[obs] = node.observedAddrs.get(obs, 0) + 1
-            if len(node.observedAddrs) > MAX_OBSERVED_ADDRS:
-                least = min(node.observedAddrs, key=node.observedAddrs.__getitem__)
-                del node.observedAddrs[least]
+            self._observe(conn, info.observedAddr)
         node.notifyObservers("updated" if push else "identified", conn)
         return info
+
+    def _observe(self, conn: "PeerConnection", observed: Multiaddr) -> None:
+        """
+        Note that the peer of C{conn} sees us at C{observed}, if that says
+        anything about how others could reach us: not over a relayed
+        connection (it names the relay's view), and over TCP only when our
+        end of the connection is a listen port (an inbound connection, or
+        an outbound one that reused the listen port).  An outbound dial
+        from a random source port is seen at a random NAT mapping no one
+        else could use, and would only crowd out useful observations.
+        Observers are grouped by IP address (L{observerGroup}).
+        """
+        if conn.limited:
+            return
+        local = conn.localAddr.tcpTarget()
+        if local is not None:
+            ports = {t[1] for t in (a.tcpTarget() for a in self.node.listenAddrs) if t is not None}
+            if local[1] not in ports:
+                return
+        self.node.addresses.observe(observed, observerGroup(conn.observedRemote, conn.remotePeer))
 
     # -- pushing ---------------------------------------------------------
 

@@ -58,6 +58,7 @@ from twisted.python.failure import Failure
 from beam import __version__
 from beam.statemachine import IGNORE, Readiness, StateMachine
 from beam.statemachine import ILLEGAL
+from beam.p2p.host.addrs import AddressBook, addrScope
 from beam.p2p.host.dialer import Dialer, usesFD
 from beam.p2p.host.identifying import NodeIdentify
 from beam.p2p.connection import PeerConnection
@@ -181,7 +182,9 @@ class Node(MultiService):
     @ivar connections: the connection used for new streams to each
         connected peer (a direct one whenever there is one).
     @ivar peerStore: addresses and metadata learned for peers (L{PeerStore}).
-    @ivar observedAddrs: our addresses as peers reported them in identify.
+    @ivar addresses: the node's own addresses (L{AddressBook}): listen,
+        observed by peers, confirmed by AutoNAT, relayed; what it may tell
+        whom.
     @ivar transports: the L{ITransport}s, tried in order for each address.
     """
 
@@ -284,7 +287,13 @@ class Node(MultiService):
         self.listenAddrs: list[Multiaddr] = []
         self.peerStore = PeerStore(reactor)
         self._readiness = Readiness()
-        self.observedAddrs: dict[Multiaddr, int] = {}
+        self.addresses = AddressBook(listenAddrs=self._expandedListenAddrs)
+        self.addresses.onChange(self._addressesChanged)
+        #: Seconds after listening before warning that the node has no
+        #: address a stranger could reach (L{_checkReachable}).
+        self.unreachableWarningDelay = 60.0
+        self._unreachableCheck: Optional[IDelayedCall] = None
+        self._warnedUnreachable = False
         self._handlers: dict[str, StreamHandler] = {}
         self._reaper: Optional[LoopingCall] = None
         self.state = NodeState.STOPPED
@@ -438,8 +447,10 @@ class Node(MultiService):
         self._reaper = LoopingCall(self._reapIdle)
         self._reaper.clock = self.reactor
         self._reaper.start(max(0.05, min(self.idleTimeout / 4, 30.0)), now=False)
+        self._warnedUnreachable = False
         listening = self.listen(self.configuredListenAddrs)
         listening.addBoth(lambda r: (self._move(NodeInput.LISTENED), r)[1])
+        listening.addCallback(self._listened)
         return self._readiness.begin(listening)
 
     def whenListening(self) -> Deferred[None]:
@@ -503,6 +514,9 @@ class Node(MultiService):
         self._reaper = None
         self._draining.clear()
         self._identifier.stop()
+        if self._unreachableCheck is not None and self._unreachableCheck.active():
+            self._unreachableCheck.cancel()
+        self._unreachableCheck = None
         ds: list[Deferred[Any]] = [maybeDeferred(super().stopService)]
         for port in self._ports:
             ds.append(maybeDeferred(port.stopListening))
@@ -597,19 +611,99 @@ class Node(MultiService):
 
     # -- addresses -------------------------------------------------------
 
-    def advertisedAddrs(self) -> list[Multiaddr]:
+    def _expandedListenAddrs(self) -> list[Multiaddr]:
         """
         Our listen addresses, with unspecified ones (0.0.0.0, ::) expanded
-        to this machine's interface addresses, each ending in
-        C{/p2p/<our peer ID>}.
+        to this machine's interface addresses, without C{/p2p}: what the
+        address book knows as listen addresses.
         """
         out: list[Multiaddr] = []
         for addr in self.listenAddrs:
-            for expanded in _expandUnspecified(addr):
-                full = expanded.withPeerID(self.peerID)
-                if full not in out:
-                    out.append(full)
+            for expanded in _expandUnspecified(addr.withoutPeerID()):
+                if expanded not in out:
+                    out.append(expanded)
         return out
+
+    def advertisedAddrs(self) -> list[Multiaddr]:
+        """
+        All our addresses, each ending in C{/p2p/<our peer ID>}, for local
+        use (status, the command line): those AutoNAT confirmed, the listen
+        addresses (unspecified ones expanded to this machine's interface
+        addresses), then relay addresses.  Peers are told only what they
+        can reach (L{AddressBook.advertisedFor}); strangers get
+        L{shareableAddrs}.
+        """
+        book = self.addresses
+        out: list[Multiaddr] = []
+        for addr in [*book.confirmed(), *book.listenAddrs(), *book.relayAddrs()]:
+            full = addr.withPeerID(self.peerID)
+            if full not in out:
+                out.append(full)
+        return out
+
+    def shareableAddrs(self) -> list[Multiaddr]:
+        """
+        The addresses to hand to someone anywhere (share addresses, name
+        records), best first, each ending in C{/p2p/<our peer ID>}: see
+        L{AddressBook.shareable}.
+        """
+        out: list[Multiaddr] = []
+        for addr in self.addresses.shareable():
+            full = addr.withPeerID(self.peerID)
+            if full not in out:
+                out.append(full)
+        return out
+
+    @property
+    def observedAddrs(self) -> dict[Multiaddr, int]:
+        """
+        Our addresses as peers reported them in identify, each with how
+        many distinct observers did (L{AddressBook.observed}).
+        """
+        return self.addresses.observed()
+
+    def _addressesChanged(self) -> None:
+        """
+        What we may tell peers changed (a confirmed or relay address, the
+        reachability): push it to connected peers, and warn if AutoNAT
+        found us private with no relay yet.
+        """
+        if self.state is NodeState.RUNNING:
+            self._identifier.schedulePush()
+        if self.addresses.reachability == "private":
+            self._checkReachable()
+
+    def _listened(self, result: None) -> None:
+        """
+        Every listener is up.  A node whose only non-loopback addresses
+        are private (a home LAN) is most likely behind a NAT: if after
+        L{unreachableWarningDelay} seconds neither AutoNAT confirmed an
+        address nor a relay gave us one, say so, once
+        (L{_checkReachable}).  A node listening on loopback only (tests,
+        a machine-local setup) or on a public address is not warned about
+        on a timer: the first means it, the second is for AutoNAT to judge.
+        """
+        book = self.addresses
+        scopes = {addrScope(a) for a in book.listenAddrs()}
+        if "private" in scopes and "public" not in scopes:
+            self._unreachableCheck = self.reactor.callLater(self.unreachableWarningDelay, self._checkReachable)
+
+    def _checkReachable(self) -> None:
+        """
+        Warn, once per run, that peers outside this network cannot reach
+        the node directly, unless it has a confirmed or relay address by
+        now.
+        """
+        self._unreachableCheck = None
+        book = self.addresses
+        if self._warnedUnreachable or book.hasReachableAddress() or self.isStopping:
+            return
+        if book.reachability == "unknown" and book.hasPublicListenAddress():
+            return
+        self._warnedUnreachable = True
+        self.log.warn(
+            "no public address yet: peers outside this network can reach this node only through a relay (none yet)"
+        )
 
     # -- dialling --------------------------------------------------------
 

@@ -9,6 +9,11 @@ record (C{'record'}).  Each address keeps its best source and its latest
 expiry; L{PeerStore.addrs} lists the unexpired ones best first, so the
 dialer tries the address that worked before the one a stranger told us.
 
+An address nobody can dial (unspecified, multicast, reserved: C{0.0.0.0},
+C{224.0.0.1}) is never stored, whatever its source.  What a peer says about
+itself is filtered before it gets here, by where the peer is
+(L{beam.p2p.host.addrs.reachableFrom}, applied by identify).
+
 Everything is bounded, since peers feed it: at most C{maxAddrsPerPeer}
 addresses per peer (the worst source and oldest go first) and
 C{maxPeers} peers (the least recently updated peer without a
@@ -26,6 +31,7 @@ from zope.interface import implementer
 
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
+from beam.p2p.host.addrs import addrScope
 from beam.p2p.interfaces import IPeerStore
 
 #: Sources by trust, best first; the default lifetime of each (seconds).
@@ -89,6 +95,8 @@ class PeerStore:
         entry = self._peer(peer)
         for addr in addrs:
             addr = addr.withoutPeerID()
+            if addrScope(addr) == "invalid":
+                continue
             old = entry.addrs.get(addr)
             if old is None:
                 entry.addrs[addr] = _Addr(addr, source, expires, now)

@@ -43,10 +43,18 @@ class NodeStatus:
     """
     The node itself.
 
-    @ivar addrs: the addresses peers can reach it at (with C{/p2p/}).
+    @ivar addrs: all its addresses (with C{/p2p/}): confirmed, listen
+        (expanded), relay.
     @ivar listenAddrs: the addresses it listens on, as bound.
     @ivar observedAddrs: our addresses as peers saw them.
     @ivar protocols: the protocol IDs it serves.
+    @ivar reachability: whether strangers can dial it, as AutoNAT found:
+        C{"public"}, C{"private"} or C{"unknown"}.
+    @ivar confirmedAddrs: addresses AutoNAT confirmed others can dial.
+    @ivar candidateAddrs: public addresses not yet checked by AutoNAT
+        (public listen addresses, addresses enough peers observed).
+    @ivar relayAddrs: C{/p2p-circuit} addresses through the relays the
+        node holds reservations on.
     """
 
     peerID: str
@@ -55,6 +63,10 @@ class NodeStatus:
     observedAddrs: tuple[str, ...] = ()
     protocols: tuple[str, ...] = ()
     connections: tuple[ConnectionStatus, ...] = ()
+    reachability: str = "unknown"
+    confirmedAddrs: tuple[str, ...] = ()
+    candidateAddrs: tuple[str, ...] = ()
+    relayAddrs: tuple[str, ...] = ()
 
 
 def connectionStatus(conn: Any) -> ConnectionStatus:
@@ -78,9 +90,10 @@ def connectionStatus(conn: Any) -> ConnectionStatus:
 
 def nodeStatus(node: Any) -> NodeStatus:
     """
-    The status of a L{beam.p2p.host.node.Node} (any L{IHost} with
-    C{observedAddrs}).
+    The status of a L{beam.p2p.host.node.Node} (any L{IHost}; the
+    address facts come from its C{addresses} book if it has one).
     """
+    book = getattr(node, "addresses", None)
     return NodeStatus(
         peerID=str(node.peerID),
         addrs=tuple(str(a) for a in node.advertisedAddrs()),
@@ -88,4 +101,8 @@ def nodeStatus(node: Any) -> NodeStatus:
         observedAddrs=tuple(str(a) for a in getattr(node, "observedAddrs", ())),
         protocols=tuple(node.protocols),
         connections=tuple(connectionStatus(c) for c in node.liveConnections()),
+        reachability=book.reachability if book is not None else "unknown",
+        confirmedAddrs=tuple(str(a) for a in book.confirmed()) if book is not None else (),
+        candidateAddrs=tuple(str(a) for a in book.candidates()) if book is not None else (),
+        relayAddrs=tuple(str(a) for a in book.relayAddrs()) if book is not None else (),
     )
