@@ -142,6 +142,8 @@ class StunClientProtocol(DatagramProtocol):
     @ivar malformed: counts and logs the datagrams dropped as malformed.
     """
 
+    noisy = False
+
     def __init__(
         self,
         clock: IReactorTime,

@@ -62,6 +62,8 @@ class _Socket(DatagramProtocol):
     and which port (0 primary, 1 alternate) it is.
     """
 
+    noisy = False
+
     def __init__(self, server: StunServer, ipIndex: int, portIndex: int) -> None:
         self.server = server
         self.index = (ipIndex, portIndex)
