@@ -187,8 +187,11 @@ class Dialer:
         upgrading = node.makeUpgrading(
             isInitiator=True, expectedPeer=peer, dialledAddr=addr, transport=transport, scope=scope
         )
+        # A relayed address names its target only by its final /p2p; the
+        # transport needs it to ask the relay for that peer.
+        target = addr.withPeerID(peer) if peer is not None and _isCircuit(addr) else addr
         try:
-            connecting = transport.dial(addr, _OneProtocolFactory(upgrading), node.dialTimeout)
+            connecting = transport.dial(target, _OneProtocolFactory(upgrading), node.dialTimeout)
         except (ValueError, BeamError) as e:
             scope.done()
             return fail(DialError(f"cannot dial {addr}: {e}"))
@@ -252,3 +255,7 @@ class _OneProtocolFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> Any:
         return self.protocol_
+
+
+def _isCircuit(addr: Multiaddr) -> bool:
+    return any(name == "p2p-circuit" for name, _ in addr.components())

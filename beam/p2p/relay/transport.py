@@ -277,15 +277,14 @@ class RelayTransport:
         Connect to the relay (reusing a connection), CONNECT to the target
         over a hop stream, and run C{factory}'s protocol over that stream.
 
-        The target is the C{/p2p/PEER} after C{/p2p-circuit}; the node's
-        dialer strips it, so without it the peer the upgrade expects is
-        used.
+        The target is the C{/p2p/PEER} after C{/p2p-circuit} (the node's
+        dialer keeps it on relayed addresses).
         """
         try:
             circuit = parseCircuit(addr)
         except DialError as e:
             return fail(e)
-        target = circuit.target or _expectedPeer(factory)
+        target = circuit.target
         if target is None:
             return fail(DialError(f"cannot dial {addr}: a relayed address needs the target's /p2p/PEER"))
         node = self.node
@@ -361,16 +360,6 @@ class RelayTransport:
 
         connecting.addCallback(connected).addCallback(established).addErrback(failed)
         return result
-
-
-def _expectedPeer(factory: Any) -> Optional[PeerID]:
-    """
-    The peer the node's upgrade for this dial expects, when the dialer
-    hands us the address without its C{/p2p/PEER}.
-    """
-    proto = getattr(factory, "protocol_", None)
-    peer = getattr(proto, "expectedPeer", None)
-    return peer if isinstance(peer, PeerID) else None
 
 
 __all__ = [
