@@ -25,45 +25,25 @@ DHT dials any one target, whoever told us about it.
 
 from __future__ import annotations
 
-import ipaddress
-from typing import Iterable, Literal, Optional
+from typing import Iterable, Optional
 
 import attrs
 
 from beam.dht.messages import Message, PeerInfo
 from beam.identity.multiaddr import Multiaddr
-from beam.p2p.host.addrs import Scope, addrScope
+from beam.p2p.host.addrs import addrScope, reachableFrom
 
 __all__ = ["DialLimiter", "addrScope", "filterAddrs", "filterMessage"]
-
-
-_RANK = {"public": 0, "private": 1, "loopback": 2}
 
 
 def filterAddrs(addrs: Iterable[Multiaddr], via: Optional[Multiaddr]) -> tuple[Multiaddr, ...]:
     """
     The addresses of C{addrs} we may dial on the word of a peer reached at
     C{via} (the remote address of its connection; L{None}: unknown, treated
-    as public).
+    as public): libp2p's address filtering, the same rule the peer store
+    applies to what a peer says of itself (L{reachableFrom}).
     """
-    viaScope = addrScope(via) if via is not None else "public"
-    allowed = _RANK.get(viaScope, 0) if viaScope != "other" else 0
-    kept = []
-    for addr in addrs:
-        scope = addrScope(addr)
-        if scope == "other":
-            # A name may resolve to a private address: kept only from a
-            # peer that may give those.
-            if not _isDNS(addr) or allowed >= _RANK["private"]:
-                kept.append(addr)
-        elif scope in _RANK and _RANK[scope] <= allowed:
-            kept.append(addr)
-    return tuple(kept)
-
-
-def _isDNS(addr: Multiaddr) -> bool:
-    comps = addr.components()
-    return bool(comps) and comps[0][0] in ("dns", "dns4", "dns6", "dnsaddr")
+    return tuple(reachableFrom(addrs, via))
 
 
 def filterMessage(message: Message, via: Optional[Multiaddr]) -> Message:
