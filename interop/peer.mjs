@@ -21,6 +21,12 @@
 //   --name-seq-field N  the beam-name selector picks the record whose payload
 //                       has the highest uvarint field N (default 5, the seq
 //                       of Beam's names.proto; 0 = always the first record)
+//   --relay-server      run @libp2p/circuit-relay-v2's relay (hop) service
+//                       with its default limits (2 min, 128 KiB per circuit)
+//   --relay-transport   add the circuit relay v2 transport: dial
+//                       /p2p-circuit addresses, accept relayed connections
+//                       (stop protocol), reserve with relayListen
+//   --autonat           run @libp2p/autonat-v2 (client and server)
 //
 // stdout carries nothing but JSON lines:
 //   {"event":"ready","peerId":..,"addrs":[..]} once listening, then replies
@@ -41,6 +47,17 @@
 //   dhtGetLocal {key} -> {value}            this node's datastore only
 //   dhtPut {key, value (hex)} -> {storedOn, errors}
 //   dhtFindPeer {peerId, useCache=false} -> {peerId, addrs, from}
+// NAT traversal (see makeNatCommands):
+//   multiaddrs -> {addrs}                    what the node advertises now
+//   relayListen {addr} -> {addrs}            reserve on the relay at addr
+//       (needs --relay-transport); addrs: our /p2p-circuit addresses
+//   relayReservations -> {reservations:[{peerId, addr, expiry}]}
+//       (needs --relay-server)
+//   autonatVerify {addr, verify} -> {result, success, failure}
+//       (needs --autonat) ask the AutoNAT v2 server at addr to verify our
+//       own address verify, with @libp2p/autonat-v2's own client code
+// The echo protocol is handled on limited (relayed) connections too, and the
+// echo command may use one.
 //
 // Safety: a connection gater refuses to dial anything that is not a loopback
 // IP address, there is no bootstrap, no mDNS, and the only DHT is Beam's
@@ -58,6 +75,8 @@ import { tcp } from '@libp2p/tcp'
 import { tls } from '@libp2p/tls'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
+import { autoNATv2 } from '@libp2p/autonat-v2'
+import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
 import { beamKadDHT, makeDhtCommands, watchRoutingTable } from './dht.mjs'
 
 export const ECHO_PROTOCOL = '/beam/echo/1.0.0'
@@ -88,7 +107,10 @@ function parseArgs (argv) {
     listen: [],
     connectionMonitor: true,
     dht: null,
-    nameSeqField: 5
+    nameSeqField: 5,
+    relayServer: false,
+    relayTransport: false,
+    autonat: false
   }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]
@@ -138,6 +160,15 @@ function parseArgs (argv) {
         opts.nameSeqField = v === 0 ? null : v
         break
       }
+      case '--relay-server':
+        opts.relayServer = true
+        break
+      case '--relay-transport':
+        opts.relayTransport = true
+        break
+      case '--autonat':
+        opts.autonat = true
+        break
       default:
         throw new Error(`unknown option ${arg}`)
     }
@@ -267,7 +298,11 @@ async function echoClient (node, cmd) {
   const total = cmd.bytes ?? 0
   if (!Number.isSafeInteger(total) || total < 0) throw new Error('"bytes" must be a non-negative integer')
   const signal = timeoutSignal(cmd)
-  const stream = await node.dialProtocol(ma, cmd.protocol ?? ECHO_PROTOCOL, { signal })
+  // runOnLimitedConnection: a relayed connection (circuit relay v2) is
+  // limited, and js-libp2p opens streams on one only when told it may
+  const stream = await node.dialProtocol(ma, cmd.protocol ?? ECHO_PROTOCOL, {
+    signal, runOnLimitedConnection: true
+  })
   stream.maxReadBufferLength = MAX_READ_BUFFER
   const started = Date.now()
   const hashIn = createHash('sha256')
@@ -314,6 +349,130 @@ async function echoClient (node, cmd) {
   }
 }
 
+// ---------------------------------------------------------------- NAT traversal
+
+function needService (node, name, option) {
+  const service = node.services[name]
+  if (service == null) throw new Error(`start the peer with ${option}`)
+  return service
+}
+
+/**
+ * Wait until the node advertises an address for which pick() is true, or
+ * the signal aborts.
+ */
+async function waitForAddrs (node, pick, signal) {
+  for (;;) {
+    const found = node.getMultiaddrs().filter(pick)
+    if (found.length > 0) return found
+    await new Promise((resolve, reject) => {
+      const done = () => {
+        node.removeEventListener('self:peer:update', done)
+        signal.removeEventListener('abort', aborted)
+        resolve()
+      }
+      const aborted = () => {
+        node.removeEventListener('self:peer:update', done)
+        reject(signal.reason)
+      }
+      node.addEventListener('self:peer:update', done)
+      signal.addEventListener('abort', aborted, { once: true })
+      setTimeout(done, 100) // also poll: not every change is an event
+    })
+  }
+}
+
+function makeNatCommands (node) {
+  return {
+    async multiaddrs () {
+      return { addrs: node.getMultiaddrs().map(ma => ma.toString()) }
+    },
+
+    async relayListen (cmd) {
+      // Listening on <relay>/p2p-circuit is how js-libp2p reserves on one
+      // particular relay; the listener then advertises the reservation's
+      // addresses.
+      const relay = parseAddr(cmd.addr)
+      const relayId = relay.getComponents().findLast(c => c.name === 'p2p')?.value
+      if (relayId == null) throw new Error('"addr" must end in /p2p/<relay>')
+      const signal = timeoutSignal(cmd)
+      await node.components.transportManager.listen([relay.encapsulate('/p2p-circuit')])
+      const addrs = await waitForAddrs(node, ma => {
+        const s = ma.toString()
+        return s.includes(`/p2p/${relayId}/p2p-circuit`)
+      }, signal)
+      return { addrs: addrs.map(ma => ma.toString()) }
+    },
+
+    async relayReservations () {
+      const relay = needService(node, 'relay', '--relay-server')
+      const reservations = []
+      for (const [peerId, r] of relay.reservations.entries()) {
+        reservations.push({
+          peerId: peerId.toString(),
+          addr: r.addr.toString(),
+          expiry: r.expiry.getTime(),
+          limit: r.limit == null
+            ? null
+            : { duration: r.limit.duration ?? null, data: r.limit.data?.toString() ?? null }
+        })
+      }
+      return { reservations }
+    },
+
+    async autonatVerify (cmd) {
+      // @libp2p/autonat-v2's client asks only about addresses that are not
+      // private (getUnverifiedMultiaddrs drops them), and all of loopback
+      // is private, so on its own it never asks anything here.  Run its
+      // real request code (askPeerToVerify: DialRequest, dial data, the
+      // DialResponse, the dial-back handler checking our nonce) on one
+      // address we name, by giving it the bookkeeping entry that filter
+      // would have made.  These are internals of the exact version pinned
+      // in package-lock.json.
+      const service = needService(node, 'autonat', '--autonat')
+      const client = service.client
+      const server = parseAddr(cmd.addr)
+      const own = multiaddr(cmd.verify)
+      const signal = timeoutSignal(cmd)
+      const conn = await node.dial(server, { signal })
+      const verifying = new Set()
+      const results = {
+        multiaddr: own,
+        success: 0,
+        failure: 0,
+        networkSegments: [],
+        verifyingPeers: {
+          has: (peer) => verifying.has(peer.toString()),
+          add: (peer) => { verifying.add(peer.toString()) }
+        },
+        type: 'transport',
+        lastVerified: undefined
+      }
+      // The service's own check on each new AutoNAT peer starts with
+      // removeOutdatedMultiaddrResults, which would drop our entry (a
+      // listen address is no "unverified" one to it) while the request is
+      // out; hold that off meanwhile.
+      const removeOutdated = client.removeOutdatedMultiaddrResults
+      client.removeOutdatedMultiaddrResults = () => {}
+      client.dialResults.set(own.toString(), results)
+      const nonce = BigInt(Math.floor(Math.random() * Number.MAX_SAFE_INTEGER))
+      client.nonces.add(nonce)
+      try {
+        await client.askPeerToVerify(conn, client.getNetworkSegment(conn.remoteAddr), nonce, { signal })
+      } finally {
+        client.nonces.delete(nonce)
+        client.dialResults.delete(own.toString())
+        client.removeOutdatedMultiaddrResults = removeOutdated
+      }
+      return {
+        result: results.result ?? null,
+        success: results.success,
+        failure: results.failure
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------- commands
 
 function makeCommands (node) {
@@ -322,6 +481,7 @@ function makeCommands (node) {
     ([name, fn]) => [name, (cmd) => fn(cmd, timeoutSignal(cmd))]))
   return {
     ...withSignal,
+    ...makeNatCommands(node),
 
     async dial (cmd) {
       const conn = await node.dial(parseAddr(cmd.addr), { signal: timeoutSignal(cmd) })
@@ -372,11 +532,15 @@ async function main () {
   if (opts.dht != null) {
     services.dht = beamKadDHT({ clientMode: opts.dht === 'client', seqField: opts.nameSeqField })
   }
+  if (opts.relayServer) services.relay = circuitRelayServer()
+  if (opts.autonat) services.autonat = autoNATv2()
+  const transports = [tcp()]
+  if (opts.relayTransport) transports.push(circuitRelayTransport())
 
   const node = await createLibp2p({
     privateKey,
     addresses: { listen: opts.listen },
-    transports: [tcp()],
+    transports,
     connectionEncrypters: opts.security.map(name => encrypters[name]()),
     streamMuxers: [yamux()],
     peerDiscovery: [],
@@ -388,7 +552,7 @@ async function main () {
     services
   })
 
-  await node.handle(ECHO_PROTOCOL, echoHandler)
+  await node.handle(ECHO_PROTOCOL, echoHandler, { runOnLimitedConnection: true })
 
   const directionOf = (peerId) => node.getConnections(peerId)[0]?.direction ?? null
   node.addEventListener('peer:connect', (evt) => {

@@ -377,6 +377,41 @@ class JSPeer:
         """
         return self.request({"cmd": "peers"}, **kw)
 
+    # ------------------------------------------------------------ NAT traversal
+
+    def multiaddrs(self, **kw: Any) -> defer.Deferred[dict[str, Any]]:
+        """
+        The addresses the peer advertises now (reply key C{addrs}),
+        relayed ones included.
+        """
+        return self.request({"cmd": "multiaddrs"}, **kw)
+
+    def relayListen(self, relayAddr: str, **kw: Any) -> defer.Deferred[dict[str, Any]]:
+        """
+        Reserve on the circuit relay v2 relay at C{relayAddr} (ending in
+        C{/p2p/RELAY}; the peer needs C{--relay-transport}).  The reply's
+        C{addrs} are the peer's C{.../p2p/RELAY/p2p-circuit} addresses.
+        """
+        return self.request({"cmd": "relayListen", "addr": relayAddr}, **kw)
+
+    def relayReservations(self, **kw: Any) -> defer.Deferred[dict[str, Any]]:
+        """
+        The reservations this peer's relay service holds (C{--relay-server});
+        reply key C{reservations}: C{peerId}, C{addr}, C{expiry} (ms) and
+        C{limit}.
+        """
+        return self.request({"cmd": "relayReservations"}, **kw)
+
+    def autonatVerify(self, serverAddr: str, verify: str, **kw: Any) -> defer.Deferred[dict[str, Any]]:
+        """
+        Ask the AutoNAT v2 server at C{serverAddr} to dial this peer back on
+        C{verify} (one of its own addresses), with @libp2p/autonat-v2's
+        client (C{--autonat}).  The reply has C{result} (C{True} once the
+        client confirmed the address, else L{None}) and the counts of
+        C{success} and C{failure} answers it took from the server.
+        """
+        return self.request({"cmd": "autonatVerify", "addr": serverAddr, "verify": verify}, **kw)
+
     # ------------------------------------------------------------ events
 
     def waitForEvent(
