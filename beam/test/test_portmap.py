@@ -1,7 +1,7 @@
 """
 Tests for port mapping (issue 9): the NAT-PMP codec and client, the UPnP
 client's handling of miniupnpc, and L{PortMapper}'s life cycle.  The real
-gateway (miniupnpd in the NAT lab) is in L{beam.test.test_portmap_lab}.
+gateway (miniupnpd in the NAT lab) is L{PortMapLabTests}.
 """
 
 from __future__ import annotations
@@ -609,3 +609,87 @@ class UpnpTests(SynchronousTestCase):
 
         client = UpnpClient(None, runInThread=inline, factory=factory)
         self.assertIn("miniupnpc", str(self.failureResultOf(client.discover(), UpnpError).value))
+
+
+_SERVE = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(8)
+print("listening", flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"home\\n")
+    c.close()
+"""
+
+_CONNECT = """
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+    print("ok:" + c.recv(100).decode().strip())
+except OSError as e:
+    print("fail:" + type(e).__name__)
+"""
+
+
+def _readLine(process: Any, timeout: float = 20) -> str:
+    import select
+
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    if not ready:
+        raise AssertionError(f"no output within {timeout} s")
+    return str(process.stdout.readline())
+
+
+class PortMapLabTests(SynchronousTestCase):
+    """
+    Port mapping against miniupnpd on a home router of the NAT lab
+    (root only; the lab refuses clearly, never skips): NAT-PMP and UPnP
+    each map the home host's listen port, a public host reaches the
+    listener through the router's WAN address, and stopping removes the
+    mapping so the same connection attempt fails.
+    """
+
+    def test_miniupnpd(self) -> None:
+        """
+        Both protocols map, forward and unmap on a real gateway.
+        """
+        import json
+        import subprocess
+        import sys
+
+        from beam.testing.labgateway import startMiniupnpd, startStunServer
+        from beam.testing.netlab import NatLab
+
+        lab = NatLab()
+        self.addCleanup(lab.close)
+        public = lab.addPublic("pub")
+        home = lab.addHome("home", "portrestricted")
+        assert home.router is not None
+        gateway = startMiniupnpd(lab, home.router, startStunServer(lab))
+        server = home.run([sys.executable, "-c", _SERVE, "4001"], stdout=subprocess.PIPE, text=True)
+        self.assertEqual(_readLine(server).strip(), "listening")
+
+        def connect(port: int) -> str:
+            out = public.check_output([sys.executable, "-c", _CONNECT, home.router.wanAddr, str(port)], text=True)
+            return str(out).strip()
+
+        # Nothing is forwarded before a mapping exists.
+        self.assertEqual(connect(4001), "fail:TimeoutError")
+        for protocol in ("natpmp", "upnp"):
+            mapper = home.run([sys.executable, "-m", "beam.p2p.nat.portmap", "4001", "--protocol", protocol,
+                               "--lifetime", "600"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            event = json.loads(_readLine(mapper))
+            self.assertEqual((event["event"], event["protocol"]), ("address", protocol), (event, gateway.logText()))
+            self.assertEqual(event["externalAddr"], f"/ip4/{home.router.wanAddr}/tcp/4001")
+            self.assertEqual(gateway.mappings(), [("tcp", 4001, home.addr, 4001)])
+            self.assertEqual(connect(4001), "ok:home")
+            mapper.stdin.close()
+            events = [json.loads(line) for line in mapper.stdout]
+            self.assertEqual(mapper.wait(timeout=10), 0)
+            self.assertEqual(events[-1]["event"], "stopped")
+            self.assertIsNone(events[-1]["lastError"])
+            self.assertEqual(gateway.mappings(), [])
+            self.assertEqual(connect(4001), "fail:TimeoutError")
