@@ -27,6 +27,9 @@
 //                       /p2p-circuit addresses, accept relayed connections
 //                       (stop protocol), reserve with relayListen
 //   --autonat           run @libp2p/autonat-v2 (client and server)
+//   --dcutr             run @libp2p/dcutr (needs --relay-transport): on a
+//                       relayed connection it upgrades to a direct one; the
+//                       peers command then lists both
 //
 // stdout carries nothing but JSON lines:
 //   {"event":"ready","peerId":..,"addrs":[..]} once listening, then replies
@@ -77,6 +80,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import { autoNATv2 } from '@libp2p/autonat-v2'
 import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
+import { dcutr } from '@libp2p/dcutr'
 import { beamKadDHT, makeDhtCommands, watchRoutingTable } from './dht.mjs'
 
 export const ECHO_PROTOCOL = '/beam/echo/1.0.0'
@@ -110,7 +114,8 @@ function parseArgs (argv) {
     nameSeqField: 5,
     relayServer: false,
     relayTransport: false,
-    autonat: false
+    autonat: false,
+    dcutr: false
   }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]
@@ -169,10 +174,14 @@ function parseArgs (argv) {
       case '--autonat':
         opts.autonat = true
         break
+      case '--dcutr':
+        opts.dcutr = true
+        break
       default:
         throw new Error(`unknown option ${arg}`)
     }
   }
+  if (opts.dcutr && !opts.relayTransport) throw new Error('--dcutr needs --relay-transport')
   if (opts.listen.length === 0) {
     opts.listen.push('/ip4/127.0.0.1/tcp/0')
     if (opts.ipv6) opts.listen.push('/ip6/::1/tcp/0')
@@ -534,6 +543,7 @@ async function main () {
   }
   if (opts.relayServer) services.relay = circuitRelayServer()
   if (opts.autonat) services.autonat = autoNATv2()
+  if (opts.dcutr) services.dcutr = dcutr()
   const transports = [tcp()]
   if (opts.relayTransport) transports.push(circuitRelayTransport())
 
