@@ -14,7 +14,8 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from beam.encoding.framing import LengthPrefixedReader, encodeLengthPrefixed
 from beam.encoding.varint import encode_uvarint
@@ -37,6 +38,8 @@ from beam.p2p.holepunch.dcutr import (
     punchableAddrs,
 )
 from beam.proto import dcutr_pb2 as pb
+from beam.test.nodeutil import startNode
+from beam.test.test_tunnel import waitFor
 
 A_ADDR = Multiaddr("/ip4/203.0.113.3/tcp/4001")
 B_ADDR = Multiaddr("/ip4/203.0.113.4/tcp/4001")
@@ -549,3 +552,47 @@ class PuncherTests(SynchronousTestCase):
         self.assertNotIn(PROTOCOL, self.node.handlers)
         self.assertEqual(self.node.observers, [])
         self.failureResultOf(d)
+
+
+class InboundRoleTests(TestCase):
+    """
+    L{Node.expectInboundAsInitiator}: during a hole punch, a SYN of the
+    peer's that reaches our listener (instead of meeting our own SYN) is
+    still answered in the role DCUtR gave us, on real loopback sockets.
+    """
+
+    @inlineCallbacks
+    def test_acceptedConnectionRunsAsInitiator(self) -> Any:
+        """
+        B dials A as the responder of the punch (its role when it sent
+        CONNECT); A, expecting B's source address, answers as initiator:
+        the handshake completes and both hold a direct connection.
+        Without the expectation both would wait as responders.
+        """
+        a = yield startNode(self)
+        b = yield startNode(self)
+        port = b.listenAddrs[0].tcpTarget()[1]
+        forget = a.expectInboundAsInitiator("127.0.0.1", port, b.peerID)
+        self.addCleanup(forget)
+        puncher = HolePuncher(b)
+        self.addCleanup(puncher.stop)
+        target = a.listenAddrs[0]
+        conn = yield puncher.dialOne(a.peerID, target, asClient=False)
+        self.assertEqual(conn.remotePeer, a.peerID)
+        self.assertFalse(conn.limited)
+        yield waitFor(lambda: a.connectionTo(b.peerID) is not None)
+        self.assertEqual(a.connectionTo(b.peerID).remotePeer, b.peerID)
+
+    @inlineCallbacks
+    def test_expectationForgotten(self) -> Any:
+        """
+        Once forgotten, inbound connections from that source are answered
+        as responders again (an ordinary dial works).
+        """
+        a = yield startNode(self)
+        b = yield startNode(self)
+        port = b.listenAddrs[0].tcpTarget()[1]
+        a.expectInboundAsInitiator("127.0.0.1", port, b.peerID)()
+        self.assertEqual(a._inboundRoles, {})
+        conn = yield b.connect(a.listenAddrs[0].withPeerID(a.peerID))
+        self.assertEqual(conn.remotePeer, a.peerID)

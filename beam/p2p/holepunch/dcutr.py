@@ -653,6 +653,16 @@ class HolePuncher:
         watchers = self._windows.setdefault(peer, [])
 
         settled: list[bool] = []
+        # As the client, a SYN of the peer's that reaches our listener
+        # before our dial leaves (its NAT let it through) must still be
+        # answered as client, or both sides wait as servers.
+        roles: list[Callable[[], None]] = []
+        expect = getattr(self.node, "expectInboundAsInitiator", None)
+        if asClient and expect is not None:
+            for addr in addrs:
+                target = addr.tcpTarget()
+                if target is not None:
+                    roles.append(expect(target[0], target[1], peer))
 
         def settle(conn: Optional[PeerConnection]) -> None:
             # Cancelling the other dials below calls back into here: only
@@ -660,6 +670,8 @@ class HolePuncher:
             if settled or result.called:
                 return
             settled.append(True)
+            for forget in roles:
+                forget()
             if watcher in watchers:
                 watchers.remove(watcher)
                 if not watchers and self._windows.get(peer) is watchers:

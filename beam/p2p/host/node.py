@@ -35,7 +35,6 @@ import os
 
 import attr
 from enum import Enum
-from functools import partial
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from twisted.application.service import MultiService
@@ -270,6 +269,9 @@ class Node(MultiService):
         # Inbound connections still in the handshake (their connections
         # and sources are counted by the resource manager).
         self._pendingInbound: set[UpgradingProtocol] = set()
+        # Inbound connections whose handshake runs as initiator (hole
+        # punches under way), by source host and port.
+        self._inboundRoles: dict[tuple[str, int], PeerID] = {}
         self.negotiationTimeout = negotiationTimeout
         self.dialTimeout = dialTimeout
         self.closeTimeout = closeTimeout
@@ -481,16 +483,34 @@ class Node(MultiService):
             transport = self.transportFor(addr, listening=True)
             if transport is None:
                 return fail(DialError(f"cannot listen on {addr}: no transport for that address"))
-            factory = Factory.forProtocol(
-                partial(self.makeUpgrading, isInitiator=False, expectedPeer=None, transport=transport)
-            )
-            factory.noisy = False
-            d = transport.listen(addr, factory)
+            d = transport.listen(addr, _ListenFactory(self, transport))
             d.addCallback(self._listenStarted)
             ds.append(d)
         return DeferredList(ds, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
             lambda _: None, lambda f: f.value.subFailure
         )
+
+    def expectInboundAsInitiator(self, host: str, port: int, peer: PeerID) -> Callable[[], None]:
+        """
+        Until the returned callable is called, run the handshake of an
+        inbound connection from C{host:port} as its initiator, expecting
+        C{peer}.
+
+        A hole punch (DCUtR) gives each side a role for the direct
+        connection whichever way TCP makes it; when the peer's SYN reaches
+        our listener before our own dial left (the other side's NAT let it
+        through), the connection is accepted rather than simultaneously
+        opened, and would otherwise run as a responder, like the peer:
+        the handshake would stall.
+        """
+        key = (host, port)
+        self._inboundRoles[key] = peer
+
+        def cancel() -> None:
+            if self._inboundRoles.get(key) is peer:
+                del self._inboundRoles[key]
+
+        return cancel
 
     def _listenStarted(self, listener: Any) -> None:
         self._ports.append(listener)
@@ -1281,6 +1301,32 @@ def _expandUnspecified(addr: Multiaddr) -> list[Multiaddr]:
             hosts.append(h)
     proto = "ip4" if fam == socket.AF_INET else "ip6"
     return [Multiaddr.fromString(f"/{proto}/{h}/tcp/{port}") for h in hosts]
+
+
+class _ListenFactory(Factory):
+    """
+    Builds the upgrading protocol of each inbound connection: a responder,
+    unless a hole punch expects that source to be answered as initiator
+    (L{Node.expectInboundAsInitiator}).
+    """
+
+    noisy = False
+
+    def __init__(self, node: Node, transport: ITransport) -> None:
+        self.node = node
+        self.transport = transport
+
+    def buildProtocol(self, addr: Any) -> Optional[UpgradingProtocol]:
+        node = self.node
+        peer = node._inboundRoles.get((getattr(addr, "host", None), getattr(addr, "port", None)))  # type: ignore[arg-type]
+        if peer is None:
+            return node.makeUpgrading(isInitiator=False, expectedPeer=None, transport=self.transport)
+        try:
+            scope = node.resources.openConnection(INBOUND, source=sourceKey(addr), useFD=usesFD(self.transport))
+        except ResourceLimitExceeded as e:
+            node._refused(addr, str(e))
+            return None
+        return node.makeUpgrading(isInitiator=True, expectedPeer=peer, transport=self.transport, scope=scope)
 
 
 def sourceKey(address: object) -> Any:
