@@ -472,3 +472,38 @@ class NodeAddressTests(SynchronousTestCase):
         node._listened(None)
         self.grid.result(node.stopService())
         self.assertIsNone(node._unreachableCheck)
+
+
+class ExternalCandidateTests(SynchronousTestCase):
+    """
+    Addresses learned outside identify (a port mapping, a TURN
+    allocation) are AutoNAT candidates until removed.
+    """
+
+    def test_addAndRemove(self) -> None:
+        """
+        An added public address is a candidate (and notifies observers);
+        removing it drops it from the candidates and from the confirmed
+        addresses.
+        """
+        book = AddressBook(lambda: [])
+        seen: list[int] = []
+        book.onChange(lambda: seen.append(1))
+        mapped = Multiaddr.fromString("/ip4/203.0.113.7/tcp/4001")
+        book.addCandidate(mapped)
+        self.assertEqual(book.candidates(), [mapped])
+        self.assertTrue(seen)
+        book.confirm(mapped)
+        self.assertEqual(book.candidates(), [])
+        book.removeCandidate(mapped)
+        self.assertEqual((book.candidates(), book.confirmed()), ([], []))
+
+    def test_bounded(self) -> None:
+        """
+        At most 8 external candidates are kept, the newest.
+        """
+        book = AddressBook(lambda: [])
+        addrs = [Multiaddr.fromString(f"/ip4/203.0.113.{i}/tcp/4001") for i in range(1, 21)]
+        for a in addrs:
+            book.addCandidate(a)
+        self.assertEqual(book.candidates(), addrs[-8:])

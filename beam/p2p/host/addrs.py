@@ -189,6 +189,9 @@ class AddressBook:
         self._confirmed: dict[Multiaddr, None] = {}
         self._rejected: dict[Multiaddr, None] = {}
         self._relay: list[Multiaddr] = []
+        # Addresses learned from outside identify: a gateway's port
+        # mapping (UPnP, NAT-PMP), a TURN allocation.  Bounded.
+        self._external: list[Multiaddr] = []
         self.reachability: Reachability = "unknown"
         self._observers: list[Callable[[], None]] = []
 
@@ -240,18 +243,49 @@ class AddressBook:
 
     def candidates(self) -> list[Multiaddr]:
         """
-        Addresses worth asking AutoNAT about: public listen addresses and
-        observed public addresses seen by enough distinct peers, not yet
-        confirmed or rejected.
+        Addresses worth asking AutoNAT about: public listen addresses,
+        external ones (L{addCandidate}: a port mapping, a TURN
+        allocation) and observed public addresses seen by enough distinct
+        peers, not yet confirmed or rejected.
         """
         out: list[Multiaddr] = []
-        for addr in self.listenAddrs():
-            if addrScope(addr) == "public":
+        for addr in [*self.listenAddrs(), *self._external]:
+            if addrScope(addr) == "public" and addr not in out:
                 out.append(addr)
         for addr, peers in self._observed.items():
             if len(peers) >= self.observerThreshold and addrScope(addr) == "public" and addr not in out:
                 out.append(addr)
         return [a for a in out if a not in self._confirmed and a not in self._rejected]
+
+    def addCandidate(self, addr: Multiaddr) -> None:
+        """
+        An address we learned we may have from outside identify (a
+        gateway's port mapping, a TURN allocation): a candidate for AutoNAT
+        to confirm.  At most 8 are kept (the oldest is dropped).
+        """
+        addr = addr.withoutPeerID()
+        if addr in self._external:
+            return
+        self._external.append(addr)
+        del self._external[:-8]
+        self._rejected.pop(addr, None)
+        self._changed()
+
+    def removeCandidate(self, addr: Multiaddr) -> None:
+        """
+        That address is gone (the mapping was removed or expired): it is
+        no candidate any more, and no longer confirmed either.
+        """
+        addr = addr.withoutPeerID()
+        changed = False
+        if addr in self._external:
+            self._external.remove(addr)
+            changed = True
+        if addr in self._confirmed:
+            del self._confirmed[addr]
+            changed = True
+        if changed:
+            self._changed()
 
     def confirm(self, addr: Multiaddr) -> None:
         """
