@@ -735,3 +735,73 @@ class CoturnTests(TestCase):
         e = yield self.assertFailure(turn.start(), DialError)
         self.assertIn("wrong username or password", str(e))
         yield turn.stop()
+
+    @inlineCallbacks
+    def test_dialThroughConnect(self) -> Any:
+        """
+        L{TurnTransport.dial} opens a TCP connection from the relayed
+        address (CONNECT, then CONNECTION-BIND): a plain TCP echo server
+        sees coturn's relay and echoes through it.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory
+
+        from beam.identity.multiaddr import Multiaddr
+        from beam.p2p.nat.turntransport import TurnTransport
+
+        class EchoServer(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
+                self.transport.write(data)
+
+        port = self.startCoturn()
+        yield self.waitReady(port)
+        (a, _) = yield self.startNodes()
+        serverFactory: Any = Factory.forProtocol(EchoServer)
+        server = reactor.listenTCP(0, serverFactory, interface="127.0.0.1")
+        self.addCleanup(server.stopListening)
+        turn = TurnTransport(a, ("127.0.0.1", port), "alice", "secret")
+        yield turn.start()
+        self.addCleanup(turn.stop)
+        echo = Echo()
+        echo.want = 4
+        target = Multiaddr.fromString(f"/ip4/127.0.0.1/tcp/{server.getHost().port}")  # type: ignore[attr-defined]
+        proto = yield turn.dial(target, Factory.forProtocol(lambda: echo), 10)
+        self.assertIs(proto, echo)
+        assert echo.transport is not None
+        self.assertEqual(turn.multiaddrOf(echo.transport.getPeer()), target)
+        echo.transport.write(b"ping")
+        got = yield echo.got
+        self.assertEqual(got, b"ping")
+        echo.transport.loseConnection()
+
+    @inlineCallbacks
+    def test_reallocateAfterLoss(self) -> Any:
+        """
+        When the control connection drops, the allocation is reported
+        lost and a new one is made (after L{RETRY_DELAYS}[0] seconds);
+        observers see both changes.
+        """
+        from beam.p2p.nat.turntransport import TurnTransport
+
+        port = self.startCoturn()
+        yield self.waitReady(port)
+        (a, _) = yield self.startNodes()
+        turn = TurnTransport(a, ("127.0.0.1", port), "alice", "secret")
+        back: Deferred[Any] = Deferred()
+        changes: list[Any] = []
+
+        def observe(old: Any, new: Any) -> None:
+            changes.append((old, new))
+            if old is None and len(changes) == 3 and not back.called:
+                back.callback(new)
+
+        turn.addAddressObserver(observe)
+        yield turn.start()
+        self.addCleanup(turn.stop)
+        first = turn.relayedAddr()
+        assert turn._controlProto is not None and turn._controlProto.transport is not None
+        turn._controlProto.transport.abortConnection()  # type: ignore[attr-defined]
+        second = yield back
+        self.assertEqual(changes, [(None, first), (first, None), (None, second)])
+        self.assertIsNotNone(turn.allocation)
