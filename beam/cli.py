@@ -89,7 +89,7 @@ _GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 ]
 
 #: The commands that run a node, and so take C{--listen}.
-_LISTENING_COMMANDS = ("expose", "connect", "register", "daemon")
+_LISTENING_COMMANDS = ("expose", "connect", "register", "daemon", "relay")
 
 
 
@@ -226,6 +226,10 @@ def _parser() -> _Parser:
     command("id", help="print this node's peer ID")
 
     s = command("daemon", help="run a node in the foreground (tunnels from config.toml)")
+    s.add_argument("--listen", action="append", metavar="MULTIADDR",
+                   help="address to listen on (repeatable; default from config.toml, else /ip4/0.0.0.0/tcp/0)")
+
+    s = command("relay", help="run a relay for nodes behind NATs in the foreground (relay = \"open\")")
     s.add_argument("--listen", action="append", metavar="MULTIADDR",
                    help="address to listen on (repeatable; default from config.toml, else /ip4/0.0.0.0/tcp/0)")
 
@@ -439,6 +443,7 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
             from beam.names.service import memorableName
 
             registered = await client.request("POST", "/v1/names", {"name": memorableName(home)})
+        _warnUnreachable(natWarning(status))
         _printTunnel(out, tunnel, status["peer_id"], status["addrs"], registered, len(status["tunnels"]))
 
         def remove() -> Deferred[Any]:
@@ -465,10 +470,23 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
 
         await daemon.kademlia.whenBootstrapped()
         registered = asJSON(await daemon.names.register(memorableName(daemon.home)))
-    _printTunnel(out, tunnel, str(daemon.node.peerID), [str(a) for a in daemon.node.advertisedAddrs()],
+    node = daemon.node
+    _warnUnreachable(natWarning({
+        "reachability": node.addresses.reachability,
+        "confirmed_addrs": [str(a) for a in node.addresses.confirmed()],
+        "relay_addrs": [str(a) for a in node.addresses.relayAddrs()],
+        "addrs": [str(a) for a in node.advertisedAddrs()],
+    }))
+    _printTunnel(out, tunnel, str(node.peerID), [str(a) for a in node.shareableAddrs()],
                  registered, len(daemon.tunnels.services))
     await _forever()
     return 0
+
+
+def _warnUnreachable(warning: str | None) -> None:
+    if warning is not None:
+        sys.stderr.write(f"beam: warning: {warning}\n")
+        sys.stderr.flush()
 
 
 async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
@@ -555,9 +573,10 @@ def statusText(status: dict[str, Any]) -> str:
     lines.append("forwards:" if forwards else "forwards: none")
     for f in forwards:
         lines.append(f"  {f.listen:<21} -> {f.peerID}/{f.service or 'default'} [{f.state}] " + _traffic(f.stats))
+    lines += _natLines(node.reachability, list(node.confirmedAddrs), status.get("nat"))
     lines.append(f"connections: {len(node.connections)}")
     for c in node.connections:
-        lines.append(f"  {c.peerID} {c.direction} {c.remoteAddr} {c.security} streams {c.streams}")
+        lines.append(f"  {c.peerID} {c.direction} {_pathText(c)} {c.remoteAddr} {c.security} streams {c.streams}")
     if isinstance(status.get("resources"), dict):
         lines.append(_resourcesText(status["resources"]))
     if "names" in status:
@@ -575,9 +594,97 @@ def statusText(status: dict[str, Any]) -> str:
         lines.append("plugins:")
         lines += [f"  {s.name:<12} {s.state}" + (f"  ({s.description})" if s.description else "") for s in plugins]
     for service in services:
-        if service.name not in ("tunnels", "forwards", "names", "kademlia") and service.name in status:
+        if service.name not in ("tunnels", "forwards", "names", "kademlia", "nat") and service.name in status:
             lines += _genericText(service.name, status[service.name])
     return "\n".join(lines)
+
+
+def _pathText(conn: Any) -> str:
+    """
+    How a connection got there: C{direct}, C{hole-punched}, C{relayed via
+    PEER}.
+    """
+    if conn.path == "relayed":
+        return f"relayed via {conn.relay}" if conn.relay else "relayed"
+    return str(conn.path)
+
+
+def _natLines(reachability: str, confirmed: list[str], nat: Any) -> list[str]:
+    """
+    The node's reachability, what STUN found, its relay reservations and
+    its relay service, as status lines.
+    """
+    lines = [f"reachability: {reachability}"
+             + (f" (confirmed: {', '.join(confirmed)})" if confirmed else "")]
+    if not isinstance(nat, dict):
+        return lines
+    behaviour = nat.get("nat")
+    if isinstance(behaviour, dict):
+        public = behaviour.get("publicAddr")
+        lines.append(f"NAT: {behaviour.get('mapping')} mapping, {behaviour.get('filtering')} filtering"
+                     f" -> {behaviour.get('strategy')}"
+                     + (f" (public {public[0]}:{public[1]})" if isinstance(public, list) and len(public) == 2 else ""))
+    elif nat.get("stun_error"):
+        lines.append(f"NAT: unknown (STUN: {nat['stun_error']})")
+    reservations = nat.get("reservations") or []
+    if reservations:
+        lines.append("relay reservations:")
+        for r in reservations:
+            lines.append(f"  {r.get('relay')} expires in {_duration(int(r.get('expires_in') or 0))}")
+            lines += [f"    {a}" for a in r.get("addrs") or []]
+    elif nat.get("reserving"):
+        lines.append("relay reservations: none yet (asking " + ", ".join(nat["reserving"]) + ")")
+    service = nat.get("relay_service")
+    if isinstance(service, dict):
+        kind = "open (whole tunnels)" if service.get("open") else "default limits (short circuits)"
+        lines.append(f"relay service: {kind}, {len(service.get('reservations') or [])} reservations, "
+                     f"{len(service.get('circuits') or [])} circuits, "
+                     f"{_size(int(service.get('relayedBytes') or 0))} relayed")
+    elif nat.get("relay_mode") == "off":
+        lines.append("relay service: off")
+    if nat.get("stun_server"):
+        lines.append("STUN server: " + ", ".join(nat["stun_server"]))
+    return lines
+
+
+def _duration(seconds: int) -> str:
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+#: What C{beam PORT} warns when strangers cannot reach the node yet.
+NAT_WARNING = ("this node is behind a NAT and has no relay yet: "
+               "peers outside your network cannot reach it yet")
+
+
+def natWarning(status: dict[str, Any]) -> str | None:
+    """
+    L{NAT_WARNING} when the node's status (C{GET /v1/status}) shows no
+    address a stranger could reach: none confirmed, no relay address, and
+    either AutoNAT found it private or its only non-loopback addresses
+    are private ones (a home LAN).  A node on loopback only (a test, a
+    machine-local setup) or with a public address AutoNAT has not judged
+    yet is not warned about.
+    """
+    from beam.identity.multiaddr import Multiaddr
+    from beam.p2p.host.addrs import addrScope
+
+    if status.get("confirmed_addrs") or status.get("relay_addrs"):
+        return None
+    if status.get("reachability") == "private":
+        return NAT_WARNING
+    scopes = set()
+    for text in status.get("addrs") or []:
+        try:
+            scopes.add(addrScope(Multiaddr.fromString(text)))
+        except BeamError:
+            continue
+    if "private" in scopes and "public" not in scopes:
+        return NAT_WARNING
+    return None
 
 
 def _resourcesText(resources: dict[str, Any]) -> str:
@@ -734,10 +841,14 @@ def networkText(action: str, r: dict[str, Any]) -> str:
         from beam.dht.status import DHTStatus
 
         dht = fromJSON(DHTStatus, r) if "dht_mode" in r else None
+        paths = r.get("connection_paths") or {}
         return "\n".join([
             f"peer {r['peer_id']}",
             "listen: " + (", ".join(r["listen_addrs"]) or "none"),
             "observed: " + (", ".join(r["observed_addrs"]) or "none"),
+            *_natLines(r.get("reachability", "unknown"), list(r.get("confirmed_addrs") or []), r.get("nat")),
+            f"connections: {r.get('connections', 0)}"
+            + (" (" + ", ".join(f"{n} {p}" for p, n in sorted(paths.items())) + ")" if paths else ""),
             f"DHT: {dht.mode}, {dht.routingTableSize} peers in the routing table, {dht.recordsHeld} records held"
             if dht is not None else "DHT: not running",
             "names: " + (", ".join(n["name"] for n in r["names"]) or "none"),
@@ -747,7 +858,7 @@ def networkText(action: str, r: dict[str, Any]) -> str:
 
         peers = [fromJSON(ConnectionStatus, p) for p in r["peers"]]
         return "\n".join(
-            f"{p.peerID} {p.direction} {p.remoteAddr} {p.security} streams {p.streams}"
+            f"{p.peerID} {p.direction} {_pathText(p)} {p.remoteAddr} {p.security} streams {p.streams}"
             + (f" {p.agent}" if p.agent else "")
             for p in peers
         ) or "no peers connected"
@@ -803,6 +914,33 @@ async def cmdDaemon(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
+async def cmdRelay(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
+    """
+    C{beam relay}: a daemon in the foreground that relays whole tunnels
+    (C{relay = "open"}, with the limits of the configuration's C{[relay]}
+    table) for nodes behind NATs, public or not: the operator says this
+    machine is reachable.
+    """
+    import attr
+
+    config = attr.evolve(_loadConfig(args), relayMode="open")
+    _startLogging(args, config)
+    daemon = await _runDaemon(reactor, args, config)
+    node = daemon.node
+    service = daemon.service("nat").relayService
+    limits = service.limits if service is not None else None
+    addrs = [str(a) for a in node.shareableAddrs()]
+    text = (f"Beam relay {node.peerID} relaying whole tunnels"
+            + (f" (at most {limits.maxReservations} reservations, {limits.maxCircuits} circuits, "
+               f"{limits.maxCircuitsPerPeer} per peer)" if limits is not None else "")
+            + ".\nRelay address (give it to nodes behind NATs as --bootstrap):\n"
+            + "\n".join(f"  {a}" for a in addrs))
+    out.event({"event": "ready", "peer_id": str(node.peerID), "addrs": addrs, "relay": "open",
+               "limits": attr.asdict(limits) if limits is not None else None}, text)
+    await _forever()
+    return 0
+
+
 async def cmdPing(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     from beam.storage.home import loadOrCreateIdentity
     from beam.identity.multiaddr import Multiaddr
@@ -844,6 +982,7 @@ ASYNC_COMMANDS: dict[str, Callable[[Any, argparse.Namespace, _Out], Coroutine[An
     "status": cmdStatus,
     "stop": cmdStop,
     "daemon": cmdDaemon,
+    "relay": cmdRelay,
     "ping": cmdPing,
     "register": cmdRegister,
     "resolve": cmdResolve,

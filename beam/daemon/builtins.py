@@ -2,14 +2,18 @@
 The services every node runs, registered the way a plugin registers its
 own (L{beam.daemon.plugins}): one entry each, made in this order.
 
+  - C{"nat"}: L{NatService}, NAT traversal: AutoNAT, relay reservations
+    while private, a relay (and AutoNAT and STUN servers) while public,
+    STUN discovery (L{beam.daemon.nat});
   - C{"tunnels"}: L{TunnelHost}, exposing local services over
     C{/beam/tunnel/1.0.0}; C{/v1/tunnels};
   - C{"kademlia"}: L{KademliaService}, the DHT on C{/beam/kad/1.0.0};
     C{/v1/kademlia};
   - C{"names"}: L{NameService}, publishing our names in the DHT (again
     whenever the tunnels change; the record lists only public services,
-    private ones are learned from their share address) and resolving
-    others'; C{/v1/names};
+    private ones are learned from their share address), and again whenever
+    the node's shareable addresses change (a relay reservation, an address
+    AutoNAT confirmed), and resolving others'; C{/v1/names};
   - C{"forwards"}: L{Forwards}, local ports leading to other nodes'
     tunnels, resolving names through C{"names"}; C{/v1/forwards}.
 
@@ -27,6 +31,17 @@ from twisted.application.service import IService
 from beam.daemon.plugins import BeamService, DaemonContext
 
 __all__ = ["BUILTINS"]
+
+
+def makeNat(context: DaemonContext) -> IService:
+    from beam.daemon.nat import NatService
+
+    config = context.config
+    return NatService(
+        context.reactor, context.host, relayMode=config.relayMode, relayLimits=config.relayLimits,
+        bootstrap=config.bootstrap, stunServers=config.stunServers, stunServer=config.stunServer,
+        **context.optionsFor("nat"),
+    )
 
 
 def makeTunnels(context: DaemonContext) -> IService:
@@ -51,15 +66,32 @@ def makeNames(context: DaemonContext) -> IService:
     tunnels = context.service("tunnels")
 
     def recordAddrs() -> list:
-        # Non-loopback addresses first: a resolver tries them in order.
-        return sorted((a.withoutPeerID() for a in host.advertisedAddrs()), key=lambda a: a.isLoopback())
+        # What a stranger anywhere can use first (confirmed, relay), then
+        # the listen addresses, loopback last: a resolver tries them in
+        # order.
+        return [a.withoutPeerID() for a in _shareable(host)]
 
     names = NameService(
         context.reactor, context.identity, context.service("kademlia"), context.home,
         addrs=recordAddrs, services=lambda: tunnels.publicServices, **context.optionsFor("names"),
     )
     tunnels.changeObservers.append(names.republishAll)
+    nat: Any = context.services.get("nat")
+    if nat is not None:
+        nat.watchAddrs(lambda: tuple(recordAddrs()), lambda: names.republishAll() if names.running else None)
     return names
+
+
+def _shareable(host: Any) -> list:
+    """
+    The host's addresses for strangers: L{Node.shareableAddrs
+    <beam.p2p.host.node.Node.shareableAddrs>}, or for a host without an
+    address book every address, loopback last.
+    """
+    shareable = getattr(host, "shareableAddrs", None)
+    if callable(shareable):
+        return list(shareable())
+    return sorted(host.advertisedAddrs(), key=lambda a: a.isLoopback())
 
 
 def makeForwards(context: DaemonContext) -> IService:
@@ -71,6 +103,7 @@ def makeForwards(context: DaemonContext) -> IService:
 
 #: The built-in services, in the order they are made and started.
 BUILTINS = (
+    BeamService("nat", makeNat, "NAT traversal: AutoNAT, relay reservations, relaying when public, STUN"),
     BeamService("tunnels", makeTunnels, "exposes local services to peers (/beam/tunnel/1.0.0)"),
     BeamService("kademlia", makeKademlia, "the DHT (/beam/kad/1.0.0)"),
     BeamService("names", makeNames, "publishes this node's names in the DHT and resolves others'"),

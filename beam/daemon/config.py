@@ -28,6 +28,28 @@ defaults.  Schema (every key optional)::
     bind = "127.0.0.1"        # an IP address
     service = "web"           # when target names none
 
+    # NAT traversal (docs/nat-traversal.md).  "default": relay the spec's
+    # short, small circuits (enough to coordinate a hole punch) once
+    # AutoNAT finds this node public; "open": relay whole tunnels, whether
+    # or not the node is public (what `beam relay` runs); "off": relay for
+    # no one.  Reserving on others' relays is not affected.
+    relay = "default"
+    stun_servers = ["stun.example.org:3478"]   # classify our NAT at start
+    stun_server = true        # answer STUN on UDP at the listen port once public
+
+    # Instead of `relay = "..."`, a table with the operator's limits.
+    [relay]
+    mode = "open"
+    max_reservations = 128
+    max_reservations_per_ip = 8
+    max_circuits = 16
+    max_circuits_per_peer = 4
+    reservation_ttl = 3600    # seconds
+    duration = 0              # seconds a circuit may last (0: no cap)
+    data = 0                  # bytes each way per circuit (0: no cap)
+    requests_per_minute = 30
+    request_burst = 16
+
     # Services that installed packages add to every node (Twisted plugins
     # providing beam.daemon.plugins.IBeamService).
     [plugins]
@@ -170,6 +192,31 @@ class Config:
     limits: Limits = attr.ib(factory=defaultLimits)
     handshakeTimeout: float | None = None
     limitsEnabled: bool = True
+    relayMode: str = "default"
+    relayLimits: dict[str, int | float] = attr.ib(factory=dict)
+    stunServers: tuple[str, ...] = ()
+    stunServer: bool = True
+
+
+#: What C{relay} may say.
+RELAY_MODES = ("off", "default", "open")
+
+#: The C{[relay]} limit keys, with the L{RelayLimits
+#: <beam.p2p.relay.hop.RelayLimits>} field each sets, and its bounds.
+RELAY_LIMIT_KEYS: dict[str, tuple[str, int, int]] = {
+    "max_reservations": ("maxReservations", 1, 1_000_000),
+    "max_reservations_per_ip": ("maxReservationsPerIP", 1, 1_000_000),
+    "max_circuits": ("maxCircuits", 1, 1_000_000),
+    "max_circuits_per_peer": ("maxCircuitsPerPeer", 1, 1_000_000),
+    "reservation_ttl": ("reservationTTL", 60, 86_400),
+    "duration": ("duration", 0, 86_400 * 365),
+    "data": ("data", 0, 2**62),
+    "requests_per_minute": ("requestsPerMinute", 1, 1_000_000),
+    "request_burst": ("requestBurst", 1, 1_000_000),
+}
+
+#: The most STUN servers C{stun_servers} may list.
+MAX_STUN_SERVERS = 8
 
 
 #: The C{[limits]} keys that are not a scope's table.
@@ -305,7 +352,8 @@ class _Problems:
 
 # -- validation ----------------------------------------------------------------
 
-_TOP_KEYS = {"listen", "bootstrap", "log_format", "tunnel", "forward", "plugins", "limits"}
+_TOP_KEYS = {"listen", "bootstrap", "log_format", "tunnel", "forward", "plugins", "limits", "relay",
+             "stun_servers", "stun_server"}
 _PLUGINS_KEYS = {"enabled", "disable"}
 _TUNNEL_KEYS = {"port", "name", "udp", "compress", "allow", "secret"}
 _FORWARD_KEYS = {"target", "port", "bind", "service"}
@@ -511,6 +559,70 @@ class _Validator:
         out["limits"] = limits
         return out
 
+    def relay(self) -> dict[str, Any]:
+        """
+        C{relay = "MODE"}, or a C{[relay]} table with C{mode} and the
+        operator's limits (L{RELAY_LIMIT_KEYS}).
+        """
+        value = self.data["relay"]
+        out: dict[str, Any] = {}
+        if isinstance(value, str):
+            if value not in RELAY_MODES:
+                self.p.add(f"relay must be \"off\", \"default\" or \"open\", not {value!r}", key="relay")
+            else:
+                out["relayMode"] = value
+            return out
+        if not isinstance(value, dict):
+            self.p.add(f"relay must be \"off\", \"default\", \"open\" or a [relay] table, "
+                       f"not {_typeName(value)}", key="relay")
+            return out
+        context = ("relay", 0)
+        self.unknown(value, {"mode", *RELAY_LIMIT_KEYS}, context, "[relay]")
+        mode = value.get("mode", "default")
+        if mode not in RELAY_MODES:
+            self.p.add(f"mode must be \"off\", \"default\" or \"open\", not {mode!r}", context, "mode")
+        else:
+            out["relayMode"] = mode
+        limits: dict[str, int | float] = {}
+        for key, (field, low, high) in RELAY_LIMIT_KEYS.items():
+            if key not in value:
+                continue
+            item = value[key]
+            if not _isInt(item) or not low <= item <= high:
+                self.p.add(f"{key} must be a whole number from {low} to {high}, not {item!r}", context, key)
+                continue
+            limits[field] = float(item) if field == "reservationTTL" else item
+        out["relayLimits"] = limits
+        return out
+
+    def stunServers(self) -> tuple[str, ...]:
+        value = self.data["stun_servers"]
+        if not isinstance(value, list):
+            self.p.add(f"stun_servers must be a list of \"host:port\" strings, not {_typeName(value)}",
+                       key="stun_servers")
+            return ()
+        if len(value) > MAX_STUN_SERVERS:
+            self.p.add(f"stun_servers lists {len(value)} servers; at most {MAX_STUN_SERVERS} are asked",
+                       key="stun_servers")
+            return ()
+        from beam.p2p.nat.stunclient import parseServer
+
+        out = []
+        for item in value:
+            if not isinstance(item, str):
+                self.p.add(f"stun_servers entries must be strings, not {_typeName(item)}", key="stun_servers")
+                continue
+            try:
+                host, port = parseServer(item)
+                if not host or not 0 < port < 65536:
+                    raise ValueError(item)
+            except ValueError:
+                self.p.add(f"stun_servers: {item!r} is not HOST, HOST:PORT or [IPv6]:PORT",
+                           key="stun_servers", value=item)
+                continue
+            out.append(item)
+        return tuple(out)
+
     def config(self) -> Config:
         d = self.data
         self.unknown(d, _TOP_KEYS, _TOP, "the top level")
@@ -567,6 +679,12 @@ class _Validator:
             kw.update(self.plugins())
         if "limits" in d:
             kw.update(self.limits())
+        if "relay" in d:
+            kw.update(self.relay())
+        if "stun_servers" in d:
+            kw["stunServers"] = self.stunServers()
+        if "stun_server" in d:
+            kw["stunServer"] = self.flag(d, "stun_server", _TOP)
         return Config(**kw)
 
 

@@ -79,20 +79,32 @@ def statusJSON(status: DaemonStatus) -> dict[str, Any]:
 def networkJSON(status: DaemonStatus) -> dict[str, Any]:
     """
     The node's view of the network, as C{GET /v1/network/status} answers:
-    its addresses, how many connections, our names and the DHT's figures.
+    its addresses, its reachability (and, under C{"nat"}, what STUN
+    found, its relay reservations and what it serves), how many
+    connections and by which path, our names and the DHT's figures.
     """
     node = status.node
+    paths: dict[str, int] = {}
+    for conn in node.connections:
+        paths[conn.path] = paths.get(conn.path, 0) + 1
     out: dict[str, Any] = {
         "peer_id": node.peerID,
         "listen_addrs": list(node.listenAddrs),
         "addrs": list(node.addrs),
         "observed_addrs": list(node.observedAddrs),
+        "reachability": node.reachability,
+        "confirmed_addrs": list(node.confirmedAddrs),
+        "candidate_addrs": list(node.candidateAddrs),
+        "relay_addrs": list(node.relayAddrs),
         "connections": len(node.connections),
+        "connection_paths": paths,
         "names": [],
     }
     for name, value in status.sections:
         if name == "names":
             out["names"] = asJSON(value)
+        elif name == "nat":
+            out["nat"] = asJSON(value)
         elif name == "kademlia":
             out.update(asJSON(value))
     return out

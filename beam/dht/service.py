@@ -308,9 +308,11 @@ class KademliaService(Service):
     # -- IKadNetwork -------------------------------------------------------
 
     def _localInfo(self) -> PeerInfo:
-        return PeerInfo(
-            self.node.peerID, tuple(a.withoutPeerID() for a in self.node.advertisedAddrs())[:16]
-        )
+        # What strangers can use (confirmed, relay, then listen addresses):
+        # peers filter it again by what they can reach.
+        shareable = getattr(self.node, "shareableAddrs", None)
+        addrs = shareable() if callable(shareable) else self.node.advertisedAddrs()
+        return PeerInfo(self.node.peerID, tuple(a.withoutPeerID() for a in addrs)[:16])
 
     def request(self, peer: PeerInfo, message: Message) -> Deferred[Message]:
         """

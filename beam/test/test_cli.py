@@ -156,6 +156,58 @@ class CLITests(SynchronousTestCase):
             self.assertEqual(len(out.stderr.strip().splitlines()), 1, out.stderr)
 
 
+class RelayCommandTests(SynchronousTestCase):
+    """
+    C{beam relay} and the NAT lines of C{beam status}.
+    """
+
+    def test_relay(self) -> None:
+        """
+        C{beam relay --json} runs a daemon relaying whole tunnels and
+        prints its relay addresses; C{beam status --json} shows the open
+        relay service and the reachability, and C{beam network status}
+        says it in words.
+        """
+        home = self.mktemp()
+        proc = subprocess.Popen(
+            [str(BIN / "beam"), "--home", home, "relay", "--json", "--listen", "/ip4/127.0.0.1/tcp/0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
+        ready = json.loads(readLine(proc))
+        self.assertEqual((ready["event"], ready["relay"]), ("ready", "open"))
+        self.assertEqual((ready["limits"]["duration"], ready["limits"]["data"]), (0, 0))
+        self.assertTrue(ready["addrs"][0].startswith("/ip4/127.0.0.1/tcp/"))
+        self.assertTrue(ready["addrs"][0].endswith("/p2p/" + ready["peer_id"]))
+        status = json.loads(beam("status", "--json", home=home).stdout)
+        self.assertEqual(status["reachability"], "unknown")
+        self.assertTrue(status["nat"]["relay_service"]["open"])
+        self.assertIn("/libp2p/circuit/relay/0.2.0/hop", status["protocols"])
+        text = beam("network", "status", home=home).stdout
+        self.assertIn("relay service: open (whole tunnels), 0 reservations, 0 circuits", text)
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(timeout=20), 0)
+
+    def test_natWarning(self) -> None:
+        """
+        C{beam PORT} warns when the node has only private (LAN) addresses
+        and no relay or confirmed address, or AutoNAT found it private;
+        not for a node on loopback only, a public one, or one with a relay
+        address.
+        """
+        me = Identity.generate().peerID
+        lan = {"addrs": [f"/ip4/192.168.1.5/tcp/4001/p2p/{me}", f"/ip4/127.0.0.1/tcp/4001/p2p/{me}"],
+               "reachability": "unknown", "confirmed_addrs": [], "relay_addrs": []}
+        self.assertEqual(cli.natWarning(lan), cli.NAT_WARNING)
+        self.assertEqual(cli.NAT_WARNING, "this node is behind a NAT and has no relay yet: "
+                                          "peers outside your network cannot reach it yet")
+        self.assertEqual(cli.natWarning({**lan, "addrs": ["/ip4/127.0.0.1/tcp/1"], "reachability": "private"}),
+                         cli.NAT_WARNING)
+        self.assertIsNone(cli.natWarning({**lan, "addrs": ["/ip4/127.0.0.1/tcp/1"]}))
+        self.assertIsNone(cli.natWarning({**lan, "addrs": ["/ip4/8.8.8.8/tcp/1", *lan["addrs"]]}))
+        self.assertIsNone(cli.natWarning({**lan, "relay_addrs": [f"/ip4/8.8.8.8/tcp/1/p2p/{me}/p2p-circuit"]}))
+
+
 def parse(*argv: str) -> Any:
     """
     The namespace C{beam ARGV...} runs with.

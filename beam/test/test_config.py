@@ -226,7 +226,8 @@ prot = 3
 a = 1
 """)
         self.assertEqual(problems[0], "config.toml:1: unknown key 'listen_on' in the top level "
-                                      "(expected one of: bootstrap, forward, limits, listen, log_format, plugins, tunnel)")
+                                      "(expected one of: bootstrap, forward, limits, listen, log_format, plugins, relay, "
+                                      "stun_server, stun_servers, tunnel)")
         self.assertTrue(problems[1].startswith("config.toml:4: unknown key 'comprees' in [[tunnel]]"), problems)
         self.assertTrue(problems[2].startswith("config.toml:6: target: "), problems)
         self.assertTrue(problems[3].startswith("config.toml:7: unknown key 'prot' in [[forward]]"), problems)
@@ -547,6 +548,86 @@ memory = "lots"
                          ["config.toml:2: limits.service: must be a table of tables"])
         self.assertEqual(self.problems("[limits.service]\nweb = [1]\n"),
                          ["config.toml:2: limits.service.web: must be a table"])
+
+
+class NatConfigTests(ConfigTestCase):
+    """
+    C{relay}, C{[relay]}, C{stun_servers} and C{stun_server}.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        By default a node relays with the spec's limits once public,
+        asks no STUN server and answers STUN once public.
+        """
+        config = Config()
+        self.assertEqual((config.relayMode, config.relayLimits, config.stunServers, config.stunServer),
+                         ("default", {}, (), True))
+
+    def test_modes(self) -> None:
+        """
+        C{relay = "off" | "default" | "open"}, or a C{[relay]} table with
+        C{mode} and the operator's limits, mapped to L{RelayLimits} fields.
+        """
+        for mode in ("off", "default", "open"):
+            self.assertEqual(loadConfig(self.write(f'relay = "{mode}"\n')).relayMode, mode)
+        config = loadConfig(self.write("""[relay]
+mode = "open"
+max_reservations = 500
+max_circuits = 64
+max_circuits_per_peer = 8
+reservation_ttl = 1800
+"""))
+        self.assertEqual(config.relayMode, "open")
+        self.assertEqual(config.relayLimits, {"maxReservations": 500, "maxCircuits": 64, "maxCircuitsPerPeer": 8,
+                                              "reservationTTL": 1800.0})
+        from beam.p2p.relay.hop import RelayLimits
+
+        limits = RelayLimits.open(**config.relayLimits)
+        self.assertEqual((limits.maxReservations, limits.duration), (500, 0))
+
+    def test_stun(self) -> None:
+        """
+        C{stun_servers} lists C{HOST}, C{HOST:PORT} or C{[IPv6]:PORT};
+        C{stun_server} is a flag.
+        """
+        config = loadConfig(self.write('stun_servers = ["192.0.2.1:3478", "stun.example.org", "[2001:db8::1]:3478"]\n'
+                                       "stun_server = false\n"))
+        self.assertEqual(config.stunServers, ("192.0.2.1:3478", "stun.example.org", "[2001:db8::1]:3478"))
+        self.assertFalse(config.stunServer)
+
+    def test_problems(self) -> None:
+        """
+        Bad modes, limits, servers and flags are reported at their lines.
+        """
+        problems = self.problems("""log_format = "text"
+stun_servers = [
+  "192.0.2.1:99999",
+]
+stun_server = "yes"
+[relay]
+mode = "closed"
+max_circuits = 0
+reservation_ttl = "long"
+max_circus = 3
+""")
+        self.assertEqual(problems, [
+            "config.toml:3: stun_servers: '192.0.2.1:99999' is not HOST, HOST:PORT or [IPv6]:PORT",
+            "config.toml:5: stun_server must be true or false, not 'yes'",
+            "config.toml:7: mode must be \"off\", \"default\" or \"open\", not 'closed'",
+            "config.toml:8: max_circuits must be a whole number from 1 to 1000000, not 0",
+            "config.toml:9: reservation_ttl must be a whole number from 60 to 86400, not 'long'",
+            "config.toml:10: unknown key 'max_circus' in [relay] (expected one of: data, duration, max_circuits, "
+            "max_circuits_per_peer, max_reservations, max_reservations_per_ip, mode, request_burst, "
+            "requests_per_minute, reservation_ttl)",
+        ])
+        self.assertEqual(self.problems('relay = "closed"\n'),
+                         ["config.toml:1: relay must be \"off\", \"default\" or \"open\", not 'closed'"])
+        self.assertEqual(self.problems("relay = 3\n"),
+                         ["config.toml:1: relay must be \"off\", \"default\", \"open\" or a [relay] table, "
+                          "not an integer"])
+        self.assertEqual(self.problems("stun_servers = \"192.0.2.1\"\n"),
+                         ["config.toml:1: stun_servers must be a list of \"host:port\" strings, not a string"])
 
 
 class MergeTests(SynchronousTestCase):

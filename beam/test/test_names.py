@@ -436,6 +436,24 @@ class RecordTests(SynchronousTestCase):
         self.assertRaises(InvalidNameRecord, decodeRecord, _sealRaw(BOB, _payload(ALICE)))
 
 
+class RelayAddressRecordTests(SynchronousTestCase):
+    """
+    Name records of nodes behind NATs list relay addresses.
+    """
+
+    def test_circuitAddress(self) -> None:
+        """
+        A C{.../p2p/RELAY/p2p-circuit} address survives signing and
+        opening, in the order given (relay first: what the daemon
+        publishes for a private node).
+        """
+        relay = Identity.generate().peerID
+        circuit = Multiaddr(f"/ip4/192.0.2.7/tcp/4001/p2p/{relay}/p2p-circuit")
+        record = makeRecord(ALICE, "behind-nat", [circuit, ADDR], ["web"], now=NOW)
+        opened = openRecord(signRecord(ALICE, record), NOW + 1, expectedName="behind-nat")
+        self.assertEqual(opened.addrs, (circuit, ADDR))
+
+
 class FuzzTests(SynchronousTestCase):
     """
     Arbitrary input raises only InvalidNameRecord.

@@ -9,7 +9,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from beam.identity.keys import Identity
 from beam.identity.multiaddr import Multiaddr
-from beam.tunnel.share import InvalidShareAddress, ShareAddress, parseShareAddress
+from beam.tunnel.share import (
+    BEHIND_NAT,
+    NO_RESERVATION,
+    InvalidShareAddress,
+    ShareAddress,
+    parseShareAddress,
+    unreachableReason,
+)
 
 
 class ShareAddressTests(SynchronousTestCase):
@@ -72,3 +79,58 @@ class ShareAddressTests(SynchronousTestCase):
             parseShareAddress(text)
         except InvalidShareAddress:
             pass
+
+
+class RelayShareTests(SynchronousTestCase):
+    """
+    Share addresses of hosts behind NATs: C{relay:RELAY@HOST:PORT}, and
+    the errors that name the NAT.
+    """
+
+    def setUp(self) -> None:
+        self.peer = Identity.generate().peerID
+        self.relay = Identity.generate().peerID
+
+    def test_roundTrip(self) -> None:
+        """
+        A relay address is written C{relay:RELAY@HOST:PORT} and read back
+        as C{.../p2p/RELAY/p2p-circuit}; dialling it names the target.
+        """
+        circuit = Multiaddr.fromString(f"/ip4/192.0.2.7/tcp/4001/p2p/{self.relay}/p2p-circuit")
+        circuit6 = Multiaddr.fromString(f"/ip6/2001:db8::7/tcp/4001/p2p/{self.relay}/p2p-circuit")
+        share = ShareAddress(peer=self.peer, addrs=(circuit, circuit6, Multiaddr.fromString("/ip4/192.168.1.5/tcp/9")),
+                             service="web")
+        text = str(share)
+        self.assertEqual(text, f"beam://{self.peer}@relay:{self.relay}@192.0.2.7:4001,"
+                               f"relay:{self.relay}@[2001:db8::7]:4001,192.168.1.5:9/web")
+        self.assertEqual(parseShareAddress(text), share)
+        self.assertEqual(str(share.dialAddrs()[0]), f"{circuit}/p2p/{self.peer}")
+
+    def test_invalid(self) -> None:
+        """
+        A relay entry needs a valid relay peer ID and a HOST:PORT, and no
+        relay behind a relay.
+        """
+        for bad in (f"relay:{self.relay}192.0.2.7:1", "relay:nope@192.0.2.7:1",
+                    f"relay:{self.relay}@relay:{self.relay}@192.0.2.7:1", f"relay:{self.relay}@192.0.2.7"):
+            self.assertRaises(InvalidShareAddress, parseShareAddress, f"beam://{self.peer}@{bad}/web")
+
+    def test_unreachableReason(self) -> None:
+        """
+        A failed dial is explained by the NAT only when the addresses say
+        so: private (LAN) or relay addresses only gives L{BEHIND_NAT}; a
+        relay's C{NO_RESERVATION} gives L{NO_RESERVATION}; a public or
+        loopback-only host keeps the dial error.
+        """
+        lan = Multiaddr.fromString("/ip4/192.168.1.5/tcp/4001")
+        public = Multiaddr.fromString("/ip4/8.8.8.8/tcp/4001")
+        loop = Multiaddr.fromString("/ip4/127.0.0.1/tcp/4001")
+        circuit = Multiaddr.fromString(f"/ip4/8.8.4.4/tcp/4001/p2p/{self.relay}/p2p-circuit")
+        why = "could not connect to X: connection refused"
+        self.assertEqual(unreachableReason([lan, loop], why),
+                         f"{BEHIND_NAT} (it lists only private addresses: 192.168.1.5:4001, 127.0.0.1:4001)")
+        self.assertEqual(unreachableReason([circuit, lan], why), f"{BEHIND_NAT} (relay {self.relay} did not connect us)")
+        self.assertTrue(unreachableReason(
+            [circuit, loop], "the peer holds no reservation on the relay (NO_RESERVATION)").startswith(NO_RESERVATION))
+        self.assertIsNone(unreachableReason([public, lan], why))
+        self.assertIsNone(unreachableReason([loop], why))

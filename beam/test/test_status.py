@@ -7,7 +7,7 @@ L{beam.cli.networkText}).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
@@ -142,7 +142,8 @@ class JSONTests(SynchronousTestCase):
         self.assertEqual(set(asJSON(NAME)), {"name", "peer_id", "services", "addrs", "seq", "expires", "stored_on",
                                              "error"})
         self.assertEqual(set(asJSON(CONNECTION)), {"peer_id", "direction", "transport", "limited", "remote_addr",
-                                                   "local_addr", "security", "muxer", "streams", "agent"})
+                                                   "local_addr", "security", "muxer", "streams", "agent", "path",
+                                                   "relay"})
         self.assertEqual(asJSON(DHTStatus(mode="server", routingTableSize=3, recordsHeld=1)),
                          {"dht_mode": "server", "routing_table_size": 3, "records_held": 1})
 
@@ -180,8 +181,9 @@ class TextTests(SynchronousTestCase):
             "    beam://12D3KooWSelf@192.0.2.1:4001/web",
             "forwards:",
             f"  127.0.0.1:8080        -> {PEER}/default [connected] active 0 total 1 in 0 B out 0 B",
+            "reachability: unknown",
             "connections: 1",
-            f"  {PEER} outbound /ip4/192.0.2.9/tcp/4001 /noise streams 2",
+            f"  {PEER} outbound direct /ip4/192.0.2.9/tcp/4001 /noise streams 2",
             "names: alice (stored on 4 peers)",
             "DHT: server, 12 peers in the routing table, 3 records held",
             "plugins:",
@@ -200,7 +202,7 @@ class TextTests(SynchronousTestCase):
         """
         text = statusText(statusJSON(DaemonStatus(node=NodeStatus(peerID="12D3KooWSelf"))))
         self.assertEqual(text.splitlines(), ["peer 12D3KooWSelf", "tunnels: none", "forwards: none",
-                                             "connections: 0"])
+                                             "reachability: unknown", "connections: 0"])
 
     def test_resources(self) -> None:
         """
@@ -225,7 +227,7 @@ class TextTests(SynchronousTestCase):
         self.assertEqual(rendered["resources"]["limits"]["peer"]["streams_inbound"],
                          defaultLimits(fdLimit=1024, memory=GiB).peer.streamsInbound)
         lines = statusText(rendered).splitlines()
-        self.assertEqual(lines[lines.index(f"  {PEER} outbound /ip4/192.0.2.9/tcp/4001 /noise streams 2") + 1],
+        self.assertEqual(lines[lines.index(f"  {PEER} outbound direct /ip4/192.0.2.9/tcp/4001 /noise streams 2") + 1],
                          "resources: 1 conns, 2 streams, 1 fds, 4.0 MiB; 3 refusals")
         self.assertNotIn("resources", statusJSON(_daemonStatus()))
         self.assertFalse(any(line.startswith("resources:") for line in statusText(statusJSON(_daemonStatus()))
@@ -240,11 +242,13 @@ class TextTests(SynchronousTestCase):
             "peer 12D3KooWSelf",
             "listen: /ip4/0.0.0.0/tcp/4001",
             "observed: none",
+            "reachability: unknown",
+            "connections: 1 (1 direct)",
             "DHT: server, 12 peers in the routing table, 3 records held",
             "names: alice",
         ])
         self.assertEqual(networkText("peers", {"peers": asJSON(NODE.connections)}),
-                         f"{PEER} outbound /ip4/192.0.2.9/tcp/4001 /noise streams 2 beam/0.1.0")
+                         f"{PEER} outbound direct /ip4/192.0.2.9/tcp/4001 /noise streams 2 beam/0.1.0")
         self.assertEqual(networkText("peers", {"peers": []}), "no peers connected")
         routes = RoutesStatus(k=20, size=1, buckets=(BucketStatus(
             index=255, peers=(RouteStatus(peerID=PEER, addrs=("/ip4/192.0.2.9/tcp/4001",)),)),))
@@ -252,3 +256,96 @@ class TextTests(SynchronousTestCase):
             "1 peers (k = 20)", "bucket 255: 1 peers, 0 replacements", f"  {PEER} /ip4/192.0.2.9/tcp/4001"])
         self.assertEqual(networkText("bootstrap", {"routing_table_size": 5}),
                          "bootstrapped: 5 peers in the routing table")
+
+
+RELAY = "12D3KooWRelay"
+RELAYED = attrs.evolve(
+    CONNECTION, limited=True, remoteAddr=f"/ip4/192.0.2.7/tcp/4001/p2p/{RELAY}/p2p-circuit",
+    path="relayed", relay=RELAY,
+)
+NAT: dict[str, Any] = {
+    "reachability": "private", "confirmed_addrs": [], "relay_addrs": [f"/ip4/192.0.2.7/tcp/4001/p2p/{RELAY}/p2p-circuit"],
+    "nat": {"mapping": "endpoint-independent", "filtering": "address-and-port-dependent",
+            "publicAddr": ["203.0.113.9", 5000], "server": ["192.0.2.1", 3478], "strategy": "punch"},
+    "stun_error": None,
+    "reservations": [{"relay": RELAY, "expires": 1700003600, "expires_in": 3540,
+                      "addrs": [f"/ip4/192.0.2.7/tcp/4001/p2p/{RELAY}/p2p-circuit"]}],
+    "reserving": [], "relay_mode": "default",
+    "relay_service": {"open": True, "limits": {}, "reservations": [{"peer": PEER, "expires": 1}], "circuits": [],
+                      "refusals": {}, "relayedBytes": 2048},
+    "autonat_server": False, "stun_server": ["192.0.2.1:4001"], "stun_server_error": None,
+}
+
+
+class NATTextTests(SynchronousTestCase):
+    """
+    Reachability, NAT behaviour, reservations, the relay service and each
+    connection's path in C{beam status} and C{beam network status}.
+    """
+
+    def _status(self) -> DaemonStatus:
+        node = attrs.evolve(NODE, connections=(CONNECTION, RELAYED), reachability="private",
+                            relayAddrs=tuple(NAT["relay_addrs"]))
+        return DaemonStatus(node=node, services=(ServiceInfo("nat", "builtin", "running"),),
+                            sections=(("nat", NAT),))
+
+    def test_status(self) -> None:
+        """
+        C{beam status} shows the reachability, what STUN found, each
+        reservation with its expiry, the relay service, the STUN server,
+        and per connection whether it is direct or relayed via which
+        relay; C{--json} has it all under C{"nat"} and per connection.
+        """
+        rendered = statusJSON(self._status())
+        self.assertEqual(rendered["reachability"], "private")
+        self.assertEqual(rendered["nat"]["reservations"][0]["relay"], RELAY)
+        self.assertEqual([(c["path"], c["relay"]) for c in rendered["connections"]],
+                         [("direct", None), ("relayed", RELAY)])
+        lines = statusText(rendered).splitlines()
+        start = lines.index("reachability: private")
+        self.assertEqual(lines[start:start + 9], [
+            "reachability: private",
+            "NAT: endpoint-independent mapping, address-and-port-dependent filtering -> punch (public 203.0.113.9:5000)",
+            "relay reservations:",
+            f"  {RELAY} expires in 59m00s",
+            f"    /ip4/192.0.2.7/tcp/4001/p2p/{RELAY}/p2p-circuit",
+            "relay service: open (whole tunnels), 1 reservations, 0 circuits, 2.0 KiB relayed",
+            "STUN server: 192.0.2.1:4001",
+            "connections: 2",
+            f"  {PEER} outbound direct /ip4/192.0.2.9/tcp/4001 /noise streams 2",
+        ])
+        self.assertIn(f"  {PEER} outbound relayed via {RELAY} /ip4/192.0.2.7/tcp/4001/p2p/{RELAY}/p2p-circuit "
+                      "/noise streams 2", lines)
+        self.assertFalse(any(line.startswith("nat:") for line in lines), "laid out, not dumped key by key")
+
+    def test_network(self) -> None:
+        """
+        C{beam network status} has the same NAT lines and counts
+        connections by path.
+        """
+        network = networkJSON(self._status())
+        self.assertEqual((network["reachability"], network["connection_paths"]),
+                         ("private", {"direct": 1, "relayed": 1}))
+        lines = networkText("status", network).splitlines()
+        self.assertIn("reachability: private", lines)
+        self.assertIn("connections: 2 (1 direct, 1 relayed)", lines)
+        self.assertIn(f"  {RELAY} expires in 59m00s", lines)
+
+    def test_connectionPath(self) -> None:
+        """
+        A connection through a relay is relayed via the peer named before
+        C{/p2p-circuit}; one that says its own path (DCUtR's
+        hole-punched) keeps it.
+        """
+        from beam.p2p.host.status import connectionPath
+
+        class Conn:
+            limited = True
+            remoteAddr = f"/ip4/192.0.2.7/tcp/4001/p2p/{RELAY}/p2p-circuit/p2p/{PEER}"
+
+        self.assertEqual(connectionPath(Conn()), ("relayed", RELAY))
+        punched = Conn()
+        punched.limited = False
+        punched.remoteAddr = "/ip4/203.0.113.5/tcp/4001"
+        punched.path = "hole-punched"  # type: ignore[attr-defined]
+        self.assertEqual(connectionPath(punched), ("hole-punched", None))

@@ -18,13 +18,13 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
 
-from beam.errors import BeamError, NotFound
+from beam.errors import BeamError, DialError, NotFound, describe
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
 from beam.p2p.transport.tcp import listenFailureReason
 from beam.tunnel.host import TunnelSpecError
 from beam.tunnel.protocol import TunnelRefused
-from beam.tunnel.share import ShareAddress, parseShareAddress
+from beam.tunnel.share import ShareAddress, parseShareAddress, unreachableReason
 from beam.tunnel.status import ForwardStatus, trafficStatus
 
 if TYPE_CHECKING:
@@ -159,6 +159,12 @@ class Forwards(Service):
             except TunnelRefused as e:
                 yield fwd.stopService()
                 raise TunnelSpecError(f"the host refused the tunnel: {e}") from None
+            except DialError as e:
+                yield fwd.stopService()
+                nat = unreachableReason(share.addrs, describe(e))
+                if nat is None:
+                    raise
+                raise TunnelSpecError(nat) from None
             except BaseException:
                 yield fwd.stopService()
                 raise

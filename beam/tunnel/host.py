@@ -460,12 +460,18 @@ class TunnelHost(Service):
     def shareAddress(self, name: str) -> Any:
         """
         The L{ShareAddress<beam.tunnel.share.ShareAddress>} of the service
-        C{name}: our addresses (loopback last), the service, its secret.
+        C{name}: our addresses for strangers (the node's
+        C{shareableAddrs}: confirmed public ones, relay ones, then the
+        listen addresses, loopback last), the service, its secret.
         """
         from beam.tunnel.share import ShareAddress
 
         spec = self.services.get(name)
-        addrs = sorted((a.withoutPeerID() for a in self.node.advertisedAddrs()), key=lambda a: a.isLoopback())
+        shareable = getattr(self.node, "shareableAddrs", None)
+        if callable(shareable):
+            addrs = [a.withoutPeerID() for a in shareable()]
+        else:
+            addrs = sorted((a.withoutPeerID() for a in self.node.advertisedAddrs()), key=lambda a: a.isLoopback())
         return ShareAddress(
             peer=self.node.peerID, addrs=tuple(addrs), service=name,
             secret=spec.policy.secret if spec is not None else None,

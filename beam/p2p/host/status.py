@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import attrs
 
-__all__ = ["ConnectionStatus", "NodeStatus", "connectionStatus", "nodeStatus"]
+__all__ = ["ConnectionStatus", "NodeStatus", "connectionPath", "connectionStatus", "nodeStatus"]
 
 
 @attrs.frozen
@@ -24,6 +24,10 @@ class ConnectionStatus:
     @ivar limited: whether it is a limited (relayed) connection.
     @ivar streams: streams open on it now.
     @ivar agent: the agent version the peer announced in identify.
+    @ivar path: how the connection got there: C{"direct"},
+        C{"relayed"} (through C{relay}), C{"hole-punched"} (DCUtR), or
+        what the connection says of itself (its C{path} attribute).
+    @ivar relay: the relay's peer ID, for a relayed connection.
     """
 
     peerID: str
@@ -36,6 +40,8 @@ class ConnectionStatus:
     muxer: str
     streams: int
     agent: Optional[str] = None
+    path: str = "direct"
+    relay: Optional[str] = None
 
 
 @attrs.frozen
@@ -74,6 +80,7 @@ def connectionStatus(conn: Any) -> ConnectionStatus:
     The status of one L{beam.p2p.connection.PeerConnection}.
     """
     identify = conn.identify
+    path, relay = connectionPath(conn)
     return ConnectionStatus(
         peerID=str(conn.remotePeer),
         direction=conn.direction,
@@ -85,7 +92,31 @@ def connectionStatus(conn: Any) -> ConnectionStatus:
         muxer=conn.muxer,
         streams=conn.streamCount,
         agent=identify.agentVersion if identify is not None else None,
+        path=path,
+        relay=relay,
     )
+
+
+def connectionPath(conn: Any) -> tuple[str, Optional[str]]:
+    """
+    How C{conn} got there, and through which relay: C{("relayed", RELAY)}
+    for a limited connection through a relay (its remote address is
+    C{.../p2p/RELAY/p2p-circuit...}), else the connection's own C{path}
+    if it has one (C{"hole-punched"}, set by DCUtR), else C{"direct"}.
+    """
+    relay: Optional[str] = None
+    text = str(conn.remoteAddr)
+    at = text.rfind("/p2p-circuit")
+    if at >= 0:
+        before = text[:at]
+        mark = before.rfind("/p2p/")
+        relay = before[mark + len("/p2p/"):] if mark >= 0 else None
+    own = getattr(conn, "path", None)
+    if isinstance(own, str) and own:
+        return own, relay
+    if conn.limited or relay is not None:
+        return "relayed", relay
+    return "direct", None
 
 
 def nodeStatus(node: Any) -> NodeStatus:

@@ -1,0 +1,504 @@
+"""
+NAT traversal for a daemon's node: the C{"nat"} built-in service.
+
+The pieces live in L{beam.p2p} (the address book, AutoNAT v2, circuit
+relay v2, STUN); this service decides when each of them runs, from what
+the node has learned about itself (C{node.addresses.reachability}):
+
+ - always: the relay transport (so C{/p2p-circuit} addresses can be
+   dialled), the relay client (whose stop handler takes circuits from
+   relays we hold a reservation on) and the AutoNAT client (which sets the
+   reachability);
+ - while the node is I{public}, or has a public listen address that
+   AutoNAT has not judged yet: the AutoNAT server.  A server that is not
+   reachable itself would still dial others back correctly, but a node
+   behind a home NAT could dial a neighbour's public address through its
+   own router (a hairpin) and confirm an address strangers cannot reach;
+   and public listen addresses must be served before any verdict, or the
+   first public nodes of a network could never confirm each other;
+ - while the node is I{public} (C{relay = "default"}): a relay with the
+   spec's default limits (2 minutes, 128 KiB per circuit: enough to
+   coordinate a hole punch, not to carry a tunnel).  C{relay = "open"}
+   relays whole tunnels, from start, public or not (the operator chose
+   it); C{relay = "off"} relays for no one;
+ - while the node is I{public} and C{stun_server} is true: a STUN binding
+   server on UDP at each TCP listen address (same IP, same port number),
+   so the network needs no outside STUN server.  A private node's answers
+   would be useless to anyone outside its LAN, so it does not answer;
+ - while the node is I{private} (or still I{unknown} after
+   L{NatService.unknownGrace} seconds without a public listen address):
+   reservations on up to L{NatService.maxRelays} relays among the
+   connected peers whose identify lists the hop protocol, bootstrap peers
+   first.  A relay that refuses is skipped for a while and the next one
+   tried; a lost reservation is replaced by another relay when one is
+   available (the relay client keeps retrying the lost one otherwise).
+   The relay addresses go into the address book, and from there into
+   identify, share addresses and name records.  Once public, the
+   reservations are released;
+ - once at start, when C{stun_servers} is set: STUN behaviour discovery
+   (RFC 5780), kept as L{NatService.behaviour} for status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Optional
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from beam.errors import describe
+from beam.identity.keys import PeerID
+from beam.identity.multiaddr import Multiaddr
+from beam.p2p.autonat import AutoNATClient, AutoNATServer
+from beam.p2p.relay.client import RelayClient, Reservation
+from beam.p2p.relay.hop import RelayLimits, RelayService
+from beam.p2p.relay.messages import HOP_PROTOCOL
+from beam.p2p.relay.transport import RelayTransport
+
+if TYPE_CHECKING:
+    from beam.p2p.nat import NatBehaviour
+    from beam.p2p.nat.stunserver import StunServer
+
+__all__ = ["NatService"]
+
+
+class NatService(MultiService):
+    """
+    See the module docstring.
+
+    @ivar transport: the node's L{RelayTransport}.
+    @ivar relayClient: the L{RelayClient} (while running).
+    @ivar autonatClient: the L{AutoNATClient}.
+    @ivar autonatServer: the L{AutoNATServer} while it serves, else L{None}.
+    @ivar relayService: the L{RelayService} while it relays, else L{None}.
+    @ivar stunServers: the L{StunServer}s answering now.
+    @ivar behaviour: what STUN found out about our NAT, once known.
+    @ivar stunError: why STUN discovery failed, if it did.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        node: Any,
+        *,
+        relayMode: str = "default",
+        relayLimits: Optional[dict[str, Any]] = None,
+        bootstrap: Sequence[Multiaddr] = (),
+        stunServers: Sequence[str] = (),
+        stunServer: bool = True,
+        maxRelays: int = 2,
+        unknownGrace: float = 30.0,
+        checkInterval: float = 30.0,
+        refusedFor: float = 600.0,
+        autonat: Optional[dict[str, Any]] = None,
+        discover: Optional[Callable[..., Deferred[Any]]] = None,
+        makeStunServer: Optional[Callable[[Any, str, int], Any]] = None,
+        settleDelay: float = 2.0,
+    ) -> None:
+        """
+        @param relayMode: C{"off"}, C{"default"} or C{"open"} (see the
+            module docstring).
+        @param relayLimits: changes to L{RelayLimits} (the configuration's
+            C{[relay]} table), for either mode.
+        @param bootstrap: the bootstrap peers, preferred as relays.
+        @param stunServers: C{"host:port"} STUN servers to classify our
+            NAT with at start (none: no discovery).
+        @param stunServer: answer STUN while public.
+        @param maxRelays: reservations to hold while private.
+        @param unknownGrace: seconds of unknown reachability (with no
+            public listen address) after which we reserve anyway.
+        @param checkInterval: seconds between periodic checks of the
+            reservations (the event-driven checks do most of the work).
+        @param refusedFor: seconds a relay that refused or failed us is
+            not asked again.
+        @param autonat: keyword arguments for the L{AutoNATClient}.
+        @param discover: the STUN discovery function (tests pass a fake).
+        @param makeStunServer: makes a STUN server (tests pass a fake).
+        @param settleDelay: seconds the node's addresses must stay unchanged
+            before L{watchAddrs} callbacks run.
+        """
+        super().__init__()
+        self.reactor = reactor
+        self.node = node
+        self.relayMode = relayMode
+        self.relayLimits = dict(relayLimits or {})
+        self.bootstrapPeers = [p for p in (a.peerID() for a in bootstrap) if p is not None]
+        self.stunServerAddrs = list(stunServers)
+        self.stunServerWanted = stunServer
+        self.maxRelays = maxRelays
+        self.unknownGrace = unknownGrace
+        self.checkInterval = checkInterval
+        self.refusedFor = refusedFor
+        self._discover = discover
+        self._makeStunServer = makeStunServer
+        found = [t for t in node.transports if isinstance(t, RelayTransport)]
+        if found:
+            self.transport = found[0]
+        else:
+            self.transport = RelayTransport(node)
+            node.transports.append(self.transport)
+        self.relayClient: Optional[RelayClient] = None
+        self.autonatClient = AutoNATClient(node, **(autonat or {}))
+        self.autonatClient.setServiceParent(self)
+        self.autonatServer: Optional[AutoNATServer] = None
+        self.relayService: Optional[RelayService] = None
+        self.stunServers: list[StunServer] = []
+        self.stunServerError: Optional[str] = None
+        self.behaviour: Optional[NatBehaviour] = None
+        self.stunError: Optional[str] = None
+        self._relays: list[PeerID] = []
+        self._refused: dict[PeerID, float] = {}
+        self._unknownSince: Optional[float] = None
+        self._scheduled: Any = None
+        self._loop: Optional[LoopingCall] = None
+        self._subscribed = False
+        self._discovery: Optional[Deferred[Any]] = None
+        self.settleDelay = settleDelay
+        self._watchers: list[_AddrWatcher] = []
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def startService(self) -> None:
+        self.relayClient = RelayClient(self.node, self.transport)
+        self.relayClient.addObserver(self._reservationEvent)
+        self._relays = []
+        self._unknownSince = self.reactor.seconds()
+        super().startService()
+        if not self._subscribed:
+            # The address book cannot unsubscribe: the callback checks
+            # whether we run.
+            self.node.addresses.onChange(self._addressesChanged)
+            self._subscribed = True
+        self.node.addConnectionObserver(self._connectionEvent)
+        self._loop = LoopingCall(self._evaluate)
+        self._loop.clock = self.reactor
+        self._loop.start(self.checkInterval, now=False)
+        if self.relayMode == "open":
+            self._startRelayService()
+        self._schedule()
+        if self.stunServerAddrs:
+            self._startDiscovery()
+
+    def stopService(self) -> Any:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
+        if self._discovery is not None:
+            self._discovery.cancel()
+        self.node.removeConnectionObserver(self._connectionEvent)
+        if self.relayClient is not None:
+            self.relayClient.stop()
+        self._relays = []
+        for watcher in self._watchers:
+            watcher.cancel()
+        self._stopStunServers()
+        self.autonatServer = None
+        self.relayService = None
+        return super().stopService()
+
+    # -- triggers ----------------------------------------------------------
+
+    def _addressesChanged(self) -> None:
+        if self.running:
+            self._schedule()
+            for watcher in self._watchers:
+                watcher.changed()
+
+    def watchAddrs(self, current: Callable[[], Any], act: Callable[[], Any]) -> None:
+        """
+        Call C{act()} whenever what C{current()} returns (the addresses a
+        name record lists) has changed and then stayed the same for
+        L{settleDelay} seconds (changes come in bursts: a reservation,
+        then identify pushes), while we run.  The name service republishes
+        its records this way.
+        """
+        self._watchers.append(_AddrWatcher(self.reactor, current, act, self.settleDelay))
+
+    def _connectionEvent(self, event: str, conn: Any) -> None:
+        if event in ("identified", "updated", "disconnected"):
+            self._schedule()
+
+    def _reservationEvent(self, event: str, reservation: Reservation) -> None:
+        if event in ("lost", "expired"):
+            self.log.info("relay reservation on {relay} {event}", relay=reservation.relay, event=event)
+            self._schedule()
+        elif event == "reserved":
+            self.log.info("reserved a slot on relay {relay}; reachable through it", relay=reservation.relay)
+
+    def _schedule(self) -> None:
+        if not self.running or (self._scheduled is not None and self._scheduled.active()):
+            return
+        self._scheduled = self.reactor.callLater(0, self._evaluate)
+
+    # -- deciding ----------------------------------------------------------
+
+    @property
+    def reachability(self) -> str:
+        return str(self.node.addresses.reachability)
+
+    def wantsRelays(self) -> bool:
+        """
+        Whether we should hold reservations: AutoNAT found us private, or
+        could not tell for L{unknownGrace} seconds while no listen address
+        of ours is public.
+        """
+        book = self.node.addresses
+        if book.reachability == "private":
+            return True
+        if book.reachability == "public" or book.hasPublicListenAddress():
+            return False
+        since = self._unknownSince if self._unknownSince is not None else self.reactor.seconds()
+        return self.reactor.seconds() - since >= self.unknownGrace
+
+    def _evaluate(self) -> None:
+        """
+        Start or stop the services the reachability calls for, and top up
+        or release the reservations.
+        """
+        self._scheduled = None
+        if not self.running:
+            return
+        book = self.node.addresses
+        if book.reachability != "unknown":
+            self._unknownSince = None
+        elif self._unknownSince is None:
+            self._unknownSince = self.reactor.seconds()
+        public = book.reachability == "public"
+        self._setAutoNATServer(public or (book.reachability == "unknown" and book.hasPublicListenAddress()))
+        if self.relayMode == "default":
+            if public:
+                self._startRelayService()
+            else:
+                self._stopRelayService()
+        self._setStunServers(public and self.stunServerWanted)
+        if self.wantsRelays():
+            self._topUpRelays()
+        elif public:
+            self._releaseRelays()
+
+    def _setAutoNATServer(self, wanted: bool) -> None:
+        if wanted and self.autonatServer is None:
+            self.autonatServer = AutoNATServer(self.node)
+            self.autonatServer.setServiceParent(self)
+            self.log.info("serving AutoNAT (dial-backs for peers checking their addresses)")
+        elif not wanted and self.autonatServer is not None:
+            server, self.autonatServer = self.autonatServer, None
+            server.disownServiceParent()
+
+    def _startRelayService(self) -> None:
+        if self.relayService is not None:
+            return
+        if self.relayMode == "open":
+            limits = RelayLimits.open(**self.relayLimits)
+        else:
+            limits = RelayLimits(**self.relayLimits)
+        self.relayService = RelayService(self.node, limits)
+        self.relayService.setServiceParent(self)
+        self.log.info("relaying for peers behind NATs ({how})",
+                      how="open: whole tunnels" if self.relayMode == "open" else "short circuits, the spec's limits")
+
+    def _stopRelayService(self) -> None:
+        if self.relayService is not None:
+            service, self.relayService = self.relayService, None
+            service.disownServiceParent()
+
+    # -- reservations --------------------------------------------------------
+
+    def candidates(self) -> list[PeerID]:
+        """
+        Connected peers that relay (their identify lists the hop
+        protocol), over direct connections, bootstrap peers first; not
+        those we use already or that refused us lately.
+        """
+        now = self.reactor.seconds()
+        for peer, until in list(self._refused.items()):
+            if until <= now:
+                del self._refused[peer]
+        found: list[PeerID] = []
+        for conn in self.node.liveConnections():
+            peer = conn.remotePeer
+            if getattr(conn, "limited", False) or peer in found or peer == self.node.peerID:
+                continue
+            identify = getattr(conn, "identify", None)
+            if identify is None or HOP_PROTOCOL not in identify.protocols:
+                continue
+            if peer in self._relays or peer in self._refused:
+                continue
+            found.append(peer)
+        rank = {p: i for i, p in enumerate(self.bootstrapPeers)}
+        found.sort(key=lambda p: rank.get(p, len(rank)))
+        return found
+
+    def _topUpRelays(self) -> None:
+        client = self.relayClient
+        assert client is not None
+        # A relay whose reservation is lost and that is no longer
+        # connected is replaced when another one is at hand.
+        spare = self.candidates()
+        for peer in list(self._relays):
+            if peer not in client.reservations and self.node.connectionTo(peer) is None and spare:
+                self._drop(peer)
+        while len(self._relays) < self.maxRelays and spare:
+            peer = spare.pop(0)
+            self._relays.append(peer)
+            client.reserve(peer, keep=True).addErrback(self._reserveFailed, peer)
+
+    def _reserveFailed(self, f: Failure, peer: PeerID) -> None:
+        if not self.running:
+            return
+        self.log.info("could not reserve on relay {relay}: {why}", relay=peer, why=describe(f))
+        if self.relayClient is not None and peer in self.relayClient.reservations:
+            return  # a renewal failed; the client retries until expiry
+        self._refused[peer] = self.reactor.seconds() + self.refusedFor
+        self._drop(peer)
+        self._schedule()
+
+    def _drop(self, peer: PeerID) -> None:
+        if peer in self._relays:
+            self._relays.remove(peer)
+        if self.relayClient is not None:
+            self.relayClient.release(peer)
+
+    def _releaseRelays(self) -> None:
+        if self._relays:
+            self.log.info("reachable directly: releasing {n} relay reservation(s)", n=len(self._relays))
+        for peer in list(self._relays):
+            self._drop(peer)
+
+    # -- STUN ----------------------------------------------------------------
+
+    def _startDiscovery(self) -> None:
+        discover = self._discover
+        if discover is None:
+            from beam.p2p.nat.stunclient import discover as stunDiscover
+
+            discover = stunDiscover
+        d = discover(self.reactor, self.stunServerAddrs, rc=3)
+        self._discovery = d
+
+        def found(behaviour: NatBehaviour) -> None:
+            self._discovery = None
+            self.behaviour = behaviour
+            self.stunError = None
+            self.log.info("STUN: {mapping} mapping, {filtering} filtering: strategy {strategy}",
+                          mapping=behaviour.mapping, filtering=behaviour.filtering, strategy=behaviour.strategy)
+
+        def failed(f: Failure) -> None:
+            self._discovery = None
+            if not self.running:
+                return
+            self.stunError = describe(f)
+            self.log.warn("STUN discovery failed: {why}", why=self.stunError)
+
+        d.addCallbacks(found, failed)
+
+    def _setStunServers(self, wanted: bool) -> None:
+        if not wanted:
+            self._stopStunServers()
+            return
+        if self.stunServers or self.stunServerError is not None:
+            return
+        make = self._makeStunServer
+        if make is None:
+            from beam.p2p.nat.stunserver import StunServer
+
+            make = StunServer
+        for addr in self.node.listenAddrs:
+            target = addr.tcpTarget()
+            if target is None or target[2] not in ("ip4", "ip6"):
+                continue
+            host, port, _ = target
+            try:
+                server = make(self.reactor, host, port)
+                server.startService()
+            except Exception as e:
+                self.stunServerError = f"cannot answer STUN on UDP {host}:{port}: {describe(e)}"
+                self.log.warn("{why}", why=self.stunServerError)
+                continue
+            self.stunServers.append(server)
+        if self.stunServers:
+            self.log.info("answering STUN on UDP {where}",
+                          where=", ".join(f"{s.primary[0]}:{s.primary[1]}" for s in self.stunServers))
+
+    def _stopStunServers(self) -> None:
+        servers, self.stunServers = self.stunServers, []
+        self.stunServerError = None
+        for server in servers:
+            try:
+                server.stopService()
+            except Exception:
+                self.log.failure("stopping the STUN server failed")
+
+    # -- status --------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """
+        The C{"nat"} section of C{beam status --json}: reachability, what
+        STUN found, our reservations, and what we serve.
+        """
+        book = self.node.addresses
+        client = self.relayClient
+        now = self.reactor.seconds()
+        reservations = []
+        if client is not None:
+            for r in client.reservations.values():
+                reservations.append({
+                    "relay": str(r.relay),
+                    "expires": r.expire,
+                    "expires_in": max(0, round(r.expire - now)),
+                    "addrs": [str(a) for a in r.circuitAddrs()],
+                })
+        pending = [str(p) for p in self._relays if client is None or p not in client.reservations]
+        return {
+            "reachability": book.reachability,
+            "confirmed_addrs": [str(a) for a in book.confirmed()],
+            "relay_addrs": [str(a) for a in book.relayAddrs()],
+            "nat": self.behaviour.toJSON() if self.behaviour is not None else None,
+            "stun_error": self.stunError,
+            "reservations": reservations,
+            "reserving": pending,
+            "relay_mode": self.relayMode,
+            "relay_service": self.relayService.status() if self.relayService is not None else None,
+            "autonat_server": self.autonatServer is not None,
+            "stun_server": [f"{s.primary[0]}:{s.primary[1]}" for s in self.stunServers],
+            "stun_server_error": self.stunServerError,
+        }
+
+
+class _AddrWatcher:
+    """
+    See L{NatService.watchAddrs}.
+    """
+
+    def __init__(self, reactor: Any, current: Callable[[], Any], act: Callable[[], Any], delay: float) -> None:
+        self.reactor = reactor
+        self.current = current
+        self.act = act
+        self.delay = delay
+        self._last: Any = current()
+        self._timer: Any = None
+
+    def changed(self) -> None:
+        self.cancel()
+        self._timer = self.reactor.callLater(self.delay, self._settled)
+
+    def cancel(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _settled(self) -> None:
+        self._timer = None
+        now = self.current()
+        if now != self._last:
+            self._last = now
+            self.act()

@@ -1,0 +1,408 @@
+"""
+NAT traversal wired into the daemon (L{beam.daemon.nat}): daemons on
+loopback in one process, one of them an open relay, one forced private
+that reserves on it, one that reaches the private one through the relay.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from beam.daemon.config import Config
+from beam.daemon.nat import NatService
+from beam.daemon.service import BeamDaemon, TunnelSpecError
+from beam.daemon.status import networkJSON, statusJSON
+from beam.identity.keys import Identity
+from beam.identity.multiaddr import Multiaddr
+from beam.p2p.host.addrs import AddressBook
+from beam.p2p.relay.messages import HOP_PROTOCOL
+from beam.tunnel.share import BEHIND_NAT, NO_RESERVATION, ShareAddress
+
+LOOPBACK = (Multiaddr.fromString("/ip4/127.0.0.1/tcp/0"),)
+FAST_NAT = {"checkInterval": 0.2, "settleDelay": 0.1}
+
+
+@inlineCallbacks
+def _startDaemon(test: TestCase, config: Config, **kw: Any) -> Any:
+    home = Path(test.mktemp())
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    kw.setdefault("plugins", ())
+    kw.setdefault("rememberPort", False)
+    daemon = BeamDaemon(reactor, home, Identity.generate(), config, **kw)
+    yield daemon.start()
+    test.addCleanup(daemon.stopService)
+    return daemon
+
+
+@inlineCallbacks
+def _until(what: Callable[[], Any], tries: int = 200, step: float = 0.05) -> Any:
+    """
+    Poll C{what()} on the real reactor until it is true (the number of
+    tries bounds the wait; nothing here asserts on time).
+    """
+    for _ in range(tries):
+        value = what()
+        if value:
+            return value
+        yield deferLater(reactor, step, lambda: None)
+    raise AssertionError("the condition never became true")
+
+
+class _Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+def _roundTrip(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(payload)
+        out = b""
+        while len(out) < len(payload):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def _address(daemon: Any) -> Multiaddr:
+    return daemon.node.advertisedAddrs()[0]
+
+
+class RelayedTunnelTests(TestCase):
+    """
+    A private node reserves on an open relay found among its bootstrap
+    peers, its share address and name record carry the relay address, and
+    a third node's tunnel reaches it through the relay.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_throughRelay(self):
+        """
+        The host (forced private) reserves on the relay, its share address
+        has a C{relay:} address, its name record a C{/p2p-circuit} one (it
+        is republished when the reservation arrives), its status shows the
+        reservation; a client given only the relay address gets an echo
+        through a relayed connection, shown as relayed via the relay.
+        """
+        relay = yield _startDaemon(self, Config(listen=LOOPBACK, relayMode="open"))
+        self.assertIsNotNone(relay.service("nat").relayService)
+        self.assertIn(HOP_PROTOCOL, relay.node.protocols)
+        host = yield _startDaemon(
+            self, Config(listen=LOOPBACK, bootstrap=(_address(relay),)), serviceOptions={"nat": FAST_NAT},
+        )
+        yield host.kademlia.whenBootstrapped()
+        yield host.names.register("natted-host")
+        host.node.addresses.setReachability("private")
+        nat = host.service("nat")
+        yield _until(lambda: relay.node.peerID in nat.relayClient.reservations)
+
+        echo = reactor.listenTCP(0, Factory.forProtocol(_Echo), interface="127.0.0.1")
+        self.addCleanup(echo.stopListening)
+        host.tunnels.exposePort(echo.getHost().port, "echo")
+        share = host.tunnels.shareAddress("echo")
+        self.assertIn(f"relay:{relay.node.peerID}@127.0.0.1:", str(share))
+        circuits = [a for a in share.addrs if "p2p-circuit" in a.protocols()]
+        self.assertEqual(len(circuits), 1)
+        self.assertEqual(share.addrs[0], circuits[0], "the relay address comes before loopback ones")
+
+        record = yield _until(lambda: [
+            a for a in host.names.registrations["natted-host"].record.addrs if "p2p-circuit" in a.protocols()
+        ])
+        self.assertEqual(record, circuits)
+
+        status = statusJSON(host.status())
+        self.assertEqual(status["reachability"], "private")
+        self.assertEqual([r["relay"] for r in status["nat"]["reservations"]], [str(relay.node.peerID)])
+        self.assertEqual(status["relay_addrs"], [str(circuits[0])])
+        relayStatus = statusJSON(relay.status())["nat"]["relay_service"]
+        self.assertTrue(relayStatus["open"])
+        self.assertEqual([r["peer"] for r in relayStatus["reservations"]], [str(host.node.peerID)])
+
+        client = yield _startDaemon(self, Config(listen=LOOPBACK))
+        viaRelay = ShareAddress(peer=host.node.peerID, addrs=tuple(circuits), service="echo")
+        forward = yield client.forwards.start(viaRelay, probe=True)
+        port = int(forward.listen.rpartition(":")[2])
+        payload = b"through the relay " * 1000
+        got = yield deferToThreadRoundTrip(port, payload)
+        self.assertEqual(got, payload)
+
+        conn = client.node.connectionTo(host.node.peerID)
+        self.assertTrue(conn.limited)
+        peers = [c for c in statusJSON(client.status())["connections"] if c["peer_id"] == str(host.node.peerID)]
+        self.assertEqual([(c["path"], c["relay"]) for c in peers], [("relayed", str(relay.node.peerID))])
+        self.assertEqual(networkJSON(client.status())["connection_paths"].get("relayed"), 1)
+
+    @inlineCallbacks
+    def test_noReservation(self):
+        """
+        A relay address for a peer that holds no reservation on the relay
+        fails C{beam connect} with "no relay reservation yet".
+        """
+        relay = yield _startDaemon(self, Config(listen=LOOPBACK, relayMode="open"))
+        client = yield _startDaemon(self, Config(listen=LOOPBACK))
+        stranger = Identity.generate().peerID
+        circuit = Multiaddr.fromString(f"{_address(relay)}/p2p-circuit")
+        share = ShareAddress(peer=stranger, addrs=(circuit,), service="web")
+        error = yield self.assertFailure(client.forwards.start(share, probe=True), TunnelSpecError)
+        self.assertTrue(str(error).startswith(NO_RESERVATION), str(error))
+        self.assertNotIn("\n", str(error))
+
+    @inlineCallbacks
+    def test_relayUnreachable(self):
+        """
+        A host listed only through a relay that does not answer fails with
+        "the host is behind a NAT and no relay is reachable".
+        """
+        client = yield _startDaemon(self, Config(listen=LOOPBACK))
+        dead = socket.socket()
+        dead.bind(("127.0.0.1", 0))
+        port = dead.getsockname()[1]
+        dead.close()
+        relayPeer = Identity.generate().peerID
+        circuit = Multiaddr.fromString(f"/ip4/127.0.0.1/tcp/{port}/p2p/{relayPeer}/p2p-circuit")
+        share = ShareAddress(peer=Identity.generate().peerID, addrs=(circuit,), service="web")
+        error = yield self.assertFailure(client.forwards.start(share, probe=True), TunnelSpecError)
+        self.assertTrue(str(error).startswith(BEHIND_NAT), str(error))
+        self.assertNotIn("Failure", str(error))
+
+
+def deferToThreadRoundTrip(port: int, payload: bytes) -> Deferred[bytes]:
+    from twisted.internet.threads import deferToThread
+
+    return deferToThread(_roundTrip, port, payload)
+
+
+class _Conn:
+    def __init__(self, peer: Any, protocols: tuple[str, ...], limited: bool = False) -> None:
+        self.remotePeer = peer
+        self.limited = limited
+        self.acceptsStreams = False
+        self.identify = type("I", (), {"protocols": protocols})()
+        self.remoteAddr = Multiaddr.fromString("/ip4/127.0.0.1/tcp/1")
+
+
+class _FakeNode:
+    """
+    What L{NatService} uses of a node, on a L{Clock}.
+    """
+
+    def __init__(self, clock: Clock, listen: list[Multiaddr]) -> None:
+        self.reactor = clock
+        self.peerID = Identity.generate().peerID
+        self.transports: list[Any] = []
+        self.listenAddrs = listen
+        self.addresses = AddressBook(lambda: listen)
+        self.conns: list[_Conn] = []
+        self.handlers: dict[str, Any] = {}
+        self.observers: list[Any] = []
+        self.protocols: list[str] = []
+
+    def liveConnections(self) -> list[_Conn]:
+        return list(self.conns)
+
+    def connectionTo(self, peer: Any) -> Any:
+        return next((c for c in self.conns if c.remotePeer == peer), None)
+
+    def setStreamHandler(self, protocol: str, factory: Any) -> None:
+        self.handlers[protocol] = factory
+
+    def removeStreamHandler(self, protocol: str) -> None:
+        self.handlers.pop(protocol, None)
+
+    def hasStreamHandler(self, protocol: str) -> bool:
+        return protocol in self.handlers
+
+    def addConnectionObserver(self, observer: Any) -> None:
+        self.observers.append(observer)
+
+    def removeConnectionObserver(self, observer: Any) -> None:
+        self.observers.remove(observer)
+
+    def protect(self, peer: Any, tag: str) -> None:
+        pass
+
+    def unprotect(self, peer: Any, tag: str) -> None:
+        pass
+
+
+class _FakeStun:
+    def __init__(self, reactor: Any, host: str, port: int) -> None:
+        self.primary = (host, port)
+        self.running = False
+
+    def startService(self) -> None:
+        self.running = True
+
+    def stopService(self) -> None:
+        self.running = False
+
+
+class NatServiceTests(SynchronousTestCase):
+    """
+    L{NatService}'s decisions, on a fake node and a L{Clock}: what runs
+    for which reachability, and which relays it reserves on.
+    """
+
+    def _service(self, listen: str = "/ip4/192.168.1.5/tcp/4001", **kw: Any) -> tuple[NatService, _FakeNode, Clock]:
+        clock = Clock()
+        node = _FakeNode(clock, [Multiaddr.fromString(listen)])
+        kw.setdefault("makeStunServer", _FakeStun)
+        kw.setdefault("autonat", {"interval": 1000.0})
+        service = NatService(clock, node, **kw)
+        reserved: list[Any] = []
+        service.startService()
+        self.addCleanup(service.stopService)
+        assert service.relayClient is not None
+
+        def reserve(peer: Any, keep: bool = True) -> Deferred[Any]:
+            reserved.append(peer)
+            return Deferred()
+
+        service.relayClient.reserve = reserve  # type: ignore[method-assign,assignment]
+        service.reserved = reserved  # type: ignore[attr-defined]
+        return service, node, clock
+
+    def test_publicServes(self):
+        """
+        Once public: the AutoNAT server, the default-limits relay and the
+        STUN server (at the TCP listen port) run; they stop again when the
+        node turns private.
+        """
+        service, node, clock = self._service()
+        clock.advance(0)
+        self.assertIsNone(service.relayService)
+        self.assertIsNone(service.autonatServer)
+        node.addresses.setReachability("public")
+        clock.advance(0)
+        self.assertIsNotNone(service.relayService)
+        self.assertFalse(service.relayService.status()["open"])
+        self.assertIsNotNone(service.autonatServer)
+        self.assertEqual([s.primary for s in service.stunServers], [("192.168.1.5", 4001)])
+        self.assertTrue(service.status()["autonat_server"])
+        node.addresses.setReachability("private")
+        clock.advance(0)
+        self.assertIsNone(service.relayService)
+        self.assertIsNone(service.autonatServer)
+        self.assertEqual(service.stunServers, [])
+
+    def test_openRelaysAlways(self):
+        """
+        C{relay = "open"} relays from the start, with no circuit caps and
+        the operator's limits; C{"off"} never relays.
+        """
+        service, node, clock = self._service(relayMode="open", relayLimits={"maxCircuits": 64})
+        self.assertIsNotNone(service.relayService)
+        self.assertEqual((service.relayService.limits.duration, service.relayService.limits.data,
+                          service.relayService.limits.maxCircuits), (0, 0, 64))
+        off, offNode, offClock = self._service(relayMode="off")
+        offNode.addresses.setReachability("public")
+        offClock.advance(0)
+        self.assertIsNone(off.relayService)
+
+    def test_publicListenAddressServesAutoNAT(self):
+        """
+        A node with a public listen address serves AutoNAT before any
+        verdict (so the first public nodes can confirm each other), but
+        does not relay until it is confirmed public.
+        """
+        service, node, clock = self._service(listen="/ip4/203.0.113.7/tcp/4001")
+        clock.advance(0)
+        self.assertIsNotNone(service.autonatServer)
+        self.assertIsNone(service.relayService)
+
+    def test_reservesWhenPrivate(self):
+        """
+        A private node reserves on up to two relaying peers, bootstrap
+        peers first, skipping peers that do not relay and relayed
+        connections; a relay that refuses is replaced by the next one.
+        """
+        boot = Identity.generate().peerID
+        service, node, clock = self._service(bootstrap=[Multiaddr.fromString(f"/ip4/192.0.2.1/tcp/1/p2p/{boot}")])
+        other, third, plain, viaRelay = (Identity.generate().peerID for _ in range(4))
+        node.conns = [
+            _Conn(other, (HOP_PROTOCOL,)), _Conn(plain, ("/ipfs/id/1.0.0",)),
+            _Conn(viaRelay, (HOP_PROTOCOL,), limited=True), _Conn(boot, (HOP_PROTOCOL,)),
+            _Conn(third, (HOP_PROTOCOL,)),
+        ]
+        clock.advance(0)
+        self.assertEqual(service.reserved, [])
+        node.addresses.setReachability("private")
+        clock.advance(0)
+        self.assertEqual(service.reserved, [boot, other])
+        from twisted.python.failure import Failure
+
+        from beam.p2p.relay.messages import RelayRefused, Status
+
+        service._reserveFailed(Failure(RelayRefused(Status.RESERVATION_REFUSED)), boot)
+        clock.advance(0)
+        self.assertEqual(service.reserved, [boot, other, third])
+        self.assertEqual(service.status()["reserving"], [str(other), str(third)])
+
+    def test_unknownTooLong(self):
+        """
+        With no verdict after the grace period and no public listen
+        address, the node reserves anyway; with a public listen address it
+        waits for AutoNAT.
+        """
+        relayPeer = Identity.generate().peerID
+        service, node, clock = self._service(unknownGrace=30.0)
+        node.conns = [_Conn(relayPeer, (HOP_PROTOCOL,))]
+        clock.advance(29)
+        self.assertEqual(service.reserved, [])
+        clock.advance(31)
+        self.assertEqual(service.reserved, [relayPeer])
+        public, publicNode, publicClock = self._service(listen="/ip4/203.0.113.7/tcp/4001", unknownGrace=30.0)
+        publicNode.conns = [_Conn(relayPeer, (HOP_PROTOCOL,))]
+        publicClock.advance(120)
+        self.assertEqual(public.reserved, [])
+
+    def test_stunDiscovery(self):
+        """
+        With C{stun_servers}, discovery runs once at start with few
+        retransmissions and its verdict shows in the status; a failure
+        shows as one line.
+        """
+        from beam.p2p.nat import NatBehaviour
+
+        calls: list[Any] = []
+
+        def discover(reactor: Any, servers: Any, **kw: Any) -> Deferred[Any]:
+            calls.append((list(servers), kw))
+            return succeed(NatBehaviour("endpoint-independent", "address-and-port-dependent", ("203.0.113.9", 5)))
+
+        service, node, clock = self._service(stunServers=["192.0.2.1:3478"], discover=discover)
+        self.assertEqual(calls, [(["192.0.2.1:3478"], {"rc": 3})])
+        self.assertEqual(service.status()["nat"]["strategy"], "punch")
+
+    def test_republishOnSettledChange(self):
+        """
+        L{NatService.watchAddrs} calls back once the watched addresses
+        changed and then stayed so for the settle delay.
+        """
+        service, node, clock = self._service(settleDelay=2.0)
+        current = ["a"]
+        acted: list[int] = []
+        service.watchAddrs(lambda: tuple(current), lambda: acted.append(1))
+        current.append("b")
+        node.addresses.setReachability("private")
+        clock.advance(1)
+        node.addresses.setReachability("unknown")
+        clock.advance(1)
+        self.assertEqual(acted, [])
+        clock.advance(1)
+        self.assertEqual(acted, [1])
+        node.addresses.setReachability("private")
+        clock.advance(5)
+        self.assertEqual(acted, [1], "nothing changed since")
