@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -186,6 +186,8 @@ class NatService(MultiService):
             self._startDiscovery()
 
     def stopService(self) -> Any:
+        if not self.running:
+            return None
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
@@ -201,9 +203,16 @@ class NatService(MultiService):
         for watcher in self._watchers:
             watcher.cancel()
         self._stopStunServers()
+        # The servers come and go with the reachability: leave none
+        # behind as children, so a restart starts from a clean slate.
+        stopping = []
+        for child in (self.autonatServer, self.relayService):
+            if child is not None:
+                stopping.append(maybeDeferred(child.disownServiceParent))
         self.autonatServer = None
         self.relayService = None
-        return super().stopService()
+        stopping.append(maybeDeferred(super().stopService))
+        return gatherResults(stopping, consumeErrors=True).addCallback(lambda _: None)
 
     # -- triggers ----------------------------------------------------------
 
@@ -292,7 +301,8 @@ class NatService(MultiService):
             self.log.info("serving AutoNAT (dial-backs for peers checking their addresses)")
         elif not wanted and self.autonatServer is not None:
             server, self.autonatServer = self.autonatServer, None
-            server.disownServiceParent()
+            maybeDeferred(server.disownServiceParent).addErrback(
+                lambda f: self.log.failure("stopping the AutoNAT server failed", f))
 
     def _startRelayService(self) -> None:
         if self.relayService is not None:

@@ -406,3 +406,16 @@ class NatServiceTests(SynchronousTestCase):
         node.addresses.setReachability("private")
         clock.advance(5)
         self.assertEqual(acted, [1], "nothing changed since")
+
+    def test_stopLeavesNoServers(self):
+        """
+        Stopping stops and drops the servers the reachability started, so
+        the service's only child left is the AutoNAT client.
+        """
+        service, node, clock = self._service()
+        node.addresses.setReachability("public")
+        clock.advance(0)
+        self.assertEqual(len(list(service)), 3)
+        self.successResultOf(service.stopService())
+        self.assertEqual(list(service), [service.autonatClient])
+        self.assertFalse(service.autonatClient.running)
