@@ -28,6 +28,7 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from beam.p2p.connection import PeerConnection
+from beam.p2p.host.addrs import addrScope
 from beam.errors import BeamError, ConnectionLimitExceeded, DialError, NodeStopped, PeerIDMismatch, describe
 from beam.p2p.resources import OUTBOUND, ResourceLimitExceeded
 from beam.identity.keys import PeerID
@@ -45,6 +46,10 @@ class Dialer:
         or the address for a dial that accepts any peer).
     @ivar dials: the dial under way for each key.
     """
+
+    #: Seconds the direct addresses are dialled alone before the relayed
+    #: ones join in (see L{_dialAll}).
+    relayDelay = 0.5
 
     def __init__(self, node: "Node") -> None:
         self.node = node
@@ -111,7 +116,137 @@ class Dialer:
                 w.callback(result)
 
     def _dialAll(self, peer: Optional[PeerID], addrs: list[Multiaddr]) -> Deferred[PeerConnection]:
+        """
+        Dial C{addrs} for C{peer}: direct addresses one after another, and
+        relayed (C{/p2p-circuit}) ones one after another alongside them,
+        started L{relayDelay} seconds later (at once when no direct address
+        is on a network we can reach, or when every direct one failed).
+        The first connection wins and the other dials are cancelled.
+
+        Why the head start: a direct connection is faster and unlimited,
+        so it should win when it can; but a host behind a NAT lists
+        addresses that never answer (a SYN into a home router is dropped),
+        and waiting for each to time out before trying its relay would
+        cost a user seconds.  Once a relayed connection exists, DCUtR
+        (L{beam.p2p.holepunch}) tries to replace it with a direct one.
+        """
+        direct = [a for a in addrs if not _isCircuit(a)]
+        relayed = [a for a in addrs if _isCircuit(a)]
         errors: list[str] = []
+        mismatches: list[Failure] = []
+        if not direct or not relayed:
+            chain = self._dialSequence(peer, addrs, errors, mismatches, lastMismatchFatal=True, several=len(addrs) > 1)
+            return chain.addErrback(self._exhausted, peer, addrs, errors, mismatches)
+        chains: list[Deferred[PeerConnection]] = []
+        timer: list[Any] = []
+
+        def cancelTimer() -> None:
+            for t in timer:
+                if t.active():
+                    t.cancel()
+            timer[:] = []
+
+        def cancel(_: Deferred[PeerConnection]) -> None:
+            cancelTimer()
+            for c in list(chains):
+                c.cancel()
+
+        result: Deferred[PeerConnection] = Deferred(cancel)
+        running = [0]
+        relayStarted = [False]
+
+        def finish(outcome: Any) -> None:
+            cancelTimer()
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+            for c in list(chains):
+                if not c.called:
+                    c.cancel()
+
+        def settled(outcome: Any) -> None:
+            running[0] -= 1
+            if result.called:
+                return
+            if isinstance(outcome, Failure) and outcome.check(_Exhausted):
+                if not relayStarted[0]:
+                    startRelayed()
+                elif running[0] == 0:
+                    finish(self._exhausted(outcome, peer, addrs, errors, mismatches))
+                return
+            finish(outcome)
+
+        def start(some: list[Multiaddr]) -> None:
+            running[0] += 1
+            chain = self._dialSequence(peer, some, errors, mismatches, lastMismatchFatal=False, several=True)
+            chains.append(chain)
+            chain.addBoth(settled)
+
+        def startRelayed() -> None:
+            cancelTimer()
+            if relayStarted[0] or result.called:
+                return
+            relayStarted[0] = True
+            start(relayed)
+
+        start(direct)
+        delay = self.relayDelay if self._worthWaitingFor(direct) else 0.0
+        if not result.called:
+            if delay <= 0:
+                startRelayed()
+            else:
+                timer.append(self.node.reactor.callLater(delay, startRelayed))
+        return result
+
+    def _worthWaitingFor(self, direct: list[Multiaddr]) -> bool:
+        """
+        Whether one of the C{direct} addresses is on a network we can
+        reach: a public one (or a name, or a non-IP address), or one in a
+        scope we listen in ourselves (loopback, a private LAN).  A peer
+        listing only private addresses of a network we are not on gets no
+        head start over its relays.
+        """
+        ours = {addrScope(a) for a in self.node.listenAddrs}
+        for addr in direct:
+            scope = addrScope(addr)
+            if scope in ("public", "other") or scope in ours:
+                return True
+        return False
+
+    def _exhausted(
+        self, f: Failure, peer: Optional[PeerID], addrs: list[Multiaddr], errors: list[str],
+        mismatches: list[Failure],
+    ) -> Failure:
+        """
+        Every address failed: one L{DialError} naming each address's
+        reason (or the peer ID mismatch when that is all there was).
+        """
+        if not f.check(_Exhausted):
+            return f
+        if mismatches and not errors:
+            return mismatches[0]
+        where = "; ".join(errors + [describe(m) for m in mismatches]) or "no addresses"
+        if len(addrs) == 1:
+            who = f"{peer} at {addrs[0]}" if peer is not None else str(addrs[0])
+        else:
+            who = str(peer or addrs[0])
+        return Failure(DialError(f"could not connect to {who}: {where}"))
+
+    def _dialSequence(
+        self, peer: Optional[PeerID], addrs: list[Multiaddr], errors: list[str], mismatches: list[Failure],
+        lastMismatchFatal: bool, several: bool,
+    ) -> Deferred[PeerConnection]:
+        """
+        Dial C{addrs} one after another until one connects.  Each
+        address's failure is appended to C{errors} (or C{mismatches});
+        once none is left the result fails with L{_Exhausted}.
+
+        @param lastMismatchFatal: a peer ID mismatch at the last address
+            fails the sequence with it (when no other sequence runs).
+        @param several: the dial has several addresses, so each error
+            names its address.
+        """
         current: list[Deferred[Any]] = []
 
         def cancel(d: Deferred[Any]) -> None:
@@ -119,21 +254,12 @@ class Dialer:
                 c.cancel()
 
         result: Deferred[PeerConnection] = Deferred(cancel)
-        mismatches: list[Failure] = []
 
         def attempt(i: int) -> None:
             if result.called:
                 return
             if i >= len(addrs):
-                if mismatches and not errors:
-                    result.errback(mismatches[0])
-                    return
-                where = "; ".join(errors + [describe(m) for m in mismatches]) or "no addresses"
-                if len(addrs) == 1:
-                    who = f"{peer} at {addrs[0]}" if peer is not None else str(addrs[0])
-                else:
-                    who = str(peer or addrs[0])
-                result.errback(DialError(f"could not connect to {who}: {where}"))
+                result.errback(_Exhausted())
                 return
             d = self._dialOne(peer, addrs[i])
             current[:] = [d]
@@ -150,7 +276,7 @@ class Dialer:
                         stopped = f.check(NodeStopped) or self.node.isStopping
                         result.errback(NodeStopped() if stopped else f)
                     return
-                if f.check(PeerIDMismatch) and i + 1 < len(addrs):
+                if f.check(PeerIDMismatch) and (i + 1 < len(addrs) or not lastMismatchFatal):
                     # Someone else answers at that address (a stale or
                     # loopback address of another node): try the others,
                     # and report the mismatch only if none of them works.
@@ -164,7 +290,7 @@ class Dialer:
                         result.errback(f)
                     return
                 reason = describe(f)
-                errors.append(reason if len(addrs) == 1 else f"{addrs[i]}: {reason}")
+                errors.append(reason if not several else f"{addrs[i]}: {reason}")
                 attempt(i + 1)
 
             d.addCallbacks(ok, bad)
@@ -240,6 +366,13 @@ def usesFD(transport: object) -> bool:
     C{fd} count.  A transport may say so with a C{usesFD} attribute.
     """
     return bool(getattr(transport, "usesFD", getattr(transport, "name", None) == "tcp"))
+
+
+class _Exhausted(Exception):
+    """
+    Every address of one sequence of dials failed (their reasons are in
+    the dial's error list); never leaves the dialer.
+    """
 
 
 class _OneProtocolFactory(Factory):
