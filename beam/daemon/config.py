@@ -36,6 +36,11 @@ defaults.  Schema (every key optional)::
     relay = "default"
     stun_servers = ["stun.example.org:3478"]   # classify our NAT at start
     stun_server = true        # answer STUN on UDP at the listen port once public
+    port_mapping = false      # true: map the TCP listen port on the home
+                              # gateway (NAT-PMP, then UPnP-IGD)
+    # TURN servers (RFC 8656/6062 TCP allocations) to be reachable through
+    # while the node is private; the password is never logged or shown.
+    turn_servers = [{url = "turn:turn.example.org:3478", username = "me", password = "..."}]
 
     # Instead of `relay = "..."`, a table with the operator's limits.
     [relay]
@@ -169,6 +174,21 @@ def _defaultListen() -> tuple[Multiaddr, ...]:
 
 
 @attr.s(frozen=True, auto_attribs=True, kw_only=True)
+class TurnServerConfig:
+    """
+    One entry of C{turn_servers}: a TURN server and its long-term
+    credentials.  The password is left out of C{repr} so it never reaches
+    a log line.
+    """
+
+    url: str
+    host: str
+    port: int
+    username: str
+    password: str = attr.ib(repr=False)
+
+
+@attr.s(frozen=True, auto_attribs=True, kw_only=True)
 class Config:
     """
     A validated configuration; C{Config()} is the defaults.
@@ -196,6 +216,8 @@ class Config:
     relayLimits: dict[str, int | float] = attr.ib(factory=dict)
     stunServers: tuple[str, ...] = ()
     stunServer: bool = True
+    portMapping: bool = False
+    turnServers: tuple[TurnServerConfig, ...] = ()
 
 
 #: What C{relay} may say.
@@ -217,6 +239,13 @@ RELAY_LIMIT_KEYS: dict[str, tuple[str, int, int]] = {
 
 #: The most STUN servers C{stun_servers} may list.
 MAX_STUN_SERVERS = 8
+
+#: The most TURN servers C{turn_servers} may list (the node allocates on
+#: the first that works).
+MAX_TURN_SERVERS = 4
+
+#: The keys of a C{turn_servers} entry.
+_TURN_KEYS = {"url", "username", "password"}
 
 
 #: The C{[limits]} keys that are not a scope's table.
@@ -353,7 +382,7 @@ class _Problems:
 # -- validation ----------------------------------------------------------------
 
 _TOP_KEYS = {"listen", "bootstrap", "log_format", "tunnel", "forward", "plugins", "limits", "relay",
-             "stun_servers", "stun_server"}
+             "stun_servers", "stun_server", "port_mapping", "turn_servers"}
 _PLUGINS_KEYS = {"enabled", "disable"}
 _TUNNEL_KEYS = {"port", "name", "udp", "compress", "allow", "secret"}
 _FORWARD_KEYS = {"target", "port", "bind", "service"}
@@ -623,6 +652,52 @@ class _Validator:
             out.append(item)
         return tuple(out)
 
+    def turnServers(self) -> tuple[TurnServerConfig, ...]:
+        """
+        C{turn_servers}: a list of C{{url = "turn:HOST:PORT", username,
+        password}} tables (inline or C{[[turn_servers]]}).  Problems name
+        the URL or the key, never the password.
+        """
+        value = self.data["turn_servers"]
+        if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+            self.p.add("turn_servers must be a list of {url = \"turn:HOST:PORT\", username = \"...\", "
+                       "password = \"...\"} tables", key="turn_servers")
+            return ()
+        if len(value) > MAX_TURN_SERVERS:
+            self.p.add(f"turn_servers lists {len(value)} servers; at most {MAX_TURN_SERVERS} are used",
+                       key="turn_servers")
+            return ()
+        out = []
+        for index, table in enumerate(value):
+            context = ("turn_servers", index)
+            self.unknown(table, _TURN_KEYS, context, "a turn_servers entry")
+            before = len(self.p.items)
+            url = table.get("url")
+            where: tuple[str, int] | None = None
+            if url is None:
+                self.p.add(f"turn_servers entry #{index + 1}: url is required", context, "url")
+            elif not isinstance(url, str):
+                self.p.add(f"turn_servers: url must be a string, not {_typeName(url)}", context, "url")
+            else:
+                try:
+                    where = parseTurnURL(url)
+                except ValueError as e:
+                    self.p.add(f"turn_servers: {e}", context, "url", url)
+            for key in ("username", "password"):
+                item = table.get(key)
+                if item is None:
+                    self.p.add(f"turn_servers entry #{index + 1}: {key} is required", context, key)
+                elif not isinstance(item, str) or not item or len(item) > 512:
+                    # Never echo the value: it may be the password.
+                    self.p.add(f"turn_servers: {key} must be a non-empty string of at most 512 characters",
+                               context, key)
+            if len(self.p.items) > before or where is None:
+                continue
+            assert isinstance(url, str)
+            out.append(TurnServerConfig(url=url, host=where[0], port=where[1],
+                                        username=table["username"], password=table["password"]))
+        return tuple(out)
+
     def config(self) -> Config:
         d = self.data
         self.unknown(d, _TOP_KEYS, _TOP, "the top level")
@@ -685,7 +760,43 @@ class _Validator:
             kw["stunServers"] = self.stunServers()
         if "stun_server" in d:
             kw["stunServer"] = self.flag(d, "stun_server", _TOP)
+        if "port_mapping" in d:
+            kw["portMapping"] = self.flag(d, "port_mapping", _TOP)
+        if "turn_servers" in d:
+            kw["turnServers"] = self.turnServers()
         return Config(**kw)
+
+
+#: TURN's default port (RFC 8656).
+TURN_PORT = 3478
+
+
+def parseTurnURL(url: str) -> tuple[str, int]:
+    """
+    C{"turn:HOST"}, C{"turn:HOST:PORT"} or C{"turn:[V6]:PORT"}, with an
+    optional C{?transport=tcp} (RFC 7065), as (host, port).  C{turns:}
+    (TLS) and UDP-only transports are refused: Beam allocates over TCP
+    (RFC 6062).
+
+    @raise ValueError: saying what is wrong.
+    """
+    from beam.p2p.nat.stunclient import parseServer
+
+    scheme, sep, rest = url.partition(":")
+    if not sep or scheme.lower() not in ("turn", "turns"):
+        raise ValueError(f"{url!r} is not a turn:HOST:PORT URL")
+    if scheme.lower() == "turns":
+        raise ValueError(f"{url!r}: turns: (TURN over TLS) is not supported; use turn:")
+    rest, _, query = rest.partition("?")
+    if query and query.lower() != "transport=tcp":
+        raise ValueError(f"{url!r}: only ?transport=tcp is supported (Beam allocates TCP relays)")
+    try:
+        host, port = parseServer(rest, TURN_PORT)
+    except ValueError:
+        raise ValueError(f"{url!r} is not a turn:HOST:PORT URL") from None
+    if any(c in host for c in "/@ \t"):
+        raise ValueError(f"{url!r} is not a turn:HOST:PORT URL")
+    return host, port
 
 
 _UNKNOWN_KEY = re.compile(r"""^unknown key ['"](.*?)['"] """)

@@ -226,8 +226,8 @@ prot = 3
 a = 1
 """)
         self.assertEqual(problems[0], "config.toml:1: unknown key 'listen_on' in the top level "
-                                      "(expected one of: bootstrap, forward, limits, listen, log_format, plugins, relay, "
-                                      "stun_server, stun_servers, tunnel)")
+                                      "(expected one of: bootstrap, forward, limits, listen, log_format, plugins, "
+                                      "port_mapping, relay, stun_server, stun_servers, tunnel, turn_servers)")
         self.assertTrue(problems[1].startswith("config.toml:4: unknown key 'comprees' in [[tunnel]]"), problems)
         self.assertTrue(problems[2].startswith("config.toml:6: target: "), problems)
         self.assertTrue(problems[3].startswith("config.toml:7: unknown key 'prot' in [[forward]]"), problems)
@@ -628,6 +628,68 @@ max_circus = 3
                           "not an integer"])
         self.assertEqual(self.problems("stun_servers = \"192.0.2.1\"\n"),
                          ["config.toml:1: stun_servers must be a list of \"host:port\" strings, not a string"])
+
+    def test_portMapping(self) -> None:
+        """
+        C{port_mapping} is off by default, a flag, reported at its line
+        when it is not one.
+        """
+        self.assertFalse(Config().portMapping)
+        self.assertTrue(loadConfig(self.write("port_mapping = true\n")).portMapping)
+        self.assertEqual(self.problems('log_format = "text"\nport_mapping = "yes"\n'),
+                         ["config.toml:2: port_mapping must be true or false, not 'yes'"])
+
+    def test_turnServers(self) -> None:
+        """
+        C{turn_servers} entries, inline or as C{[[turn_servers]]} tables:
+        C{turn:HOST}, C{turn:HOST:PORT}, C{turn:[V6]:PORT} with an optional
+        C{?transport=tcp}; the password is kept but never shown by repr.
+        """
+        config = loadConfig(self.write(
+            'turn_servers = [{url = "turn:192.0.2.9:3479", username = "u", password = "hunter2"},\n'
+            '                {url = "turn:turn.example.org?transport=tcp", username = "v", password = "p"}]\n'))
+        first, second = config.turnServers
+        self.assertEqual((first.host, first.port, first.username, first.password), ("192.0.2.9", 3479, "u", "hunter2"))
+        self.assertEqual((second.host, second.port), ("turn.example.org", 3478))
+        self.assertNotIn("hunter2", repr(config))
+        tables = loadConfig(self.write('[[turn_servers]]\nurl = "turn:[2001:db8::1]:3478"\n'
+                                       'username = "u"\npassword = "p"\n'))
+        self.assertEqual((tables.turnServers[0].host, tables.turnServers[0].port), ("2001:db8::1", 3478))
+        self.assertEqual(Config().turnServers, ())
+
+    def test_turnProblems(self) -> None:
+        """
+        Bad TURN entries are reported at their lines, naming the URL or
+        the key but never the password.
+        """
+        problems = self.problems("""log_format = "text"
+[[turn_servers]]
+url = "turns:192.0.2.9"
+username = "u"
+password = "secret-1"
+[[turn_servers]]
+url = "turn:192.0.2.9:99999"
+username = ""
+password = 7
+[[turn_servers]]
+url = "turn:192.0.2.9?transport=udp"
+user = "x"
+""")
+        self.assertEqual(problems, [
+            "config.toml:3: turn_servers: 'turns:192.0.2.9': turns: (TURN over TLS) is not supported; use turn:",
+            "config.toml:7: turn_servers: 'turn:192.0.2.9:99999' is not a turn:HOST:PORT URL",
+            "config.toml:8: turn_servers: username must be a non-empty string of at most 512 characters",
+            "config.toml:9: turn_servers: password must be a non-empty string of at most 512 characters",
+            "config.toml:10: turn_servers entry #3: username is required",
+            "config.toml:10: turn_servers entry #3: password is required",
+            "config.toml:11: turn_servers: 'turn:192.0.2.9?transport=udp': only ?transport=tcp is supported "
+            "(Beam allocates TCP relays)",
+            "config.toml:12: unknown key 'user' in a turn_servers entry (expected one of: password, url, username)",
+        ])
+        self.assertFalse(any("secret-1" in p for p in problems))
+        self.assertEqual(self.problems('turn_servers = "turn:x"\n'), [
+            'config.toml:1: turn_servers must be a list of {url = "turn:HOST:PORT", username = "...", '
+            'password = "..."} tables'])
 
 
 class MergeTests(SynchronousTestCase):
