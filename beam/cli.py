@@ -644,6 +644,30 @@ def _natLines(reachability: str, confirmed: list[str], nat: Any) -> list[str]:
         lines.append("relay service: off")
     if nat.get("stun_server"):
         lines.append("STUN server: " + ", ".join(nat["stun_server"]))
+    mapping = nat.get("port_mapping")
+    if isinstance(mapping, dict):
+        if mapping.get("external_addr"):
+            expires = mapping.get("expires_in")
+            lines.append(f"port mapping: {mapping.get('external_addr')} via {mapping.get('protocol')}"
+                         + (f", expires in {_duration(int(expires))}" if isinstance(expires, (int, float)) else ""))
+        else:
+            lines.append(f"port mapping: {mapping.get('state') or 'none'}"
+                         + (f" ({mapping['last_error']})" if mapping.get("last_error") else ""))
+    turn = nat.get("turn")
+    if isinstance(turn, dict):
+        if turn.get("relayed_addr"):
+            expires = turn.get("expires_in")
+            lines.append(f"TURN: {turn.get('relayed_addr')} on {turn.get('server')}"
+                         + (f", expires in {_duration(int(expires))}" if isinstance(expires, (int, float)) else ""))
+        else:
+            lines.append(f"TURN: {turn.get('state') or 'idle'}"
+                         + (f" ({turn['last_error']})" if turn.get("last_error") else ""))
+    punching = nat.get("hole_punching")
+    if isinstance(punching, dict) and (punching.get("punched") or punching.get("failed") or punching.get("active")):
+        lines.append(f"hole punching: {punching.get('punched', 0)} punched, {punching.get('failed', 0)} failed, "
+                     f"{punching.get('active', 0)} under way")
+        if punching.get("last_failure"):
+            lines.append(f"  last: {punching['last_failure']}")
     return lines
 
 

@@ -36,7 +36,25 @@ the node has learned about itself (C{node.addresses.reachability}):
    identify, share addresses and name records.  Once public, the
    reservations are released;
  - once at start, when C{stun_servers} is set: STUN behaviour discovery
-   (RFC 5780), kept as L{NatService.behaviour} for status.
+   (RFC 5780), kept as L{NatService.behaviour} for status;
+ - always: DCUtR (L{HolePuncher}): a relayed connection we receive is
+   upgraded to a direct one by TCP simultaneous open where the NATs allow
+   it (the connection's C{path} becomes C{"hole-punched"}); a failure is
+   logged in one line ("hole punch failed, staying on relay via PEER")
+   and the relayed connection stays;
+ - with C{port_mapping = true}: a L{PortMapper} keeps the TCP listen port
+   mapped on the home gateway (NAT-PMP, then UPnP-IGD); the external
+   address is an AutoNAT candidate while the mapping lasts, and inbound
+   connections from a public address to our private listen address while
+   a mapping exists are shown as C{"port-mapped"};
+ - while relays are wanted (as for reservations) and C{turn_servers} is
+   set: a TCP allocation on the first TURN server that works
+   (L{TurnTransport}).  Only then, since a TURN server's bandwidth costs
+   its operator.  Its relayed address is a relay address (identify, share
+   addresses, name records) but no AutoNAT candidate: it says nothing
+   about whether the node itself is reachable.  The IPs of peers we are
+   directly connected to are permitted on it (RFC 6062 lets only
+   permitted IPs in).
 """
 
 from __future__ import annotations
@@ -45,7 +63,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -60,8 +78,11 @@ from beam.p2p.relay.messages import HOP_PROTOCOL
 from beam.p2p.relay.transport import RelayTransport
 
 if TYPE_CHECKING:
+    from beam.p2p.holepunch.dcutr import HolePuncher
     from beam.p2p.nat import NatBehaviour
+    from beam.p2p.nat.portmap import PortMapper
     from beam.p2p.nat.stunserver import StunServer
+    from beam.p2p.nat.turntransport import TurnTransport
 
 __all__ = ["NatService"]
 
@@ -100,6 +121,12 @@ class NatService(MultiService):
         discover: Optional[Callable[..., Deferred[Any]]] = None,
         makeStunServer: Optional[Callable[[Any, str, int], Any]] = None,
         settleDelay: float = 2.0,
+        holePunch: bool = True,
+        portMapping: bool = False,
+        makePortMapper: Optional[Callable[..., Any]] = None,
+        turnServers: Sequence[Any] = (),
+        makeTurn: Optional[Callable[..., Any]] = None,
+        turnRetry: float = 60.0,
     ) -> None:
         """
         @param relayMode: C{"off"}, C{"default"} or C{"open"} (see the
@@ -122,6 +149,16 @@ class NatService(MultiService):
         @param makeStunServer: makes a STUN server (tests pass a fake).
         @param settleDelay: seconds the node's addresses must stay unchanged
             before L{watchAddrs} callbacks run.
+        @param holePunch: run DCUtR (L{HolePuncher}).
+        @param portMapping: keep the TCP listen port mapped on the gateway.
+        @param makePortMapper: makes the L{PortMapper} (tests pass a fake):
+            C{makePortMapper(reactor, port, onAddress=...)}.
+        @param turnServers: TURN servers (C{host}, C{port}, C{username},
+            C{password}, C{url}), tried in order.
+        @param makeTurn: makes the L{TurnTransport} (tests pass a fake):
+            C{makeTurn(node, (host, port), username, password)}.
+        @param turnRetry: seconds before the next TURN server is tried
+            after one failed.
         """
         super().__init__()
         self.reactor = reactor
@@ -161,10 +198,29 @@ class NatService(MultiService):
         self._discovery: Optional[Deferred[Any]] = None
         self.settleDelay = settleDelay
         self._watchers: list[_AddrWatcher] = []
+        self.holePunch = holePunch
+        self.holePuncher: Optional[HolePuncher] = None
+        self.lastPunchFailure: Optional[str] = None
+        self.portMapping = portMapping
+        self._makePortMapper = makePortMapper
+        self.portMapper: Optional[PortMapper] = None
+        self.portMapError: Optional[str] = None
+        self._mappedAddr: Optional[Multiaddr] = None
+        self.turnServers = list(turnServers)
+        self._makeTurn = makeTurn
+        self.turnRetry = turnRetry
+        self.turn: Optional[TurnTransport] = None
+        self.turnServer: Any = None
+        self.turnError: Optional[str] = None
+        self._turnIndex = 0
+        self._turnNotBefore = 0.0
+        self._turnStarting: Optional[Deferred[Any]] = None
+        self._stopping = False
 
     # -- lifecycle ---------------------------------------------------------
 
     def startService(self) -> None:
+        self._stopping = False
         self.relayClient = RelayClient(self.node, self.transport)
         self.relayClient.addObserver(self._reservationEvent)
         self._relays = []
@@ -181,6 +237,10 @@ class NatService(MultiService):
         self._loop.start(self.checkInterval, now=False)
         if self.relayMode == "open":
             self._startRelayService()
+        if self.holePunch:
+            self._startHolePuncher()
+        if self.portMapping:
+            self._startPortMapper()
         self._schedule()
         if self.stunServerAddrs:
             self._startDiscovery()
@@ -188,6 +248,10 @@ class NatService(MultiService):
     def stopService(self) -> Any:
         if not self.running:
             return None
+        # What stopping undoes (the TURN and mapped addresses) changes the
+        # address book: schedule nothing more.
+        self._stopping = True
+        stoppingTurn = self._stopTurn()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
@@ -203,21 +267,25 @@ class NatService(MultiService):
         for watcher in self._watchers:
             watcher.cancel()
         self._stopStunServers()
+        if self.holePuncher is not None:
+            self.holePuncher.stop()
+            self.holePuncher = None
         # The servers come and go with the reachability: leave none
         # behind as children, so a restart starts from a clean slate.
-        stopping = []
-        for child in (self.autonatServer, self.relayService):
+        stopping = [stoppingTurn]
+        for child in (self.autonatServer, self.relayService, self.portMapper):
             if child is not None:
                 stopping.append(maybeDeferred(child.disownServiceParent))
         self.autonatServer = None
         self.relayService = None
+        self.portMapper = None
         stopping.append(maybeDeferred(super().stopService))
         return gatherResults(stopping, consumeErrors=True).addCallback(lambda _: None)
 
     # -- triggers ----------------------------------------------------------
 
     def _addressesChanged(self) -> None:
-        if self.running:
+        if self.running and not self._stopping:
             self._schedule()
             for watcher in self._watchers:
                 watcher.changed()
@@ -233,6 +301,8 @@ class NatService(MultiService):
         self._watchers.append(_AddrWatcher(self.reactor, current, act, self.settleDelay))
 
     def _connectionEvent(self, event: str, conn: Any) -> None:
+        if event == "connected":
+            self._notePortMapped(conn)
         if event in ("identified", "updated", "disconnected"):
             self._schedule()
 
@@ -244,7 +314,7 @@ class NatService(MultiService):
             self.log.info("reserved a slot on relay {relay}; reachable through it", relay=reservation.relay)
 
     def _schedule(self) -> None:
-        if not self.running or (self._scheduled is not None and self._scheduled.active()):
+        if not self.running or self._stopping or (self._scheduled is not None and self._scheduled.active()):
             return
         self._scheduled = self.reactor.callLater(0, self._evaluate)
 
@@ -291,8 +361,12 @@ class NatService(MultiService):
         self._setStunServers(public and self.stunServerWanted)
         if self.wantsRelays():
             self._topUpRelays()
+            self._startTurn()
         elif public:
             self._releaseRelays()
+            if self.turn is not None or self._turnStarting is not None:
+                self.log.info("reachable directly: releasing the TURN allocation")
+                self._stopTurn()
 
     def _setAutoNATServer(self, wanted: bool) -> None:
         if wanted and self.autonatServer is None:
@@ -448,6 +522,141 @@ class NatService(MultiService):
             except Exception:
                 self.log.failure("stopping the STUN server failed")
 
+    # -- hole punching -------------------------------------------------------
+
+    def _startHolePuncher(self) -> None:
+        from beam.p2p.holepunch.dcutr import HolePuncher
+
+        self.holePuncher = HolePuncher(self.node)
+        self.holePuncher.addObserver(self._punchEvent)
+
+    def _punchEvent(self, event: str, peer: PeerID, details: dict[str, Any]) -> None:
+        # The puncher logs the failure itself, in the one line the user
+        # reads ("hole punch failed, staying on relay via PEER"); status
+        # keeps the last one.
+        if event == "failed":
+            self.lastPunchFailure = f"hole punch failed, staying on relay via {details.get('relay')}"
+
+    # -- port mapping ----------------------------------------------------------
+
+    def _startPortMapper(self) -> None:
+        port = None
+        for addr in self.node.listenAddrs:
+            target = addr.tcpTarget()
+            if target is not None and target[2] == "ip4":
+                port = target[1]
+                break
+        if port is None or not 0 < port < 65536:
+            self.portMapError = "no IPv4 TCP listen address to map"
+            self.log.warn("port mapping: {why}", why=self.portMapError)
+            return
+        make = self._makePortMapper
+        if make is None:
+            from beam.p2p.nat.portmap import PortMapper
+
+            make = PortMapper
+        self.portMapError = None
+        self.portMapper = make(self.reactor, port, onAddress=self._mappedAddress)
+        self.portMapper.setServiceParent(self)  # type: ignore[union-attr]
+
+    def _mappedAddress(self, addr: Optional[Multiaddr]) -> None:
+        """
+        The gateway mapped our port at C{addr} (AutoNAT is to confirm it),
+        or the mapping is gone (L{None}).
+        """
+        old, self._mappedAddr = self._mappedAddr, addr
+        book = self.node.addresses
+        if old is not None and old != addr:
+            book.removeCandidate(old)
+        if addr is not None:
+            self.log.info("port mapping: reachable at {addr} once AutoNAT confirms it", addr=addr)
+            book.addCandidate(addr)
+
+    def _notePortMapped(self, conn: Any) -> None:
+        """
+        Mark an inbound connection C{"port-mapped"} when it most likely
+        came through our mapping: a mapping exists, the peer's address is
+        public and the address it reached is a private one of ours on the
+        mapped port.  (A full-cone NAT lets such connections in without a
+        mapping too; then this is a guess, and status says which way it
+        would have worked.)
+        """
+        mapper = self.portMapper
+        if mapper is None or self._mappedAddr is None or conn.direction != "inbound" or conn.limited:
+            return
+        if getattr(conn, "path", None):
+            return
+        from beam.p2p.host.addrs import addrScope
+
+        local, remote = conn.localAddr, conn.remoteAddr
+        if local is None or remote is None:
+            return
+        target = local.tcpTarget()
+        if target is None or target[1] != mapper.internalPort:
+            return
+        if addrScope(remote) == "public" and addrScope(local) == "private":
+            setattr(conn, "path", "port-mapped")
+
+    # -- TURN ------------------------------------------------------------------
+
+    def _startTurn(self) -> None:
+        """
+        Allocate on the next TURN server, unless we have an allocation,
+        one is under way, or the last failure is too recent.
+        """
+        if not self.turnServers or self.turn is not None or self._turnStarting is not None:
+            return
+        if self.reactor.seconds() < self._turnNotBefore:
+            return
+        server = self.turnServers[self._turnIndex % len(self.turnServers)]
+        make = self._makeTurn
+        if make is None:
+            from beam.p2p.nat.turntransport import TurnTransport
+
+            make = TurnTransport
+        turn = make(self.node, (server.host, server.port), server.username, server.password)
+        self.turn, self.turnServer = turn, server
+        turn.addAddressObserver(self._turnAddress)
+        self.log.info("allocating a relay on TURN server {url}", url=server.url)
+        d = self._turnStarting = turn.start()
+
+        def started(_: Any) -> None:
+            self._turnStarting = None
+            self.turnError = None
+
+        def failed(f: Failure) -> None:
+            self._turnStarting = None
+            if self.turn is not turn:
+                return  # stopped meanwhile
+            # describe() words the error; the password is never part of it.
+            self.turnError = f"{server.url}: {describe(f)}"
+            self.log.warn("TURN allocation failed: {why}", why=self.turnError)
+            self._turnIndex += 1
+            self._turnNotBefore = self.reactor.seconds() + self.turnRetry
+            self.turn = self.turnServer = None
+            maybeDeferred(turn.stop).addErrback(lambda _: None)
+            self.node.addresses.setRelayAddrs([], kind="turn")
+
+        d.addCallbacks(started, failed)
+
+    def _turnAddress(self, old: Optional[Multiaddr], new: Optional[Multiaddr]) -> None:
+        if new is not None:
+            self.log.info("reachable through TURN at {addr}", addr=new)
+        elif old is not None:
+            self.log.info("lost the TURN allocation at {addr}", addr=old)
+        self.node.addresses.setRelayAddrs([new] if new is not None else [], kind="turn")
+
+    def _stopTurn(self) -> Deferred[None]:
+        turn, self.turn, self.turnServer = self.turn, None, None
+        starting, self._turnStarting = self._turnStarting, None
+        self.node.addresses.setRelayAddrs([], kind="turn")
+        if turn is None:
+            return succeed(None)
+        if starting is not None and not starting.called:
+            starting.addErrback(lambda _: None)
+        return maybeDeferred(turn.stop).addErrback(
+            lambda f: self.log.info("releasing the TURN allocation failed: {why}", why=describe(f)))
+
     # -- status --------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -481,6 +690,51 @@ class NatService(MultiService):
             "autonat_server": self.autonatServer is not None,
             "stun_server": [f"{s.primary[0]}:{s.primary[1]}" for s in self.stunServers],
             "stun_server_error": self.stunServerError,
+            "hole_punching": self._punchStatus(),
+            "port_mapping": self._portMapStatus(),
+            "turn": self._turnStatus(),
+        }
+
+    def _punchStatus(self) -> Optional[dict[str, Any]]:
+        puncher = self.holePuncher
+        if puncher is None:
+            return None
+        return {"active": puncher.active, "punched": puncher.punched, "failed": puncher.failed,
+                "last_failure": self.lastPunchFailure}
+
+    def _portMapStatus(self) -> Optional[dict[str, Any]]:
+        """
+        The mapping: protocol, external address, seconds to expiry, last
+        error (L{None} when port mapping is off).
+        """
+        if not self.portMapping:
+            return None
+        if self.portMapper is None:
+            return {"state": "off", "protocol": None, "external_addr": None, "expires_in": None,
+                    "last_error": self.portMapError}
+        st = self.portMapper.status()
+        return {"state": st.get("state"), "protocol": st.get("protocol"), "internal_port": st.get("internalPort"),
+                "external_addr": st.get("externalAddr"), "expires_in": st.get("expiresIn"),
+                "last_error": st.get("lastError")}
+
+    def _turnStatus(self) -> Optional[dict[str, Any]]:
+        """
+        The TURN allocation: server (its URL, never the credentials),
+        relayed address, seconds to expiry, last error (L{None} with no
+        TURN server configured).
+        """
+        if not self.turnServers:
+            return None
+        turn, server = self.turn, self.turnServer
+        relayed = turn.relayedAddr() if turn is not None else None
+        allocation = getattr(turn, "allocation", None)
+        expires = getattr(allocation, "expires", None)
+        return {
+            "server": server.url if server is not None else None,
+            "state": "allocated" if relayed is not None else ("allocating" if turn is not None else "idle"),
+            "relayed_addr": str(relayed) if relayed is not None else None,
+            "expires_in": max(0, round(expires - self.reactor.seconds())) if isinstance(expires, (int, float)) else None,
+            "last_error": self.turnError,
         }
 
 

@@ -413,6 +413,7 @@ class PuncherTests(SynchronousTestCase):
         self.assertIs(self.successResultOf(d), direct)
         self.assertEqual(self.puncher.pathOf(direct), "hole-punched")  # type: ignore[arg-type]
         self.assertEqual(self.puncher.punched, 1)
+        self.assertEqual(getattr(direct, "path", None), "hole-punched", "status reads conn.path")
 
     def test_retries(self) -> None:
         """

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.protocol import Factory, Protocol
+from twisted.application.service import Service
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -419,3 +420,222 @@ class NatServiceTests(SynchronousTestCase):
         self.successResultOf(service.stopService())
         self.assertEqual(list(service), [service.autonatClient])
         self.assertFalse(service.autonatClient.running)
+
+
+class _FakeMapper(Service):
+    """
+    A L{PortMapper<beam.p2p.nat.portmap.PortMapper>} stand-in: the test
+    reports addresses through C{onAddress}.
+    """
+
+    def __init__(self, reactor: Any, port: int, onAddress: Any) -> None:
+        self.internalPort = port
+        self.onAddress = onAddress
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.onAddress(None)
+
+    def status(self) -> dict[str, Any]:
+        return {"state": "mapped", "protocol": "nat-pmp", "internalPort": self.internalPort,
+                "externalAddr": "/ip4/203.0.113.50/tcp/4001", "expiresIn": 3600.0, "lastError": None}
+
+
+class _FakeTurn:
+    """
+    A L{TurnTransport<beam.p2p.nat.turntransport.TurnTransport>} stand-in.
+    """
+
+    made: list["_FakeTurn"] = []
+
+    def __init__(self, node: Any, server: Any, username: str, password: str) -> None:
+        self.server = server
+        self.username = username
+        self.password = password
+        self.started: Deferred[Any] = Deferred()
+        self.observers: list[Any] = []
+        self.addr: Any = None
+        self.stopped = False
+        self.allocation: Any = None
+        _FakeTurn.made.append(self)
+
+    def addAddressObserver(self, observer: Any) -> None:
+        self.observers.append(observer)
+
+    def start(self) -> Deferred[Any]:
+        return self.started
+
+    def relayedAddr(self) -> Any:
+        return self.addr
+
+    def allocate(self, text: str, expires: float) -> None:
+        old, self.addr = self.addr, Multiaddr.fromString(text)
+        self.allocation = type("A", (), {"expires": expires})()
+        for o in self.observers:
+            o(old, self.addr)
+        self.started.callback(None)
+
+    def stop(self) -> Deferred[None]:
+        self.stopped = True
+        return succeed(None)
+
+
+class _Server:
+    def __init__(self, url: str, host: str, port: int) -> None:
+        self.url, self.host, self.port = url, host, port
+        self.username, self.password = "user", "s3cret-password"
+
+
+class _MappedConn:
+    def __init__(self, local: str, remote: str, direction: str = "inbound") -> None:
+        self.localAddr = Multiaddr.fromString(local)
+        self.remoteAddr = Multiaddr.fromString(remote)
+        self.direction = direction
+        self.limited = False
+
+
+class NatServiceTraversalTests(SynchronousTestCase):
+    """
+    Hole punching, port mapping and TURN in L{NatService}.
+    """
+
+    _service = NatServiceTests._service
+
+    def test_holePuncher(self):
+        """
+        Every node serves DCUtR while the service runs, and stops serving
+        when it stops; status counts punches.
+        """
+        from beam.p2p.holepunch.dcutr import PROTOCOL
+
+        service, node, clock = self._service()
+        self.assertIn(PROTOCOL, node.handlers)
+        self.assertEqual(service.status()["hole_punching"],
+                         {"active": 0, "punched": 0, "failed": 0, "last_failure": None})
+        relay = Identity.generate().peerID
+        service._punchEvent("failed", relay, {"relay": str(relay), "reason": "x"})
+        self.assertEqual(service.status()["hole_punching"]["last_failure"],
+                         f"hole punch failed, staying on relay via {relay}")
+        self.successResultOf(service.stopService())
+        self.assertNotIn(PROTOCOL, node.handlers)
+        off, offNode, _ = self._service(holePunch=False)
+        self.assertNotIn(PROTOCOL, offNode.handlers)
+        self.assertIsNone(off.status()["hole_punching"])
+
+    def test_portMapping(self):
+        """
+        With port mapping, the TCP listen port is mapped; the external
+        address is an AutoNAT candidate while mapped, and is withdrawn
+        (also as confirmed) when the mapping goes or the service stops.
+        Status shows the mapping; without C{port_mapping} there is none.
+        """
+        service, node, clock = self._service(portMapping=True, makePortMapper=_FakeMapper)
+        mapper = service.portMapper
+        assert mapper is not None
+        self.assertEqual((mapper.internalPort, mapper.running), (4001, True))
+        external = Multiaddr.fromString("/ip4/203.0.113.50/tcp/4001")
+        mapper.onAddress(external)
+        self.assertIn(external, node.addresses.candidates())
+        node.addresses.confirm(external)
+        moved = Multiaddr.fromString("/ip4/203.0.113.51/tcp/4001")
+        mapper.onAddress(moved)
+        self.assertNotIn(external, node.addresses.confirmed())
+        self.assertIn(moved, node.addresses.candidates())
+        status = service.status()["port_mapping"]
+        self.assertEqual((status["protocol"], status["external_addr"], status["expires_in"], status["last_error"]),
+                         ("nat-pmp", "/ip4/203.0.113.50/tcp/4001", 3600.0, None))
+        self.successResultOf(service.stopService())
+        self.assertFalse(mapper.running)
+        self.assertNotIn(moved, node.addresses.candidates())
+        plain, _, _ = self._service()
+        self.assertIsNone(plain.portMapper)
+        self.assertIsNone(plain.status()["port_mapping"])
+
+    def test_portMappedPath(self):
+        """
+        While mapped, an inbound connection from a public address to our
+        private listen address on the mapped port is shown as
+        C{port-mapped}; outbound, LAN and other-port connections are not.
+        """
+        service, node, clock = self._service(portMapping=True, makePortMapper=_FakeMapper)
+        local = "/ip4/192.168.1.5/tcp/4001"
+        before = _MappedConn(local, "/ip4/198.18.0.1/tcp/5000")
+        service._connectionEvent("connected", before)
+        self.assertIsNone(getattr(before, "path", None), "no mapping yet")
+        service.portMapper.onAddress(Multiaddr.fromString("/ip4/203.0.113.50/tcp/4001"))
+        mapped = _MappedConn(local, "/ip4/203.0.113.9/tcp/5000")
+        lan = _MappedConn(local, "/ip4/192.168.1.9/tcp/5000")
+        out = _MappedConn(local, "/ip4/203.0.113.9/tcp/5000", direction="outbound")
+        other = _MappedConn("/ip4/192.168.1.5/tcp/4002", "/ip4/203.0.113.9/tcp/5000")
+        for conn in (mapped, lan, out, other):
+            service._connectionEvent("connected", conn)
+        self.assertEqual([getattr(c, "path", None) for c in (mapped, lan, out, other)],
+                         ["port-mapped", None, None, None])
+
+    def test_noPortToMap(self):
+        """
+        With no IPv4 TCP listen address, port mapping reports why in
+        status instead of failing the node.
+        """
+        service, node, clock = self._service(listen="/ip6/::1/tcp/4001", portMapping=True,
+                                              makePortMapper=_FakeMapper)
+        self.assertIsNone(service.portMapper)
+        self.assertEqual(service.status()["port_mapping"]["last_error"], "no IPv4 TCP listen address to map")
+
+    def test_turnWhenPrivate(self):
+        """
+        TURN allocates only once relays are wanted (private); its relayed
+        address becomes a relay address (shared, advertised) without
+        making the node public or an AutoNAT candidate; status shows the
+        allocation but never the credentials; turning public releases it.
+        """
+        _FakeTurn.made = []
+        servers = [_Server("turn:192.0.2.30:3478", "192.0.2.30", 3478)]
+        service, node, clock = self._service(turnServers=servers, makeTurn=_FakeTurn)
+        clock.advance(0)
+        self.assertEqual(_FakeTurn.made, [])
+        self.assertEqual(service.status()["turn"]["state"], "idle")
+        node.addresses.setReachability("private")
+        clock.advance(0)
+        [turn] = _FakeTurn.made
+        self.assertEqual((turn.server, turn.username, turn.password), (("192.0.2.30", 3478), "user", "s3cret-password"))
+        turn.allocate("/ip4/192.0.2.30/tcp/50000", clock.seconds() + 600)
+        relayed = Multiaddr.fromString("/ip4/192.0.2.30/tcp/50000")
+        self.assertIn(relayed, node.addresses.relayAddrs())
+        self.assertIn(relayed, node.addresses.shareable())
+        self.assertIn(relayed, node.addresses.advertisedFor(None))
+        self.assertNotIn(relayed, node.addresses.candidates())
+        self.assertEqual(node.addresses.reachability, "private")
+        status = service.status()["turn"]
+        self.assertEqual(status, {"server": "turn:192.0.2.30:3478", "state": "allocated",
+                                  "relayed_addr": str(relayed), "expires_in": 600, "last_error": None})
+        self.assertNotIn("s3cret", repr(service.status()))
+        node.addresses.setReachability("public")
+        clock.advance(0)
+        self.assertTrue(turn.stopped)
+        self.assertNotIn(relayed, node.addresses.relayAddrs())
+
+    def test_turnFailover(self):
+        """
+        A TURN server that fails is reported in status (its URL, one
+        line) and the next server is tried after C{turnRetry} seconds.
+        """
+        _FakeTurn.made = []
+        servers = [_Server("turn:192.0.2.30:3478", "192.0.2.30", 3478),
+                   _Server("turn:192.0.2.31:3478", "192.0.2.31", 3478)]
+        service, node, clock = self._service(turnServers=servers, makeTurn=_FakeTurn, turnRetry=60.0,
+                                              checkInterval=10.0)
+        node.addresses.setReachability("private")
+        clock.advance(0)
+        from beam.errors import DialError
+
+        _FakeTurn.made[0].started.errback(DialError("TURN server refused: 401 Unauthorized"))
+        self.assertTrue(_FakeTurn.made[0].stopped)
+        self.assertEqual(service.status()["turn"]["last_error"],
+                         "turn:192.0.2.30:3478: TURN server refused: 401 Unauthorized")
+        clock.advance(30)
+        self.assertEqual(len(_FakeTurn.made), 1)
+        clock.advance(31)
+        self.assertEqual([t.server for t in _FakeTurn.made], [("192.0.2.30", 3478), ("192.0.2.31", 3478)])
+        self.successResultOf(service.stopService())
+        self.assertTrue(_FakeTurn.made[1].stopped)

@@ -349,3 +349,52 @@ class NATTextTests(SynchronousTestCase):
         punched.remoteAddr = "/ip4/203.0.113.5/tcp/4001"
         punched.path = "hole-punched"  # type: ignore[attr-defined]
         self.assertEqual(connectionPath(punched), ("hole-punched", None))
+
+
+class NATTraversalTextTests(SynchronousTestCase):
+    """
+    Port mapping, TURN and hole punching in C{beam status}.
+    """
+
+    def _lines(self, **extra: Any) -> list[str]:
+        nat = {**NAT, **extra}
+        status = DaemonStatus(node=attrs.evolve(NODE, reachability="private"),
+                              services=(ServiceInfo("nat", "builtin", "running"),), sections=(("nat", nat),))
+        return statusText(statusJSON(status)).splitlines()
+
+    def test_mappedAndAllocated(self) -> None:
+        """
+        A port mapping shows its external address, protocol and expiry; a
+        TURN allocation its relayed address, server and expiry; hole
+        punching its counts and the last failure's one line.
+        """
+        lines = self._lines(
+            port_mapping={"state": "mapped", "protocol": "nat-pmp", "internal_port": 4001,
+                          "external_addr": "/ip4/203.0.113.50/tcp/4001", "expires_in": 3000.0, "last_error": None},
+            turn={"server": "turn:192.0.2.30:3478", "state": "allocated", "relayed_addr": "/ip4/192.0.2.30/tcp/50000",
+                  "expires_in": 590, "last_error": None},
+            hole_punching={"active": 0, "punched": 2, "failed": 1,
+                           "last_failure": f"hole punch failed, staying on relay via {RELAY}"},
+        )
+        self.assertIn("port mapping: /ip4/203.0.113.50/tcp/4001 via nat-pmp, expires in 50m00s", lines)
+        self.assertIn("TURN: /ip4/192.0.2.30/tcp/50000 on turn:192.0.2.30:3478, expires in 9m50s", lines)
+        self.assertIn("hole punching: 2 punched, 1 failed, 0 under way", lines)
+        self.assertIn(f"  last: hole punch failed, staying on relay via {RELAY}", lines)
+
+    def test_failures(self) -> None:
+        """
+        A mapping or allocation that failed shows its state and error in
+        one line; nothing is shown for what is not configured.
+        """
+        lines = self._lines(
+            port_mapping={"state": "failed", "protocol": None, "external_addr": None, "expires_in": None,
+                          "last_error": "nat-pmp: no answer; upnp: no gateway found"},
+            turn={"server": None, "state": "idle", "relayed_addr": None, "expires_in": None,
+                  "last_error": "turn:192.0.2.30:3478: 401 Unauthorized"},
+            hole_punching={"active": 0, "punched": 0, "failed": 0, "last_failure": None},
+        )
+        self.assertIn("port mapping: failed (nat-pmp: no answer; upnp: no gateway found)", lines)
+        self.assertIn("TURN: idle (turn:192.0.2.30:3478: 401 Unauthorized)", lines)
+        self.assertFalse(any(line.startswith("hole punching") for line in lines))
+        plain = self._lines(port_mapping=None, turn=None, hole_punching=None)
+        self.assertFalse(any(line.startswith(("port mapping", "TURN")) for line in plain))

@@ -584,6 +584,8 @@ class HolePuncher:
         if conn not in self.paths:
             self.punched += 1
             self.paths[conn] = "hole-punched"
+            # Status reads the connection's own path (beam.p2p.host.status).
+            setattr(conn, "path", "hole-punched")
             self.log.info("hole punched a direct connection to {peer} at {addr}",
                           peer=conn.remotePeer, addr=conn.remoteAddr)
             self._notify("punched", conn.remotePeer, addr=str(conn.remoteAddr), role=role)

@@ -189,6 +189,7 @@ class AddressBook:
         self._confirmed: dict[Multiaddr, None] = {}
         self._rejected: dict[Multiaddr, None] = {}
         self._relay: list[Multiaddr] = []
+        self._relayKinds: dict[str, list[Multiaddr]] = {}
         # Addresses learned from outside identify: a gateway's port
         # mapping (UPnP, NAT-PMP), a TURN allocation.  Bounded.
         self._external: list[Multiaddr] = []
@@ -331,18 +332,27 @@ class AddressBook:
             self.reachability = reachability
             self._changed()
 
-    def setRelayAddrs(self, addrs: Iterable[Multiaddr]) -> None:
+    def setRelayAddrs(self, addrs: Iterable[Multiaddr], kind: str = "circuit") -> None:
         """
-        The relay client's current C{.../p2p/RELAY/p2p-circuit} addresses
-        (replacing the previous ones).
+        The current addresses of one kind of relay, replacing the previous
+        ones of that kind: the relay client's C{.../p2p/RELAY/p2p-circuit}
+        addresses (C{"circuit"}), or a TURN allocation's relayed address
+        (C{"turn"}: reachable through the TURN server, but no proof that
+        the node itself is public, so it is no AutoNAT candidate and does
+        not change the reachability).  Circuit addresses come first.
         """
-        new: list[Multiaddr] = []
+        mine: list[Multiaddr] = []
         for a in addrs:
-            if a not in new:
-                new.append(a)
-        if new != self._relay:
-            self._relay = new
-            self._changed()
+            if a not in mine:
+                mine.append(a)
+        if mine == self._relayKinds.get(kind, []):
+            return
+        self._relayKinds[kind] = mine
+        new: list[Multiaddr] = []
+        for k in sorted(self._relayKinds, key=lambda k: (k != "circuit", k)):
+            new.extend(a for a in self._relayKinds[k] if a not in new)
+        self._relay = new
+        self._changed()
 
     def relayAddrs(self) -> list[Multiaddr]:
         return list(self._relay)
