@@ -63,8 +63,8 @@ class _Echo(Protocol):
         self.transport.write(data)
 
 
-def _roundTrip(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+def _roundTrip(port: int, payload: bytes, timeout: float = 10.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(payload)
         out = b""
         while len(out) < len(payload):
@@ -179,10 +179,10 @@ class RelayedTunnelTests(TestCase):
         self.assertNotIn("Failure", str(error))
 
 
-def deferToThreadRoundTrip(port: int, payload: bytes) -> Deferred[bytes]:
+def deferToThreadRoundTrip(port: int, payload: bytes, timeout: float = 10.0) -> Deferred[bytes]:
     from twisted.internet.threads import deferToThread
 
-    return deferToThread(_roundTrip, port, payload)
+    return deferToThread(_roundTrip, port, payload, timeout)
 
 
 class _Conn:
@@ -639,3 +639,75 @@ class NatServiceTraversalTests(SynchronousTestCase):
         self.assertEqual([t.server for t in _FakeTurn.made], [("192.0.2.30", 3478), ("192.0.2.31", 3478)])
         self.successResultOf(service.stopService())
         self.assertTrue(_FakeTurn.made[1].stopped)
+
+
+class RelayFailoverTests(TestCase):
+    """
+    A forward through a relay that dies comes back through another relay,
+    keeping its local listener.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_relayDies(self):
+        """
+        The host (private, hole punching off so the tunnel stays relayed)
+        reserves on two open relays; a client's forward reaches it through
+        relay 1.  Relay 1 stops: the forward keeps its local port, redials
+        the host through relay 2, and a new local connection echoes again
+        within a bounded wait (the issue asks for 10 s).  (Given the
+        host's direct address, the client would come back directly,
+        which is as good.)
+        """
+        noPunch = {"nat": {**FAST_NAT, "holePunch": False}}
+        relay1 = yield _startDaemon(self, Config(listen=LOOPBACK, relayMode="open"))
+        relay2 = yield _startDaemon(self, Config(listen=LOOPBACK, relayMode="open"))
+        host = yield _startDaemon(
+            self, Config(listen=LOOPBACK, bootstrap=(_address(relay1), _address(relay2))), serviceOptions=noPunch,
+        )
+        host.node.addresses.setReachability("private")
+        nat = host.service("nat")
+        yield _until(lambda: {relay1.node.peerID, relay2.node.peerID} <= set(nat.relayClient.reservations))
+
+        echo = reactor.listenTCP(0, Factory.forProtocol(_Echo), interface="127.0.0.1")
+        self.addCleanup(echo.stopListening)
+        host.tunnels.exposePort(echo.getHost().port, "echo")
+        circuits = [a for a in host.tunnels.shareAddress("echo").addrs if "p2p-circuit" in a.protocols()]
+        circuits.sort(key=lambda a: str(relay1.node.peerID) not in str(a))
+        self.assertEqual(len(circuits), 2)
+
+        client = yield _startDaemon(self, Config(listen=LOOPBACK), serviceOptions=noPunch)
+        # On loopback the host's listen address (which identify tells the
+        # client) would simply work; behind a real NAT it would not.  Let
+        # the client dial only relay addresses, as across a NAT.
+        known = client.node.peerStore.addrs
+
+        def relayedOnly(peer: Any) -> list[Multiaddr]:
+            addrs = known(peer)
+            return [a for a in addrs if "p2p-circuit" in a.protocols()] if peer == host.node.peerID else addrs
+
+        client.node.peerStore.addrs = relayedOnly
+        share = ShareAddress(peer=host.node.peerID, addrs=tuple(circuits), service="echo")
+        forward = yield client.forwards.start(share, probe=True)
+        port = int(forward.listen.rpartition(":")[2])
+        got = yield deferToThreadRoundTrip(port, b"before")
+        self.assertEqual(got, b"before")
+        conn = client.node.connectionTo(host.node.peerID)
+        self.assertIn(str(relay1.node.peerID), str(conn.remoteAddr))
+
+        yield relay1.stopService()
+        # Bounded by tries, not asserted as a time: 20 tries 0.5 s apart.
+        for _ in range(20):
+            try:
+                got = yield deferToThreadRoundTrip(port, b"after", timeout=2.0)
+            except OSError:
+                got = b""
+            if got == b"after":
+                break
+            yield deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(got, b"after")
+        self.assertEqual(client.forwards.forwardStatus(str(port), client.forwards.byKey[str(port)]).listen,
+                         forward.listen, "the local listener is the same")
+        conn = client.node.connectionTo(host.node.peerID)
+        self.assertIn(str(relay2.node.peerID), str(conn.remoteAddr))
