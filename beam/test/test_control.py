@@ -347,6 +347,8 @@ class ControlRouteTests(TestCase):
             "peer_id": "12D3", "listen_addrs": ["/ip4/0.0.0.0/tcp/1"], "addrs": ["/ip4/192.0.2.1/tcp/1/p2p/12D3"],
             "observed_addrs": [], "connections": 0, "names": [asName("alice")],
             "dht_mode": "server", "routing_table_size": 7, "records_held": 2,
+            "reachability": "unknown", "confirmed_addrs": [], "candidate_addrs": [], "relay_addrs": [],
+            "connection_paths": {},
         })
         self.results["networkRoutes"] = RoutesStatus(k=20, size=0)
         self.assertEqual((yield self.client.request("GET", "/v1/network/routes")),
