@@ -557,7 +557,7 @@ class NatService(MultiService):
             make = PortMapper
         self.portMapError = None
         self.portMapper = make(self.reactor, port, onAddress=self._mappedAddress)
-        self.portMapper.setServiceParent(self)  # type: ignore[union-attr]
+        self.portMapper.setServiceParent(self)
 
     def _mappedAddress(self, addr: Optional[Multiaddr]) -> None:
         """
@@ -614,9 +614,10 @@ class NatService(MultiService):
             from beam.p2p.nat.turntransport import TurnTransport
 
             make = TurnTransport
-        turn = make(self.node, (server.host, server.port), server.username, server.password)
+        turn: Any = make(self.node, (server.host, server.port), server.username, server.password)
         self.turn, self.turnServer = turn, server
         turn.addAddressObserver(self._turnAddress)
+        release: Callable[[], Any] = turn.stop
         self.log.info("allocating a relay on TURN server {url}", url=server.url)
         d = self._turnStarting = turn.start()
 
@@ -634,7 +635,7 @@ class NatService(MultiService):
             self._turnIndex += 1
             self._turnNotBefore = self.reactor.seconds() + self.turnRetry
             self.turn = self.turnServer = None
-            maybeDeferred(turn.stop).addErrback(lambda _: None)
+            maybeDeferred(release).addErrback(lambda _: None)
             self.node.addresses.setRelayAddrs([], kind="turn")
 
         d.addCallbacks(started, failed)
