@@ -201,6 +201,10 @@ class NameService(Service):
             reg.lastError = str(e)
             self.log.warn("publishing name {name} failed: {why}", name=reg.name, why=e)
         if not withdrawn and self.running:
+            # Publishes of one name may overlap (a registration and an
+            # address change): the last one to finish keeps the only timer.
+            if reg.timer is not None and reg.timer.active():
+                reg.timer.cancel()
             reg.timer = self.reactor.callLater(self.republishInterval, self._republish, reg)
         if reg.storedOn:
             self.log.info("published name {name} on {n} other peer(s)", name=reg.name, n=reg.storedOn)

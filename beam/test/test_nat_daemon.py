@@ -79,6 +79,24 @@ def _address(daemon: Any) -> Multiaddr:
     return daemon.node.advertisedAddrs()[0]
 
 
+def _relayedOnly(client: Any, host: Any) -> None:
+    """
+    Let C{client} and C{host} dial each other only at relay addresses.
+    On loopback each one's listen address (which identify tells the
+    other) simply works, and the dialer tries direct addresses first (the
+    host may also dial the client directly, for its DHT); behind real NATs
+    they would not answer.
+    """
+    for a, b in ((client, host), (host, client)):
+        known = a.node.peerStore.addrs
+
+        def relayedOnly(peer: Any, known: Any = known, other: Any = b.node.peerID) -> list[Multiaddr]:
+            addrs = known(peer)
+            return [x for x in addrs if "p2p-circuit" in x.protocols()] if peer == other else addrs
+
+        a.node.peerStore.addrs = relayedOnly
+
+
 class RelayedTunnelTests(TestCase):
     """
     A private node reserves on an open relay found among its bootstrap
@@ -132,6 +150,7 @@ class RelayedTunnelTests(TestCase):
         self.assertEqual([r["peer"] for r in relayStatus["reservations"]], [str(host.node.peerID)])
 
         client = yield _startDaemon(self, Config(listen=LOOPBACK))
+        _relayedOnly(client, host)
         viaRelay = ShareAddress(peer=host.node.peerID, addrs=tuple(circuits), service="echo")
         forward = yield client.forwards.start(viaRelay, probe=True)
         port = int(forward.listen.rpartition(":")[2])
@@ -678,16 +697,7 @@ class RelayFailoverTests(TestCase):
         self.assertEqual(len(circuits), 2)
 
         client = yield _startDaemon(self, Config(listen=LOOPBACK), serviceOptions=noPunch)
-        # On loopback the host's listen address (which identify tells the
-        # client) would simply work; behind a real NAT it would not.  Let
-        # the client dial only relay addresses, as across a NAT.
-        known = client.node.peerStore.addrs
-
-        def relayedOnly(peer: Any) -> list[Multiaddr]:
-            addrs = known(peer)
-            return [a for a in addrs if "p2p-circuit" in a.protocols()] if peer == host.node.peerID else addrs
-
-        client.node.peerStore.addrs = relayedOnly
+        _relayedOnly(client, host)
         share = ShareAddress(peer=host.node.peerID, addrs=tuple(circuits), service="echo")
         forward = yield client.forwards.start(share, probe=True)
         port = int(forward.listen.rpartition(":")[2])
