@@ -10,7 +10,11 @@ answers requests on the same protocol, several per stream if the peer
 sends several (go and js do).
 
 Who joins the routing table: peers whose identify lists
-C{/beam/kad/1.0.0} (they are servers) and peers that answered us.  Our
+C{/beam/kad/1.0.0} (they are servers) and peers that answered us, with
+the addresses of theirs we could dial: direct ones (no relay circuits)
+reachable from where they connect from.  A server with none (a NAT'd node
+whose private addresses mean nothing here, one reachable only through a
+relay) stays out: nobody could dial it for a lookup.  Our
 own mode: a node that listens somewhere is a server; one that listens
 nowhere (C{beam resolve} without a running node) is a client and does not
 register the protocol, so it never appears in routing tables.  AutoNAT
@@ -44,6 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from beam.dht.addrfilter import DialLimiter, filterMessage
+from beam.p2p.host.addrs import reachableFrom
 from beam.dht.kad import KademliaNode, Mode
 from beam.dht.messages import Message, PeerInfo, decodeMessage, encodeMessage
 from beam.dht.routing import RoutingTable
@@ -345,8 +350,11 @@ class KademliaService(Service):
         addrs: tuple[Multiaddr, ...] = ()
         isServer = False
         if identified is not None:
-            addrs = tuple(a.withoutPeerID() for a in identified.listenAddrs)[:16]
-            isServer = KAD_PROTOCOL in identified.protocols
+            addrs = _dialable(conn, identified.listenAddrs)
+            # A server we could never dial back (only private addresses of
+            # its own network, or only relayed ones) is no use in our
+            # routing table, whatever it serves.
+            isServer = KAD_PROTOCOL in identified.protocols and bool(addrs)
         sender = PeerInfo(conn.remotePeer, addrs)
         network = networkOf(getattr(conn, "remoteAddr", None))
         return self.kad.handleRequest(sender, request, senderIsServer=isServer, senderNetwork=network)
@@ -360,11 +368,15 @@ class KademliaService(Service):
             # in the routing table.
             self.kad.routingTable.remove(conn.remotePeer)
             return
-        addrs = tuple(
-            a.withoutPeerID() for a in conn.identify.listenAddrs if a.tcpTarget() is not None
-        )[:16]
-        if not addrs and conn.direction == "outbound":
+        addrs = _dialable(conn, conn.identify.listenAddrs)
+        if not addrs and conn.direction == "outbound" and not conn.limited:
             addrs = (conn.remoteAddr.withoutPeerID(),)
+        if not addrs:
+            # Nothing we could dial it on (a NAT'd peer whose private
+            # addresses mean nothing here, or one reachable only through a
+            # relay): other peers could not either.
+            self.kad.routingTable.remove(conn.remotePeer)
+            return
         self.kad.addPeer(PeerInfo(conn.remotePeer, addrs))
 
     # -- lifecycle ---------------------------------------------------------
@@ -584,6 +596,19 @@ class KademliaService(Service):
         from beam.dht.resource import DHTResource
 
         return DHTResource(self)
+
+
+def _dialable(conn: Any, listenAddrs: Iterable[Multiaddr]) -> tuple[Multiaddr, ...]:
+    """
+    The addresses a peer gave in identify that belong in a routing table:
+    direct ones (no relay circuits) that we can reach from where the peer
+    connects from (libp2p's address filtering), at most 16.
+    """
+    direct = [
+        a.withoutPeerID() for a in listenAddrs if not any(name == "p2p-circuit" for name, _ in a.components())
+    ]
+    via = getattr(conn, "observedRemote", None) or getattr(conn, "remoteAddr", None)
+    return tuple(reachableFrom(direct, via))[:16]
 
 
 def _stats(lookup: Any, elapsed: float) -> dict[str, Any]:

@@ -507,3 +507,42 @@ class ExternalCandidateTests(SynchronousTestCase):
         for a in addrs:
             book.addCandidate(a)
         self.assertEqual(book.candidates(), addrs[-8:])
+
+
+class SymmetricNATTests(SynchronousTestCase):
+    """
+    A node that peers see on one public IP but a different port each
+    (a symmetric NAT) is private: no address of it can be dialled.
+    """
+
+    def test_differentPortEach(self) -> None:
+        """
+        Two observers, two ports, none seen twice: private.
+        """
+        book = AddressBook(lambda: [])
+        book.observe(Multiaddr.fromString("/ip4/203.0.113.5/tcp/40001"), "a")
+        self.assertEqual(book.reachability, "unknown")
+        book.observe(Multiaddr.fromString("/ip4/203.0.113.5/tcp/40777"), "b")
+        self.assertTrue(book.looksSymmetric())
+        self.assertEqual(book.reachability, "private")
+
+    def test_samePortIsNotSymmetric(self) -> None:
+        """
+        Two observers agreeing on a port (endpoint-independent mapping),
+        even with a stray third port, is no sign of a symmetric NAT.
+        """
+        book = AddressBook(lambda: [])
+        for who in ("a", "b"):
+            book.observe(Multiaddr.fromString("/ip4/203.0.113.5/tcp/4001"), who)
+        book.observe(Multiaddr.fromString("/ip4/203.0.113.5/tcp/50000"), "c")
+        self.assertFalse(book.looksSymmetric())
+        self.assertEqual(book.reachability, "unknown")
+
+    def test_oneObserverIsNotEnough(self) -> None:
+        """
+        One observer reporting two ports proves nothing.
+        """
+        book = AddressBook(lambda: [])
+        book.observe(Multiaddr.fromString("/ip4/203.0.113.5/tcp/40001"), "a")
+        book.observe(Multiaddr.fromString("/ip4/203.0.113.5/tcp/40002"), "a")
+        self.assertEqual(book.reachability, "unknown")

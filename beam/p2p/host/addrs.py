@@ -163,6 +163,13 @@ def observerGroup(remote: Optional[Multiaddr], peer: Any) -> Any:
     return peer
 
 
+def _ipOf(addr: Multiaddr) -> Optional[str]:
+    comps = addr.components()
+    if comps and comps[0][0] in ("ip4", "ip6"):
+        return comps[0][1]
+    return None
+
+
 class AddressBook:
     """
     See the module docstring.
@@ -235,6 +242,41 @@ class AddressBook:
             peers.add(observer)
         if not before and len(peers) >= self.observerThreshold:
             self._changed()
+        if self.reachability == "unknown" and not self._confirmed and self.looksSymmetric():
+            self.log.info(
+                "peers see this node at {ip} on a different port each: the NAT maps every connection anew "
+                "(symmetric), so no address of ours can be dialled; treating the node as private",
+                ip=_ipOf(observed),
+            )
+            self.setReachability("private")
+
+    def looksSymmetric(self) -> bool:
+        """
+        Whether observations show an address-dependent (symmetric) NAT:
+        for one public IP, at least C{observerThreshold} distinct
+        observers each saw a port no other observer saw.  Such a node never
+        gets a candidate (no address is seen twice), so AutoNAT never
+        rules on it; without this it would stay C{"unknown"} and serve the
+        DHT that nobody can reach it for.
+        """
+        byIP: dict[str, dict[str, set[Any]]] = {}
+        for addr, peers in self._observed.items():
+            if addrScope(addr) != "public":
+                continue
+            ip = _ipOf(addr)
+            target = addr.tcpTarget()
+            if ip is None or target is None:
+                continue
+            byIP.setdefault(ip, {})[str(target[1])] = peers
+        for ports in byIP.values():
+            if len(ports) < self.observerThreshold:
+                continue
+            if any(len(peers) >= self.observerThreshold for peers in ports.values()):
+                continue
+            observers = set().union(*ports.values())
+            if len(observers) >= self.observerThreshold:
+                return True
+        return False
 
     def observed(self) -> dict[Multiaddr, int]:
         """
