@@ -54,6 +54,8 @@ defaults.  Schema (every key optional)::
     data = 0                  # bytes each way per circuit (0: no cap)
     requests_per_minute = 30
     request_burst = 16
+    bandwidth = "10MiB"       # per second, all circuits together (absent or 0: no cap)
+    circuit_bandwidth = "2MiB"  # per second, each circuit (absent or 0: no cap)
 
     # Services that installed packages add to every node (Twisted plugins
     # providing beam.daemon.plugins.IBeamService).
@@ -110,7 +112,7 @@ import attr
 from beam.errors import BeamError, InvalidMultiaddr, InvalidPeerID
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
-from beam.p2p.resources import Limits, defaultLimits, limitsFromTable
+from beam.p2p.resources import Limits, defaultLimits, limitsFromTable, parseSize
 from beam.tunnel.share import InvalidShareAddress, ShareAddress, parseShareAddress
 
 CONFIG_FILE = "config.toml"
@@ -236,6 +238,18 @@ RELAY_LIMIT_KEYS: dict[str, tuple[str, int, int]] = {
     "requests_per_minute": ("requestsPerMinute", 1, 1_000_000),
     "request_burst": ("requestBurst", 1, 1_000_000),
 }
+
+#: The C{[relay]} byte rates (bytes per second, both directions counted,
+#: written as sizes: C{"10MiB"}, C{"512KiB/s"}, C{1048576}), with the
+#: L{RelayLimits} field each sets.  0 means no cap, as for C{data}.
+RELAY_RATE_KEYS: dict[str, str] = {
+    "bandwidth": "bandwidth",
+    "circuit_bandwidth": "circuitBandwidth",
+}
+
+#: The smallest byte rate a relay may be given: below it a circuit could
+#: not carry a hole-punch handshake in reasonable time.
+MIN_RELAY_RATE = 1024
 
 #: The most STUN servers C{stun_servers} may list.
 MAX_STUN_SERVERS = 8
@@ -395,6 +409,23 @@ def _typeName(value: Any) -> str:
 
 def _isInt(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _relayRate(value: object) -> int | None:
+    """
+    A C{[relay]} byte rate: a size (L{parseSize}), optionally ending in
+    C{"/s"}; 0 (no cap) or at least L{MIN_RELAY_RATE}.  L{None} if it is
+    neither.
+    """
+    if isinstance(value, str) and value.rstrip().lower().endswith("/s"):
+        value = value.rstrip()[:-2]
+    try:
+        rate = parseSize(value)
+    except ValueError:
+        return None
+    if rate and rate < MIN_RELAY_RATE:
+        return None
+    return rate
 
 
 class _Validator:
@@ -606,7 +637,7 @@ class _Validator:
                        f"not {_typeName(value)}", key="relay")
             return out
         context = ("relay", 0)
-        self.unknown(value, {"mode", *RELAY_LIMIT_KEYS}, context, "[relay]")
+        self.unknown(value, {"mode", *RELAY_LIMIT_KEYS, *RELAY_RATE_KEYS}, context, "[relay]")
         mode = value.get("mode", "default")
         if mode not in RELAY_MODES:
             self.p.add(f"mode must be \"off\", \"default\" or \"open\", not {mode!r}", context, "mode")
@@ -621,6 +652,15 @@ class _Validator:
                 self.p.add(f"{key} must be a whole number from {low} to {high}, not {item!r}", context, key)
                 continue
             limits[field] = float(item) if field == "reservationTTL" else item
+        for key, field in RELAY_RATE_KEYS.items():
+            if key not in value:
+                continue
+            rate = _relayRate(value[key])
+            if rate is None:
+                self.p.add(f"{key} must be bytes per second such as \"10MiB\" (0 for no cap, else at least "
+                           f"{MIN_RELAY_RATE}), not {value[key]!r}", context, key)
+            elif rate:
+                limits[field] = rate
         out["relayLimits"] = limits
         return out
 

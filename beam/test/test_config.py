@@ -586,6 +586,29 @@ reservation_ttl = 1800
         limits = RelayLimits.open(**config.relayLimits)
         self.assertEqual((limits.maxReservations, limits.duration), (500, 0))
 
+    def test_bandwidth(self) -> None:
+        """
+        C{bandwidth} and C{circuit_bandwidth} are bytes per second, written
+        as sizes (optionally with C{/s}); 0 means no cap, as leaving them
+        out does.
+        """
+        config = loadConfig(self.write('[relay]\nmode = "open"\nbandwidth = "10MiB"\n'
+                                       'circuit_bandwidth = "512 KiB/s"\n'))
+        self.assertEqual(config.relayLimits, {"bandwidth": 10 * 1024 * 1024, "circuitBandwidth": 512 * 1024})
+        from beam.p2p.relay.hop import RelayLimits
+
+        limits = RelayLimits.open(**config.relayLimits)
+        self.assertEqual((limits.bandwidth, limits.circuitBandwidth), (10 * 1024 * 1024, 512 * 1024))
+        self.assertEqual(loadConfig(self.write("[relay]\nbandwidth = 0\ncircuit_bandwidth = 65536\n")).relayLimits,
+                         {"circuitBandwidth": 65536})
+        self.assertEqual((RelayLimits().bandwidth, RelayLimits().circuitBandwidth), (None, None))
+        self.assertEqual(self.problems('[relay]\nbandwidth = "fast"\ncircuit_bandwidth = 10\n'), [
+            "config.toml:2: bandwidth must be bytes per second such as \"10MiB\" (0 for no cap, else at least "
+            "1024), not 'fast'",
+            "config.toml:3: circuit_bandwidth must be bytes per second such as \"10MiB\" (0 for no cap, else at "
+            "least 1024), not 10",
+        ])
+
     def test_stun(self) -> None:
         """
         C{stun_servers} lists C{HOST}, C{HOST:PORT} or C{[IPv6]:PORT};
@@ -617,9 +640,9 @@ max_circus = 3
             "config.toml:7: mode must be \"off\", \"default\" or \"open\", not 'closed'",
             "config.toml:8: max_circuits must be a whole number from 1 to 1000000, not 0",
             "config.toml:9: reservation_ttl must be a whole number from 60 to 86400, not 'long'",
-            "config.toml:10: unknown key 'max_circus' in [relay] (expected one of: data, duration, max_circuits, "
-            "max_circuits_per_peer, max_reservations, max_reservations_per_ip, mode, request_burst, "
-            "requests_per_minute, reservation_ttl)",
+            "config.toml:10: unknown key 'max_circus' in [relay] (expected one of: bandwidth, circuit_bandwidth, "
+            "data, duration, max_circuits, max_circuits_per_peer, max_reservations, max_reservations_per_ip, mode, "
+            "request_burst, requests_per_minute, reservation_ttl)",
         ])
         self.assertEqual(self.problems('relay = "closed"\n'),
                          ["config.toml:1: relay must be \"off\", \"default\" or \"open\", not 'closed'"])

@@ -427,6 +427,128 @@ class CircuitTests(SynchronousTestCase):
         self.assertEqual(after["system"]["fd"], before["system"]["fd"])
 
 
+def _held(service: RelayService) -> int:
+    """
+    The bytes the relay holds for its circuits: what each circuit stream
+    has received but not handed over, and what waits in its send queue.
+    """
+    return sum(s._buffered + s._queued for c in service.circuits for s in c.streams)
+
+
+class BandwidthTests(SynchronousTestCase):
+    """
+    The operator's byte rates (L{RelayLimits.bandwidth} and
+    L{RelayLimits.circuitBandwidth}): a circuit over its rate stops
+    reading, so the senders stall and the relay holds only what the yamux
+    windows let in.
+    """
+
+    def _sink(self, w: RelayWorld, sender: Node, handler: str) -> tuple[Any, dict[str, int]]:
+        """
+        A stream from C{sender} to a counting sink on A (the handler
+        C{handler}) through the relay: the stream's protocol and the
+        count.
+        """
+        counts = {"n": 0}
+
+        class Count(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                counts["n"] += len(data)
+
+        w.a.setStreamHandler(handler, Count)
+        return w.grid.result(sender.openStream(w.a.peerID, [handler], Collect)), counts
+
+    def test_circuitRate(self) -> None:
+        """
+        A circuit capped at 64 KiB/s moves about 64 KiB per simulated
+        second (one second's burst more at most), while the relay holds no
+        more than the streams' windows however much the sender has queued.
+        """
+        rate = 64 * 1024
+        w = RelayWorld(self, RelayLimits.open(circuitBandwidth=rate), idleTimeout=1e6)
+        w.grid.result(w.b.connect(w.circuitAddr()))
+        proto, counts = self._sink(w, w.b, SINK)
+        proto.transport.write(b"z" * 4 * 1024 * 1024)
+        held = []
+        for _ in range(20):
+            w.grid.advance(0.5)
+            held.append(_held(w.service))
+        (circuit,) = w.service.circuits
+        relayed = sum(circuit.sent)
+        # 10 s at 64 KiB/s, plus the bucket's first second and what was
+        # read beyond it: the relay forwards whatever its stream hands it,
+        # here up to a whole 256 KiB window at once.
+        self.assertGreater(relayed, 9 * rate)
+        self.assertLessEqual(relayed, 11 * rate + 256 * 1024)
+        self.assertGreater(counts["n"], 7 * rate)
+        # In the steady state: 64 KiB a second, within a window's lump.
+        w.grid.advance(40)
+        later = sum(circuit.sent)
+        self.assertLess(abs((later - relayed) / 40 - rate), 256 * 1024 / 40)
+        self.assertLess(max(held), 1024 * 1024)
+        self.assertTrue(w.service.status()["circuits"][0]["throttled"])
+        self.assertEqual(w.service.status()["bandwidth"]["perCircuit"], rate)
+        # Without more data the circuit reads again.
+        w.grid.advance(120)
+        self.assertFalse(circuit.throttled)
+
+    def test_totalRateShared(self) -> None:
+        """
+        Two circuits under a 64 KiB/s total cap move about 64 KiB per
+        simulated second together, in turns (neither starves), and the
+        relay holds no more than their windows.
+        """
+        rate = 64 * 1024
+        w = RelayWorld(self, RelayLimits.open(bandwidth=rate), idleTimeout=1e6)
+        c = w.grid.node(idleTimeout=1e6)
+        c.addresses = AddressBook(lambda: [])
+        c.transports.append(RelayTransport(c))
+        w.grid.result(w.b.connect(w.circuitAddr()))
+        w.grid.result(c.connect(w.circuitAddr()))
+        self.assertEqual(len(w.service.circuits), 2)
+        one, first = self._sink(w, w.b, SINK)
+        two, second = self._sink(w, c, SINK + "/2")
+        one.transport.write(b"1" * 2 * 1024 * 1024)
+        two.transport.write(b"2" * 2 * 1024 * 1024)
+        held = []
+        for _ in range(20):
+            w.grid.advance(0.5)
+            held.append(_held(w.service))
+        relayed = sum(sum(x.sent) for x in w.service.circuits)
+        self.assertGreater(first["n"], rate)
+        self.assertGreater(second["n"], rate)
+        # Each turn each circuit reads what its stream holds (up to a
+        # 256 KiB window): over 40 s the rate is 64 KiB/s within two such
+        # lumps.
+        w.grid.advance(40)
+        later = sum(sum(x.sent) for x in w.service.circuits)
+        self.assertLess(abs((later - relayed) / 40 - rate), 2 * 256 * 1024 / 40)
+        self.assertLess(max(held), 2 * 1024 * 1024)
+        self.assertEqual(w.service.status()["bandwidth"]["total"], rate)
+
+    def test_byteRate(self) -> None:
+        """
+        L{ByteRate}: a second's burst, then debt that says how long to
+        wait, paid off by the clock.
+        """
+        from twisted.internet.task import Clock
+
+        from beam.p2p.relay.hop import ByteRate
+
+        clock = Clock()
+        rate = ByteRate(clock, 1000)
+        rate.charge(1000)
+        self.assertEqual(rate.wait(), 0.0)
+        rate.charge(500)
+        self.assertAlmostEqual(rate.wait(), 0.5)
+        clock.advance(0.5)
+        self.assertEqual(rate.wait(), 0.0)
+        clock.advance(100)
+        rate.charge(1500)
+        self.assertAlmostEqual(rate.wait(), 0.5)
+        self.assertRaises(ValueError, ByteRate, clock, 0)
+
+
 class WireTests(SynchronousTestCase):
     def test_reserveBytes(self) -> None:
         """

@@ -15,7 +15,14 @@ operator's limits:
    or target), and how often one peer may ask (a small token bucket), so
    a peer asking for 10,000 reservations or circuits is refused with the
    spec's status after a few dozen, each refusal costing a dictionary
-   look-up and a few bytes (no signature, no stream to the target).
+   look-up and a few bytes (no signature, no stream to the target);
+ - how fast it relays: L{RelayLimits.bandwidth} bytes per second for all
+   circuits together and L{RelayLimits.circuitBandwidth} for each (both
+   directions counted, as L{RelayService.relayedBytes} counts them).  A
+   circuit over its rate stops reading both its streams until the
+   L{token bucket<ByteRate>} is back in credit; it never buffers: the
+   yamux windows stall the two peers' writers, so what the relay holds
+   stays within those windows however fast they send.
 
 Nothing is relayed over a connection that is itself relayed (no
 reservation or CONNECT arrives over one, no stop goes out over one), to
@@ -95,6 +102,12 @@ class RelayLimits:
     #: Seconds a client has to send its request, and the target to answer
     #: the stop CONNECT.
     requestTimeout: float = 15.0
+    #: Bytes per second all circuits together may relay (both directions
+    #: counted); L{None}: no cap.
+    bandwidth: Optional[int] = None
+    #: Bytes per second one circuit may relay (both directions counted);
+    #: L{None}: no cap.
+    circuitBandwidth: Optional[int] = None
 
     @classmethod
     def open(cls, **changes: Any) -> "RelayLimits":
@@ -145,6 +158,41 @@ class _Bucket:
         return ok
 
 
+class ByteRate:
+    """
+    A token bucket of bytes on a clock: C{rate} bytes a second, at most
+    one second's worth saved up.  L{charge} takes what was relayed even
+    beyond the credit (the bytes have arrived already); the debt says how
+    long the reader must wait (L{wait}) before it reads again.
+    """
+
+    def __init__(self, clock: Any, rate: int) -> None:
+        if rate <= 0:
+            raise ValueError("a byte rate must be positive")
+        self.clock = clock
+        self.rate = float(rate)
+        self.burst = float(rate)
+        self._tokens = self.burst
+        self._then = clock.seconds()
+
+    def _refill(self) -> None:
+        now = self.clock.seconds()
+        self._tokens = min(self.burst, self._tokens + (now - self._then) * self.rate)
+        self._then = now
+
+    def charge(self, n: int) -> None:
+        self._refill()
+        self._tokens -= n
+
+    def wait(self) -> float:
+        """
+        Seconds until the bucket is out of debt (0 when it is not in
+        debt).
+        """
+        self._refill()
+        return -self._tokens / self.rate if self._tokens < 0 else 0.0
+
+
 def ipKey(addr: Optional[Multiaddr]) -> Optional[str]:
     """
     The IP a connection comes from, for the per-IP reservation cap: the
@@ -174,14 +222,15 @@ class _ReadPauser:
     left to the circuit (which resets or closes each side as it ended).
     """
 
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
+    def __init__(self, circuit: Circuit, index: int) -> None:
+        self.circuit = circuit
+        self.index = index
 
     def pauseProducing(self) -> None:
-        self.stream.pauseProducing()
+        self.circuit.pauseReading(self.index, "full")
 
     def resumeProducing(self) -> None:
-        self.stream.resumeProducing()
+        self.circuit.resumeReading(self.index, "full")
 
     def stopProducing(self) -> None:
         pass
@@ -231,6 +280,14 @@ class Circuit:
         self.ended = False
         self.why = ""
         self._timer: Any = None
+        # Why each side's reading is paused: "full" (the other side's send
+        # queue is) and "rate" (a byte rate is in debt); it reads again
+        # once no reason is left.
+        self._pausedFor: list[set[str]] = [set(), set()]
+        self.rate: Optional[ByteRate] = None
+        if service.limits.circuitBandwidth is not None:
+            self.rate = ByteRate(service.node.reactor, service.limits.circuitBandwidth)
+        self._rateTimer: Any = None
 
     def splice(self, hop: FramedProtocol, stop: FramedProtocol) -> None:
         """
@@ -240,8 +297,8 @@ class Circuit:
         a, b = hop.transport, stop.transport
         self.streams = [a, b]
         left = [hop.handOver(_Side(self, 0)), stop.handOver(_Side(self, 1))]
-        a.registerProducer(_ReadPauser(b), True)  # type: ignore[union-attr]  # streams are consumers
-        b.registerProducer(_ReadPauser(a), True)  # type: ignore[union-attr]
+        a.registerProducer(_ReadPauser(self, 1), True)  # type: ignore[union-attr]  # streams are consumers
+        b.registerProducer(_ReadPauser(self, 0), True)  # type: ignore[union-attr]
         if self.limit.duration:
             self._timer = self.service.node.reactor.callLater(
                 self.limit.duration, self.reset, "the circuit reached its duration limit"
@@ -265,6 +322,83 @@ class Circuit:
         self.sent[index] += len(data)
         self.service.relayedBytes += len(data)
         self.streams[1 - index].write(data)
+        self._charge(len(data))
+
+    # -- pausing -------------------------------------------------------------
+
+    def pauseReading(self, index: int, why: str) -> None:
+        """
+        Stop reading side C{index} for C{why} (the first reason pauses the
+        stream).
+        """
+        reasons = self._pausedFor[index]
+        if not reasons and not self.ended:
+            self.streams[index].pauseProducing()
+        reasons.add(why)
+
+    def resumeReading(self, index: int, why: str) -> None:
+        """
+        C{why} no longer holds for side C{index}; it reads again once no
+        other reason does.
+        """
+        reasons = self._pausedFor[index]
+        if why not in reasons:
+            return
+        reasons.discard(why)
+        if not reasons and not self.ended:
+            self.streams[index].resumeProducing()
+
+    @property
+    def throttled(self) -> bool:
+        """
+        Whether a byte rate holds this circuit's reading now.
+        """
+        return "rate" in self._pausedFor[0]
+
+    def _charge(self, n: int) -> None:
+        """
+        Count C{n} relayed bytes against the byte rates; if one is in debt,
+        stop reading both sides until it is paid off.
+        """
+        shared = self.service.rate
+        if self.ended or (self.rate is None and shared is None):
+            return
+        for rate in (self.rate, shared):
+            if rate is not None:
+                rate.charge(n)
+        self._throttle()
+
+    def _throttle(self, ignoreShared: bool = False) -> None:
+        """
+        Read again if no rate is in debt, else pause and wait: on our own
+        timer for the circuit's rate, in the relay's queue for the shared
+        one (which wakes its circuits in turn, so none starves).
+
+        @param ignoreShared: the relay's queue woke us: read (one lump:
+            what the stream holds) whatever the shared rate says now.
+        """
+        if self._rateTimer is not None and self._rateTimer.active():
+            self._rateTimer.cancel()
+        self._rateTimer = None
+        if self.ended:
+            return
+        own = self.rate.wait() if self.rate is not None else 0.0
+        shared = self.service.rate
+        other = shared.wait() if shared is not None and not ignoreShared else 0.0
+        if own <= 0 and other <= 0:
+            for i in (0, 1):
+                # Resuming may hand us data at once, and that may pause us
+                # again: then the other side stays paused.
+                if i and self.throttled and (self._rateTimer is not None or self in self.service._waiting):
+                    break
+                self.resumeReading(i, "rate")
+            return
+        for i in (0, 1):
+            self.pauseReading(i, "rate")
+        if own > 0:
+            self._rateTimer = self.service.node.reactor.callLater(own, self._throttle)
+        else:
+            self.service._waitForRate(self)
 
     def halfClosed(self, index: int) -> None:
         if not self.ended:
@@ -294,9 +428,10 @@ class Circuit:
     def _finish(self, why: str) -> None:
         self.ended = True
         self.why = why
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._rateTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._rateTimer = None
         self.service._circuitEnded(self)
 
     def asJSON(self) -> dict[str, Any]:
@@ -305,6 +440,7 @@ class Circuit:
             "to": str(self.dst),
             "bytes": list(self.sent),
             "seconds": self.service.node.reactor.seconds() - self.openedAt,
+            "throttled": self.throttled,
         }
 
 
@@ -434,6 +570,13 @@ class RelayService(Service):
         self._bucket = _Bucket(node.reactor, self.limits.requestBurst, self.limits.requestsPerMinute)
         self.refusals: dict[str, int] = {}
         self.relayedBytes = 0
+        #: The byte rate all circuits share, if the operator set one.
+        self.rate: Optional[ByteRate] = (
+            ByteRate(node.reactor, self.limits.bandwidth) if self.limits.bandwidth is not None else None
+        )
+        # Circuits waiting for the shared rate, in the order they began to.
+        self._waiting: dict[Circuit, None] = {}
+        self._rateTimer: Any = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -449,6 +592,10 @@ class RelayService(Service):
         for circuit in list(self.circuits):
             if circuit.streams:
                 circuit.reset("the relay stopped")
+        if self._rateTimer is not None and self._rateTimer.active():
+            self._rateTimer.cancel()
+        self._rateTimer = None
+        self._waiting = {}
         for peer in list(self.reservations):
             self._drop(peer)
 
@@ -604,7 +751,35 @@ class RelayService(Service):
 
         pending.addCallbacks(ok, failed)
 
+    # -- the shared byte rate ---------------------------------------------------
+
+    def _waitForRate(self, circuit: Circuit) -> None:
+        """
+        C{circuit} read past the shared rate: it waits until the rate is
+        out of debt, behind those that waited before it.
+        """
+        self._waiting[circuit] = None
+        if self._rateTimer is None and self.rate is not None:
+            self._rateTimer = self.node.reactor.callLater(self.rate.wait(), self._wake)
+
+    def _wake(self) -> None:
+        """
+        The shared rate is out of debt: every waiting circuit reads once,
+        in the order they waited (each read puts it at the back of the
+        queue again), so a busy circuit cannot starve another.
+        """
+        self._rateTimer = None
+        assert self.rate is not None
+        wait = self.rate.wait()
+        if wait > 0:
+            self._rateTimer = self.node.reactor.callLater(wait, self._wake)
+            return
+        waiting, self._waiting = list(self._waiting), {}
+        for circuit in waiting:
+            circuit._throttle(ignoreShared=True)
+
     def _circuitEnded(self, circuit: Circuit) -> None:
+        self._waiting.pop(circuit, None)
         if circuit not in self.circuits:
             return
         self.circuits.discard(circuit)
@@ -634,4 +809,9 @@ class RelayService(Service):
             "circuits": [c.asJSON() for c in self.circuits],
             "refusals": dict(self.refusals),
             "relayedBytes": self.relayedBytes,
+            "bandwidth": {
+                "total": self.limits.bandwidth,
+                "perCircuit": self.limits.circuitBandwidth,
+                "throttledCircuits": sum(1 for c in self.circuits if c.throttled),
+            },
         }
