@@ -35,6 +35,16 @@ the node has learned about itself (C{node.addresses.reachability}):
    The relay addresses go into the address book, and from there into
    identify, share addresses and name records.  Once public, the
    reservations are released;
+ - while relays are wanted and too few connected peers relay: relays
+   found through the DHT (L{NatService._discoverRelays}).  Every DHT
+   server is dialable by construction (a routing table admits a server
+   only with addresses we could dial, see L{beam.dht.service}), so the
+   routing table's peers, and when it has too few new ones the peers
+   closest to a random key, are candidates: we connect to a few of them
+   (at most L{NatService.maxDialsPerMinute} dials a minute, bootstrap
+   peers first; a peer dialled is not dialled again for
+   L{NatService.probeAgainAfter} seconds), and identify tells which ones
+   relay; those join the connected candidates above;
  - once at start, when C{stun_servers} is set: STUN behaviour discovery
    (RFC 5780), kept as L{NatService.behaviour} for status;
  - always: DCUtR (L{HolePuncher}): a relayed connection we receive is
@@ -59,6 +69,7 @@ the node has learned about itself (C{node.addresses.reachability}):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -85,6 +96,9 @@ if TYPE_CHECKING:
     from beam.p2p.nat.turntransport import TurnTransport
 
 __all__ = ["NatService"]
+
+#: The most peers a DHT lookup for relays leaves us remembering.
+_MAX_FOUND = 64
 
 
 class NatService(MultiService):
@@ -127,6 +141,10 @@ class NatService(MultiService):
         turnServers: Sequence[Any] = (),
         makeTurn: Optional[Callable[..., Any]] = None,
         turnRetry: float = 60.0,
+        dht: Any = None,
+        maxDialsPerMinute: int = 8,
+        probeAgainAfter: float = 600.0,
+        lookupInterval: float = 60.0,
     ) -> None:
         """
         @param relayMode: C{"off"}, C{"default"} or C{"open"} (see the
@@ -159,6 +177,14 @@ class NatService(MultiService):
             C{makeTurn(node, (host, port), username, password)}.
         @param turnRetry: seconds before the next TURN server is tried
             after one failed.
+        @param dht: the DHT to find relays through (its routing table,
+            C{kad.routingTable.peers()}, and C{closestPeers(key)}); by
+            default our sibling service C{"kademlia"}, if there is one.
+        @param maxDialsPerMinute: dials to DHT peers, looking for relays,
+            in any minute.
+        @param probeAgainAfter: seconds before a DHT peer we dialled is
+            dialled again.
+        @param lookupInterval: seconds between DHT lookups for more peers.
         """
         super().__init__()
         self.reactor = reactor
@@ -216,6 +242,18 @@ class NatService(MultiService):
         self._turnNotBefore = 0.0
         self._turnStarting: Optional[Deferred[Any]] = None
         self._stopping = False
+        self._dht = dht
+        self.maxDialsPerMinute = maxDialsPerMinute
+        self.probeAgainAfter = probeAgainAfter
+        self.lookupInterval = lookupInterval
+        #: DHT peers dialled lately, and when they may be dialled again.
+        self._probed: dict[PeerID, float] = {}
+        self._dials: list[float] = []
+        self._probing: dict[PeerID, Deferred[Any]] = {}
+        self._lookup: Optional[Deferred[Any]] = None
+        self._lastLookup: Optional[float] = None
+        #: Peers a lookup found, with their addresses (at most L{_MAX_FOUND}).
+        self._found: dict[PeerID, tuple[Multiaddr, ...]] = {}
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -260,6 +298,11 @@ class NatService(MultiService):
         self._scheduled = None
         if self._discovery is not None:
             self._discovery.cancel()
+        for pending in [self._lookup, *self._probing.values()]:
+            if pending is not None and not pending.called:
+                pending.cancel()
+        self._lookup = None
+        self._probing = {}
         self.node.removeConnectionObserver(self._connectionEvent)
         if self.relayClient is not None:
             self.relayClient.stop()
@@ -435,6 +478,114 @@ class NatService(MultiService):
             peer = spare.pop(0)
             self._relays.append(peer)
             client.reserve(peer, keep=True).addErrback(self._reserveFailed, peer)
+        if len(self._relays) < self.maxRelays:
+            self._discoverRelays(self.maxRelays - len(self._relays))
+
+    # -- finding relays through the DHT ------------------------------------------
+
+    def _dhtService(self) -> Any:
+        """
+        The DHT to look for relays in: the one we were given, else our
+        sibling service C{"kademlia"} (made after us, so looked up late).
+        """
+        if self._dht is not None:
+            return self._dht
+        parent = self.parent
+        if parent is None:
+            return None
+        try:
+            return parent.getServiceNamed("kademlia")
+        except (KeyError, AttributeError):
+            return None
+
+    def _dialsLeft(self) -> int:
+        now = self.reactor.seconds()
+        self._dials = [t for t in self._dials if t > now - 60.0]
+        return max(0, self.maxDialsPerMinute - len(self._dials))
+
+    def _discoverRelays(self, wanted: int) -> None:
+        """
+        Connect to a few DHT peers we are not connected to, so identify
+        tells whether they relay (then L{candidates} has them): bootstrap
+        peers first, then the routing table's and those a lookup found.
+        With too few such peers, look up the peers closest to a random key
+        (at most once per L{lookupInterval}).
+        """
+        dht = self._dhtService()
+        if dht is None or not getattr(dht, "running", True):
+            return
+        now = self.reactor.seconds()
+        for peer, until in list(self._probed.items()):
+            if until <= now:
+                del self._probed[peer]
+        known: dict[PeerID, tuple[Multiaddr, ...]] = {}
+        try:
+            for info in dht.kad.routingTable.peers():
+                known[info.peer] = tuple(info.addrs)
+        except AttributeError:
+            pass
+        for peer, addrs in self._found.items():
+            known.setdefault(peer, addrs)
+        fresh = [
+            p for p, addrs in known.items()
+            if addrs and p != self.node.peerID and p not in self._probed and p not in self._refused
+            and p not in self._relays and self.node.connectionTo(p) is None
+        ]
+        rank = {p: i for i, p in enumerate(self.bootstrapPeers)}
+        fresh.sort(key=lambda p: rank.get(p, len(rank)))
+        # A few at a time: each one dialled is one more connection; a
+        # couple per relay wanted, as most DHT peers may not relay.
+        room = min(self._dialsLeft(), 2 * wanted + 2 - len(self._probing))
+        for peer in fresh[:max(0, room)]:
+            self._probe(peer, known[peer])
+        if len(fresh) <= room:
+            self._lookMore(dht)
+
+    def _probe(self, peer: PeerID, addrs: Sequence[Multiaddr]) -> None:
+        now = self.reactor.seconds()
+        self._probed[peer] = now + self.probeAgainAfter
+        self._dials.append(now)
+        self.node.peerStore.addAddrs(peer, [a for a in addrs if a.tcpTarget() is not None][:8], "dht")
+        self.log.debug("asking DHT peer {peer} whether it relays", peer=peer)
+        d = self._probing[peer] = self.node.connect(peer)
+
+        def done(result: Any) -> None:
+            self._probing.pop(peer, None)
+            if isinstance(result, Failure):
+                self.log.debug("could not reach DHT peer {peer}: {why}", peer=peer, why=describe(result))
+            # Identify, once it arrives, triggers the next evaluation;
+            # a failure frees a dial slot.
+            self._schedule()
+
+        d.addBoth(done)
+
+    def _lookMore(self, dht: Any) -> None:
+        now = self.reactor.seconds()
+        if self._lookup is not None:
+            return
+        if self._lastLookup is not None and now - self._lastLookup < self.lookupInterval:
+            return
+        closest = getattr(dht, "closestPeers", None)
+        if closest is None:
+            return
+        self._lastLookup = now
+        d = self._lookup = closest(os.urandom(32))
+
+        def found(peers: Any) -> None:
+            self._lookup = None
+            for info in peers:
+                if info.peer != self.node.peerID and info.addrs:
+                    self._found.pop(info.peer, None)
+                    self._found[info.peer] = tuple(info.addrs)
+            while len(self._found) > _MAX_FOUND:
+                del self._found[next(iter(self._found))]
+            self._schedule()
+
+        def failed(f: Failure) -> None:
+            self._lookup = None
+            self.log.debug("DHT lookup for relays failed: {why}", why=describe(f))
+
+        d.addCallbacks(found, failed)
 
     def _reserveFailed(self, f: Failure, peer: PeerID) -> None:
         if not self.running:
@@ -686,6 +837,11 @@ class NatService(MultiService):
             "stun_error": self.stunError,
             "reservations": reservations,
             "reserving": pending,
+            "relay_search": {
+                "dialling": sorted(str(p) for p in self._probing),
+                "dials_last_minute": self.maxDialsPerMinute - self._dialsLeft(),
+                "looking_up": self._lookup is not None,
+            },
             "relay_mode": self.relayMode,
             "relay_service": self.relayService.status() if self.relayService is not None else None,
             "autonat_server": self.autonatServer is not None,

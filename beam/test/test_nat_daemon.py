@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.application.service import Service
 from twisted.internet.task import Clock, deferLater
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from beam.daemon.config import Config
@@ -198,6 +199,49 @@ class RelayedTunnelTests(TestCase):
         self.assertNotIn("Failure", str(error))
 
 
+class RelayDiscoveryTests(TestCase):
+    """
+    Relays found through the DHT, with real daemons on loopback.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_relaysThroughDHT(self):
+        """
+        A private node whose bootstrap peer does not relay, and which is
+        connected to no relay, finds the two open relays its DHT knows
+        (through the bootstrap peer), connects to them and reserves on
+        both.
+        """
+        boot = yield _startDaemon(self, Config(listen=LOOPBACK, relayMode="off"))
+        relays = []
+        for _ in range(2):
+            relay = yield _startDaemon(self, Config(listen=LOOPBACK, relayMode="open",
+                                                    bootstrap=(_address(boot),)))
+            yield relay.kademlia.whenBootstrapped()
+            relays.append(relay)
+        wanted = {r.node.peerID for r in relays}
+        host = yield _startDaemon(self, Config(listen=LOOPBACK, bootstrap=(_address(boot),)),
+                                  serviceOptions={"nat": FAST_NAT})
+        yield host.kademlia.whenBootstrapped()
+        table = {info.peer for info in host.kademlia.kad.routingTable.peers()}
+        self.assertLessEqual(wanted, table, "the DHT knows both relays")
+        self.assertNotIn(HOP_PROTOCOL, boot.node.protocols)
+        # Connected to no relay: only the DHT can lead the node to them.
+        for peer in wanted:
+            conn = host.node.connectionTo(peer)
+            if conn is not None:
+                conn.abort()
+        yield _until(lambda: not any(host.node.connectionTo(p) for p in wanted))
+        nat = host.service("nat")
+        self.assertEqual(nat.candidates(), [])
+        host.node.addresses.setReachability("private")
+        yield _until(lambda: wanted <= set(nat.relayClient.reservations))
+        self.assertEqual(len(nat.relayClient.reservations), 2)
+        self.assertEqual(len(host.node.addresses.relayAddrs()), 2)
+
+
 def deferToThreadRoundTrip(port: int, payload: bytes, timeout: float = 10.0) -> Deferred[bytes]:
     from twisted.internet.threads import deferToThread
 
@@ -228,6 +272,24 @@ class _FakeNode:
         self.handlers: dict[str, Any] = {}
         self.observers: list[Any] = []
         self.protocols: list[str] = []
+        self.dialled: list[Any] = []
+        self.dials: dict[Any, Deferred[Any]] = {}
+        self.peerStore = type("PS", (), {"addAddrs": lambda *a, **kw: None})()
+
+    def connect(self, peer: Any) -> Deferred[Any]:
+        self.dialled.append(peer)
+        d = self.dials[peer] = Deferred()
+        return d
+
+    def connected(self, peer: Any, protocols: tuple[str, ...]) -> None:
+        """
+        The dial to C{peer} succeeded and identify arrived.
+        """
+        conn = _Conn(peer, protocols)
+        self.conns.append(conn)
+        self.dials.pop(peer).callback(conn)
+        for observer in list(self.observers):
+            observer("identified", conn)
 
     def liveConnections(self) -> list[_Conn]:
         return list(self.conns)
@@ -255,6 +317,30 @@ class _FakeNode:
 
     def unprotect(self, peer: Any, tag: str) -> None:
         pass
+
+
+class _FakeDHT:
+    """
+    What L{NatService} uses of the DHT: the routing table's peers and
+    C{closestPeers}.
+    """
+
+    def __init__(self, peers: list[Any]) -> None:
+        self.table: list[Any] = list(peers)
+        self.lookups: list[Deferred[Any]] = []
+        self.kad = type("K", (), {})()
+        self.kad.routingTable = type("RT", (), {"peers": lambda _: iter(self.table)})()
+
+    def closestPeers(self, key: bytes) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.lookups.append(d)
+        return d
+
+
+def _info(peer: Any) -> Any:
+    from beam.dht.messages import PeerInfo
+
+    return PeerInfo(peer, (Multiaddr.fromString("/ip4/203.0.113.9/tcp/4001"),))
 
 
 class _FakeStun:
@@ -369,6 +455,68 @@ class NatServiceTests(SynchronousTestCase):
         clock.advance(0)
         self.assertEqual(service.reserved, [boot, other, third])
         self.assertEqual(service.status()["reserving"], [str(other), str(third)])
+
+    def test_relaysFromDHT(self):
+        """
+        With no connected peer that relays, a private node dials peers of
+        its DHT routing table (a bootstrap peer among them first, a few at
+        a time, at most eight dials a minute, never itself or a peer
+        dialled lately) and reserves on those whose identify lists the
+        hop protocol; with the table used up it looks up more peers.
+        """
+        boot = Identity.generate().peerID
+        peers = [Identity.generate().peerID for _ in range(12)]
+        dht = _FakeDHT([_info(p) for p in peers] + [_info(boot)])
+        service, node, clock = self._service(
+            bootstrap=[Multiaddr.fromString(f"/ip4/192.0.2.1/tcp/1/p2p/{boot}")], dht=dht)
+        dht.table.append(_info(node.peerID))
+        node.addresses.setReachability("private")
+        clock.advance(0)
+        self.assertEqual(service.reserved, [])
+        self.assertEqual(node.dialled[0], boot)
+        self.assertEqual(len(node.dialled), 6, "two per relay wanted, and two more")
+        self.assertEqual(service.status()["relay_search"]["dials_last_minute"], 6)
+        self.assertNotIn(node.peerID, node.dialled)
+        # The bootstrap peer does not relay; two others do.
+        node.connected(boot, ("/ipfs/id/1.0.0",))
+        clock.advance(0)
+        node.connected(node.dialled[2], (HOP_PROTOCOL,))
+        clock.advance(0)
+        self.assertEqual(service.reserved, [node.dialled[2]])
+        for peer in node.dialled[1:6]:
+            if peer in node.dials and peer != node.dialled[4]:
+                node.dials.pop(peer).errback(Failure(ConnectionRefusedError()))
+        clock.advance(0)
+        self.assertEqual(len(node.dialled), 8, "eight dials in the first minute, no more")
+        self.assertEqual(dht.lookups, [])
+        node.connected(node.dialled[4], (HOP_PROTOCOL,))
+        clock.advance(0)
+        self.assertEqual(service.reserved, [node.dialled[2], node.dialled[4]])
+        self.assertEqual(len(node.dialled), 8, "two reservations: no more dials")
+        # One relay lost and refused: after a minute the rest of the table
+        # is dialled, and with too few new peers left a lookup runs.
+        for conn in list(node.conns):
+            if conn.remotePeer == node.dialled[4]:
+                node.conns.remove(conn)
+        service._reserveFailed(Failure(ConnectionRefusedError()), node.dialled[4])
+        for peer in list(node.dials):
+            node.dials.pop(peer).errback(Failure(ConnectionRefusedError()))
+        clock.advance(61)
+        self.assertEqual(len(node.dialled), 8 + 4, "four at a time for one relay wanted")
+        self.assertEqual(dht.lookups, [])
+        for peer in list(node.dials):
+            node.dials.pop(peer).errback(Failure(ConnectionRefusedError()))
+        clock.advance(0)
+        self.assertEqual(len(node.dialled), 13, "the whole table")
+        self.assertEqual(len(set(node.dialled)), len(node.dialled), "no peer dialled twice")
+        self.assertEqual(len(dht.lookups), 1)
+        found = Identity.generate().peerID
+        dht.lookups[0].callback([_info(found), _info(node.peerID)])
+        for peer in list(node.dials):
+            node.dials.pop(peer).errback(Failure(ConnectionRefusedError()))
+        clock.advance(61)
+        self.assertIn(found, node.dialled)
+        self.assertNotIn(node.peerID, node.dialled)
 
     def test_unknownTooLong(self):
         """
