@@ -42,7 +42,7 @@ from typing import Any, Optional
 
 from beam.testing.netlab import Host, NatLab
 
-__all__ = ["INDEX", "MiB", "BeamProcess", "LabBeam", "patternChunks", "patternDigest"]
+__all__ = ["INDEX", "MiB", "BeamProcess", "LabBeam", "addPublicAddress", "patternChunks", "patternDigest"]
 
 MiB = 1 << 20
 
@@ -341,6 +341,20 @@ class LabBeam:
             p.kill()
         if not self.keep:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def addPublicAddress(host: Host) -> str:
+    """
+    Give the public C{host} a second address on the lab's internet (the
+    next free one in 203.0.113.0/24), for servers that need two IPs, such
+    as RFC 5780's alternate address for STUN behaviour discovery.
+    """
+    if host.nat != "none":
+        raise AssertionError(f"{host.name} is not a public host")
+    addr = host.lab._internetAddr()
+    subprocess.run(["ip", "-n", host.ns, "addr", "add", f"{addr}/24", "dev", "eth0"], check=True,
+                   capture_output=True, timeout=20)
+    return addr
 
 
 def waitFor(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:

@@ -329,7 +329,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         )
     except ValueError as e:
         parser.error(str(e))
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     server.startService()
     print(f"STUN server on {server.primary}" + (f", other address {server.other}" if server.other else ""), flush=True)
     _reactor.run()
