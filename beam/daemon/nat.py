@@ -626,6 +626,14 @@ class NatService(MultiService):
             self.stunError = None
             self.log.info("STUN: {mapping} mapping, {filtering} filtering: strategy {strategy}",
                           mapping=behaviour.mapping, filtering=behaviour.filtering, strategy=behaviour.strategy)
+            # The classification chooses the strategy: a NAT that filters
+            # unsolicited traffic (or maps anew per destination) makes the
+            # node private now, so relays (and TURN) are sought at once
+            # instead of after unknownGrace.  AutoNAT still has the last
+            # word: a confirmed address makes the node public again.
+            book = self.node.addresses
+            if behaviour.strategy in ("punch", "relay") and book.reachability == "unknown":
+                book.setReachability("private")
 
         def failed(f: Failure) -> None:
             self._discovery = None

@@ -553,6 +553,10 @@ class NatServiceTests(SynchronousTestCase):
         service, node, clock = self._service(stunServers=["192.0.2.1:3478"], discover=discover)
         self.assertEqual(calls, [(["192.0.2.1:3478"], {"rc": 3})])
         self.assertEqual(service.status()["nat"]["strategy"], "punch")
+        # A filtering NAT makes the node private at once: relays are
+        # sought now, not after the grace period.
+        self.assertEqual(node.addresses.reachability, "private")
+        self.assertTrue(service.wantsRelays())
 
     def test_republishOnSettledChange(self):
         """

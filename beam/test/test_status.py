@@ -349,6 +349,11 @@ class NATTextTests(SynchronousTestCase):
         punched.remoteAddr = "/ip4/203.0.113.5/tcp/4001"
         punched.path = "hole-punched"  # type: ignore[attr-defined]
         self.assertEqual(connectionPath(punched), ("hole-punched", None))
+        viaTurn = Conn()
+        viaTurn.limited = False
+        viaTurn.remoteAddr = "/ip4/203.0.113.5/tcp/50123"
+        viaTurn.transport = "turn"  # type: ignore[attr-defined]
+        self.assertEqual(connectionPath(viaTurn), ("turn", None))
 
 
 class NATTraversalTextTests(SynchronousTestCase):

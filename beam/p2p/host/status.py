@@ -114,6 +114,10 @@ def connectionPath(conn: Any) -> tuple[str, Optional[str]]:
     own = getattr(conn, "path", None)
     if isinstance(own, str) and own:
         return own, relay
+    if getattr(conn, "transport", None) == "turn":
+        # Through a TURN server's TCP relay (RFC 6062): not limited, but
+        # not direct either.
+        return "turn", None
     if conn.limited or relay is not None:
         return "relayed", relay
     return "direct", None
