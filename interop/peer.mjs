@@ -2,6 +2,8 @@
 // stdin/stdout with JSON lines (one object per line).
 //
 // Run as:  node --import ./polyfill.mjs peer.mjs [options]   (cwd: interop/)
+// With --import ./loopback-public.mjs as well, @libp2p/autonat-v2 and
+// @libp2p/dcutr treat loopback addresses as public (test-only; see there).
 //
 // Options:
 //   --security noise|tls|both|noise,tls|tls,noise
@@ -588,7 +590,10 @@ async function main () {
     peerId,
     addrs: node.getMultiaddrs().map(ma => withPeerId(ma, peerId)),
     security: opts.security,
-    dht: opts.dht
+    dht: opts.dht,
+    // loopback-public.mjs was loaded (and @libp2p/autonat-v2 or
+    // @libp2p/dcutr use its isPrivate)
+    loopbackPublic: globalThis.beamLoopbackPublic === true
   })
 
   const commands = makeCommands(node)

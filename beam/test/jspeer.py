@@ -218,6 +218,7 @@ class JSPeer:
         seed: str | bytes | None = None,
         extraArgs: Iterable[str] = (),
         startTimeout: float = 30,
+        loopbackPublic: bool = False,
     ) -> defer.Deferred[JSPeer]:
         """
         Spawn a JS peer and wait for it to listen.
@@ -229,6 +230,11 @@ class JSPeer:
         @param seed: 32 bytes (or 64 hex digits) for a deterministic Ed25519
             identity; random when L{None}.
         @param extraArgs: more peer.mjs options, e.g. C{["--ipv6"]}.
+        @param loopbackPublic: load C{interop/loopback-public.mjs}, so that
+            @libp2p/autonat-v2 and @libp2p/dcutr take loopback addresses for
+            public ones (they refuse private addresses, and loopback is all
+            the tests may use); the peer's C{ready} event then says
+            C{"loopbackPublic": true}.
         @return: fires with the L{JSPeer} once it printed its C{ready} event,
             or fails with L{JSPeerError} (with its stderr) if it exits or
             times out first.
@@ -240,7 +246,10 @@ class JSPeer:
             if len(seed) != 32:
                 return defer.fail(ValueError("seed must be 32 bytes"))
             seed = seed.hex()
-        args = [node, "--import", "./polyfill.mjs", "peer.mjs", "--security", security]
+        args = [node, "--import", "./polyfill.mjs"]
+        if loopbackPublic:
+            args += ["--import", "./loopback-public.mjs"]
+        args += ["peer.mjs", "--security", security]
         if seed is not None:
             args += ["--seed", seed]
         args += list(extraArgs)
