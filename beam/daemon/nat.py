@@ -62,9 +62,12 @@ the node has learned about itself (C{node.addresses.reachability}):
    (L{TurnTransport}).  Only then, since a TURN server's bandwidth costs
    its operator.  Its relayed address is a relay address (identify, share
    addresses, name records) but no AutoNAT candidate: it says nothing
-   about whether the node itself is reachable.  The IPs of peers we are
-   directly connected to are permitted on it (RFC 6062 lets only
-   permitted IPs in).
+   about whether the node itself is reachable.  RFC 6062 lets only
+   permitted IPs in: the IPs of peers we are directly connected to are
+   permitted on it, and so are a peer's public IPs as soon as a hole
+   punch's DCUtR exchange (over a circuit relay, the stranger's first
+   contact) tells them, since our CONNECT offers the relayed address
+   for the peer to dial.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from beam.errors import describe
+from beam.errors import BeamError, describe
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
 from beam.p2p.autonat import AutoNATClient, AutoNATServer
@@ -695,6 +698,36 @@ class NatService(MultiService):
         # keeps the last one.
         if event == "failed":
             self.lastPunchFailure = f"hole punch failed, staying on relay via {details.get('relay')}"
+        elif event == "synced":
+            self._permitPunched(peer, details.get("addrs") or ())
+
+    def _permitPunched(self, peer: PeerID, addrs: Sequence[str]) -> None:
+        """
+        Permit on our TURN allocation the public IPs a hole punch's
+        exchange just told us for C{peer}: our CONNECT offered the relayed
+        address, so the peer's simultaneous dial includes it, and RFC 6062
+        lets it in only with a permission for its IP.  The permission goes
+        straight to the TURN server while the peer learns of the punch
+        through the circuit relay, so it is normally there first; if not,
+        the punch's next attempt finds it.
+        """
+        turn = self.turn
+        if turn is None:
+            return
+        ips: list[str] = []
+        for text in addrs:
+            try:
+                target = Multiaddr.fromString(text).tcpTarget()
+            except BeamError:
+                continue
+            if target is not None and target[2] in ("ip4", "ip6") and target[0] not in ips:
+                ips.append(target[0])
+        if not ips:
+            return
+        self.log.info("permitting {peer} ({ips}) on the TURN relay", peer=peer, ips=", ".join(ips))
+        turn.permit(ips).addErrback(
+            lambda f: self.log.info("TURN permission for {peer} failed: {why}", peer=peer, why=describe(f))
+        )
 
     # -- port mapping ----------------------------------------------------------
 

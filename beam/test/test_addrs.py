@@ -262,6 +262,21 @@ class FilteringTests(SynchronousTestCase):
             [self.confirmed, LOOPBACK, PRIVATE, PUBLIC, MEMORY, RELAY],
         )
 
+    def test_relayAddrsByKind(self) -> None:
+        """
+        C{relayAddrs()} gives every kind, circuit first; C{relayAddrs(kind)}
+        only that kind's (what a hole punch offers of a TURN allocation),
+        empty for a kind never set.
+        """
+        turn = ma("/ip4/203.0.113.30/tcp/50000")
+        self.book.setRelayAddrs([turn], kind="turn")
+        self.assertEqual(self.book.relayAddrs(), [RELAY, turn])
+        self.assertEqual(self.book.relayAddrs(kind="turn"), [turn])
+        self.assertEqual(self.book.relayAddrs(kind="circuit"), [RELAY])
+        self.assertEqual(self.book.relayAddrs(kind="other"), [])
+        self.book.setRelayAddrs([], kind="turn")
+        self.assertEqual(self.book.relayAddrs(kind="turn"), [])
+
     def test_relayedPeer(self) -> None:
         """
         A peer reached through a relay (a non-IP remote address) is treated

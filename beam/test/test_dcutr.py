@@ -288,6 +288,11 @@ class _Addresses:
     def listenAddrs(self) -> list[Multiaddr]:
         return [Multiaddr("/ip4/198.51.100.18/tcp/4001")]
 
+    def relayAddrs(self, kind: Optional[str] = None) -> list[Multiaddr]:
+        return list(self.turn) if kind == "turn" else []
+
+    turn: list[Multiaddr] = []
+
 
 class _Conn:
     def __init__(self, limited: bool = True, direction: str = "inbound", protocols: tuple[str, ...] = (PROTOCOL,),
@@ -414,6 +419,22 @@ class PuncherTests(SynchronousTestCase):
         self.assertEqual(self.puncher.pathOf(direct), "hole-punched")  # type: ignore[arg-type]
         self.assertEqual(self.puncher.punched, 1)
         self.assertEqual(getattr(direct, "path", None), "hole-punched", "status reads conn.path")
+
+    def test_offersTurnAddress(self) -> None:
+        """
+        Our CONNECT carries a TURN allocation's relayed address right
+        after the confirmed ones and before observed ones (so the peer's
+        simultaneous dial tries it), never a circuit address; without an
+        allocation it is as before.
+        """
+        turn = Multiaddr("/ip4/203.0.113.40/tcp/50123")
+        self.assertEqual(self.puncher.ourAddrs(), [B_ADDR])
+        self.node.addresses.turn = [turn]
+        self.assertEqual(self.puncher.ourAddrs(), [turn, B_ADDR])
+        self.puncher.punch(_Conn())  # type: ignore[arg-type]
+        proto, stream = self.node.streams[-1]
+        [connect] = frames(stream.value())
+        self.assertEqual(connect.addrs[0], turn)
 
     def test_retries(self) -> None:
         """

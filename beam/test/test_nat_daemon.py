@@ -650,6 +650,10 @@ class _FakeTurn:
         self.stopped = True
         return succeed(None)
 
+    def permit(self, ips: Any) -> Deferred[None]:
+        self.permitted = [*getattr(self, "permitted", []), *ips]
+        return succeed(None)
+
 
 class _Server:
     def __init__(self, url: str, host: str, port: int) -> None:
@@ -785,6 +789,29 @@ class NatServiceTraversalTests(SynchronousTestCase):
         clock.advance(0)
         self.assertTrue(turn.stopped)
         self.assertNotIn(relayed, node.addresses.relayAddrs())
+
+    def test_turnPermitsPunchedPeer(self):
+        """
+        When a hole punch's exchange tells a peer's addresses ("synced"),
+        their IPs (each once) are permitted on the TURN allocation, whose
+        relayed address our CONNECT offered; without TURN nothing happens.
+        """
+        peer = Identity.generate().peerID
+        synced = {"rtt": 0.1, "role": "B", "addrs": ["/ip4/203.0.113.7/tcp/4001", "/ip4/203.0.113.7/tcp/5123",
+                                                      "/ip6/2001:db8::7/tcp/4001", "not an address"]}
+        plain, _, _ = self._service()
+        plain._punchEvent("synced", peer, synced)
+        _FakeTurn.made = []
+        servers = [_Server("turn:192.0.2.30:3478", "192.0.2.30", 3478)]
+        service, node, clock = self._service(turnServers=servers, makeTurn=_FakeTurn)
+        node.addresses.setReachability("private")
+        clock.advance(0)
+        [turn] = _FakeTurn.made
+        turn.allocate("/ip4/192.0.2.30/tcp/50000", clock.seconds() + 600)
+        service._punchEvent("attempt", peer, {"attempt": 1})
+        self.assertFalse(hasattr(turn, "permitted"))
+        service._punchEvent("synced", peer, synced)
+        self.assertEqual(turn.permitted, ["203.0.113.7", "2001:db8::7"])
 
     def test_turnFailover(self):
         """

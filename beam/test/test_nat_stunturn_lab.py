@@ -15,7 +15,10 @@ Debian's C{coturn}.
    allocates a TCP relay (RFC 6062) on coturn, hands out the relayed
    address, and a client in another home fetches through the tunnel over
    TURN; with coturn enforcing permissions (the RFC's default) a stranger
-   cannot get in, which is what C{beam.p2p.nat.turntransport} documents.
+   cannot get in by the relayed address alone, but with a circuit relay
+   for the first contact it does, and the hole punch that follows ends
+   on a connection through coturn (the host permits the stranger's IP
+   once DCUtR tells it), as C{beam.p2p.nat.turntransport} documents.
 """
 
 from __future__ import annotations
@@ -227,11 +230,11 @@ class TurnTests(_LabCase):
     node's way in from behind a symmetric NAT.
     """
 
-    def exposeBehindTurn(self, host: Host, coturn: Host) -> dict[str, Any]:
+    def exposeBehindTurn(self, host: Host, coturn: Host, *flags: str) -> dict[str, Any]:
         """
         The lab web server and C{beam PORT} in C{host}, with
-        C{stun_servers} and C{turn_servers} naming C{coturn}; started,
-        not waited for.
+        C{stun_servers} and C{turn_servers} naming C{coturn} (and global
+        C{flags}, such as C{--bootstrap}); started, not waited for.
         """
         web = self.beams.webServer(host, SIZE, SEED)
         home = self.beams.newHome(host.name)
@@ -239,7 +242,7 @@ class TurnTests(_LabCase):
             f.write(f'stun_servers = ["{coturn.addr}:{STUN_PORT}"]\n'
                     f'turn_servers = [{{url = "turn:{coturn.addr}:{STUN_PORT}", username = "{TURN_USER}", '
                     f'password = "{TURN_PASSWORD}"}}]\n')
-        p = self.beams.beam(host, home, str(web), "--json", "--no-register", "--listen", "/ip4/0.0.0.0/tcp/4001",
+        p = self.beams.beam(host, home, *flags, str(web), "--json", "--no-register", "--listen", "/ip4/0.0.0.0/tcp/4001",
                             label=f"{host.name}-expose")
         ready = p.readJSON(timeout=60)
         self.assertEqual(ready["event"], "ready", ready)
@@ -356,3 +359,60 @@ class TurnTests(_LabCase):
         print(json.dumps({"coturn": refusals[-1].strip()}))
         peers = self.beams.json(hostStrict, infos[1]["home"], "network", "peers")["peers"]
         self.assertEqual([p for p in peers if p["transport"] == "turn"], [])
+
+    def test_strangerThroughCircuitThenTurn(self) -> None:
+        """
+        coturn enforcing RFC 6062's permissions, and a public circuit relay
+        (C{beam relay}).  Behind a symmetric NAT, C{beam PORT} with
+        C{turn_servers} and the relay as bootstrap peer holds both a TURN
+        allocation and a relay reservation.  A stranger in a double-NAT
+        home (endpoint-independent mapping) runs C{beam connect} with the
+        share address: its first contact goes through the circuit relay
+        (the TURN address alone would be refused) and the 1 MiB fetch
+        works; the hole punch that follows tells the host the stranger's
+        public address, the host permits it on its allocation, and the
+        stranger's punch dial to the relayed address (offered in the
+        host's DCUtR CONNECT) gets through coturn: the host then holds a
+        connection to the stranger over the TURN transport, from the
+        stranger's public address.
+        """
+        credentials = ["lt-cred-mech", f"user={TURN_USER}:{TURN_PASSWORD}", "realm=beam.test",
+                       "min-port=49152", "max-port=65535"]
+        strictTurn, _, strictLog = self.coturn("turnstrict", *credentials)
+        _, relayAddr = self.beams.relay(self.lab.addPublic("relay"))
+        host = self.lab.add("hsym", "symmetric")
+        client = self.lab.add("cdbl", "double")
+        info = self.exposeBehindTurn(host, strictTurn, "--bootstrap", relayAddr)
+        t0 = time.monotonic()
+        relayed = self.allocated(info, 90)["nat"]["turn"]["relayed_addr"]
+
+        def reserved() -> Optional[dict[str, Any]]:
+            status = self.beams.json(host, info["home"], "status")
+            return status if (status.get("nat") or {}).get("reservations") else None
+
+        waitFor(reserved, 90, f"a relay reservation for {host.name}; log:\n{info['process'].tail()}", step=1)
+        share = self.shareThroughTurn(info, relayed)
+        print(json.dumps({"host": host.name, "ready_after_s": round(time.monotonic() - t0, 1), "relayed": relayed,
+                          "share": share}))
+
+        process, first, _ = self.connect(client, share, deadline=30)
+        print(json.dumps({"client": client.name, **first}))
+        self.assertEqual(first["event"], "usable",
+                         f"beam connect log:\n{process.tail()}\nhost log:\n{info['process'].tail()}")
+        self.assertTrue(first["sha256_ok"], first)
+
+        def viaTurn() -> Optional[list[dict[str, Any]]]:
+            peers = self.beams.json(host, info["home"], "network", "peers")["peers"]
+            found = [p for p in peers if p["transport"] == "turn"]
+            return found or None
+
+        try:
+            found = waitFor(viaTurn, 30, "a connection over TURN after the punch", step=1)
+        except AssertionError as e:
+            with open(strictLog, errors="replace") as f:
+                coturnLog = f.read()[-3000:]
+            raise AssertionError(f"{e}\nhost log:\n{info['process'].tail()}\nconnect log:\n{process.tail()}"
+                                 f"\ncoturn log:\n{coturnLog}") from e
+        print(json.dumps({"via_turn": found}))
+        self.assertEqual(len(found), 1, found)
+        self.assertTrue(found[0]["remote_addr"].startswith(f"/ip4/{client.reachableAddr}/tcp/"), found)

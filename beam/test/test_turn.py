@@ -699,6 +699,42 @@ class CoturnTests(TestCase):
         self.assertEqual(inbound[0].remoteAddr.tcpTarget()[0], "127.0.0.1")
 
     @inlineCallbacks
+    def test_inboundHonoursPunchRole(self) -> Any:
+        """
+        A connection arriving through the allocation is built like one
+        arriving at a listener (C{Node.inboundUpgrading}): while a hole
+        punch expects B's source address (coturn reports B's address and
+        its dial's source port, B's listen port) A answers as initiator,
+        and B, dialling the relayed address as responder (its DCUtR role),
+        completes the handshake; without that, both would wait as
+        responders.  (A's connection then counts as outbound, its
+        handshake role, as a punched one accepted by a listener does.)
+        """
+        from beam.p2p.holepunch.dcutr import HolePuncher
+        from beam.p2p.nat.turntransport import TurnTransport
+
+        port = self.startCoturn()
+        yield self.waitReady(port)
+        a, b = yield self.startNodes()
+        turn = TurnTransport(a, ("127.0.0.1", port), "alice", "secret")
+        yield turn.start()
+        self.addCleanup(turn.stop)
+        relayed = turn.relayedAddr()
+        assert relayed is not None
+        yield turn.permit(["127.0.0.1"])
+        bport = b.listenAddrs[0].tcpTarget()[1]
+        self.addCleanup(a.expectInboundAsInitiator("127.0.0.1", bport, b.peerID))
+        puncher = HolePuncher(b)
+        self.addCleanup(puncher.stop)
+        conn = yield puncher.dialOne(a.peerID, relayed, asClient=False)
+        self.assertEqual(conn.remotePeer, a.peerID)
+        self.assertFalse(conn.limited)
+        # As for a punched connection accepted by a listener, the
+        # direction follows the role: A ran it as the initiator.
+        ours = [c for c in a.liveConnections() if c.remotePeer == b.peerID]
+        self.assertEqual([(c.transport, c.direction, c.limited) for c in ours], [("turn", "outbound", False)])
+
+    @inlineCallbacks
     def test_noPermission(self) -> Any:
         """
         Without a permission for the peer's IP (and with autoPermit off)

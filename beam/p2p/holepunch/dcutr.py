@@ -503,10 +503,20 @@ class HolePuncher:
         What we send in C{CONNECT}: the addresses peers observed for us
         (confirmed first, then the most observed) and our public listen
         addresses, as far as a simultaneous open could use them.
+
+        A TURN allocation's relayed address comes right after the
+        confirmed ones (before observed ones, which a symmetric NAT makes
+        plentiful and useless, so L{MAX_ADDRS} never cuts it): the peer's
+        dial to it is an ordinary TCP connection that the TURN server
+        hands to us, and it gets in because the NAT service permits the
+        peer's IPs on the allocation as soon as the exchange tells them
+        (L{beam.daemon.nat}).  So a node behind a symmetric NAT, which no
+        punch reaches, still ends up with an unlimited connection.
         """
         book = self.node.addresses
         observed = sorted(book.observed().items(), key=lambda item: -item[1])
-        return punchableAddrs([*book.confirmed(), *(a for a, _ in observed), *book.listenAddrs()])
+        return punchableAddrs([*book.confirmed(), *book.relayAddrs(kind="turn"), *(a for a, _ in observed),
+                               *book.listenAddrs()])
 
     def _direct(self, peer: PeerID) -> Optional[PeerConnection]:
         conn: Optional[PeerConnection] = self.node.connectionTo(peer)

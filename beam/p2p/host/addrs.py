@@ -396,7 +396,15 @@ class AddressBook:
         self._relay = new
         self._changed()
 
-    def relayAddrs(self) -> list[Multiaddr]:
+    def relayAddrs(self, kind: Optional[str] = None) -> list[Multiaddr]:
+        """
+        The relay addresses of every kind (circuit first), or only those
+        of C{kind} (C{"circuit"}, C{"turn"}): a hole punch offers the TURN
+        relayed address, which a peer can dial once the allocation
+        permits its IP, but never a circuit address.
+        """
+        if kind is not None:
+            return list(self._relayKinds.get(kind, ()))
         return list(self._relay)
 
     # -- what we tell ----------------------------------------------------

@@ -512,6 +512,26 @@ class Node(MultiService):
 
         return cancel
 
+    def inboundUpgrading(self, addr: Any, transport: ITransport) -> Optional[UpgradingProtocol]:
+        """
+        The upgrading protocol of an inbound raw connection from C{addr}
+        (a Twisted address) over C{transport}: a responder, unless a hole
+        punch expects that source to be answered as initiator
+        (L{expectInboundAsInitiator}); L{None} if a resource limit refuses
+        it.  Every transport that accepts connections (the listeners, a
+        TURN allocation) builds them here, so DCUtR's roles hold
+        whichever way the peer's connection arrives.
+        """
+        peer = self._inboundRoles.get((getattr(addr, "host", None), getattr(addr, "port", None)))  # type: ignore[arg-type]
+        if peer is None:
+            return self.makeUpgrading(isInitiator=False, expectedPeer=None, transport=transport)
+        try:
+            scope = self.resources.openConnection(INBOUND, source=sourceKey(addr), useFD=usesFD(transport))
+        except ResourceLimitExceeded as e:
+            self._refused(addr, str(e))
+            return None
+        return self.makeUpgrading(isInitiator=True, expectedPeer=peer, transport=transport, scope=scope)
+
     def _listenStarted(self, listener: Any) -> None:
         self._ports.append(listener)
         self.listenAddrs.append(listener.addr)
@@ -1317,16 +1337,7 @@ class _ListenFactory(Factory):
         self.transport = transport
 
     def buildProtocol(self, addr: Any) -> Optional[UpgradingProtocol]:
-        node = self.node
-        peer = node._inboundRoles.get((getattr(addr, "host", None), getattr(addr, "port", None)))  # type: ignore[arg-type]
-        if peer is None:
-            return node.makeUpgrading(isInitiator=False, expectedPeer=None, transport=self.transport)
-        try:
-            scope = node.resources.openConnection(INBOUND, source=sourceKey(addr), useFD=usesFD(self.transport))
-        except ResourceLimitExceeded as e:
-            node._refused(addr, str(e))
-            return None
-        return node.makeUpgrading(isInitiator=True, expectedPeer=peer, transport=self.transport, scope=scope)
+        return self.node.inboundUpgrading(addr, self.transport)
 
 
 def sourceKey(address: object) -> Any:

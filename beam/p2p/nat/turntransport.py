@@ -7,7 +7,8 @@ L{TurnTransport} is an L{ITransport}.  C{start()} (or C{listen()}) opens
 the control connection, allocates, keeps the allocation refreshed and
 re-allocates after a loss; every peer connection the server announces is
 bound on a new data connection and handed to the node as an inbound raw
-connection (C{node.makeUpgrading(isInitiator=False)}): Noise and yamux
+connection (C{node.inboundUpgrading}, which answers as responder unless
+a hole punch expects that source as initiator): Noise and yamux
 run end to end through the server, which sees only ciphertext.  The
 connection's remote address is the peer's address as the server saw it,
 its local address the relayed one, both plain C{/ip4|ip6/.../tcp/...}.
@@ -21,10 +22,16 @@ peer in only if the allocation has a permission for the peer's IP.  So:
    directly connected to is permitted, so a peer that knows us can later
    reach us through the relay;
  - whoever hands out the relayed address (a share address, a name record)
-   cannot know the dialler's IP in advance: a deployment that wants
-   strangers to dial in needs a TURN server configured to not enforce
-   permissions for TCP, or a circuit relay for the first contact (after
-   which the peer's IP is known and permitted).
+   cannot know the dialler's IP in advance: a stranger's first contact
+   goes through a circuit relay, whose DCUtR exchange tells each side
+   the other's observed addresses; the NAT service (L{beam.daemon.nat})
+   then permits the peer's IPs here, and the relayed address, offered
+   in our DCUtR CONNECT, is among those the peer dials for the punch.
+   Since coturn reports the peer's public address as the source, and
+   that is the address DCUtR observed (for a peer whose NAT maps
+   endpoint-independently), the role the punch gave us holds on this
+   path too.  A deployment without circuit relays needs a TURN server
+   configured to not enforce permissions for TCP.
 
 Dialling out through TURN (CONNECT) is available as L{TurnTransport.dial},
 but C{canDial} is false: a plain TCP dial is always at least as good, so
@@ -322,7 +329,7 @@ class TurnTransport:
         node = self.node
 
         def build(addr: Any) -> Any:
-            return node.makeUpgrading(isInitiator=False, expectedPeer=None, transport=self)
+            return node.inboundUpgrading(addr, self)
 
         factory = Factory()
         factory.buildProtocol = build  # type: ignore[method-assign]
