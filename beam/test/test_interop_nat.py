@@ -379,11 +379,6 @@ class AutoNATDialBackInteropTests(TestCase):
         self.assertEqual(book.rejected(), [])
         self.assertEqual(book.reachability, "public")
 
-    test_beamClientConfirmedByJSDialBack.todo = (  # type: ignore[attr-defined]
-        "Node._register keeps js's dial-back connection (js's peer ID is the smaller) and sends "
-        "GoAway on the one Beam dialled; js's yamux takes GoAway as the end of the connection "
-        "and drops the open dial-request stream, so js cannot write its DialResponse"
-    )
 
     @inlineCallbacks
     def test_beamClientDuplicateRule(self) -> Any:
@@ -396,11 +391,6 @@ class AutoNATDialBackInteropTests(TestCase):
         self.assertEqual(response.dialStatus, DialStatus.OK)
         self.assertEqual(book.confirmed(), [own])
 
-    test_beamClientDuplicateRule.todo = (  # type: ignore[attr-defined]
-        "Node._register keeps the connection Beam dialled (Beam's peer ID is the smaller) and "
-        "goes away on js's new dial-back connection right after its upgrade, so js cannot open "
-        "/libp2p/autonat/2/dial-back: E_DIAL_BACK_ERROR"
-    )
 
 
 class DCUtRInteropTests(TestCase):

@@ -157,8 +157,10 @@ class SimultaneousDialTests(SynchronousTestCase):
     def test_bothDialConverge(self) -> None:
         """
         A and B dial each other at the same moment: each side sees two
-        connections, keeps the one dialled by the smaller peer ID, closes
-        the other, and pings work both ways afterwards.
+        connections, keeps the one dialled by the smaller peer ID for new
+        streams, closes the other once it carried no stream for the
+        duplicate grace (no go-away: the peer may be using it), and pings
+        work both ways afterwards.
         """
         grid = self.grid
         small, large = grid.pair()
@@ -169,6 +171,7 @@ class SimultaneousDialTests(SynchronousTestCase):
         large.peerStore.addAddrs(small.peerID, [grid.addr(small, withPeer=False)], "user")
         grid.result(DeferredList([small.connect(large.peerID), large.connect(small.peerID)],
                                  fireOnOneErrback=True))
+        grid.advance(small.duplicateGrace + 1)
 
         def count(n: Any, event: str) -> int:
             return len([c for e, c in events[n] if e == event])
@@ -191,8 +194,9 @@ class SimultaneousDialTests(SynchronousTestCase):
         """
         A 1 MiB echo started on the connection that loses (dialled by the
         larger peer ID) completes intact after the smaller peer's dial wins;
-        the losing connection closes only once the echo is done, and new
-        streams use the survivor.
+        the losing connection closes only once the echo is done and the
+        duplicate grace passed with no stream on it, and new streams use
+        the survivor.
         """
         grid = self.grid
         small, large = grid.pair()
@@ -206,7 +210,6 @@ class SimultaneousDialTests(SynchronousTestCase):
         self.assertEqual(winner.direction, "outbound")
         self.assertIsNot(large.connections.get(small.peerID), loser)
         self.assertTrue(sameConnection(winner, large.connections[small.peerID]))
-        self.assertFalse(loser.acceptsStreams)
         # The losing connection is kept while its stream lives, however
         # long (several runs of the idle reaper).
         grid.advance(120)
@@ -214,6 +217,8 @@ class SimultaneousDialTests(SynchronousTestCase):
         client.release()
         grid.result(client.lost)
         self.assertEqual(bytes(client.received), payload)
+        self.assertFalse(loser.closed)
+        grid.advance(large.duplicateGrace + 1)
         self.assertTrue(loser.closed)
         self.assertEqual((len(small._allConnections), len(large._allConnections)), (1, 1))
         self.assertIs(small.connections[large.peerID], winner)

@@ -207,6 +207,7 @@ class Node(MultiService):
         negotiationTimeout: float = 15.0,
         dialTimeout: float = 15.0,
         closeTimeout: float = 5.0,
+        duplicateGrace: float = 10.0,
         agentVersion: str = AGENT_VERSION,
         random: Callable[[int], bytes] = os.urandom,
         resources: Optional[ResourceManager] = None,
@@ -234,6 +235,9 @@ class Node(MultiService):
         @param refusalLogInterval: refused connections are counted in
             L{refusedHandshakes} and logged at most once per this many
             seconds (so is every refusal of the resource manager made here).
+        @param duplicateGrace: seconds a duplicate connection we stopped
+            using stays open without streams before it is closed (see
+            L{_retire}).
         @param resources: the node's L{ResourceManager} (limits on what
             peers may make us hold); one with L{defaultLimits} when not
             given.
@@ -275,6 +279,9 @@ class Node(MultiService):
         self.negotiationTimeout = negotiationTimeout
         self.dialTimeout = dialTimeout
         self.closeTimeout = closeTimeout
+        self.duplicateGrace = duplicateGrace
+        # The pending idle checks of retired connections (see _retire).
+        self._retireTimers: set[Any] = set()
         self.agentVersion = agentVersion
         self._random = random
         self.connections: dict[PeerID, PeerConnection] = {}
@@ -553,6 +560,10 @@ class Node(MultiService):
             self._reaper.stop()
         self._reaper = None
         self._draining.clear()
+        for call in list(self._retireTimers):
+            if call.active():
+                call.cancel()
+        self._retireTimers.clear()
         self._identifier.stop()
         if self._unreachableCheck is not None and self._unreachableCheck.active():
             self._unreachableCheck.cancel()
@@ -964,8 +975,13 @@ class Node(MultiService):
         else:
             keep, drop = self._pickSurvivor(old, conn)
             self.connections[peer] = keep
-            self.log.debug("duplicate connection to {peer}: going away on one", peer=peer)
-            drop.goAway()
+            # No go-away on the other: a peer may have dialled it on
+            # purpose and be about to use it (an AutoNAT server dialling
+            # back, as js-libp2p's does from the same node), and js-libp2p
+            # ends every stream of a connection that receives a go-away.
+            # Both sides open new streams on the same survivor; the other
+            # closes once it has carried no stream for duplicateGrace.
+            self.log.debug("duplicate connection to {peer}: new streams use one, the other closes when idle", peer=peer)
             self._retire(drop)
         self.notifyObservers("connected", conn)
         if conn.acceptsStreams:
@@ -1006,9 +1022,16 @@ class Node(MultiService):
 
     def _retire(self, conn: PeerConnection) -> None:
         """
-        C{conn} takes no new streams (go-away either way): stop handing it
-        out, promote another usable connection to the peer if there is one,
-        and close C{conn} once its streams have ended.
+        Stop handing C{conn} out for new streams, promote another usable
+        connection to the peer if there is one, and close C{conn} once its
+        streams have ended.
+
+        A connection that takes no new streams (a go-away either way)
+        closes as soon as its last stream ends.  One that still takes the
+        peer's streams (a duplicate we merely stopped using, see
+        L{_register}) closes only once it carried no stream for
+        C{duplicateGrace} seconds: the peer may have dialled it on purpose
+        and be about to open a stream on it.
         """
         peer = conn.remotePeer
         if self.connections.get(peer) is conn:
@@ -1021,23 +1044,55 @@ class Node(MultiService):
         if conn.closed or self.isStopping or conn in self._draining:
             return
         self._draining.add(conn)
+        grace = self.duplicateGrace if conn.acceptsStreams else 0.0
+        timer: list[Any] = []
 
-        def streamEnded() -> None:
+        def detach() -> None:
+            if streamEnded in conn.session.streamClosedObservers:
+                conn.session.streamClosedObservers.remove(streamEnded)
+            while timer:
+                call = timer.pop()
+                self._retireTimers.discard(call)
+                if call.active():
+                    call.cancel()
+
+        def check() -> None:
+            while timer:
+                self._retireTimers.discard(timer.pop())
             if conn.closed or conn not in self._draining:
-                conn.session.streamClosedObservers.remove(streamEnded)
+                detach()
             elif not conn.streamCount:
-                conn.session.streamClosedObservers.remove(streamEnded)
+                detach()
                 self._draining.discard(conn)
                 self.log.debug("closing retired connection to {peer}", peer=conn.remotePeer)
                 conn.close()
 
+        def schedule() -> None:
+            # From the last stream's end: a new one restarts the wait.
+            while timer:
+                call = timer.pop()
+                self._retireTimers.discard(call)
+                if call.active():
+                    call.cancel()
+            call = self.reactor.callLater(grace, check)
+            timer.append(call)
+            self._retireTimers.add(call)
+
+        def streamEnded() -> None:
+            if conn.closed or conn not in self._draining:
+                detach()
+            elif not conn.streamCount:
+                if grace:
+                    schedule()
+                else:
+                    check()
+
         # React to the last stream ending (no polling); a connection
-        # already without streams closes in the next turn, outside
-        # whatever stream event retired it.
+        # already without streams is checked later, outside whatever
+        # stream event retired it.
         conn.session.streamClosedObservers.append(streamEnded)
         if not conn.streamCount:
-            self.reactor.callLater(0, lambda: streamEnded() if streamEnded in conn.session.streamClosedObservers
-                                   else None)
+            schedule()
 
     def _connectionClosed(self, conn: PeerConnection) -> None:
         conn.lost()
