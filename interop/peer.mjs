@@ -32,6 +32,11 @@
 //   --dcutr             run @libp2p/dcutr (needs --relay-transport): on a
 //                       relayed connection it upgrades to a direct one; the
 //                       peers command then lists both
+//   --append-announce MA
+//                       also announce MA (repeatable; NAT lab only, with
+//                       BEAM_INTEROP_LAB=1): the router's mapping of our
+//                       listen port, which js-libp2p would otherwise announce
+//                       only once AutoNAT confirmed it
 //
 // stdout carries nothing but JSON lines:
 //   {"event":"ready","peerId":..,"addrs":[..]} once listening, then replies
@@ -65,7 +70,7 @@
 // echo command may use one.
 //
 // Safety: a connection gater refuses to dial anything that is not a loopback
-// IP address, there is no bootstrap, no mDNS, and the only DHT is Beam's
+// IP address (or a NAT lab one, with BEAM_INTEROP_LAB=1: see LAB), there is no bootstrap, no mDNS, and the only DHT is Beam's
 // (/beam/kad/1.0.0, never the IPFS one), so this peer never contacts
 // anything but loopback.
 
@@ -117,7 +122,8 @@ function parseArgs (argv) {
     relayServer: false,
     relayTransport: false,
     autonat: false,
-    dcutr: false
+    dcutr: false,
+    appendAnnounce: []
   }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]
@@ -179,6 +185,12 @@ function parseArgs (argv) {
       case '--dcutr':
         opts.dcutr = true
         break
+      case '--append-announce': {
+        const ma = multiaddr(next())
+        if (!LAB || !isLoopback(ma)) throw new Error(`--append-announce ${ma}: only lab addresses, with BEAM_INTEROP_LAB=1`)
+        opts.appendAnnounce.push(ma.toString())
+        break
+      }
       default:
         throw new Error(`unknown option ${arg}`)
     }
@@ -193,9 +205,17 @@ function parseArgs (argv) {
 
 // ---------------------------------------------------------------- helpers
 
+// BEAM_INTEROP_LAB=1: the peer runs inside the NAT lab's network namespaces
+// (beam/testing/netlab.py), where nothing but the lab exists; then it may
+// also listen on and dial the lab's internet (203.0.113.0/24) and home LANs
+// (198.51.100.0/24), and --append-announce is allowed.
+const LAB = process.env.BEAM_INTEROP_LAB === '1'
+
 function isLoopback (ma) {
   const first = ma.getComponents()[0]
   if (first == null) return false
+  if (LAB && first.name === 'ip4' &&
+      (first.value.startsWith('203.0.113.') || first.value.startsWith('198.51.100.'))) return true
   if (first.name === 'ip4') return first.value.startsWith('127.')
   if (first.name === 'ip6') return first.value === '::1' || first.value === '0:0:0:0:0:0:0:1'
   return false
@@ -551,7 +571,7 @@ async function main () {
 
   const node = await createLibp2p({
     privateKey,
-    addresses: { listen: opts.listen },
+    addresses: { listen: opts.listen, appendAnnounce: opts.appendAnnounce },
     transports,
     connectionEncrypters: opts.security.map(name => encrypters[name]()),
     streamMuxers: [yamux()],
