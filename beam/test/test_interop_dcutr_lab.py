@@ -160,3 +160,36 @@ class DCUtRInteropLabTests(SynchronousTestCase):
         direct = [p for p in peers if p["peerId"] == beamPeer and "/p2p-circuit" not in p["remoteAddr"]]
         self.assertTrue(direct, peers)
         self.assertEqual(direct[0]["remoteAddr"], f"/ip4/{homeB.reachableAddr}/tcp/4001/p2p/{beamPeer}")
+
+    def test_beamDialsJSThroughRelay(self) -> None:
+        """
+        The other way round: js reserves on the Beam relay and Beam dials it
+        through the relay; js received the relayed connection, so
+        @libp2p/dcutr (role B) sends CONNECT, Beam answers as A with its
+        router's mapping and dials at SYNC, js dials after half the RTT as
+        the upgrade's responder, and Beam ends with a hole-punched, direct
+        connection from js's router's WAN address (js's own dial, which came
+        in through Beam's full-cone router).
+        """
+        relay, js, beam, relayAddr, homeA, homeB = self._start("portrestricted", "fullcone")
+        beamPeer = beam.waitEvent("ready")["peer"]
+        jsPeer = js.waitEvent("ready")["peerId"]
+        js.call("relayListen", addr=relayAddr)
+        # Beam learns its observed address (what it sends in CONNECT).
+        beam.send(cmd="identify", addr=relayAddr)
+        beam.waitEvent("identified")
+        beam.send(cmd="dial", addr=f"{relayAddr}/p2p-circuit/p2p/{jsPeer}")
+        self.assertTrue(beam.waitEvent("dialled")["limited"])
+        synced = beam.waitEvent("synced", role="A")
+        self.assertEqual(synced["peer"], jsPeer)
+        self.assertEqual(synced["addrs"], [f"/ip4/{homeA.reachableAddr}/tcp/4001"])
+        beam.waitEvent("punched", role="A")
+        beam.send(cmd="echo", peer=jsPeer, data="after the punch")
+        echoed = beam.waitEvent("echoed")
+        self.assertTrue(echoed["ok"], echoed)
+        self.assertFalse(echoed["limited"], echoed)
+        self.assertEqual(echoed["path"], "hole-punched")
+        self.assertTrue(echoed["remote"].startswith(f"/ip4/{homeA.reachableAddr}/tcp/"), echoed)
+        peers = js.call("peers")["peers"]
+        direct = [p for p in peers if p["peerId"] == beamPeer and "/p2p-circuit" not in p["remoteAddr"]]
+        self.assertEqual([p["remoteAddr"] for p in direct], [f"/ip4/{homeB.reachableAddr}/tcp/4001/p2p/{beamPeer}"])
