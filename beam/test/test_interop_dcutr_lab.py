@@ -12,8 +12,10 @@ home B runs a Beam labnode with its L{HolePuncher}.
 
 @libp2p/tcp dials from an ephemeral port (no port reuse), so a punch in
 which the js peer's SYN must cross a port-restricted NAT on the Beam side
-cannot work: Beam's home here is full cone (it forwards to any port Beam
-has sent from; Beam dials from its listen port), js's home port-restricted.
+cannot work: in the punching tests Beam's home is full cone (it forwards to
+any port Beam has sent from; Beam dials from its listen port), js's home
+port-restricted; L{DCUtRInteropLabTests.test_twoPortRestrictedHomes} shows
+the exchange complete and the punch fail cleanly with both port-restricted.
 """
 
 from __future__ import annotations
@@ -193,3 +195,24 @@ class DCUtRInteropLabTests(SynchronousTestCase):
         peers = js.call("peers")["peers"]
         direct = [p for p in peers if p["peerId"] == beamPeer and "/p2p-circuit" not in p["remoteAddr"]]
         self.assertEqual([p["remoteAddr"] for p in direct], [f"/ip4/{homeB.reachableAddr}/tcp/4001/p2p/{beamPeer}"])
+
+    def test_twoPortRestrictedHomes(self) -> None:
+        """
+        Both homes port-restricted: the exchange still completes (js answers
+        CONNECT, takes SYNC and dials Beam's router), but @libp2p/tcp dials
+        from an ephemeral port, not its listen port, so neither router lets
+        the other's SYN in; Beam gives up with its one clear line and the
+        relayed connection keeps working.
+        """
+        relay, js, beam, relayAddr, homeA, homeB = self._start("portrestricted", "portrestricted")
+        beamPeer = beam.waitEvent("ready")["peer"]
+        js.call("dial", addr=f"{relayAddr}/p2p-circuit/p2p/{beamPeer}")
+        synced = beam.waitEvent("synced", role="B")
+        self.assertEqual(synced["addrs"], [f"/ip4/{homeA.reachableAddr}/tcp/4001"])
+        beam.waitEvent("failed", timeout=60)
+        self.assertTrue(any(f"A dialing [ Multiaddr(/ip4/{homeB.reachableAddr}/tcp/4001) ]" in line
+                            for line in js.stderr), js.stderr)
+        beam.send(cmd="echo", peer=js.waitEvent("ready")["peerId"], data="still relayed")
+        echoed = beam.waitEvent("echoed")
+        self.assertTrue(echoed["ok"], echoed)
+        self.assertTrue(echoed["limited"], echoed)
