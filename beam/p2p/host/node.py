@@ -1026,8 +1026,8 @@ class Node(MultiService):
         connection to the peer if there is one, and close C{conn} once its
         streams have ended.
 
-        A connection that takes no new streams (a go-away either way)
-        closes as soon as its last stream ends.  One that still takes the
+        A connection that takes no new streams (a go-away either way), or
+        a relayed one, closes as soon as its last stream ends.  One that still takes the
         peer's streams (a duplicate we merely stopped using, see
         L{_register}) closes only once it carried no stream for
         C{duplicateGrace} seconds: the peer may have dialled it on purpose
@@ -1044,7 +1044,9 @@ class Node(MultiService):
         if conn.closed or self.isStopping or conn in self._draining:
             return
         self._draining.add(conn)
-        grace = self.duplicateGrace if conn.acceptsStreams else 0.0
+        # A relayed connection costs its relay: it goes as soon as it is
+        # idle, whatever it still accepts.
+        grace = self.duplicateGrace if conn.acceptsStreams and not conn.limited else 0.0
         timer: list[Any] = []
 
         def detach() -> None:
