@@ -27,6 +27,7 @@ import ipaddress
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from typing import Optional
 
 import attrs
@@ -45,10 +46,13 @@ __all__ = [
     "MessageClass",
     "RateLimitedLog",
     "decode",
+    "decodeErrorCode",
+    "decodeUnknownAttributes",
     "encode",
     "looksLikeStun",
     "newTransactionID",
     "sameAddress",
+    "walkAttributes",
 ]
 
 #: A transport address as Twisted's UDP API spells it: (IP text, port).
@@ -338,6 +342,71 @@ def encode(message: Message) -> bytes:
 # -- decoding ---------------------------------------------------------------
 
 
+def walkAttributes(data: bytes) -> Iterator[tuple[int, bytes, int, int]]:
+    """
+    The attributes of the STUN (or TURN) message C{data}, whose header was
+    checked: C{(type, value, start, end)} for each, C{start} being where
+    its value begins and C{end} where its padding ends.  The framing rules
+    are checked here, once for both decoders: no attribute may run past
+    the message or follow FINGERPRINT, and a FINGERPRINT must be 4 bytes
+    and match (it is yielded too, once verified).
+
+    @raise InvalidStunMessage: when they are broken.
+    """
+    fingerprint = False
+    offset = HEADER_SIZE
+    while offset < len(data):
+        if fingerprint:
+            raise InvalidStunMessage("an attribute after FINGERPRINT")
+        if len(data) - offset < 4:
+            raise InvalidStunMessage("truncated attribute header")
+        attrType, attrLength = struct.unpack("!HH", data[offset : offset + 4])
+        start = offset + 4
+        end = start + attrLength
+        padded = end + (-attrLength % 4)
+        if padded > len(data):
+            raise InvalidStunMessage(f"attribute 0x{attrType:04x} runs past the message")
+        value = data[start:end]
+        offset = padded
+        if attrType == FINGERPRINT:
+            if attrLength != 4:
+                raise InvalidStunMessage("FINGERPRINT is 4 bytes")
+            # The CRC covers the header (with its length field as sent,
+            # which includes the FINGERPRINT) and every attribute before it.
+            expected = zlib.crc32(data[: start - 4]) ^ _FINGERPRINT_XOR
+            if struct.unpack("!I", value)[0] != expected:
+                raise InvalidStunMessage("wrong FINGERPRINT")
+            fingerprint = True
+        yield attrType, value, start, padded
+
+
+def decodeErrorCode(value: bytes) -> ErrorCode:
+    """
+    The value of an ERROR-CODE attribute.
+
+    @raise InvalidStunMessage: when it is malformed.
+    """
+    if len(value) < 4:
+        raise InvalidStunMessage("ERROR-CODE shorter than 4 bytes")
+    reserved, klass, number = struct.unpack("!HBB", value[:4])
+    if reserved or klass & 0xF8:
+        raise InvalidStunMessage("ERROR-CODE reserved bits set")
+    if not 3 <= klass <= 6 or number > 99:
+        raise InvalidStunMessage(f"ERROR-CODE class {klass} number {number}")
+    return ErrorCode(klass * 100 + number, _text(value[4:], "reason phrase"))
+
+
+def decodeUnknownAttributes(value: bytes) -> tuple[int, ...]:
+    """
+    The value of an UNKNOWN-ATTRIBUTES attribute.
+
+    @raise InvalidStunMessage: when it is of odd length.
+    """
+    if len(value) % 2:
+        raise InvalidStunMessage("UNKNOWN-ATTRIBUTES of odd length")
+    return tuple(t for (t,) in struct.iter_unpack("!H", value))
+
+
 def decode(data: bytes) -> Message:
     """
     Parse one STUN message.
@@ -368,28 +437,8 @@ def decode(data: bytes) -> Message:
     seen: set[int] = set()
     unknown: list[int] = []
     fingerprint = False
-    offset = HEADER_SIZE
-    while offset < len(data):
-        if fingerprint:
-            raise InvalidStunMessage("an attribute after FINGERPRINT")
-        if len(data) - offset < 4:
-            raise InvalidStunMessage("truncated attribute header")
-        attrType, attrLength = struct.unpack("!HH", data[offset : offset + 4])
-        start = offset + 4
-        end = start + attrLength
-        padded = end + (-attrLength % 4)
-        if padded > len(data):
-            raise InvalidStunMessage(f"attribute 0x{attrType:04x} runs past the message")
-        value = data[start:end]
-        offset = padded
+    for attrType, value, _, _ in walkAttributes(data):
         if attrType == FINGERPRINT:
-            if attrLength != 4:
-                raise InvalidStunMessage("FINGERPRINT is 4 bytes")
-            # The CRC covers the header (with its length field as sent,
-            # which includes the FINGERPRINT) and every attribute before it.
-            expected = zlib.crc32(data[: start - 4]) ^ _FINGERPRINT_XOR
-            if struct.unpack("!I", value)[0] != expected:
-                raise InvalidStunMessage("wrong FINGERPRINT")
             fingerprint = True
             continue
         if attrType in seen:
@@ -433,18 +482,9 @@ def _decodeAttribute(attrType: int, value: bytes, xorKey6: bytes, fields: dict[s
         fields["changeIP"] = bool(flags & CHANGE_IP)
         fields["changePort"] = bool(flags & CHANGE_PORT)
     elif attrType == ERROR_CODE:
-        if len(value) < 4:
-            raise InvalidStunMessage("ERROR-CODE shorter than 4 bytes")
-        reserved, klass, number = struct.unpack("!HBB", value[:4])
-        if reserved or klass & 0xF8:
-            raise InvalidStunMessage("ERROR-CODE reserved bits set")
-        if not 3 <= klass <= 6 or number > 99:
-            raise InvalidStunMessage(f"ERROR-CODE class {klass} number {number}")
-        fields["errorCode"] = ErrorCode(klass * 100 + number, _text(value[4:], "reason phrase"))
+        fields["errorCode"] = decodeErrorCode(value)
     elif attrType == UNKNOWN_ATTRIBUTES:
-        if len(value) % 2:
-            raise InvalidStunMessage("UNKNOWN-ATTRIBUTES of odd length")
-        fields["unknownAttributes"] = tuple(t for (t,) in struct.iter_unpack("!H", value))
+        fields["unknownAttributes"] = decodeUnknownAttributes(value)
     elif attrType == SOFTWARE:
         fields["software"] = _text(value, "SOFTWARE")
     else:  # pragma: no cover - UNDERSTOOD and this function go together

@@ -76,7 +76,10 @@ from beam.p2p.nat.stun import (
     _messageType,
     _splitType,
     _text,
+    decodeErrorCode,
+    decodeUnknownAttributes,
     newTransactionID,
+    walkAttributes,
 )
 
 __all__ = [
@@ -416,26 +419,9 @@ def decode(data: bytes) -> TurnMessage:
     unknown: list[int] = []
     fingerprint = False
     protected = False
-    offset = HEADER_SIZE
-    while offset < len(data):
-        if fingerprint:
-            raise InvalidStunMessage("an attribute after FINGERPRINT")
-        if len(data) - offset < 4:
-            raise InvalidStunMessage("truncated attribute header")
-        attrType, attrLength = struct.unpack("!HH", data[offset : offset + 4])
-        start = offset + 4
-        end = start + attrLength
-        padded = end + (-attrLength % 4)
-        if padded > len(data):
-            raise InvalidStunMessage(f"attribute 0x{attrType:04x} runs past the message")
-        value = data[start:end]
-        offset = padded
+    for attrType, value, start, padded in walkAttributes(data):
+        attrLength = len(value)
         if attrType == FINGERPRINT:
-            if attrLength != 4:
-                raise InvalidStunMessage("FINGERPRINT is 4 bytes")
-            expected = zlib.crc32(data[: start - 4]) ^ _FINGERPRINT_XOR
-            if struct.unpack("!I", value)[0] != expected:
-                raise InvalidStunMessage("wrong FINGERPRINT")
             fingerprint = True
             continue
         if attrType in (MESSAGE_INTEGRITY, MESSAGE_INTEGRITY_SHA256):
@@ -513,18 +499,9 @@ def _decodeAttribute(attrType: int, value: bytes, xorKey6: bytes, fields: dict[s
             raise InvalidStunMessage(f"NONCE of {len(value)} bytes")
         fields["nonce"] = value
     elif attrType == ERROR_CODE:
-        if len(value) < 4:
-            raise InvalidStunMessage("ERROR-CODE shorter than 4 bytes")
-        reserved, klass, number = struct.unpack("!HBB", value[:4])
-        if reserved or klass & 0xF8:
-            raise InvalidStunMessage("ERROR-CODE reserved bits set")
-        if not 3 <= klass <= 6 or number > 99:
-            raise InvalidStunMessage(f"ERROR-CODE class {klass} number {number}")
-        fields["errorCode"] = ErrorCode(klass * 100 + number, _text(value[4:], "reason phrase"))
+        fields["errorCode"] = decodeErrorCode(value)
     elif attrType == UNKNOWN_ATTRIBUTES:
-        if len(value) % 2:
-            raise InvalidStunMessage("UNKNOWN-ATTRIBUTES of odd length")
-        fields["unknownAttributes"] = tuple(t for (t,) in struct.iter_unpack("!H", value))
+        fields["unknownAttributes"] = decodeUnknownAttributes(value)
     elif attrType == SOFTWARE:
         fields["software"] = _text(value, "SOFTWARE")
     else:  # pragma: no cover - UNDERSTOOD and this function go together
