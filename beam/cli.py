@@ -644,24 +644,22 @@ def _natLines(reachability: str, confirmed: list[str], nat: Any) -> list[str]:
         lines.append("relay service: off")
     if nat.get("stun_server"):
         lines.append("STUN server: " + ", ".join(nat["stun_server"]))
-    mapping = nat.get("port_mapping")
-    if isinstance(mapping, dict):
-        if mapping.get("external_addr"):
-            expires = mapping.get("expires_in")
-            lines.append(f"port mapping: {mapping.get('external_addr')} via {mapping.get('protocol')}"
+
+    def lease(label: str, info: object, addrKey: str, where: str, byKey: str, idle: str) -> None:
+        # A port mapping or a TURN allocation: its address and expiry, or
+        # its state and last error.
+        if not isinstance(info, dict):
+            return
+        if info.get(addrKey):
+            expires = info.get("expires_in")
+            lines.append(f"{label}: {info.get(addrKey)} {where} {info.get(byKey)}"
                          + (f", expires in {_duration(int(expires))}" if isinstance(expires, (int, float)) else ""))
         else:
-            lines.append(f"port mapping: {mapping.get('state') or 'none'}"
-                         + (f" ({mapping['last_error']})" if mapping.get("last_error") else ""))
-    turn = nat.get("turn")
-    if isinstance(turn, dict):
-        if turn.get("relayed_addr"):
-            expires = turn.get("expires_in")
-            lines.append(f"TURN: {turn.get('relayed_addr')} on {turn.get('server')}"
-                         + (f", expires in {_duration(int(expires))}" if isinstance(expires, (int, float)) else ""))
-        else:
-            lines.append(f"TURN: {turn.get('state') or 'idle'}"
-                         + (f" ({turn['last_error']})" if turn.get("last_error") else ""))
+            lines.append(f"{label}: {info.get('state') or idle}"
+                         + (f" ({info['last_error']})" if info.get("last_error") else ""))
+
+    lease("port mapping", nat.get("port_mapping"), "external_addr", "via", "protocol", "none")
+    lease("TURN", nat.get("turn"), "relayed_addr", "on", "server", "idle")
     punching = nat.get("hole_punching")
     if isinstance(punching, dict) and (punching.get("punched") or punching.get("failed") or punching.get("active")):
         lines.append(f"hole punching: {punching.get('punched', 0)} punched, {punching.get('failed', 0)} failed, "
