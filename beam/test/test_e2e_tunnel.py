@@ -20,7 +20,6 @@ import json
 import os
 import random
 import re
-import select
 import shutil
 import signal
 import socket
@@ -42,6 +41,8 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
+
+from beam.testing.lines import LineReader
 
 BIN = Path(sys.executable).parent
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -194,7 +195,7 @@ class Child:
             stderr=self._logFile,
         )
         self.pid = self.proc.pid
-        self._buf = b""
+        self._lines = LineReader(self.proc, self.label, self.tail)
         testCase.addCleanup(self.kill)
 
     def readLine(self, timeout: float = 30) -> str:
@@ -202,24 +203,7 @@ class Child:
         The next line of stdout; fails (with the log) rather than hang, and
         when the process exits first.
         """
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"{self.label}: no output within {timeout} s; log:\n{self.tail()}")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                data = os.read(fd, 65536)
-                if not data:
-                    self.proc.wait(timeout=10)
-                    raise AssertionError(
-                        f"{self.label} exited ({self.proc.returncode}) before a line; log:\n{self.tail()}"
-                    )
-                self._buf += data
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
+        return self._lines.readLine(timeout).decode()
 
     def readJSON(self, timeout: float = 30) -> dict[str, Any]:
         return json.loads(self.readLine(timeout))

@@ -30,7 +30,6 @@ import http.client
 import json
 import os
 import random
-import select
 import shutil
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from beam.testing.lines import LineReader
 from beam.testing.netlab import Host, NatLab
 
 __all__ = ["INDEX", "MiB", "BeamProcess", "LabBeam", "addPublicAddress", "patternChunks", "patternDigest"]
@@ -171,7 +171,7 @@ class BeamProcess:
         self.started = time.monotonic()
         self.proc = host.run(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._logFile)
         self.pid = self.proc.pid
-        self._buf = b""
+        self._lines = LineReader(self.proc, self.label, self.tail)
         self.lines: list[str] = []
 
     def readLine(self, timeout: float = 30) -> str:
@@ -179,23 +179,7 @@ class BeamProcess:
         The next line on stdout; fails with the log rather than hang, and
         when the process exits first.
         """
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"{self.label}: no output within {timeout:g} s; log:\n{self.tail()}")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                data = os.read(fd, 65536)
-                if not data:
-                    self.proc.wait(timeout=10)
-                    raise AssertionError(
-                        f"{self.label} exited ({self.proc.returncode}) before a line; log:\n{self.tail()}")
-                self._buf += data
-        line, _, self._buf = self._buf.partition(b"\n")
-        text = line.decode(errors="replace")
+        text = self._lines.readLine(timeout).decode(errors="replace")
         self.lines.append(text)
         return text
 
