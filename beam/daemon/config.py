@@ -57,6 +57,23 @@ defaults.  Schema (every key optional)::
     bandwidth = "10MiB"       # per second, all circuits together (absent or 0: no cap)
     circuit_bandwidth = "2MiB"  # per second, each circuit (absent or 0: no cap)
 
+    # Tor (docs/tor.md).  "off" (default); "fallback": publish an onion
+    # address and dial onions only when direct and relayed paths fail;
+    # "always": listen and dial only through Tor (no IP address advertised
+    # or dialled).  `tor = "always"` is short for a [tor] with only a mode.
+    [tor]
+    mode = "always"
+    control = "unix:/run/tor/control"  # attach to a running tor's control
+                              # port/socket ("127.0.0.1:9051", "9051", or a
+                              # Twisted endpoint); absent: launch our own tor
+    binary = "/usr/sbin/tor"  # the tor to launch (absent: `tor` on PATH)
+    data_dir = "/path"        # launched tor's DataDirectory (absent: <home>/tor/data)
+    port = 4001               # the onion service's port (/onion3/...:PORT)
+    bootstrap_timeout = 300   # seconds for tor to bootstrap and publish
+    [tor.options]             # extra torrc lines for a launched tor:
+    TestingTorNetwork = 1     # a string, number, boolean (1/0) or a list
+    DirAuthority = ["auth0 orport=5000 ...", "auth1 ..."]   # of strings
+
     # Services that installed packages add to every node (Twisted plugins
     # providing beam.daemon.plugins.IBeamService).
     [plugins]
@@ -190,6 +207,40 @@ class TurnServerConfig:
     password: str = attr.ib(repr=False)
 
 
+#: What C{[tor] mode} may say: no Tor; Tor as a last resort; only Tor.
+TOR_MODES = ("off", "fallback", "always")
+
+
+@attr.s(frozen=True, auto_attribs=True, kw_only=True)
+class TorConfig:
+    """
+    C{[tor]}: whether and how the node uses Tor (issue 10; the names are
+    shared with L{beam.daemon.tor}).
+
+    @ivar mode: one of L{TOR_MODES}.
+    @ivar control: a Twisted client endpoint string of a running tor's
+        control port or socket to attach to (C{"unix:path=..."} or
+        C{"tcp:host=...:port=..."}, short forms normalised by
+        L{normaliseControl}); L{None} to launch our own tor.
+    @ivar binary: the tor to launch; L{None} for C{tor} on C{PATH}.
+    @ivar dataDir: a launched tor's C{DataDirectory}; L{None} for
+        C{<home>/tor/data}.
+    @ivar port: the onion service's virtual port.
+    @ivar options: extra torrc options for a launched tor, each name with
+        its values (an option such as C{DirAuthority} is repeated).
+    @ivar bootstrapTimeout: seconds tor has to bootstrap and publish the
+        onion service.
+    """
+
+    mode: str = "off"
+    control: str | None = None
+    binary: str | None = None
+    dataDir: str | None = None
+    port: int = 4001
+    options: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    bootstrapTimeout: float = 300.0
+
+
 @attr.s(frozen=True, auto_attribs=True, kw_only=True)
 class Config:
     """
@@ -220,6 +271,7 @@ class Config:
     stunServer: bool = True
     portMapping: bool = False
     turnServers: tuple[TurnServerConfig, ...] = ()
+    tor: TorConfig = attr.ib(factory=TorConfig)
 
 
 #: What C{relay} may say.
@@ -396,7 +448,8 @@ class _Problems:
 # -- validation ----------------------------------------------------------------
 
 _TOP_KEYS = {"listen", "bootstrap", "log_format", "tunnel", "forward", "plugins", "limits", "relay",
-             "stun_servers", "stun_server", "port_mapping", "turn_servers"}
+             "stun_servers", "stun_server", "port_mapping", "turn_servers", "tor"}
+_TOR_KEYS = {"mode", "control", "binary", "data_dir", "port", "bootstrap_timeout", "options"}
 _PLUGINS_KEYS = {"enabled", "disable"}
 _TUNNEL_KEYS = {"port", "name", "udp", "compress", "allow", "secret"}
 _FORWARD_KEYS = {"target", "port", "bind", "service"}
@@ -738,6 +791,104 @@ class _Validator:
                                         username=table["username"], password=table["password"]))
         return tuple(out)
 
+    def tor(self) -> TorConfig:
+        """
+        C{tor = "MODE"}, or a C{[tor]} table (L{TorConfig}).
+        """
+        value = self.data["tor"]
+        modes = ", ".join(f'"{m}"' for m in TOR_MODES)
+        if isinstance(value, str):
+            if value not in TOR_MODES:
+                self.p.add(f"tor must be {modes}, not {value!r}", key="tor")
+                return TorConfig()
+            return TorConfig(mode=value)
+        if not isinstance(value, dict):
+            self.p.add(f"tor must be {modes} or a [tor] table, not {_typeName(value)}", key="tor")
+            return TorConfig()
+        context = ("tor", 0)
+        self.unknown(value, _TOR_KEYS, context, "[tor]")
+        kw: dict[str, Any] = {}
+        # No mode: off, so that the table can hold how to reach tor while
+        # `--tor` says when to use it.
+        mode = value.get("mode", "off")
+        if mode not in TOR_MODES:
+            self.p.add(f"mode must be {modes}, not {mode!r}", context, "mode")
+        else:
+            kw["mode"] = mode
+        if "control" in value:
+            control = value["control"]
+            try:
+                if not isinstance(control, str):
+                    raise ValueError(f"must be a string, not {_typeName(control)}")
+                kw["control"] = normaliseControl(control)
+            except ValueError as e:
+                self.p.add(f"control {e}", context, "control")
+        for key, field in (("binary", "binary"), ("data_dir", "dataDir")):
+            if key not in value:
+                continue
+            item = value[key]
+            if not isinstance(item, str) or not item or "\0" in item:
+                self.p.add(f"{key} must be a path, not {item!r}", context, key)
+            else:
+                kw[field] = item
+        if "port" in value:
+            port = self.port(value, context, required=False)
+            if port is not None:
+                kw["port"] = port
+        if "bootstrap_timeout" in value:
+            timeout = value["bootstrap_timeout"]
+            if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                    or not 0 < timeout <= MAX_TOR_BOOTSTRAP_TIMEOUT):
+                self.p.add(f"bootstrap_timeout must be a number of seconds above 0 and at most "
+                           f"{MAX_TOR_BOOTSTRAP_TIMEOUT:g}, not {timeout!r}", context, "bootstrap_timeout")
+            else:
+                kw["bootstrapTimeout"] = float(timeout)
+        if "options" in value:
+            kw["options"] = self.torOptions(value["options"])
+        if "control" in kw:
+            # What only a launched tor uses would be silently ignored.
+            for key in ("options", "binary", "data_dir"):
+                if key in value:
+                    self.p.addAt(f"{key} applies only to a tor that Beam launches, not to one it attaches to "
+                                 "with control", self.p.locator.pathLine(f"tor.{key}"))
+        return TorConfig(**kw)
+
+    def torOptions(self, value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """
+        C{[tor.options]} (or an inline table): torrc option names with a
+        string, a number, a boolean (written 1 or 0) or a list of strings
+        (the option repeated).  No value may hold a line break: each
+        becomes one torrc line.
+        """
+        if not isinstance(value, dict):
+            self.p.addAt(f"options must be a [tor.options] table, not {_typeName(value)}",
+                         self.p.locator.pathLine("tor.options"))
+            return ()
+        out = []
+        for name, item in value.items():
+            where = self.p.locator.pathLine(f"tor.options.{name}")
+            if not _TOR_OPTION.match(name):
+                self.p.addAt(f"tor option names are letters, digits and '_', not {name!r}", where)
+                continue
+            if name.lower() in _TOR_OPTIONS_OF_OURS:
+                self.p.addAt(f"tor option {name} is set by Beam ({_TOR_OPTIONS_OF_OURS[name.lower()]})", where)
+                continue
+            items = item if isinstance(item, list) else [item]
+            if not items:
+                self.p.addAt(f"tor option {name} has no value", where)
+                continue
+            values: list[str] = []
+            for one in items:
+                text = _torOptionValue(one, inList=isinstance(item, list))
+                if text is None:
+                    self.p.addAt(f"tor option {name} must be a string, a number, true/false or a list of "
+                                 f"strings, each on one line, not {one!r}", where)
+                    break
+                values.append(text)
+            else:
+                out.append((name, tuple(values)))
+        return tuple(out)
+
     def config(self) -> Config:
         d = self.data
         self.unknown(d, _TOP_KEYS, _TOP, "the top level")
@@ -804,7 +955,83 @@ class _Validator:
             kw["portMapping"] = self.flag(d, "port_mapping", _TOP)
         if "turn_servers" in d:
             kw["turnServers"] = self.turnServers()
+        if "tor" in d:
+            kw["tor"] = self.tor()
         return Config(**kw)
+
+
+#: The longest C{[tor] bootstrap_timeout} accepted.
+MAX_TOR_BOOTSTRAP_TIMEOUT = 3600.0
+
+_TOR_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+#: torrc options Beam sets itself, (lower-cased) with where to set them.
+_TOR_OPTIONS_OF_OURS = {
+    "datadirectory": "use [tor] data_dir",
+    "controlport": "it launches tor with its own control port",
+    "hiddenservicedir": "the onion service is made through the control port",
+    "hiddenserviceport": "use [tor] port",
+}
+
+
+def _torOptionValue(value: object, inList: bool) -> str | None:
+    """
+    One value of a C{[tor.options]} option as torrc text: a string (on
+    one line), or, unless in a list, a number or a boolean (C{1}/C{0});
+    L{None} for anything else.
+    """
+    if isinstance(value, str):
+        return None if any(c in value for c in "\r\n\0") else value
+    if inList:
+        return None
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return None
+
+
+def normaliseControl(text: str) -> str:
+    """
+    A tor control endpoint as a Twisted client endpoint string: the short
+    forms C{"unix:/run/tor/control"} (or just C{"/run/tor/control"}),
+    C{"127.0.0.1:9051"}, C{"[::1]:9051"} and C{"9051"} (on 127.0.0.1)
+    become C{"unix:path=..."} and C{"tcp:host=...:port=..."}; C{unix:}
+    and C{tcp:} endpoint strings are kept as written.
+
+    @raise ValueError: it is none of these; the message says what is
+        expected.
+    """
+    expected = ("must be a control socket (\"unix:/run/tor/control\") or port (\"127.0.0.1:9051\", "
+                f"\"9051\"), not {text!r}")
+    text = text.strip()
+    if text.startswith("/"):
+        text = "unix:" + text
+    if text.startswith("unix:") and not text.startswith("unix:path="):
+        path = text[len("unix:"):]
+        if not path or ":" in path:
+            raise ValueError(expected)
+        text = "unix:path=" + path
+    elif not text.startswith(("unix:", "tcp:")):
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host = "127.0.0.1"
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        try:
+            number = int(port)
+        except ValueError:
+            raise ValueError(expected) from None
+        if not 0 < number < 65536 or not host or any(c in host for c in "/=\\ \t[]"):
+            raise ValueError(expected)
+        text = f"tcp:host={host.replace(':', chr(92) + ':')}:port={number}"
+    from twisted.internet.endpoints import clientFromString
+
+    try:
+        clientFromString(None, text)
+    except (ValueError, TypeError, KeyError):
+        raise ValueError(expected) from None
+    return text
 
 
 #: TURN's default port (RFC 8656).
@@ -989,12 +1216,16 @@ def mergeOptions(config: Config, **flags: Any) -> Config:
     forward on the same local port and bind address, so C{beam 3000
     --compress} overrides the file's C{[[tunnel]] port = 3000}.
 
+    C{torMode} (C{--tor}) and C{torControl} (C{--tor-control}) replace
+    the file's C{[tor] mode} and C{control}, keeping its other settings.
+
     @param flags: any of C{listen}, C{bootstrap} (multiaddrs or their
-        text), C{logFormat}, C{tunnels}, C{forwards}.
+        text), C{logFormat}, C{tunnels}, C{forwards}, C{torMode},
+        C{torControl}.
     @raise ConfigError: a flag's value is invalid.
     @raise TypeError: an unknown flag name (a programming error).
     """
-    unknown = set(flags) - {"listen", "bootstrap", "logFormat", "tunnels", "forwards"}
+    unknown = set(flags) - {"listen", "bootstrap", "logFormat", "tunnels", "forwards", "torMode", "torControl"}
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}")
     changes: dict[str, Any] = {}
@@ -1021,4 +1252,16 @@ def mergeOptions(config: Config, **flags: Any) -> Config:
             if f.port is None or not any((f.bind, f.port) == (n.bind, n.port) for n in newForwards)
         )
         changes["forwards"] = keptForwards + newForwards
+    tor: dict[str, Any] = {}
+    if flags.get("torMode") is not None:
+        if flags["torMode"] not in TOR_MODES:
+            raise ConfigError([f"--tor must be {', '.join(TOR_MODES)}, not {flags['torMode']!r}"])
+        tor["mode"] = flags["torMode"]
+    if flags.get("torControl"):
+        try:
+            tor["control"] = normaliseControl(flags["torControl"])
+        except ValueError as e:
+            raise ConfigError([f"--tor-control {e}"]) from None
+    if tor:
+        changes["tor"] = attr.evolve(config.tor, **tor)
     return attr.evolve(config, **changes)

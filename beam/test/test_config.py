@@ -227,7 +227,7 @@ a = 1
 """)
         self.assertEqual(problems[0], "config.toml:1: unknown key 'listen_on' in the top level "
                                       "(expected one of: bootstrap, forward, limits, listen, log_format, plugins, "
-                                      "port_mapping, relay, stun_server, stun_servers, tunnel, turn_servers)")
+                                      "port_mapping, relay, stun_server, stun_servers, tor, tunnel, turn_servers)")
         self.assertTrue(problems[1].startswith("config.toml:4: unknown key 'comprees' in [[tunnel]]"), problems)
         self.assertTrue(problems[2].startswith("config.toml:6: target: "), problems)
         self.assertTrue(problems[3].startswith("config.toml:7: unknown key 'prot' in [[forward]]"), problems)
