@@ -88,6 +88,26 @@ _GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
                                  "(repeatable; also in config.toml)")),
 ]
 
+#: What C{--tor MODE} may say (L{beam.daemon.config.TOR_MODES}, not
+#: imported: the command line starts without the configuration's module).
+_TOR_MODES = ("always", "fallback", "off")
+
+_TOR_HELP = ("use Tor (default MODE: always): always = listen and dial only through Tor, no IP address "
+             "advertised or dialled; fallback = also publish an onion address, dialled only when direct "
+             "and relayed paths fail; off = no Tor (overrides config.toml)")
+_TOR_CONTROL_HELP = ("attach to a running tor's control socket or port (unix:/run/tor/control, "
+                     "127.0.0.1:9051, 9051) instead of launching one")
+
+
+def _addTorOptions(parser: argparse.ArgumentParser) -> None:
+    """
+    C{--tor [MODE]} and C{--tor-control} for a command that runs a node.
+    """
+    parser.add_argument("--tor", nargs="?", const="always", choices=_TOR_MODES, default=None, metavar="MODE",
+                        help=_TOR_HELP)
+    parser.add_argument("--tor-control", metavar="ENDPOINT", help=_TOR_CONTROL_HELP)
+
+
 #: The commands that run a node, and so take C{--listen}.
 _LISTENING_COMMANDS = ("expose", "connect", "register", "daemon", "relay")
 
@@ -189,6 +209,7 @@ def _parser() -> _Parser:
     s.add_argument("--listen", action="append", metavar="MULTIADDR", help="address to listen on (repeatable)")
     s.add_argument("--no-register", action="store_true",
                    help="do not publish the node's name in the DHT (share the beam:// address only)")
+    _addTorOptions(s)
 
     s = command("connect", help="forward a local port to a peer's exposed service")
     s.add_argument("target", help="a name (NAME or NAME/SERVICE), a share address (beam://...) "
@@ -202,12 +223,17 @@ def _parser() -> _Parser:
     s.add_argument("--udp", action="store_true", help="forward UDP datagrams")
     s.add_argument("--compress", action="store_true", help="offer lz4 compression")
     s.add_argument("--listen", action="append", metavar="MULTIADDR", help="address for this node to listen on")
+    s.add_argument("--tor", action="store_true",
+                   help="reach the target only over Tor, at its onion address (a node started here runs "
+                        "with Tor: always, or fallback if config.toml says so)")
+    s.add_argument("--tor-control", metavar="ENDPOINT", help=_TOR_CONTROL_HELP)
 
     s = command("register", help="publish a name for this node in the DHT")
     s.add_argument("name", help="lower-case DNS-style name, e.g. alice or alice.home")
     s.add_argument("--service", action="append", metavar="SERVICE",
                    help="service the name offers (repeatable; default: every exposed service)")
     s.add_argument("--listen", action="append", metavar="MULTIADDR", help="address to listen on (repeatable)")
+    _addTorOptions(s)
 
     s = command("resolve", help="look a name up in the DHT")
     s.add_argument("name")
@@ -228,6 +254,7 @@ def _parser() -> _Parser:
     s = command("daemon", help="run a node in the foreground (tunnels from config.toml)")
     s.add_argument("--listen", action="append", metavar="MULTIADDR",
                    help="address to listen on (repeatable; default from config.toml, else /ip4/0.0.0.0/tcp/0)")
+    _addTorOptions(s)
 
     s = command("relay", help="run a relay for nodes behind NATs in the foreground (relay = \"open\")")
     s.add_argument("--listen", action="append", metavar="MULTIADDR",
@@ -327,11 +354,19 @@ def _home(args: argparse.Namespace) -> Path:
 
 
 def _loadConfig(args: argparse.Namespace) -> Any:
+    """
+    config.toml with the command line's flags over it.  C{beam connect
+    --tor} runs its own node with Tor C{always}, or C{fallback} when the
+    file says so.
+    """
     from beam.daemon.config import loadConfig, mergeOptions
 
     config = loadConfig(_home(args) / "config.toml")
+    torMode = getattr(args, "tor", None)
+    if args.command == "connect":
+        torMode = ("fallback" if config.tor.mode == "fallback" else "always") if torMode else None
     return mergeOptions(config, listen=getattr(args, "listen", None), logFormat=args.log_format,
-                        bootstrap=args.bootstrap)
+                        bootstrap=args.bootstrap, torMode=torMode, torControl=getattr(args, "tor_control", None))
 
 
 def _startLogging(args: argparse.Namespace, config: Any = None) -> None:
@@ -342,21 +377,192 @@ def _startLogging(args: argparse.Namespace, config: Any = None) -> None:
 
 
 async def _runDaemon(
-    reactor: Any, args: argparse.Namespace, config: Any, control: bool = True, rememberPort: bool = True
+    reactor: Any, args: argparse.Namespace, config: Any, control: bool = True, rememberPort: bool = True,
+    out: _Out | None = None,
 ) -> Any:
+    """
+    Start a node for this command; with C{out} (as text) and Tor on, show
+    Tor's progress while the node waits for it (L{TorProgress}).
+    """
     from beam.daemon.service import BeamDaemon
     from beam.storage.home import loadOrCreateIdentity
 
     home = _home(args)
     identity = loadOrCreateIdentity(home)
     daemon = BeamDaemon(reactor, home, identity, config, control=control, rememberPort=rememberPort)
+    watch = None
+    if out is not None and not out.asJSON and config.tor.mode != "off":
+        try:
+            tor = daemon.service("tor")
+        except KeyError:
+            tor = None
+        if tor is not None:
+            watch = _watchTor(reactor, tor.status)
     try:
         await daemon.start()
     except BaseException:
+        if watch is not None:
+            watch()
         await daemon.stopService()
         raise
+    if watch is not None:
+        watch()
     reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
     return daemon
+
+
+#: How often Tor's progress is looked at while a node waits for it.
+TOR_POLL_INTERVAL = 0.5
+
+#: Tor's states while a node waits for it (L{beam.daemon.tor}).
+TOR_WAITING = ("starting", "bootstrapping", "publishing")
+
+
+def torStatusText(tor: Any) -> str | None:
+    """
+    One line about Tor from the C{"tor"} section of the daemon's status
+    (L{beam.daemon.tor.TorService.status}), or L{None} when Tor is off
+    or the section is missing: what C{beam status} shows and what the
+    progress line while a node starts says.
+    """
+    if not isinstance(tor, dict) or tor.get("mode") in (None, "off"):
+        return None
+    state = tor.get("state")
+    summary = tor.get("summary")
+    if state == "ready":
+        count = int(tor.get("connections") or 0)
+        parts = [str(tor["mode"]), "ready"]
+        if tor.get("onion"):
+            parts.append(str(tor["onion"]))
+        parts.append(f"{count} connection{'' if count == 1 else 's'} over Tor")
+        return "tor: " + " · ".join(parts)
+    if state == "failed":
+        return (f"tor: failed: {tor.get('error') or summary or 'unknown error'}"
+                + (" (running without Tor)" if tor.get("mode") == "fallback" else ""))
+    if state == "bootstrapping":
+        return f"tor: bootstrapping {int(tor.get('progress') or 0)} %" + (f" ({summary})" if summary else "")
+    if state == "publishing":
+        return "tor: publishing the onion service" + (f" ({summary})" if summary else "")
+    return f"tor: {state}" + (f" ({summary})" if summary else "")
+
+
+def _torDetails(tor: dict[str, Any]) -> list[str]:
+    """
+    Which tor a node uses, under the L{torStatusText} line.
+    """
+    if tor.get("state") in ("off", "stopped", "failed"):
+        return []
+    where = "launched by Beam" if tor.get("launched") else (
+        f"attached at {tor['control']}" if tor.get("control") else None)
+    socks = f"SOCKS {tor['socks']}" if tor.get("socks") else None
+    details = ", ".join(p for p in (where, socks) if p)
+    return [f"  {details}"] if details else []
+
+
+class TorProgress:
+    """
+    Tor's progress while a node starts, on a terminal as one line
+    rewritten in place, else (a pipe, a log file) as a new line only when
+    the state changes or the percentage moved by L{STEP} or more.
+
+    @ivar stream: where the lines go (stderr: stdout keeps the share line
+        alone).
+    """
+
+    #: Percentage points between two lines when not on a terminal.
+    STEP = 10
+
+    def __init__(self, stream: TextIO, tty: bool) -> None:
+        self.stream = stream
+        self.tty = tty
+        self._shown: tuple[Any, int] | None = None
+        self._line = ""
+
+    def update(self, tor: Any) -> None:
+        """
+        Show C{tor} (the status's C{"tor"} section) if it says something
+        new enough.
+        """
+        text = torStatusText(tor)
+        if text is None:
+            return
+        state, progress = tor.get("state"), int(tor.get("progress") or 0)
+        if self.tty:
+            if text != self._line:
+                self.stream.write("\r" + text.ljust(len(self._line)))
+                self.stream.flush()
+                self._line = text
+            return
+        shown = self._shown
+        if shown is None or shown[0] != state or abs(progress - shown[1]) >= self.STEP:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self._shown = (state, progress)
+
+    def finish(self) -> None:
+        """
+        End the rewritten line, so what follows starts on its own.
+        """
+        if self.tty and self._line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._line = ""
+
+
+def _isTTY(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _watchTor(reactor: Any, status: Callable[[], Any], stream: TextIO | None = None) -> Callable[[], None]:
+    """
+    Show Tor's progress from C{status} (the tor service's
+    L{status<beam.daemon.tor.TorService.status>}) every
+    L{TOR_POLL_INTERVAL} seconds, until the returned function is called
+    (which shows the last state).
+    """
+    from twisted.internet.task import LoopingCall
+
+    stream = stream or sys.stderr
+    progress = TorProgress(stream, _isTTY(stream))
+    loop = LoopingCall(lambda: progress.update(status()))
+    loop.clock = reactor
+    loop.start(TOR_POLL_INTERVAL, now=True)
+
+    def stop() -> None:
+        if loop.running:
+            loop.stop()
+        progress.update(status())
+        progress.finish()
+
+    return stop
+
+
+async def _waitForTor(reactor: Any, client: Any, out: _Out) -> dict[str, Any]:
+    """
+    The running node's status, once its Tor (if on) is no longer starting,
+    with its progress shown meanwhile: a tunnel added before the onion
+    service is published would be shared without its onion address.
+    """
+    from twisted.internet.task import deferLater
+
+    status = await client.request("GET", "/v1/status")
+    tor = status.get("tor")
+    if not isinstance(tor, dict) or tor.get("mode") in (None, "off") or tor.get("state") not in TOR_WAITING:
+        return status
+    progress = TorProgress(sys.stderr, _isTTY(sys.stderr)) if not out.asJSON else None
+    while isinstance(tor, dict) and tor.get("state") in TOR_WAITING:
+        if progress is not None:
+            progress.update(tor)
+        await deferLater(reactor, TOR_POLL_INTERVAL, lambda: None)
+        status = await client.request("GET", "/v1/status")
+        tor = status.get("tor")
+    if progress is not None:
+        progress.update(tor)
+        progress.finish()
+    return status
 
 
 def _forever() -> Deferred[None]:
@@ -430,6 +636,7 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         from beam.daemon.control.client import ControlClient
 
         client = ControlClient(reactor, home)
+        _warnTorFlags(args, await _waitForTor(reactor, client, out))
         body: dict[str, Any] = {"port": args.port, "udp": args.udp, "compress": args.compress,
                                 "secret": bool(args.secret)}
         if args.name:
@@ -456,7 +663,7 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         return 0
     config = _loadConfig(args)
     _startLogging(args, config)
-    daemon = await _runDaemon(reactor, args, config)
+    daemon = await _runDaemon(reactor, args, config, out=out)
 
     from beam.controlapi import asJSON
 
@@ -483,6 +690,22 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
+def _warnTorFlags(args: argparse.Namespace, status: dict[str, Any]) -> None:
+    """
+    C{--tor MODE} and C{--tor-control} configure a node this command
+    starts; say so when one already runs with another Tor mode.  (C{beam
+    connect --tor} is about the forward: the node refuses it when it runs
+    without Tor, saying how to start it.)
+    """
+    tor = status.get("tor")
+    mode = tor.get("mode") if isinstance(tor, dict) else "off"
+    wanted = getattr(args, "tor", None)
+    if (isinstance(wanted, str) and wanted != mode) or getattr(args, "tor_control", None):
+        sys.stderr.write(f"beam: warning: a node already runs for this home (Tor: {mode}); --tor MODE and "
+                         "--tor-control apply to a node this command starts: stop it to change them\n")
+        sys.stderr.flush()
+
+
 def _warnUnreachable(warning: str | None) -> None:
     if warning is not None:
         sys.stderr.write(f"beam: warning: {warning}\n")
@@ -501,8 +724,11 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         from beam.daemon.control.client import ControlClient
 
         client = ControlClient(reactor, home)
+        _warnTorFlags(args, await _waitForTor(reactor, client, out))
         body: dict[str, Any] = {"target": args.target, "bind": args.bind, "compress": args.compress,
                                 "udp": args.udp}
+        if args.tor:
+            body["tor"] = True
         if args.port:
             body["port"] = args.port
         if args.service:
@@ -521,11 +747,13 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     else:
         config = _loadConfig(args)
         _startLogging(args, config)
-        daemon = await _runDaemon(reactor, args, config)
+        daemon = await _runDaemon(reactor, args, config, out=out)
         from beam.controlapi import asJSON
 
+        # tor= only when asked, so the call stays what it was without --tor.
+        torOption: dict[str, Any] = {"tor": True} if args.tor else {}
         fwd = asJSON(await daemon.forwards.add(args.target, args.port, args.bind, args.service, args.compress,
-                                               args.udp, acceptNewKey=args.accept_new_key))
+                                               args.udp, acceptNewKey=args.accept_new_key, **torOption))
     out.event(
         {"event": "ready", "listen": fwd["listen"], "peer_id": fwd["peer_id"], "service": fwd["service"]},
         f"listening on {fwd['listen']} -> {fwd['peer_id']}/{fwd['service'] or 'default'}",
@@ -574,6 +802,10 @@ def statusText(status: dict[str, Any]) -> str:
     for f in forwards:
         lines.append(f"  {f.listen:<21} -> {f.peerID}/{f.service or 'default'} [{f.state}] " + _traffic(f.stats))
     lines += _natLines(node.reachability, list(node.confirmedAddrs), status.get("nat"))
+    tor = torStatusText(status.get("tor"))
+    if tor is not None:
+        lines.append(tor)
+        lines += _torDetails(status["tor"])
     lines.append(f"connections: {len(node.connections)}")
     for c in node.connections:
         lines.append(f"  {c.peerID} {c.direction} {_pathText(c)} {c.remoteAddr} {c.security} streams {c.streams}")
@@ -594,7 +826,7 @@ def statusText(status: dict[str, Any]) -> str:
         lines.append("plugins:")
         lines += [f"  {s.name:<12} {s.state}" + (f"  ({s.description})" if s.description else "") for s in plugins]
     for service in services:
-        if service.name not in ("tunnels", "forwards", "names", "kademlia", "nat") and service.name in status:
+        if service.name not in ("tunnels", "forwards", "names", "kademlia", "nat", "tor") and service.name in status:
             lines += _genericText(service.name, status[service.name])
     return "\n".join(lines)
 
@@ -602,8 +834,10 @@ def statusText(status: dict[str, Any]) -> str:
 def _pathText(conn: Any) -> str:
     """
     How a connection got there: C{direct}, C{hole-punched}, C{relayed via
-    PEER}.
+    PEER}, C{over Tor}.
     """
+    if getattr(conn, "transport", None) == "tor":
+        return "over Tor"
     if conn.path == "relayed":
         return f"relayed via {conn.relay}" if conn.relay else "relayed"
     return str(conn.path)
@@ -783,7 +1017,7 @@ async def cmdRegister(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         return 0
     config = _loadConfig(args)
     _startLogging(args, config)
-    daemon = await _runDaemon(reactor, args, config)
+    daemon = await _runDaemon(reactor, args, config, out=out)
     from beam.controlapi import asJSON
 
     await daemon.kademlia.whenBootstrapped()
@@ -869,6 +1103,7 @@ def networkText(action: str, r: dict[str, Any]) -> str:
             "listen: " + (", ".join(r["listen_addrs"]) or "none"),
             "observed: " + (", ".join(r["observed_addrs"]) or "none"),
             *_natLines(r.get("reachability", "unknown"), list(r.get("confirmed_addrs") or []), r.get("nat")),
+            *[line for line in [torStatusText(r.get("tor"))] if line is not None],
             f"connections: {r.get('connections', 0)}"
             + (" (" + ", ".join(f"{n} {p}" for p, n in sorted(paths.items())) + ")" if paths else ""),
             f"DHT: {dht.mode}, {dht.routingTableSize} peers in the routing table, {dht.recordsHeld} records held"
@@ -917,7 +1152,7 @@ def cmdConfig(args: argparse.Namespace, out: _Out) -> int:
 async def cmdDaemon(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     config = _loadConfig(args)
     _startLogging(args, config)
-    daemon = await _runDaemon(reactor, args, config)
+    daemon = await _runDaemon(reactor, args, config, out=out)
     node = daemon.node
 
     def observe(event: str, conn: Any) -> None:

@@ -80,13 +80,15 @@ def networkJSON(status: DaemonStatus) -> dict[str, Any]:
     """
     The node's view of the network, as C{GET /v1/network/status} answers:
     its addresses, its reachability (and, under C{"nat"}, what STUN
-    found, its relay reservations and what it serves), how many
-    connections and by which path, our names and the DHT's figures.
+    found, its relay reservations and what it serves), Tor's state (under
+    C{"tor"}), how many connections and by which path (C{"tor"} for those
+    over Tor), our names and the DHT's figures.
     """
     node = status.node
     paths: dict[str, int] = {}
     for conn in node.connections:
-        paths[conn.path] = paths.get(conn.path, 0) + 1
+        path = "tor" if conn.transport == "tor" else conn.path
+        paths[path] = paths.get(path, 0) + 1
     out: dict[str, Any] = {
         "peer_id": node.peerID,
         "listen_addrs": list(node.listenAddrs),
@@ -103,8 +105,8 @@ def networkJSON(status: DaemonStatus) -> dict[str, Any]:
     for name, value in status.sections:
         if name == "names":
             out["names"] = asJSON(value)
-        elif name == "nat":
-            out["nat"] = asJSON(value)
+        elif name in ("nat", "tor"):
+            out[name] = asJSON(value)
         elif name == "kademlia":
             out.update(asJSON(value))
     return out
