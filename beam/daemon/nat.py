@@ -68,6 +68,18 @@ the node has learned about itself (C{node.addresses.reachability}):
    punch's DCUtR exchange (over a circuit relay, the stranger's first
    contact) tells them, since our CONNECT offers the relayed address
    for the peer to dial.
+
+With tor mode C{"always"} (C{torMode}) none of the above runs: no AutoNAT
+client or server, no relay transport, reservations or relay service, no
+DCUtR, no STUN client or server, no TURN and no port mapping.  Each of
+them either tells peers or servers our IP address (AutoNAT asks peers
+to dial us back at it; a reservation's relay and a TURN server see where
+we connect from; STUN and port mapping exist to learn and publish it), or
+makes us dial and accept outside Tor.  The service stays (its status says
+C{"disabled": "tor always"}), and L{watchAddrs} still works: the name
+service republishes when the onion address appears.  In C{"fallback"}
+and C{"off"} everything runs as described; a connection over Tor is not
+relayed (C{limited}), so DCUtR never tries to punch one.
 """
 
 from __future__ import annotations
@@ -148,6 +160,7 @@ class NatService(MultiService):
         maxDialsPerMinute: int = 8,
         probeAgainAfter: float = 600.0,
         lookupInterval: float = 60.0,
+        torMode: str = "off",
     ) -> None:
         """
         @param relayMode: C{"off"}, C{"default"} or C{"open"} (see the
@@ -188,10 +201,16 @@ class NatService(MultiService):
         @param probeAgainAfter: seconds before a DHT peer we dialled is
             dialled again.
         @param lookupInterval: seconds between DHT lookups for more peers.
+        @param torMode: the node's tor mode (C{config.tor.mode}: C{"off"},
+            C{"fallback"} or C{"always"}); C{"always"} disables the whole
+            service (see the module docstring).
         """
         super().__init__()
         self.reactor = reactor
         self.node = node
+        self.torMode = torMode
+        #: Why the service runs nothing, or L{None} when it works.
+        self.disabled: Optional[str] = "tor always" if torMode == "always" else None
         self.relayMode = relayMode
         self.relayLimits = dict(relayLimits or {})
         self.bootstrapPeers = [p for p in (a.peerID() for a in bootstrap) if p is not None]
@@ -208,10 +227,14 @@ class NatService(MultiService):
             self.transport = found[0]
         else:
             self.transport = RelayTransport(node)
-            node.transports.append(self.transport)
+            if self.disabled is None:
+                # A Tor-only node dials nothing but through Tor: it gets
+                # no transport that would open other connections.
+                node.transports.append(self.transport)
         self.relayClient: Optional[RelayClient] = None
         self.autonatClient = AutoNATClient(node, **(autonat or {}))
-        self.autonatClient.setServiceParent(self)
+        if self.disabled is None:
+            self.autonatClient.setServiceParent(self)
         self.autonatServer: Optional[AutoNATServer] = None
         self.relayService: Optional[RelayService] = None
         self.stunServers: list[StunServer] = []
@@ -262,6 +285,15 @@ class NatService(MultiService):
 
     def startService(self) -> None:
         self._stopping = False
+        if self.disabled is not None:
+            super().startService()
+            if not self._subscribed:
+                self.node.addresses.onChange(self._addressesChanged)
+                self._subscribed = True
+            self.log.info(
+                "tor mode always: AutoNAT, relays, hole punching, STUN, TURN and port mapping are off"
+            )
+            return
         self.relayClient = RelayClient(self.node, self.transport)
         self.relayClient.addObserver(self._reservationEvent)
         self._relays = []
@@ -289,6 +321,11 @@ class NatService(MultiService):
     def stopService(self) -> Any:
         if not self.running:
             return None
+        if self.disabled is not None:
+            self._stopping = True
+            for watcher in self._watchers:
+                watcher.cancel()
+            return super().stopService()
         # What stopping undoes (the TURN and mapped addresses) changes the
         # address book: schedule nothing more.
         self._stopping = True
@@ -360,7 +397,9 @@ class NatService(MultiService):
             self.log.info("reserved a slot on relay {relay}; reachable through it", relay=reservation.relay)
 
     def _schedule(self) -> None:
-        if not self.running or self._stopping or (self._scheduled is not None and self._scheduled.active()):
+        if not self.running or self._stopping or self.disabled is not None:
+            return
+        if self._scheduled is not None and self._scheduled.active():
             return
         self._scheduled = self.reactor.callLater(0, self._evaluate)
 
@@ -390,7 +429,7 @@ class NatService(MultiService):
         or release the reservations.
         """
         self._scheduled = None
-        if not self.running:
+        if not self.running or self.disabled is not None:
             return
         book = self.node.addresses
         if book.reachability != "unknown":
@@ -871,6 +910,8 @@ class NatService(MultiService):
                 })
         pending = [str(p) for p in self._relays if client is None or p not in client.reservations]
         return {
+            "disabled": self.disabled,
+            "tor_mode": self.torMode,
             "reachability": book.reachability,
             "confirmed_addrs": [str(a) for a in book.confirmed()],
             "relay_addrs": [str(a) for a in book.relayAddrs()],

@@ -19,7 +19,9 @@ anything, a private or loopback address included, and are resolved only
 when dialled; so a third party's DNS address is kept only from a peer that
 may give private addresses (one reached over a private or loopback
 connection), never on a public stranger's word.  Other addresses that are
-not IP (C{/memory}) are kept.  L{DialLimiter} then bounds how often the
+not IP (C{/memory}) are kept, and so are onion addresses (C{/onion3}),
+which anyone with Tor reaches from anywhere, unless we cannot dial them
+(no C{"tor"} transport).  L{DialLimiter} then bounds how often the
 DHT dials any one target, whoever told us about it.
 """
 
@@ -36,17 +38,20 @@ from beam.p2p.host.addrs import addrScope, reachableFrom
 __all__ = ["DialLimiter", "addrScope", "filterAddrs", "filterMessage"]
 
 
-def filterAddrs(addrs: Iterable[Multiaddr], via: Optional[Multiaddr]) -> tuple[Multiaddr, ...]:
+def filterAddrs(addrs: Iterable[Multiaddr], via: Optional[Multiaddr], onion: bool = True) -> tuple[Multiaddr, ...]:
     """
     The addresses of C{addrs} we may dial on the word of a peer reached at
-    C{via} (the remote address of its connection; L{None}: unknown, treated
-    as public): libp2p's address filtering, the same rule the peer store
-    applies to what a peer says of itself (L{reachableFrom}).
+    C{via} (the remote address of its connection; L{None}: unknown, or a
+    connection over Tor, treated as public): libp2p's address filtering,
+    the same rule the peer store applies to what a peer says of itself
+    (L{reachableFrom}).
+
+    @param onion: keep onion addresses (we can dial them).
     """
-    return tuple(reachableFrom(addrs, via))
+    return tuple(a for a in reachableFrom(addrs, via) if onion or not a.isOnion())
 
 
-def filterMessage(message: Message, via: Optional[Multiaddr]) -> Message:
+def filterMessage(message: Message, via: Optional[Multiaddr], onion: bool = True) -> Message:
     """
     C{message} with the addresses of its closer peers filtered
     (L{filterAddrs}); peers left with no address stay (they may be
@@ -54,7 +59,7 @@ def filterMessage(message: Message, via: Optional[Multiaddr]) -> Message:
     """
     if not message.closerPeers:
         return message
-    closer = tuple(PeerInfo(p.peer, filterAddrs(p.addrs, via)) for p in message.closerPeers)
+    closer = tuple(PeerInfo(p.peer, filterAddrs(p.addrs, via, onion)) for p in message.closerPeers)
     if closer == message.closerPeers:
         return message
     return attrs.evolve(message, closerPeers=closer)

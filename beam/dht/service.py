@@ -26,6 +26,16 @@ C{"public"} makes it a server again; C{"unknown"} keeps the choice made
 at start.  A peer whose identify stops listing the protocol leaves our
 routing table.
 
+Tor: a node whose only transport is Tor (tor mode C{"always"}) is a
+client whatever its mode says: it has no IP address to serve from, and
+a server's address goes into every routing table that takes it.  Onion
+addresses (C{/onion3}) count as dialable, in identify, in answers and in
+the peer store, only on a node that has the C{"tor"} transport; a node
+without one keeps peers reachable only at an onion address out of its
+routing table (nobody there could dial them).  A connection over Tor
+counts as one from the public Internet for address filtering
+(L{vantageOf}).
+
 The routing table is saved to C{<home>/routing.json} (atomically) every
 minute and on stop, and reloaded at start: a node that has been online
 once rejoins through the peers it knew, with no fixed bootstrap server.
@@ -48,7 +58,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from beam.dht.addrfilter import DialLimiter, filterMessage
-from beam.p2p.host.addrs import reachableFrom
+from beam.p2p.host.addrs import reachableFrom, vantageOf
+from beam.p2p.host.dialer import dialsOnion, torOnly
 from beam.dht.kad import KademliaNode, Mode
 from beam.dht.messages import Message, PeerInfo, decodeMessage, encodeMessage
 from beam.dht.routing import RoutingTable
@@ -87,8 +98,13 @@ class _KadClient(Protocol):
 
     transport: Optional[IStreamTransport]
 
-    def __init__(self, request: bytes) -> None:
+    def __init__(self, request: bytes, onion: bool = True) -> None:
+        """
+        @param onion: keep onion addresses in the answer (we can dial
+            them).
+        """
         self.request = request
+        self.onion = onion
         self.reader = LengthPrefixedReader(MAX_KAD_MESSAGE)
         self.result: Deferred[Message] = Deferred(lambda d: self._abort())
 
@@ -114,7 +130,8 @@ class _KadClient(Protocol):
             return
         assert self.transport is not None  # data arrives only while connected
         conn = getattr(self.transport, "connection", None)
-        message = filterMessage(message, getattr(conn, "remoteAddr", None))
+        via = vantageOf(conn) if conn is not None else None
+        message = filterMessage(message, via, onion=self.onion)
         self.transport.loseConnection()
         self.result.callback(message)
 
@@ -332,9 +349,11 @@ class KademliaService(Service):
             ]
             if known and not [a for a in known if self.dialLimiter.allow(a)]:
                 return fail(BeamError(f"too many DHT dials to {known[0]} recently; not dialling {peer.peer}"))
-        self.node.peerStore.addAddrs(peer.peer, [a for a in peer.addrs if a.tcpTarget() is not None][:32], "dht")
+        onion = dialsOnion(self.node)
+        usable = [a for a in peer.addrs if a.tcpTarget() is not None or (onion and a.isOnion())]
+        self.node.peerStore.addAddrs(peer.peer, usable[:32], "dht")
         try:
-            client = _KadClient(encodeLengthPrefixed(encodeMessage(message)))
+            client = _KadClient(encodeLengthPrefixed(encodeMessage(message)), onion=onion)
         except BeamError as e:
             return fail(e)
         opened = self.node.openStream(peer.peer, [KAD_PROTOCOL], lambda: client)
@@ -350,7 +369,7 @@ class KademliaService(Service):
         addrs: tuple[Multiaddr, ...] = ()
         isServer = False
         if identified is not None:
-            addrs = _dialable(conn, identified.listenAddrs)
+            addrs = _dialable(conn, identified.listenAddrs, dialsOnion(self.node))
             # A server we could never dial back (only private addresses of
             # its own network, or only relayed ones) is no use in our
             # routing table, whatever it serves.
@@ -368,7 +387,7 @@ class KademliaService(Service):
             # in the routing table.
             self.kad.routingTable.remove(conn.remotePeer)
             return
-        addrs = _dialable(conn, conn.identify.listenAddrs)
+        addrs = _dialable(conn, conn.identify.listenAddrs, dialsOnion(self.node))
         if not addrs and conn.direction == "outbound" and not conn.limited:
             addrs = (conn.remoteAddr.withoutPeerID(),)
         if not addrs:
@@ -383,7 +402,13 @@ class KademliaService(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self.kad.mode == "auto":
+        if torOnly(self.node):
+            if self.kad.mode == "server":
+                self.log.info("this node runs over Tor only: DHT client mode, whatever the configuration says")
+            # Set before anything reads it: a Tor-only node never serves.
+            self.kad.mode = "auto"
+            self.kad.setReachable(False)
+        elif self.kad.mode == "auto":
             # Started as the node's child, before its ports are bound:
             # what it is configured to listen on is what counts.
             self.kad.setReachable(bool(self.node.configuredListenAddrs or self.node.listenAddrs))
@@ -394,7 +419,7 @@ class KademliaService(Service):
             book.onChange(self._reachabilityChanged)
             self._watching = True
         if self.kad.mode == "auto" and book is not None and book.reachability != "unknown":
-            self.kad.setReachable(book.reachability == "public")
+            self.kad.setReachable(book.reachability == "public" and not torOnly(self.node))
         if self.kad.isServer:
             self.node.setStreamHandler(KAD_PROTOCOL, lambda: _KadServer(self))
         self.node.addConnectionObserver(self._connectionEvent)
@@ -421,7 +446,7 @@ class KademliaService(Service):
             return
         if book.reachability == "unknown":
             return
-        serve = book.reachability == "public"
+        serve = book.reachability == "public" and not torOnly(self.node)
         if serve == self.kad.isServer and serve == self.node.hasStreamHandler(KAD_PROTOCOL):
             return
         self.kad.setReachable(serve)
@@ -598,17 +623,18 @@ class KademliaService(Service):
         return DHTResource(self)
 
 
-def _dialable(conn: Any, listenAddrs: Iterable[Multiaddr]) -> tuple[Multiaddr, ...]:
+def _dialable(conn: Any, listenAddrs: Iterable[Multiaddr], onion: bool = False) -> tuple[Multiaddr, ...]:
     """
     The addresses a peer gave in identify that belong in a routing table:
     direct ones (no relay circuits) that we can reach from where the peer
-    connects from (libp2p's address filtering), at most 16.
+    connects from (libp2p's address filtering, L{vantageOf}), at most 16;
+    onion ones only if C{onion} (we have the C{"tor"} transport).
     """
     direct = [
-        a.withoutPeerID() for a in listenAddrs if not any(name == "p2p-circuit" for name, _ in a.components())
+        a.withoutPeerID() for a in listenAddrs
+        if not any(name == "p2p-circuit" for name, _ in a.components()) and (onion or not a.isOnion())
     ]
-    via = getattr(conn, "observedRemote", None) or getattr(conn, "remoteAddr", None)
-    return tuple(reachableFrom(direct, via))[:16]
+    return tuple(reachableFrom(direct, vantageOf(conn)))[:16]
 
 
 def _stats(lookup: Any, elapsed: float) -> dict[str, Any]:

@@ -655,6 +655,15 @@ class Multiaddr:
             return name == "localhost" or name.endswith(".localhost")
         return False
 
+    def isOnion(self) -> bool:
+        """
+        Whether only Tor reaches this address: it starts with an onion
+        service (C{/onion3/...}, or the retired v2 C{/onion/...}).  The one
+        test the node uses to keep such addresses apart (dialled last, over
+        the C{"tor"} transport only; see L{beam.p2p.host.dialer}).
+        """
+        return bool(self._parts) and self._parts[0][0].name in ("onion3", "onion")
+
     def tcpTarget(self) -> Optional[tuple[str, int, str]]:
         """
         Where to open a plain TCP connection for this address:

@@ -8,17 +8,23 @@ resolver it was given (the name service's), refuses this node's own
 address, listens, and for C{beam connect} first asks the host whether it
 would accept us, so a mistake fails at once with the host's reason.
 Forwards are kept by their local port; stopping the service stops them all.
+
+A forward started with C{tor=True} (C{beam connect NAME --tor}, C{"tor":
+true} in C{POST /v1/forwards}) dials the host only at its onion
+addresses (C{/onion3}), through the node's C{"tor"} transport; see
+L{_OverTor} for what that does and does not promise.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from beam.errors import BeamError, DialError, NotFound, describe
+from beam.errors import BeamError, DialError, MuxerClosed, NotFound, describe
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
 from beam.p2p.transport.tcp import listenFailureReason
@@ -32,7 +38,11 @@ if TYPE_CHECKING:
     # never loads the forward's machinery.
     from beam.tunnel.client import TunnelForward
 
-__all__ = ["Forwards"]
+__all__ = ["Forwards", "NO_TOR"]
+
+#: Why a forward over Tor cannot start on a node without the C{"tor"}
+#: transport.
+NO_TOR = "this node runs without Tor: start it with --tor"
 
 #: Resolves a name: C{resolve(name, acceptNewKey)} fires with something
 #: that has C{peerID} and C{addrs} (text), like the name service's answer.
@@ -91,17 +101,24 @@ class Forwards(Service):
         compress: bool = False,
         udp: bool = False,
         acceptNewKey: bool = False,
+        tor: bool = False,
     ) -> Deferred[ForwardStatus]:
         """
         Listen on C{bind}:C{port} and forward to C{target}, after checking
         that the host is reachable and accepts us (C{beam connect}).
+
+        @param tor: dial the host only at its onion addresses (see
+            L{start}).
         """
+        if tor and not _hasTor(self.node):
+            # Before resolving: a name lookup would only delay the answer.
+            return fail(TunnelSpecError(NO_TOR))
         isName = not target.startswith(("beam://", "/"))
         d = self.resolveTarget(target, service, acceptNewKey)
         return d.addCallback(
             lambda share: self.start(
                 share, port, bind, service, compress, "udp" if udp else "tcp", probe=True,
-                name=target.partition("/")[0] if isName else None,
+                name=target.partition("/")[0] if isName else None, tor=tor,
             )
         )
 
@@ -116,6 +133,7 @@ class Forwards(Service):
         kind: str = "tcp",
         probe: bool = False,
         name: Optional[str] = None,
+        tor: bool = False,
     ) -> Any:
         """
         Start a forward to C{share}.
@@ -126,12 +144,25 @@ class Forwards(Service):
             regardless and keep retrying.
         @param name: the name C{share} was resolved from: when the host
             moves, the forward resolves it again.
+        @param tor: dial the host only at its onion addresses (C{/onion3},
+            from the share address or the name record, again after each
+            re-resolve), over the node's C{"tor"} transport (L{_OverTor}).
+            Fails with L{TunnelSpecError} if the node has no such
+            transport (L{NO_TOR}) or the host lists no onion address.
         @return: a L{Deferred} firing with the forward's L{ForwardStatus}.
         """
         if service:
             share = ShareAddress(peer=share.peer, addrs=share.addrs, service=service, secret=share.secret)
         if share.peer == self.node.peerID:
             raise TunnelSpecError("that share address is this node's own: connect to the service directly")
+        node: Any = self.node
+        overTor: Optional[_OverTor] = None
+        if tor:
+            if not _hasTor(self.node):
+                raise TunnelSpecError(NO_TOR)
+            if not any(a.isOnion() for a in share.addrs):
+                raise TunnelSpecError(f"{name or share.peer} has no onion address")
+            node = overTor = _OverTor(self.node, share.peer, name or str(share.peer))
         resolveAddrs = None
         if name is not None and self.resolver is not None:
             resolver = self.resolver
@@ -142,9 +173,12 @@ class Forwards(Service):
         from beam.tunnel.client import TunnelForward
 
         fwd = TunnelForward.fromShare(
-            self.reactor, self.node, share, kind=kind, localPort=port or 0,
+            self.reactor, node, share, kind=kind, localPort=port or 0,
             bind=bind or "127.0.0.1", compress=compress, resolveAddrs=resolveAddrs,
         )
+        if overTor is not None:
+            # The forward's addresses follow its re-resolves.
+            overTor.addrs = lambda: fwd.addrs
         try:
             yield fwd.startService()
         except Exception as e:
@@ -230,3 +264,105 @@ class Forwards(Service):
             return succeed(None)
         stopping = [maybeDeferred(f.stopService) for f in forwards]
         return DeferredList(stopping, consumeErrors=True).addCallback(lambda _: None)
+
+
+def _hasTor(node: Any) -> bool:
+    """
+    Whether C{node} has the C{"tor"} transport (tor mode C{"fallback"} or
+    C{"always"}).
+    """
+    return any(getattr(t, "name", None) == "tor" for t in getattr(node, "transports", ()))
+
+
+class _OverTor:
+    """
+    The node as a forward over Tor sees it: every dial of the host goes to
+    the host's onion addresses only, one after another; everything else
+    is the node's.
+
+    What this promises: the forward never dials the host at an IP
+    address, so a host reachable only through Tor is reached, and in tor
+    mode C{"always"} the forward does not dial IP addresses through a Tor
+    exit either.  What it does not: the node keeps one connection per
+    peer, so a connection to the host that already exists (the DHT may
+    have dialled it directly in tor mode C{"fallback"}) carries the
+    tunnel as it is (logged); only tor mode C{"always"} guarantees that
+    no connection of the node bypasses Tor.
+
+    @ivar addrs: returns the host's current addresses (the forward's).
+    """
+
+    log = Logger()
+
+    def __init__(self, node: Any, peer: PeerID, label: str) -> None:
+        self._node = node
+        self._peer = peer
+        self._label = label
+        self.addrs: Callable[[], Sequence[Multiaddr]] = lambda: ()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._node, name)
+
+    def connect(self, target: Any) -> Deferred[Any]:
+        """
+        A connection to C{target}; for the host: the existing one, or a
+        dial of its onion addresses.
+        """
+        if target != self._peer:
+            return self._node.connect(target)
+        existing = self._node.connectionTo(self._peer)
+        if existing is not None:
+            if getattr(existing, "transport", None) != "tor":
+                self.log.info(
+                    "forward over Tor to {label}: reusing the node's existing {transport} connection to it",
+                    label=self._label, transport=getattr(existing, "transport", "?"),
+                )
+            return succeed(existing)
+        onion = [a.withoutPeerID() for a in self.addrs() if a.isOnion()]
+        if not onion:
+            return fail(DialError(f"{self._label} has no onion address"))
+        errors: list[str] = []
+        result: Deferred[Any] = Deferred(lambda _: current[0].cancel() if current else None)
+        current: list[Deferred[Any]] = []
+
+        def attempt(i: int) -> None:
+            if i >= len(onion):
+                result.errback(DialError(f"could not reach {self._label} over Tor: " + "; ".join(errors)))
+                return
+            d = self._node.connect(onion[i].withPeerID(self._peer))
+            current[:] = [d]
+
+            def bad(f: Failure) -> None:
+                if result.called:
+                    return
+                if not f.check(DialError) or len(onion) == 1:
+                    result.errback(f)
+                    return
+                errors.append(f"{onion[i]}: {describe(f)}")
+                attempt(i + 1)
+
+            d.addCallbacks(lambda conn: None if result.called else result.callback(conn), bad)
+
+        attempt(0)
+        return result
+
+    def openStream(self, target: Any, protocols: Any, factory: Callable[[], Any]) -> Deferred[Any]:
+        """
+        As L{Node.openStream<beam.p2p.host.node.Node.openStream>}, with the
+        connection made by L{connect}.
+        """
+        if target != self._peer:
+            return self._node.openStream(target, protocols, factory)
+        if isinstance(protocols, str):
+            protocols = [protocols]
+
+        def onConn(conn: Any) -> Deferred[Any]:
+            d: Deferred[Any] = self._node.openStreamOn(conn, protocols, factory)
+
+            def retry(f: Failure) -> Any:
+                f.trap(MuxerClosed)
+                return self.connect(target).addCallback(lambda c: self._node.openStreamOn(c, protocols, factory))
+
+            return d.addErrback(retry)
+
+        return self.connect(target).addCallback(onConn)

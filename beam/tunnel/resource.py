@@ -9,7 +9,7 @@ Routes (bodies are JSON objects)::
     DELETE /v1/tunnels/<name-or-port>  -> TunnelStatus
     GET    /v1/forwards                -> {"forwards": [ForwardStatus...]}
     POST   /v1/forwards                -> ForwardStatus 201
-           {target, port?, bind?, service?, compress?, udp?}
+           {target, port?, bind?, service?, compress?, udp?, tor?}
     DELETE /v1/forwards/<port>         -> ForwardStatus
 """
 
@@ -73,7 +73,7 @@ def forwardArgs(body: dict[str, Any]) -> dict[str, Any]:
 
     @raise BadRequest: a field is missing, unknown or malformed.
     """
-    checkUnknown(body, {"target", "port", "bind", "service", "compress", "udp"})
+    checkUnknown(body, {"target", "port", "bind", "service", "compress", "udp", "tor"})
     target = field(body, "target", (str,))
     if not target.strip():
         raise BadRequest("field 'target' must not be empty")
@@ -83,7 +83,7 @@ def forwardArgs(body: dict[str, Any]) -> dict[str, Any]:
             ipaddress.ip_address(bind)
         except ValueError:
             raise BadRequest(f"field 'bind' must be an IP address, not {bind!r}") from None
-    return {
+    args = {
         "target": target,
         "port": portField(body, "port", required=False),
         "bind": bind,
@@ -91,6 +91,11 @@ def forwardArgs(body: dict[str, Any]) -> dict[str, Any]:
         "compress": field(body, "compress", (bool,), False),
         "udp": field(body, "udp", (bool,), False),
     }
+    if field(body, "tor", (bool,), False):
+        # Dial the host only at its onion addresses (beam connect --tor);
+        # passed only when asked for.
+        args["tor"] = True
+    return args
 
 
 class _Item(JSONResource):

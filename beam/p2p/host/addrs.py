@@ -31,6 +31,14 @@ filtered the same way in the other direction (L{reachableFrom}): we keep
 only the addresses we could reach from where the peer's connection comes
 from.
 
+Onion addresses (C{/onion3/...}: a Tor onion service of ours, a listen
+address of the C{"tor"} transport) are of scope C{"other"}: anyone with
+Tor can reach them, wherever it is, so they are told to every peer and
+shared with strangers, after the addresses that need no Tor (see
+L{AddressBook.shareable}).  A connection over Tor says nothing about
+where the peer is: for filtering it counts as one from the public
+Internet (L{vantageOf}).
+
 Everything a peer can feed is bounded: L{MAX_OBSERVED} observed
 addresses with L{MAX_OBSERVERS} observers each, and L{MAX_VERDICTS}
 confirmed and rejected addresses.
@@ -46,7 +54,7 @@ from twisted.logger import Logger
 
 from beam.identity.multiaddr import Multiaddr
 
-__all__ = ["AddressBook", "Reachability", "Scope", "addrScope", "observerGroup", "reachableFrom"]
+__all__ = ["AddressBook", "Reachability", "Scope", "addrScope", "observerGroup", "reachableFrom", "vantageOf"]
 
 Reachability = Literal["public", "private", "unknown"]
 
@@ -140,6 +148,24 @@ def reachableFrom(addrs: Iterable[Multiaddr], via: Optional[Multiaddr]) -> list[
     return kept
 
 
+def vantageOf(conn: Any) -> Optional[Multiaddr]:
+    """
+    Where the peer of C{conn} (a L{PeerConnection
+    <beam.p2p.connection.PeerConnection>}) connects from, for address
+    filtering (L{reachableFrom}, L{AddressBook.advertisedFor}): its
+    address as our socket sees it, or L{None} (a stranger on the public
+    Internet) for a connection over Tor.  Such a connection's socket ends
+    at a local Tor client (a SOCKS port or the onion service's local
+    listener, often on loopback), which must not make the peer look like
+    a neighbour that may be told, or tell us, loopback and private
+    addresses.
+    """
+    if getattr(conn, "transport", None) == "tor":
+        return None
+    observed: Optional[Multiaddr] = getattr(conn, "observedRemote", None) or getattr(conn, "remoteAddr", None)
+    return observed
+
+
 def observerGroup(remote: Optional[Multiaddr], peer: Any) -> Any:
     """
     Who counts as one observer of our address: the peer's IP address (an
@@ -215,6 +241,15 @@ class AddressBook:
             if addr not in out:
                 out.append(addr)
         return out
+
+    def listenAddrsChanged(self) -> None:
+        """
+        The node's listen addresses changed after start (the Tor service
+        listens on the onion address once it is published): tell the
+        observers (L{onChange}), so identify pushes it and name records
+        are republished with it.
+        """
+        self._changed()
 
     def observe(self, observed: Multiaddr, observer: Any) -> None:
         """
@@ -415,31 +450,49 @@ class AddressBook:
         address as our socket sees it; L{None} or a non-IP address: treated
         as public): confirmed addresses, then the listen addresses it can
         reach by libp2p's address filtering (L{reachableFrom}), then relay
-        addresses.
+        addresses, then onion ones (every peer gets those: anyone with Tor
+        reaches them from anywhere).  A node whose only transport is Tor
+        listens on its onion address alone, has no confirmed or relay
+        address (the NAT service runs nothing that could find one), and
+        so tells nobody anything else.
         """
-        out = reachableFrom([*self._confirmed, *self.listenAddrs()], peerAddr)
+        listen = self.listenAddrs()
+        out = reachableFrom([*self._confirmed, *(a for a in listen if not a.isOnion())], peerAddr)
         out.extend(a for a in self._relay if a not in out)
+        out.extend(a for a in listen if a.isOnion() and a not in out)
         return out
 
     def shareable(self) -> list[Multiaddr]:
         """
         The addresses for share addresses and name records: confirmed
-        public ones and relay ones, then the rest of the listen addresses
-        (for peers on the same network), public before private before
-        loopback.
+        public ones and relay ones, then the rest of the listen addresses,
+        public, then other (names, C{/memory}), then onion, then private,
+        then loopback.
+
+        Onion addresses come after everything a stranger could use without
+        Tor, but before private and loopback ones (which serve only peers
+        on our own network or machine): a stranger anywhere can use an
+        onion address, and lists of addresses get cut short (a DHT peer
+        record keeps 16, name records have their own bound), so the one
+        address that reaches a host nothing else reaches must not be the
+        one cut for a docker bridge or C{::1}.  The order does not make a
+        dialler try Tor early: Beam's dialer dials onion addresses only
+        after every other one failed, wherever they stand in the list.
         """
-        rank = {"public": 0, "other": 1, "private": 2, "loopback": 3}
+        rank = {"public": 0, "other": 1, "onion": 2, "private": 3, "loopback": 4}
         out = [*self._confirmed, *(a for a in self._relay if a not in self._confirmed)]
-        rest = sorted(self.listenAddrs(), key=lambda a: rank.get(addrScope(a), 4))
+        rest = sorted(
+            self.listenAddrs(), key=lambda a: rank["onion"] if a.isOnion() else rank.get(addrScope(a), 5)
+        )
         out.extend(a for a in rest if a not in out and addrScope(a) != "invalid")
         return out
 
     def hasReachableAddress(self) -> bool:
         """
-        Whether a stranger anywhere could dial us: a confirmed address or a
-        relay address.
+        Whether a stranger anywhere could dial us: a confirmed address, a
+        relay address, or an onion address (for a stranger with Tor).
         """
-        return bool(self._confirmed or self._relay)
+        return bool(self._confirmed or self._relay) or any(a.isOnion() for a in self.listenAddrs())
 
     def hasPublicListenAddress(self) -> bool:
         """

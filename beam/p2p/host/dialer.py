@@ -117,11 +117,83 @@ class Dialer:
 
     def _dialAll(self, peer: Optional[PeerID], addrs: list[Multiaddr]) -> Deferred[PeerConnection]:
         """
-        Dial C{addrs} for C{peer}: direct addresses one after another, and
-        relayed (C{/p2p-circuit}) ones one after another alongside them,
-        started L{relayDelay} seconds later (at once when no direct address
-        is on a network we can reach, or when every direct one failed).
-        The first connection wins and the other dials are cancelled.
+        Dial C{addrs} for C{peer} in up to three stages: the direct and
+        relayed addresses race (L{_race}); only once every one of them
+        failed (or the race ended in another error about the peer, such
+        as a handshake that timed out) are the onion ones (C{/onion3},
+        L{Multiaddr.isOnion}) dialled, one after another; at once when
+        they are all there is.  A dial that fails names every address
+        tried.
+
+        Why Tor comes last: a connection over Tor crosses three relays on
+        each side of a rendezvous, so it is slower (seconds to set up,
+        hundreds of milliseconds a round trip) and thinner than any direct
+        or relayed path; it is the fallback for a host nothing else
+        reaches.  A node that wants Tor for everything runs with the
+        C{"tor"} transport alone, and then has nothing but onion (and
+        exit-dialled) addresses to try anyway.
+        """
+        onion = [a for a in addrs if a.isOnion()]
+        others = [a for a in addrs if not a.isOnion()]
+        errors: list[str] = []
+        mismatches: list[Failure] = []
+        several = len(addrs) > 1
+        if not onion:
+            first = self._race(peer, others, errors, mismatches, several, last=True)
+            return first.addErrback(self._exhausted, peer, addrs, errors, mismatches)
+        if not others:
+            chain = self._dialSequence(peer, onion, errors, mismatches, lastMismatchFatal=True, several=several)
+            return chain.addErrback(self._exhausted, peer, addrs, errors, mismatches)
+        stage: list[Deferred[PeerConnection]] = []
+
+        def cancel(_: Deferred[PeerConnection]) -> None:
+            for c in stage:
+                c.cancel()
+
+        result: Deferred[PeerConnection] = Deferred(cancel)
+
+        def relay(outcome: Any) -> None:
+            if result.called:
+                return
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+        def firstDone(outcome: Any) -> None:
+            if result.called:
+                return
+            if isinstance(outcome, Failure) and not outcome.check(
+                NodeStopped, CancelledError, ConnectionLimitExceeded
+            ):
+                # Tor is the last resort: whatever else went wrong (every
+                # address failed, or one failed its handshake, which ends
+                # a race at once), it is tried.
+                if not outcome.check(_Exhausted):
+                    errors.append(describe(outcome))
+                tor = self._dialSequence(peer, onion, errors, mismatches, lastMismatchFatal=False, several=True)
+                stage[:] = [tor]
+                tor.addBoth(relay)
+                return
+            relay(outcome)
+
+        first = self._race(peer, others, errors, mismatches, several, last=False)
+        stage.append(first)
+        first.addBoth(firstDone)
+        return result.addErrback(self._exhausted, peer, addrs, errors, mismatches)
+
+    def _race(
+        self, peer: Optional[PeerID], addrs: list[Multiaddr], errors: list[str], mismatches: list[Failure],
+        several: bool, last: bool,
+    ) -> Deferred[PeerConnection]:
+        """
+        Dial C{addrs} (no onion ones): direct addresses one after another,
+        and relayed (C{/p2p-circuit}) ones one after another alongside
+        them, started L{relayDelay} seconds later (at once when no direct
+        address is on a network we can reach, or when every direct one
+        failed).  The first connection wins and the other dials are
+        cancelled; when all failed, the result fails with L{_Exhausted}
+        (their reasons are in C{errors} and C{mismatches}).
 
         Why the head start: a direct connection is faster and unlimited,
         so it should win when it can; but a host behind a NAT lists
@@ -129,14 +201,14 @@ class Dialer:
         and waiting for each to time out before trying its relay would
         cost a user seconds.  Once a relayed connection exists, DCUtR
         (L{beam.p2p.holepunch}) tries to replace it with a direct one.
+
+        @param last: no other stage follows, so a peer ID mismatch at the
+            only sequence's last address is reported as it is.
         """
         direct = [a for a in addrs if not _isCircuit(a)]
         relayed = [a for a in addrs if _isCircuit(a)]
-        errors: list[str] = []
-        mismatches: list[Failure] = []
         if not direct or not relayed:
-            chain = self._dialSequence(peer, addrs, errors, mismatches, lastMismatchFatal=True, several=len(addrs) > 1)
-            return chain.addErrback(self._exhausted, peer, addrs, errors, mismatches)
+            return self._dialSequence(peer, addrs, errors, mismatches, lastMismatchFatal=last, several=several)
         chains: list[Deferred[PeerConnection]] = []
         timer: list[Any] = []
 
@@ -173,7 +245,7 @@ class Dialer:
                 if not relayStarted[0]:
                     startRelayed()
                 elif running[0] == 0:
-                    finish(self._exhausted(outcome, peer, addrs, errors, mismatches))
+                    finish(outcome)
                 return
             finish(outcome)
 
@@ -366,6 +438,27 @@ def usesFD(transport: object) -> bool:
     C{fd} count.  A transport may say so with a C{usesFD} attribute.
     """
     return bool(getattr(transport, "usesFD", getattr(transport, "name", None) == "tcp"))
+
+
+def dialsOnion(node: object) -> bool:
+    """
+    Whether C{node} (a L{Node}, or anything with C{transports}) has a
+    transport that dials C{/onion3} addresses: the C{"tor"} transport.
+    Without one, a peer reachable only at an onion address is undialable
+    here (the DHT keeps such peers out of its routing table).
+    """
+    return any(getattr(t, "name", None) == "tor" for t in getattr(node, "transports", ()))
+
+
+def torOnly(node: object) -> bool:
+    """
+    Whether every transport of C{node} is the C{"tor"} one (tor mode
+    C{"always"}): it has no IP address of its own to tell anyone, dials
+    everything through Tor, and so must not serve the DHT, relay, or run
+    anything that would make it look for an address.
+    """
+    transports = list(getattr(node, "transports", ()))
+    return bool(transports) and all(getattr(t, "name", None) == "tor" for t in transports)
 
 
 class _Exhausted(Exception):

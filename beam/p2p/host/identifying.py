@@ -14,6 +14,13 @@ and of what a peer says about itself we keep only what we can reach.  Its
 observed address for us is noted in the node's L{AddressBook}, grouped by
 observer, where enough of them make a candidate for AutoNAT.
 
+A connection over Tor (C{conn.transport == "tor"}) is different: our
+socket sees only a local Tor client, never the peer, so we send no
+observed address on it, ignore the one the peer sends (it would be the
+view of a Tor relay, or our own onion address: never an address of ours
+that anyone else could dial) and filter addresses as for a stranger on
+the public Internet (L{vantageOf}).
+
 Every identify stream has a deadline.  Without one, a peer that accepts
 C{/ipfs/id/1.0.0} and then says nothing (or never closes its side after
 our answer) would hold a stream open for ever, and a connection with an
@@ -40,7 +47,7 @@ from beam.p2p.protocols.identify import (
 )
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
-from beam.p2p.host.addrs import observerGroup, reachableFrom
+from beam.p2p.host.addrs import observerGroup, reachableFrom, vantageOf
 
 if TYPE_CHECKING:
     from beam.p2p.connection import PeerConnection
@@ -130,15 +137,17 @@ class NodeIdentify:
         """
         What we tell the peer on the other end of C{transport}: the
         addresses it can reach (L{AddressBook.advertisedFor} its address
-        as our socket sees it), and where we see it.
+        as our socket sees it), and where we see it (nothing over Tor,
+        where we do not).
         """
         node = self.node
         conn = getattr(transport, "connection", None)
         observed = conn.observedRemote if conn is not None else None
+        overTor = conn is not None and conn.transport == "tor"
         return IdentifyInfo(
             protocols=tuple(node.protocols),
-            listenAddrs=tuple(node.addresses.advertisedFor(observed)),
-            observedAddr=observed,
+            listenAddrs=tuple(node.addresses.advertisedFor(vantageOf(conn) if conn is not None else None)),
+            observedAddr=None if overTor else observed,
             publicKey=node.identity.publicKey,
             agentVersion=node.agentVersion,
             protocolVersion=PROTOCOL_VERSION,
@@ -215,7 +224,7 @@ class NodeIdentify:
             )
         conn.identify = info
         store = node.peerStore
-        learned = reachableFrom(info.listenAddrs[:MAX_LEARNED_ADDRS], conn.observedRemote)
+        learned = reachableFrom(info.listenAddrs[:MAX_LEARNED_ADDRS], vantageOf(conn))
         store.addAddrs(conn.remotePeer, learned, "identify")
         if info.protocols:
             store.setProtocols(conn.remotePeer, info.protocols)
@@ -230,14 +239,15 @@ class NodeIdentify:
         """
         Note that the peer of C{conn} sees us at C{observed}, if that says
         anything about how others could reach us: not over a relayed
-        connection (it names the relay's view), and over TCP only when our
+        connection (it names the relay's view), nor over Tor (a Tor
+        relay's view, or our own onion address), and over TCP only when our
         end of the connection is a listen port (an inbound connection, or
         an outbound one that reused the listen port).  An outbound dial
         from a random source port is seen at a random NAT mapping no one
         else could use, and would only crowd out useful observations.
         Observers are grouped by IP address (L{observerGroup}).
         """
-        if conn.limited:
+        if conn.limited or conn.transport == "tor":
             return
         local = conn.localAddr.tcpTarget()
         if local is not None:
