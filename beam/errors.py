@@ -114,6 +114,12 @@ class DialError(BeamError):
     """
 
 
+class TorError(BeamError):
+    """
+    Tor could not be started, or the onion service could not be published.
+    """
+
+
 class NodeStopped(BeamError):
     """
     The node stopped before the operation finished.
