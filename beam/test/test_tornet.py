@@ -27,6 +27,7 @@ from typing import ClassVar, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from beam.testing import tornet
 from beam.testing.tornet import TorClient, TorControl, TorNetwork, TorNetworkError
 
 #: The longest any network here may take to become ready (the facts file
@@ -224,11 +225,13 @@ class LoopbackNetworkTests(SynchronousTestCase):
         for s in ports:
             s.close()
         argv = ["tor", "-f", "/dev/null/non-existent-on-purpose", "--ignore-missing-torrc",
-                "--DataDirectory", dataDir, "--SocksPort", f"127.0.0.1:{socksPort}",
-                "--ControlPort", f"127.0.0.1:{controlPort}"]
+                "DataDirectory", dataDir, "SocksPort", f"127.0.0.1:{socksPort}",
+                "ControlPort", f"127.0.0.1:{controlPort}"]
         for name, values in self.network.clientOptions().items():
             for value in values:
-                argv += [f"--{name}", value]
+                # txtorcon's TorConfig.config_args: one name-value pair
+                # per value, names without dashes.
+                argv += [name, value]
         started = time.monotonic()
         with open(os.path.join(dataDir, "stdout.log"), "wb") as log:
             tor = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -342,3 +345,29 @@ class FailureTests(SynchronousTestCase):
         pids = network.pids()
         self.assertEqual([pid for pid in pids if not _gone(pid)], [])
         network.close()
+
+    def test_sweepLeftovers(self) -> None:
+        """
+        L{tornet.sweepLeftovers} kills a process registered by a network
+        whose owner died, but only while its command line still names the
+        torrc it was registered with, and forgets the entry.
+        """
+        torrc = os.path.join(tempfile.mkdtemp(prefix="beam-tornet-"), "torrc")
+        self.addCleanup(shutil.rmtree, os.path.dirname(torrc), True)
+        orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", torrc])
+        stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        self.addCleanup(stranger.kill)
+        self.addCleanup(orphan.kill)
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        os.makedirs(tornet.REGISTRY, exist_ok=True)
+        entries = [os.path.join(tornet.REGISTRY, f"{dead.pid}-{p.pid}") for p in (orphan, stranger)]
+        for entry in entries:
+            with open(entry, "w") as f:
+                f.write(torrc)
+        killed = tornet.sweepLeftovers()
+        self.assertIn(orphan.pid, killed)
+        self.assertNotIn(stranger.pid, killed)
+        self.assertEqual(orphan.wait(timeout=10), -9)
+        self.assertIsNone(stranger.poll())
+        self.assertEqual([e for e in entries if os.path.exists(e)], [])
