@@ -2,6 +2,9 @@
 The services every node runs, registered the way a plugin registers its
 own (L{beam.daemon.plugins}): one entry each, made in this order.
 
+  - C{"tor"}: L{TorService<beam.daemon.tor.TorService>}, Tor (launched or
+    attached) and the node's onion service, in modes C{"fallback"} and
+    C{"always"}; does nothing in mode C{"off"} (L{beam.daemon.tor});
   - C{"nat"}: L{NatService}, NAT traversal: AutoNAT, relay reservations
     while private, a relay (and AutoNAT and STUN servers) while public,
     STUN discovery (L{beam.daemon.nat});
@@ -31,6 +34,12 @@ from twisted.application.service import IService
 from beam.daemon.plugins import BeamService, DaemonContext
 
 __all__ = ["BUILTINS"]
+
+
+def makeTor(context: DaemonContext) -> IService:
+    from beam.daemon.tor import makeTor as make
+
+    return make(context)
 
 
 def makeNat(context: DaemonContext) -> IService:
@@ -104,6 +113,7 @@ def makeForwards(context: DaemonContext) -> IService:
 
 #: The built-in services, in the order they are made and started.
 BUILTINS = (
+    BeamService("tor", makeTor, "Tor: launches or attaches to tor and publishes the node's onion service"),
     BeamService("nat", makeNat, "NAT traversal: AutoNAT, relay reservations, relaying when public, STUN"),
     BeamService("tunnels", makeTunnels, "exposes local services to peers (/beam/tunnel/1.0.0)"),
     BeamService("kademlia", makeKademlia, "the DHT (/beam/kad/1.0.0)"),

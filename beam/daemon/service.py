@@ -9,8 +9,8 @@ children, started in this order and stopped in the reverse one:
   - C{"control"}: the HTTP+JSON control socket (L{beam.daemon.control}), first,
     so a second daemon for the same home is detected before it binds ports;
   - C{"node"}: the libp2p node (L{beam.p2p.host.node.Node});
-  - the built-in services (L{beam.daemon.builtins.BUILTINS}): C{"tunnels"},
-    C{"kademlia"}, C{"names"}, C{"forwards"};
+  - the built-in services (L{beam.daemon.builtins.BUILTINS}): C{"tor"},
+    C{"nat"}, C{"tunnels"}, C{"kademlia"}, C{"names"}, C{"forwards"};
   - the services of installed plugins, by name, unless the configuration
     disables them.
 
@@ -124,7 +124,9 @@ class BeamDaemon(MultiService):
             self.control.setServiceParent(self)
         else:
             self.control = None
-        self.node = Node(reactor, identity, self._listenAddrs(config.listen), **self._nodeOptions(nodeOptions))
+        listen, options = self._transports(self._listenAddrs(config.listen), self._nodeOptions(nodeOptions),
+                                           nodeOptions or {})
+        self.node = Node(reactor, identity, listen, **options)
         self.node.setName("node")
         self.node.setServiceParent(self)
         self._made: dict[str, IService] = {}
@@ -174,6 +176,42 @@ class BeamDaemon(MultiService):
             options["handshakeTimeout"] = self.config.handshakeTimeout
         options.update(given or {})
         return options
+
+    def _transports(
+        self, listen: list[Multiaddr], options: dict[str, Any], given: dict[str, Any],
+    ) -> tuple[list[Multiaddr], dict[str, Any]]:
+        """
+        The node's listen addresses and transports for the configured Tor
+        mode (C{[tor] mode}, read defensively: a configuration without a
+        C{tor} section means C{"off"}):
+
+          - C{"off"}: as configured (TCP);
+          - C{"fallback"}: TCP, and the L{TorTransport
+            <beam.p2p.transport.tor.TorTransport>} after it;
+          - C{"always"}: the Tor transport only, and no TCP listener at all
+            (the C{"tor"} service makes the node listen on its onion
+            address once published).
+
+        Transports a test gives in C{nodeOptions} win.
+        """
+        mode = getattr(getattr(self.config, "tor", None), "mode", "off")
+        if mode == "off" or "transports" in given:
+            return listen, options
+        from beam.p2p.transport.tcp import TCPTransport
+        from beam.p2p.transport.tor import TorTransport
+
+        tor = TorTransport(self.reactor, mode)
+        if mode == "always":
+            if listen:
+                self.log.info(
+                    "Tor mode 'always': no TCP listener (the listen addresses {addrs} are ignored); "
+                    "the node listens only on its onion service",
+                    addrs=", ".join(str(a) for a in listen),
+                )
+            options["transports"] = [tor]
+            return [], options
+        options["transports"] = [TCPTransport(self.reactor), tor]
+        return listen, options
 
     def _register(self, entry: IBeamService, origin: str) -> None:
         """
@@ -350,8 +388,28 @@ class BeamDaemon(MultiService):
         for tunnel in self.config.tunnels:
             self.tunnels.exposePort(tunnel.port, tunnel.name, tunnel.udp, tunnel.compress,
                                     list(tunnel.allow) if tunnel.allow else None, tunnel.secret)
+        yield self._waitForTor()
         for fwd in self.config.forwards:
             yield self.forwards.start(fwd.address, fwd.port, fwd.bind, fwd.service, False, "tcp")
+
+    @inlineCallbacks
+    def _waitForTor(self) -> Any:
+        """
+        Wait until the C{"tor"} service published the onion service: in
+        mode C{"always"} a failure fails the start (the node has no other
+        way in or out); in C{"fallback"} it is logged and the node runs on
+        without Tor.
+        """
+        tor: Any = self._made.get("tor")
+        mode = getattr(tor, "mode", "off")
+        if tor is None or mode == "off":
+            return
+        try:
+            yield tor.whenReady()
+        except Exception as e:
+            if mode == "always":
+                raise
+            self.log.warn("Tor is not available ({why}): running without it", why=_why(e))
 
     def _savePort(self) -> None:
         if not self._rememberPort:

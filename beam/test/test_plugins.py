@@ -203,7 +203,8 @@ class PluginDaemonTests(TestCase):
         (info,) = [s for s in daemon.status().services if s.name == "hello"]
         self.assertEqual((info.origin, info.state), ("plugin", "disabled"))
         daemon = yield self.startDaemon(Config(listen=LOOPBACK, plugins=False))
-        self.assertEqual([s.name for s in daemon.status().services], ["nat", "tunnels", "kademlia", "names", "forwards"])
+        self.assertEqual([s.name for s in daemon.status().services],
+                         ["tor", "nat", "tunnels", "kademlia", "names", "forwards"])
         self.assertEqual(discoverPlugins(enabled=False), ([], []))
 
     @inlineCallbacks
