@@ -49,7 +49,7 @@ def makeNat(context: DaemonContext) -> IService:
     return NatService(
         context.reactor, context.host, relayMode=config.relayMode, relayLimits=config.relayLimits,
         bootstrap=config.bootstrap, stunServers=config.stunServers, stunServer=config.stunServer,
-        portMapping=config.portMapping, turnServers=config.turnServers,
+        portMapping=config.portMapping, turnServers=config.turnServers, torMode=config.tor.mode,
         **context.optionsFor("nat"),
     )
 

@@ -380,6 +380,11 @@ class TorService(Service):
             listen = getattr(self.host, "listen", None)
             if callable(listen):
                 yield listen([addr])
+            # Nothing else notices a new listener: identify pushes and the
+            # name records follow the address book's change observers.
+            book = getattr(self.host, "addresses", None)
+            if book is not None:
+                book.listenAddrsChanged()
             self._move(TorInput.PUBLISHED)
             self.summary = "onion service published"
             self.log.info("onion service published at {addr}", addr=addr)
