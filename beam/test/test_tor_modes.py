@@ -255,6 +255,7 @@ class TorDialTests(SynchronousTestCase):
         A direct address that never answers: Tor is dialled only once its
         dial failed (the handshake timed out), listed first or not.
         """
+        self.b._dialer.torDelay = self.b.dialTimeout * 3
         silent = self.world.grid.silentListener()
         self.b.peerStore.addAddrs(self.a.peerID, [onion(1), silent.addr], "user")
         d = self.b.connect(self.a.peerID)
@@ -266,6 +267,59 @@ class TorDialTests(SynchronousTestCase):
         conn = self.successResultOf(d)
         self.assertEqual(conn.transport, "tor")
         self.assertEqual(self.bTor.dialled, [onion(1)])
+
+    def test_onionAfterTorDelay(self) -> None:
+        """
+        Direct addresses that never answer, each costing a whole dial
+        timeout: Tor joins in after L{Dialer.torDelay} seconds, not after
+        all of them timed out, and the connection runs over Tor.
+        """
+        self.b._dialer.torDelay = self.b.dialTimeout / 3
+        silent = [self.world.grid.silentListener() for _ in range(3)]
+        self.b.peerStore.addAddrs(self.a.peerID, [onion(1), *(s.addr for s in silent)], "user")
+        d = self.b.connect(self.a.peerID)
+        self.world.grid.advance(self.b._dialer.torDelay * 0.9)
+        assert self.bTor is not None
+        self.assertEqual(self.bTor.dialled, [])
+        self.world.grid.advance(self.b._dialer.torDelay * 0.2)
+        self.assertEqual(self.bTor.dialled, [onion(1)])
+        self.world.grid.advance(1.0)
+        conn = self.successResultOf(d)
+        self.assertEqual(conn.transport, "tor")
+
+    def test_bothStagesFail(self) -> None:
+        """
+        Tor started on the timer fails while the direct dial still runs:
+        the dial waits for the direct one, and then fails with both
+        reasons.
+        """
+        self.b._dialer.torDelay = 1.0
+        silent = self.world.grid.silentListener()
+        other = onion(7)
+        self.b.peerStore.addAddrs(self.a.peerID, [other, silent.addr], "user")
+        d = self.b.connect(self.a.peerID)
+        self.world.grid.advance(2.0)
+        self.assertNoResult(d)
+        self.world.grid.advance(self.b.dialTimeout * 2)
+        f = self.failureResultOf(d, DialError)
+        self.assertIn(str(other), f.getErrorMessage())
+        self.assertIn("did not finish", f.getErrorMessage())
+
+    def test_torOnlyDialsOnionFirst(self) -> None:
+        """
+        A Tor-only node dials the onion address before an IP address
+        (which it could reach only through an exit), whatever the order
+        given.
+        """
+        c, cTor = self.world.node(listen=(onion(3),), memory=False)
+        assert cTor is not None
+        # Like the real transport in mode always: IP addresses too (exits).
+        cTor.canDial = lambda addr: True  # type: ignore[method-assign]
+        ip = Multiaddr.fromString("/ip4/203.0.113.9/tcp/4001")
+        c.peerStore.addAddrs(self.a.peerID, [ip, onion(1)], "user")
+        conn = self.world.grid.result(c.connect(self.a.peerID))
+        self.assertEqual(conn.transport, "tor")
+        self.assertEqual(cTor.dialled, [onion(1)])
 
     def test_onionAfterDirectRefused(self) -> None:
         """

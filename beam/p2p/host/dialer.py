@@ -51,6 +51,11 @@ class Dialer:
     #: ones join in (see L{_dialAll}).
     relayDelay = 0.5
 
+    #: Seconds the direct and relayed addresses have before Tor joins in
+    #: (see L{_dialAll}): more than a dial over a slow path needs, less
+    #: than the two silent addresses' timeouts a NAT'd peer costs.
+    torDelay = 10.0
+
     def __init__(self, node: "Node") -> None:
         self.node = node
         self.pending: dict[Any, list[Deferred[PeerConnection]]] = {}
@@ -132,12 +137,28 @@ class Dialer:
         reaches.  A node that wants Tor for everything runs with the
         C{"tor"} transport alone, and then has nothing but onion (and
         exit-dialled) addresses to try anyway.
+
+        Two refinements:
+
+          - a path that has not connected within L{torDelay} seconds counts
+            as failing: Tor then starts alongside it (the first connection
+            wins), so a peer listing addresses that never answer (a SYN
+            into a home router is dropped, each costing a whole dial
+            timeout) is not reached only after half a minute;
+          - a Tor-only node (L{torOnly}) dials the onion addresses I{first}
+            and IP addresses (through a Tor exit) after them: an onion
+            connection stays inside Tor end to end, needs no exit, and
+            an exit that sees where we connect is one more party.
         """
         onion = [a for a in addrs if a.isOnion()]
         others = [a for a in addrs if not a.isOnion()]
         errors: list[str] = []
         mismatches: list[Failure] = []
         several = len(addrs) > 1
+        if onion and torOnly(self.node):
+            chain = self._dialSequence(peer, onion + others, errors, mismatches, lastMismatchFatal=True,
+                                       several=several)
+            return chain.addErrback(self._exhausted, peer, addrs, errors, mismatches)
         if not onion:
             first = self._race(peer, others, errors, mismatches, several, last=True)
             return first.addErrback(self._exhausted, peer, addrs, errors, mismatches)
@@ -145,22 +166,53 @@ class Dialer:
             chain = self._dialSequence(peer, onion, errors, mismatches, lastMismatchFatal=True, several=several)
             return chain.addErrback(self._exhausted, peer, addrs, errors, mismatches)
         stage: list[Deferred[PeerConnection]] = []
+        timer: list[Any] = []
+        # How many stages are still running, and whether the first one failed.
+        running = [0]
+
+        def cancelTimer() -> None:
+            for t in timer:
+                if t.active():
+                    t.cancel()
+            timer[:] = []
 
         def cancel(_: Deferred[PeerConnection]) -> None:
-            for c in stage:
-                c.cancel()
+            cancelTimer()
+            for c in list(stage):
+                if not c.called:
+                    c.cancel()
 
         result: Deferred[PeerConnection] = Deferred(cancel)
 
-        def relay(outcome: Any) -> None:
-            if result.called:
-                return
+        def finish(outcome: Any) -> None:
+            cancelTimer()
             if isinstance(outcome, Failure):
                 result.errback(outcome)
             else:
                 result.callback(outcome)
+            for c in list(stage):
+                if not c.called:
+                    c.cancel()
+
+        def startTor() -> None:
+            cancelTimer()
+            if result.called or len(stage) > 1:
+                return
+            running[0] += 1
+            tor = self._dialSequence(peer, onion, errors, mismatches, lastMismatchFatal=False, several=True)
+            stage.append(tor)
+            tor.addBoth(torDone)
+
+        def torDone(outcome: Any) -> None:
+            running[0] -= 1
+            if result.called:
+                return
+            if isinstance(outcome, Failure) and running[0] > 0:
+                return  # the first stage may still connect
+            finish(outcome)
 
         def firstDone(outcome: Any) -> None:
+            running[0] -= 1
             if result.called:
                 return
             if isinstance(outcome, Failure) and not outcome.check(
@@ -171,15 +223,19 @@ class Dialer:
                 # a race at once), it is tried.
                 if not outcome.check(_Exhausted):
                     errors.append(describe(outcome))
-                tor = self._dialSequence(peer, onion, errors, mismatches, lastMismatchFatal=False, several=True)
-                stage[:] = [tor]
-                tor.addBoth(relay)
+                if len(stage) == 1:
+                    startTor()
+                elif running[0] == 0:
+                    finish(Failure(_Exhausted()))
                 return
-            relay(outcome)
+            finish(outcome)
 
+        running[0] += 1
         first = self._race(peer, others, errors, mismatches, several, last=False)
         stage.append(first)
         first.addBoth(firstDone)
+        if not result.called and len(stage) == 1:
+            timer.append(self.node.reactor.callLater(self.torDelay, startTor))
         return result.addErrback(self._exhausted, peer, addrs, errors, mismatches)
 
     def _race(
