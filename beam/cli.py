@@ -1181,6 +1181,11 @@ async def cmdRelay(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     import attr
 
     config = attr.evolve(_loadConfig(args), relayMode="open")
+    if config.tor.mode == "always":
+        # A relay is reached at its IP address by definition; tor mode
+        # always promises that no IP address of ours is told or dialled.
+        raise UsageError("beam relay cannot run with [tor] mode = \"always\" (a relay must be reachable at its "
+                         "IP address); use mode \"fallback\" or \"off\" for this home")
     _startLogging(args, config)
     daemon = await _runDaemon(reactor, args, config)
     node = daemon.node
@@ -1206,6 +1211,11 @@ async def cmdPing(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     target = Multiaddr.fromString(args.target)
     if args.count < 1:
         raise UsageError("--count must be at least 1")
+    if _loadConfig(args).tor.mode == "always":
+        # This command's own node dials over TCP from this machine: with
+        # the home's peer ID, that would tie the identity to our address.
+        raise UsageError("beam ping dials directly, and this home's [tor] mode is \"always\": "
+                         "ping would reveal this machine's address; use `beam status` on the running node instead")
     ident = loadOrCreateIdentity(_home(args))
     node = Node(reactor, ident, [])
     await node.startService()

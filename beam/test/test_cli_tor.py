@@ -123,6 +123,24 @@ class ConfigFromFlagsTests(SynchronousTestCase):
         self.assertEqual(self.load("", "connect", TARGET).tor.mode, "off")
 
 
+    def test_directCommandsRefuseAlways(self) -> None:
+        """
+        C{beam ping} (its own TCP node, the home's peer ID) and C{beam
+        relay} (reached at its IP address by definition) refuse to run in
+        a home whose Tor mode is C{always}: either would tie the identity
+        to this machine's address.
+        """
+        home = Path(self.mktemp())
+        home.mkdir()
+        (home / "config.toml").write_text('tor = "always"\n')
+        for argv in (("ping", TARGET), ("relay",)):
+            args = parse("--home", str(home), *argv)
+            command = cli.cmdPing if argv[0] == "ping" else cli.cmdRelay
+            d = ensureDeferred(command(Clock(), args, cli._Out(io.StringIO(), False)))
+            f = self.failureResultOf(d, cli.UsageError)
+            self.assertIn("always", str(f.value))
+
+
 class FakeControlClient:
     """
     A control socket client answering from canned statuses, recording
