@@ -46,6 +46,22 @@ class ShareAddressTests(SynchronousTestCase):
         self.assertTrue(text.startswith(f"beam://{self.peer}@192.0.2.1:4001,[::1]:4002,example.org:4003/web#"))
         self.assertEqual(parseShareAddress(text), share)
 
+    def test_onion(self) -> None:
+        """
+        An onion service address is written as C{<host>.onion:<port>}, read
+        back as C{/onion3}, never as a DNS name; a malformed one is refused.
+        """
+        host = "pg6mmjiyjmcrsslvykfwnntlaru7p5svn6y2ymmju6nubxndf4pscryd"
+        onion = Multiaddr.fromString(f"/onion3/{host}:4001")
+        share = ShareAddress(peer=self.peer, addrs=(onion, Multiaddr.fromString("/ip4/192.0.2.1/tcp/4001")),
+                             service="web")
+        text = str(share)
+        self.assertEqual(text, f"beam://{self.peer}@{host}.onion:4001,192.0.2.1:4001/web")
+        self.assertEqual(parseShareAddress(text), share)
+        self.assertEqual(parseShareAddress(f"beam://{self.peer}@{host.upper()}.ONION:4001/").addrs, (onion,))
+        with self.assertRaises(InvalidShareAddress):
+            parseShareAddress(f"beam://{self.peer}@tooshort.onion:4001/")
+
     def test_multiaddr(self) -> None:
         """
         A /p2p/ multiaddr is accepted, with the service given separately.

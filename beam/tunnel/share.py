@@ -6,7 +6,9 @@ Format::
 
     beam://<peer ID>@<host>:<port>[,<host>:<port>...]/<service>[#<secret>]
 
-IPv6 hosts go in brackets (C{[::1]:4001}); DNS names are allowed.  An
+IPv6 hosts go in brackets (C{[::1]:4001}); DNS names are allowed.  A Tor
+onion service is C{<56 base32 characters>.onion:<port>} (multiaddr
+C{/onion3/<56 characters>:<port>}), the form Tor users know.  An
 address through a relay (circuit relay v2, for a host behind a NAT) is
 C{relay:<relay peer ID>@<host>:<port>}: the relay's address, which the
 dialler asks to connect it to the peer (multiaddr
@@ -86,6 +88,10 @@ _CIRCUIT = "/p2p-circuit"
 
 
 def _hostPortText(addr: Multiaddr) -> Optional[str]:
+    comps = addr.withoutPeerID().components()
+    if len(comps) == 1 and comps[0][0] == "onion3" and comps[0][1] is not None:
+        host, _, port = comps[0][1].partition(":")
+        return f"{host}.onion:{port}"
     target = addr.tcpTarget()
     if target is None:
         return None
@@ -153,6 +159,12 @@ def _hostPort(text: str) -> Multiaddr:
             raise InvalidShareAddress(f"bad address {text!r}: expected HOST:PORT")
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidShareAddress(f"bad port in {text!r}")
+    if host.lower().endswith(".onion"):
+        # Only Tor can reach it: never a DNS name to resolve.
+        try:
+            return Multiaddr.fromString(f"/onion3/{host[:-len('.onion')].lower()}:{int(port)}")
+        except InvalidMultiaddr as e:
+            raise InvalidShareAddress(f"bad onion address {text!r}: {e}") from None
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
