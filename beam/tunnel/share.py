@@ -90,8 +90,8 @@ _CIRCUIT = "/p2p-circuit"
 def _hostPortText(addr: Multiaddr) -> Optional[str]:
     comps = addr.withoutPeerID().components()
     if len(comps) == 1 and comps[0][0] == "onion3" and comps[0][1] is not None:
-        host, _, port = comps[0][1].partition(":")
-        return f"{host}.onion:{port}"
+        onion, _, onionPort = comps[0][1].partition(":")
+        return f"{onion}.onion:{onionPort}"
     target = addr.tcpTarget()
     if target is None:
         return None
