@@ -101,12 +101,14 @@ class AddressTests(SynchronousTestCase):
     def test_canDialAlways(self) -> None:
         """
         In mode C{"always"} TCP addresses are dialled over Tor too (through
-        an exit), but nothing else.
+        an exit), but nothing else, and not IPv6 literals (txtorcon cannot
+        put one in its SOCKS request).
         """
         t = TorTransport(Clock(), "always")
         self.assertTrue(t.canDial(Multiaddr(ONION)))
         self.assertTrue(t.canDial(Multiaddr("/ip4/1.2.3.4/tcp/4001")))
         self.assertTrue(t.canDial(Multiaddr("/dns4/example.com/tcp/4001")))
+        self.assertFalse(t.canDial(Multiaddr("/ip6/2001:db8::1/tcp/4001")))
         self.assertFalse(t.canDial(Multiaddr("/ip4/1.2.3.4/udp/4001")))
 
     def test_canListen(self) -> None:

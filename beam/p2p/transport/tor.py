@@ -232,8 +232,11 @@ class TorTransport:
             return target
         if self.mode == "always":
             tcp = addr.withoutPeerID().tcpTarget()
-            if tcp is not None:
-                return tcp[0].split("%", 1)[0], tcp[1]
+            # Not IPv6 literals: txtorcon (26.6) packs an IPv6 address
+            # into the 4 bytes of an IPv4 one in its SOCKS request, which
+            # no exit could follow.  Names and IPv4 addresses go through.
+            if tcp is not None and tcp[2] != "ip6":
+                return tcp[0], tcp[1]
         return None
 
     def canDial(self, addr: Multiaddr) -> bool:
