@@ -281,15 +281,69 @@ class DialTests(SynchronousTestCase):
 
     def test_socksError(self) -> None:
         """
-        A SOCKS error (the onion's descriptor is not found...) fails the
-        dial with L{DialError} carrying tor's reason.
+        A SOCKS error that will not change (connection refused: the
+        service answered) fails the dial at once with L{DialError}
+        carrying tor's reason.
+        """
+        from twisted.internet.defer import fail
+        from txtorcon.socks import ConnectionRefusedError
+
+        tor = _FakeTor(_Endpoint(fail(ConnectionRefusedError())))
+        self.transport.setTor(tor)
+        f = self.failureResultOf(self.transport.dial(Multiaddr(ONION), self.factory, 10), DialError)
+        self.assertIn("over Tor", str(f.value))
+        self.assertEqual(len(tor.calls), 1)
+
+    def test_descriptorNotYetThere(self) -> None:
+        """
+        "Host unreachable" for an onion (its descriptor is not on the HSDir
+        tor asked yet) is tried again after a pause, and the dial succeeds
+        once tor can open the stream.
         """
         from twisted.internet.defer import fail
         from txtorcon.socks import HostUnreachableError
 
-        self.transport.setTor(_FakeTor(_Endpoint(fail(HostUnreachableError()))))
-        f = self.failureResultOf(self.transport.dial(Multiaddr(ONION), self.factory, 10), DialError)
-        self.assertIn("over Tor", str(f.value))
+        proto = Protocol()
+        results = [fail(HostUnreachableError()), fail(HostUnreachableError()), succeed(proto)]
+
+        class Flaky:
+            def connect(self, factory: Any) -> Deferred[Any]:
+                return results.pop(0)
+
+        tor = _FakeTor(Flaky())
+        self.transport.setTor(tor)
+        d = self.transport.dial(Multiaddr(ONION), self.factory, 10)
+        self.assertNoResult(d)
+        self.clock.advance(1.0)
+        self.assertNoResult(d)
+        self.clock.advance(2.0)
+        self.assertIs(self.successResultOf(d), proto)
+        self.assertEqual(len(tor.calls), 3)
+
+    def test_retriesEndWithTheTimeout(self) -> None:
+        """
+        An onion tor never reaches fails the dial within its timeout, the
+        error saying how many attempts were made and tor's last answer; a
+        TCP address through an exit is not retried.
+        """
+        from twisted.internet.defer import fail
+        from txtorcon.socks import HostUnreachableError
+
+        class Never:
+            def connect(self, factory: Any) -> Deferred[Any]:
+                return fail(HostUnreachableError())
+
+        tor = _FakeTor(Never())
+        self.transport.setTor(tor)
+        d = self.transport.dial(Multiaddr(ONION), self.factory, 10)
+        self.clock.pump([1.0] * 40)
+        f = self.failureResultOf(d, DialError)
+        self.assertIn("attempts", str(f.value))
+        self.assertGreater(len(tor.calls), 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        tor.calls.clear()
+        self.failureResultOf(self.transport.dial(Multiaddr("/dns4/example.com/tcp/80"), self.factory, 10), DialError)
+        self.assertEqual(len(tor.calls), 1)
 
     def test_socksEndpointGiven(self) -> None:
         """

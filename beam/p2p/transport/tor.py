@@ -401,6 +401,23 @@ class TorTransport:
         return _TrackingEndpoint(cls(self.reactor, host, port))
 
 
+#: Pauses before each new attempt at an onion address tor could not
+#: reach (see L{_TorDial._failedAttempt}).
+RETRY_PAUSES = (1.0, 2.0, 4.0, 8.0)
+
+
+def _transientSocksError(f: Failure) -> bool:
+    """
+    Whether tor's SOCKS answer may change soon for an onion address: host
+    unreachable (no descriptor, or no introduction point answered), TTL
+    expired (the rendezvous timed out), or a general failure.  Not
+    "connection refused": the service is up and answered that.
+    """
+    from txtorcon.socks import GeneralServerFailureError, HostUnreachableError, TtlExpiredError
+
+    return bool(f.check(HostUnreachableError, TtlExpiredError, GeneralServerFailureError))
+
+
 class _TorDial:
     """
     One dial: wait for tor (if it is still starting), then connect through
@@ -418,10 +435,15 @@ class _TorDial:
         self._connecting: Optional[Deferred[Any]] = None
         self._socks: Optional[_TrackingEndpoint] = None
         self._timer: Optional[IDelayedCall] = None
+        self._retry: Optional[IDelayedCall] = None
         self._timeout = 0.0
+        self._started = 0.0
+        self._attempts = 0
+        self._lastError: Optional[str] = None
 
     def start(self, timeout: float) -> Deferred[Any]:
         self._timeout = timeout
+        self._started = self.transport.reactor.seconds()
         self._timer = self.transport.reactor.callLater(timeout, self._timedOut)
         self._waiting = self.transport._whenTor()
         self._waiting.addCallbacks(self._connect, self._fail)
@@ -441,7 +463,38 @@ class _TorDial:
             self._fail(Failure(DialError(f"cannot dial {self.addr} over Tor: {e}")))
             return
         self._connecting = endpoint.connect(self.factory)
-        self._connecting.addCallbacks(self._connected, self._fail)
+        self._connecting.addCallbacks(self._connected, self._failedAttempt, errbackArgs=(tor,))
+
+    def _failedAttempt(self, f: Failure, tor: Any) -> None:
+        """
+        Tor could not open the stream.  For an onion address that may be
+        only for now: right after a service (re)publishes, the HSDir our
+        tor asks may not hold its descriptor yet, and tor answers "host
+        unreachable" at once.  Such a dial is tried again after
+        L{RETRY_PAUSES} (each attempt asks tor afresh) while the timeout
+        leaves room; anything else, or no time left, fails the dial.
+        """
+        self._connecting = None
+        if self._finished:
+            return
+        pause = RETRY_PAUSES[min(self._attempts, len(RETRY_PAUSES) - 1)]
+        elapsed = self.transport.reactor.seconds() - self._started
+        if onionTarget(self.addr) is None or not _transientSocksError(f):
+            self._fail(f)
+            return
+        if elapsed + pause >= self._timeout:
+            self._fail(Failure(DialError(
+                f"cannot dial {self.addr} over Tor: {describe(f)} ({self._attempts + 1} attempts in {elapsed:.0f} s)"
+            )))
+            return
+        self._attempts += 1
+        self._lastError = describe(f)
+        self._retry = self.transport.reactor.callLater(pause, self._again, tor)
+
+    def _again(self, tor: Any) -> None:
+        self._retry = None
+        if not self._finished:
+            self._connect(tor)
 
     def _connected(self, protocol: Any) -> None:
         if self._finished:
@@ -472,6 +525,9 @@ class _TorDial:
         """
         Stop whatever is under way (the result is settled by the caller).
         """
+        retry, self._retry = self._retry, None
+        if retry is not None and retry.active():
+            retry.cancel()
         waiting, self._waiting = self._waiting, None
         if waiting is not None and not waiting.called:
             waiting.cancel()
@@ -493,6 +549,8 @@ class _TorDial:
             why = f"cannot dial {self.addr}: {self.transport._notReady}"
         else:
             why = f"cannot dial {self.addr} over Tor: no connection within {self._timeout:g} s"
+            if self._lastError is not None:
+                why += f" ({self._attempts + 1} attempts; last: {self._lastError})"
         self.result.errback(DialError(why))
 
     def _cancel(self, d: Deferred[Any]) -> None:
