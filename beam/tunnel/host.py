@@ -424,6 +424,15 @@ class TunnelHost(Service):
         # The log (the journal, under systemd) never gets the secret: it is
         # for whoever holds the share address, which the CLI prints.
         connect = status.connect.split("#", 1)[0] + (" (with the secret)" if "#" in status.connect else "")
+        if "@/" in connect:
+            # No address yet (a Tor-only node before its onion is up): a
+            # share address without one would lead nowhere.
+            self.log.info(
+                "exposing {kind} {where} as {name}; the node has no address yet: "
+                "`beam status` shows the share address once it has one",
+                kind=kind, where=spec.where, name=spec.name,
+            )
+            return status
         self.log.info(
             "exposing {kind} {where} as {name}; on the other side run: {connect}",
             kind=kind, where=spec.where, name=spec.name, connect=connect,
