@@ -365,8 +365,51 @@ def _loadConfig(args: argparse.Namespace) -> Any:
     torMode = getattr(args, "tor", None)
     if args.command == "connect":
         torMode = ("fallback" if config.tor.mode == "fallback" else "always") if torMode else None
+    if torMode is None and config.tor.mode == "off" and _wasTorOnly(_home(args)):
+        # This identity has only ever been shown over Tor: a command that
+        # starts a node without Tor would dial from this machine's
+        # address with the same peer ID and tie the two together for good.
+        torMode = "always"
     return mergeOptions(config, listen=getattr(args, "listen", None), logFormat=args.log_format,
                         bootstrap=args.bootstrap, torMode=torMode, torControl=getattr(args, "tor_control", None))
+
+
+#: The key of state.json that says a node of this home ran in Tor mode
+#: C{always} (see L{_loadConfig}).
+TOR_ONLY_STATE = "tor_only"
+
+
+def _configTorMode(home: Path) -> str:
+    from beam.daemon.config import loadConfig
+
+    try:
+        return str(loadConfig(home / "config.toml").tor.mode)
+    except Exception:
+        return "off"
+
+
+def _wasTorOnly(home: Path) -> bool:
+    from beam.storage.home import readState
+
+    return bool(readState(home).get(TOR_ONLY_STATE))
+
+
+def _rememberTorMode(home: Path, mode: str, explicit: bool) -> None:
+    """
+    Remember that this home runs Tor-only (mode C{always}), so that its
+    other commands stay on Tor; forget it only when told to run otherwise
+    (C{--tor off}, C{--tor fallback}, or a mode in config.toml).
+    """
+    from beam.storage.home import updateState
+
+    try:
+        if mode == "always":
+            if not _wasTorOnly(home):
+                updateState(home, **{TOR_ONLY_STATE: True})
+        elif explicit and _wasTorOnly(home):
+            updateState(home, **{TOR_ONLY_STATE: False})
+    except OSError:
+        pass
 
 
 def _startLogging(args: argparse.Namespace, config: Any = None) -> None:
@@ -389,6 +432,11 @@ async def _runDaemon(
 
     home = _home(args)
     identity = loadOrCreateIdentity(home)
+    explicit = getattr(args, "tor", None) is not None or _configTorMode(home) != "off"
+    if config.tor.mode == "always" and not explicit:
+        sys.stderr.write("note: this home ran with Tor only (--tor), so this node does too; "
+                         "pass --tor off (or set [tor] mode in config.toml) to run it without Tor\n")
+    _rememberTorMode(home, config.tor.mode, explicit)
     daemon = BeamDaemon(reactor, home, identity, config, control=control, rememberPort=rememberPort)
     watch = None
     if out is not None and not out.asJSON and config.tor.mode != "off":

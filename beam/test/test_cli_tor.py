@@ -123,6 +123,32 @@ class ConfigFromFlagsTests(SynchronousTestCase):
         self.assertEqual(self.load("", "connect", TARGET).tor.mode, "off")
 
 
+    def test_torOnlyHomeStaysOnTor(self) -> None:
+        """
+        A home whose node ran Tor-only keeps every later command on Tor
+        (its peer ID has never been seen from this machine's address)
+        until told otherwise: C{--tor off} or C{--tor fallback}, which
+        also forget it, or a mode in config.toml.
+        """
+        home = Path(self.mktemp())
+        home.mkdir()
+        (home / "config.toml").write_text("")
+        cli._rememberTorMode(home, "always", explicit=True)
+        self.assertEqual(self.loadHome(home, "connect", TARGET).tor.mode, "always")
+        self.assertEqual(self.loadHome(home, "3000").tor.mode, "always")
+        self.assertEqual(self.loadHome(home, "3000", "--tor", "fallback").tor.mode, "fallback")
+        (home / "config.toml").write_text('tor = "fallback"\n')
+        self.assertEqual(self.loadHome(home, "3000").tor.mode, "fallback")
+        cli._rememberTorMode(home, "off", explicit=True)
+        (home / "config.toml").write_text("")
+        self.assertEqual(self.loadHome(home, "3000").tor.mode, "off")
+        cli._rememberTorMode(home, "always", explicit=False)
+        cli._rememberTorMode(home, "off", explicit=False)
+        self.assertEqual(self.loadHome(home, "3000").tor.mode, "always", "only an explicit mode forgets it")
+
+    def loadHome(self, home: Path, *argv: str) -> Any:
+        return cli._loadConfig(parse("--home", str(home), *argv))
+
     def test_directCommandsRefuseAlways(self) -> None:
         """
         C{beam ping} (its own TCP node, the home's peer ID) and C{beam
