@@ -49,7 +49,9 @@ from typing import Any, Callable, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IReactorCore, IReactorProcess, IReactorTCP, IReactorTime, IReactorUNIX
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -148,6 +150,31 @@ def _bootstrapPhase(text: str) -> tuple[int, str]:
     progress = re.search(r"PROGRESS=(\d+)", text)
     summary = re.search(r'SUMMARY="((?:[^"\\]|\\.)*)"', text)
     return (int(progress.group(1)) if progress else 0, summary.group(1) if summary else "")
+
+
+#: Seconds a launched tor's control socket has to appear once tor said it
+#: opens it.
+CONTROL_CONNECT_WAIT = 15.0
+
+
+@inlineCallbacks
+def _retryConnect(clock: IReactorTime, connect: Callable[[], Deferred[Any]], wait: float,
+                  step: float = 0.1) -> Any:
+    """
+    C{connect()}, again every C{step} seconds while it fails with a
+    L{ConnectError} (the socket does not exist yet, or nothing listens on
+    it yet), for at most C{wait} seconds.
+    """
+    deadline = clock.seconds() + wait
+    while True:
+        try:
+            result = yield connect()
+        except ConnectError:
+            if clock.seconds() + step > deadline:
+                raise
+            yield deferLater(clock, step, lambda: None)
+            continue
+        return result
 
 
 def _cancelPending(d: Deferred[Any]) -> None:
@@ -449,6 +476,13 @@ class TorService(Service):
         self.launched = True
         self._spawns = _SpawnRecorder(self.reactor)
         self.log.info("launching tor ({binary}, data in {dir})", binary=binary, dir=self.dataDir)
+        control: dict[str, Any] = {}
+        controlPath = os.path.join(os.path.realpath(self.dataDir), "control.socket")
+        if len(controlPath) <= _MAX_UNIX_PATH:
+            # The socket launch() would use anyway, with a connector that
+            # waits for it (see _retryConnect).
+            control = dict(control_port=f"unix:{controlPath}",
+                           connection_creator=self._controlConnector(controlPath))
         return self._bounded(maybeDeferred(
             launch, self._spawns,
             progress_updates=self._progressed,
@@ -458,7 +492,22 @@ class TorService(Service):
             stdout=_LogLines(self.log, "stdout"),
             stderr=_LogLines(self.log, "stderr"),
             _tor_config=self._torConfig(),
+            **control,
         ), "launching tor")
+
+    def _controlConnector(self, path: str) -> Callable[[], Deferred[Any]]:
+        """
+        What launch() calls to connect to the control socket of the tor it
+        started: txtorcon connects once, as soon as tor prints "Opening
+        Control listener", which on a busy machine comes before the socket
+        exists; that one failure left launch() waiting until its timeout.
+        """
+        from twisted.internet.endpoints import UNIXClientEndpoint
+        from txtorcon import TorProtocolFactory
+
+        endpoint = UNIXClientEndpoint(self.reactor, path)
+        return lambda: _retryConnect(self.reactor, lambda: endpoint.connect(TorProtocolFactory()),
+                                     CONTROL_CONNECT_WAIT)
 
     def _torConfig(self) -> Any:
         """

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectError
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from beam.daemon.config import TorConfig
-from beam.daemon.tor import TorService, TorState, controlEndpointString
+from beam.daemon.tor import TorService, TorState, _retryConnect, controlEndpointString
 from beam.errors import DialError, TorError
 from beam.identity.multiaddr import Multiaddr
 from beam.p2p.transport.tor import TorTransport
@@ -352,6 +354,19 @@ class ServiceTests(SynchronousTestCase):
         self.assertIn(("DirAuthority", "a 1"), args)
         self.assertIn(("DirAuthority", "b 2"), args)
 
+    def test_launchGetsRetryingConnector(self) -> None:
+        """
+        launch() is given the control socket in the data directory and a
+        connector of ours for it (L{_retryConnect}: txtorcon's own
+        connects once, which can be before the socket exists).
+        """
+        s = self.service()
+        s.startService()
+        [kw] = self.launches
+        path = os.path.join(os.path.realpath(self.home / "tor" / "data"), "control.socket")
+        self.assertEqual(kw["control_port"], f"unix:{path}")
+        self.assertTrue(callable(kw["connection_creator"]))
+
     def test_attach(self) -> None:
         """
         Attaching: connects to the control endpoint, reads tor's SOCKS
@@ -451,6 +466,58 @@ class ServiceTests(SynchronousTestCase):
         s = self.service()
         self.host.connections = [type("C", (), {"transport": t})() for t in ("tor", "tcp", "tor")]
         self.assertEqual(s.status()["connections"], 2)
+
+
+class ControlConnectTests(SynchronousTestCase):
+    """
+    Connecting to a launched tor's control socket waits for it to appear:
+    txtorcon tries once, when tor says it opens it, which can be before
+    the socket exists.
+    """
+
+    def test_retriesUntilConnected(self) -> None:
+        """
+        Connection failures are retried every step until one succeeds.
+        """
+        clock = Clock()
+        attempts: list[int] = []
+
+        def connect() -> Deferred[Any]:
+            attempts.append(1)
+            if len(attempts) < 3:
+                return fail(ConnectError("No such file or directory"))
+            return succeed("protocol")
+
+        d = _retryConnect(clock, connect, wait=5.0, step=0.1)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.assertEqual(self.successResultOf(d), "protocol")
+        self.assertEqual(len(attempts), 3)
+
+    def test_givesUp(self) -> None:
+        """
+        After C{wait} seconds of failures the last failure is the result.
+        """
+        clock = Clock()
+        d = _retryConnect(clock, lambda: fail(ConnectError("refused")), wait=1.0, step=0.1)
+        clock.pump([0.1] * 20)
+        self.failureResultOf(d, ConnectError)
+
+    def test_otherErrorsAreNotRetried(self) -> None:
+        """
+        Anything but a connection failure ends it at once.
+        """
+        clock = Clock()
+        calls: list[int] = []
+
+        def connect() -> Deferred[Any]:
+            calls.append(1)
+            return fail(ValueError("bad"))
+
+        self.failureResultOf(_retryConnect(clock, connect, wait=5.0), ValueError)
+        self.assertEqual(len(calls), 1)
 
 
 class ControlEndpointTests(SynchronousTestCase):
