@@ -41,6 +41,7 @@ from twisted.logger import (
     LogBeginner,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
     globalLogBeginner,
 )
@@ -147,6 +148,20 @@ class StreamObserver:
         self.stream.flush()
 
 
+def quietTorExit(event: dict[str, Any]) -> PredicateResult:
+    """
+    Drop txtorcon's report of a tor that exited with code 0: it logs every
+    end of a tor it launched as an unhandled C{RuntimeError} ("Tor exited
+    with error-code 0"), also the orderly one our stop asked for, which
+    read as a crash in every log.  Other exit codes and kills still show.
+    """
+    failure = event.get("log_failure")
+    value = getattr(failure, "value", None)
+    if isinstance(value, RuntimeError) and str(value) == "Tor exited with error-code 0":
+        return PredicateResult.no
+    return PredicateResult.maybe
+
+
 def makeObserver(stream: IO[str], fmt: str = "text", level: LogLevel = LogLevel.info) -> ILogObserver:
     """
     An observer writing events of C{level} and above to C{stream}.
@@ -158,7 +173,7 @@ def makeObserver(stream: IO[str], fmt: str = "text", level: LogLevel = LogLevel.
     if fmt not in formatters:
         raise ValueError(f"unknown log format {fmt!r}; use one of {', '.join(LOG_FORMATS)}")
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
-    return FilteringLogObserver(StreamObserver(stream, formatters[fmt]), [predicate])
+    return FilteringLogObserver(StreamObserver(stream, formatters[fmt]), [quietTorExit, predicate])
 
 
 def startLogging(

@@ -163,6 +163,21 @@ class ObserverTests(SynchronousTestCase):
         observer(event("loud", LogLevel.info))
         self.assertEqual(stream.getvalue(), "2026-11-25T17:00:00Z [beam.tunnel] loud\n")
 
+    def test_orderlyTorExitQuiet(self) -> None:
+        """
+        txtorcon's "Tor exited with error-code 0" (logged as an unhandled
+        error on every end of a tor it launched, an orderly stop too) is
+        dropped; another exit code is still shown.
+        """
+        from twisted.python.failure import Failure
+
+        stream = io.StringIO()
+        log = Logger(namespace="txtorcon", observer=makeObserver(stream, "text"))
+        log.failure("Unhandled Error", Failure(RuntimeError("Tor exited with error-code 0")))
+        self.assertEqual(stream.getvalue(), "")
+        log.failure("Unhandled Error", Failure(RuntimeError("Tor exited with error-code 1")))
+        self.assertIn("error-code 1", stream.getvalue())
+
     def test_unknownFormat(self) -> None:
         """
         An unknown format is refused.
