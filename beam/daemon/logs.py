@@ -37,6 +37,7 @@ from typing import IO, Any, cast
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogBeginner,
     LogLevel,
@@ -148,7 +149,7 @@ class StreamObserver:
         self.stream.flush()
 
 
-def quietTorExit(event: dict[str, Any]) -> PredicateResult:
+def _quietTorExit(event: dict[str, Any]) -> PredicateResult:
     """
     Drop txtorcon's report of a tor that exited with code 0: it logs every
     end of a tor it launched as an unhandled C{RuntimeError} ("Tor exited
@@ -160,6 +161,11 @@ def quietTorExit(event: dict[str, Any]) -> PredicateResult:
     if isinstance(value, RuntimeError) and str(value) == "Tor exited with error-code 0":
         return PredicateResult.no
     return PredicateResult.maybe
+
+
+#: L{_quietTorExit} as the filter predicate it is (a callable is enough
+#: for L{FilteringLogObserver}; the interface only types it).
+quietTorExit = cast(ILogFilterPredicate, _quietTorExit)
 
 
 def makeObserver(stream: IO[str], fmt: str = "text", level: LogLevel = LogLevel.info) -> ILogObserver:
