@@ -5,40 +5,22 @@ C{--tor}/C{--tor-control} flags (L{beam.daemon.config}).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from twisted.trial.unittest import SynchronousTestCase
 
+from beam.test.test_config import ConfigTestCase
 from beam.daemon.config import (
     Config,
     ConfigError,
     TorConfig,
-    checkConfig,
     loadConfig,
     mergeOptions,
     normaliseControl,
 )
 
 
-class TorConfigTestCase(SynchronousTestCase):
-    def write(self, text: str) -> Path:
-        directory = Path(self.mktemp())
-        directory.mkdir()
-        path = directory / "config.toml"
-        path.write_text(text)
-        os.chmod(path, 0o600)
-        return path
-
+class TorConfigTestCase(ConfigTestCase):
     def load(self, text: str) -> Config:
         return loadConfig(self.write(text))
-
-    def problems(self, text: str) -> list[str]:
-        path = self.write(text)
-        problems = checkConfig(path)
-        e = self.assertRaises(ConfigError, loadConfig, path)
-        self.assertEqual(e.problems, problems)
-        return problems
 
 
 class TorTableTests(TorConfigTestCase):

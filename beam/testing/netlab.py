@@ -173,7 +173,10 @@ def _run(argv: Sequence[str], what: str, stdin: Optional[str] = None) -> None:
         raise NatLabError(f"NAT lab: {what} failed: {' '.join(argv)}: {done.stderr.strip()}")
 
 
-def _pidAlive(pid: int) -> bool:
+def pidAlive(pid: int) -> bool:
+    """
+    Whether process C{pid} exists (ours or not).
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -228,7 +231,7 @@ def sweepLeftovers() -> list[str]:
     swept = []
     for ns in _listNamespaces():
         m = _OURS.match(ns)
-        if m and not _pidAlive(int(m.group(1))):
+        if m and not pidAlive(int(m.group(1))):
             _deleteNamespace(ns)
             swept.append(ns)
     return swept

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
 
 from beam.errors import BeamError
+from beam.testing.netlab import pidAlive
 from beam.testing.sysdeps import ensureCommands
 
 if TYPE_CHECKING:
@@ -294,16 +295,6 @@ class TorControl:
 # -- processes -------------------------------------------------------------
 
 
-def _pidAlive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -327,7 +318,7 @@ def sweepLeftovers() -> list[int]:
         return killed
     for entry in entries:
         owner, _, pid = entry.partition("-")
-        if not (owner.isdigit() and pid.isdigit()) or _pidAlive(int(owner)):
+        if not (owner.isdigit() and pid.isdigit()) or pidAlive(int(owner)):
             continue
         path = os.path.join(REGISTRY, entry)
         try:
