@@ -74,6 +74,15 @@ defaults.  Schema (every key optional)::
     TestingTorNetwork = 1     # a string, number, boolean (1/0) or a list
     DirAuthority = ["auth0 orport=5000 ...", "auth1 ..."]   # of strings
 
+    # Names on the LAN and by gossip (docs/names.md, docs/dns.md).
+    mdns = true               # find peers and answer Beam names on the LAN
+    gossip = true             # spread name records on the beam-names topic
+    [dns]                     # the local DNS server for NAME.beam
+    enabled = true
+    bind = "127.0.0.1"        # a loopback address
+    port = 5380               # taken: a warning, the node runs without it
+    addresses = "127.77.0.0/16"   # loopback addresses handed to NAME.beam
+
     # Services that installed packages add to every node (Twisted plugins
     # providing beam.daemon.plugins.IBeamService).
     [plugins]
@@ -212,6 +221,26 @@ TOR_MODES = ("off", "fallback", "always")
 
 
 @attr.s(frozen=True, auto_attribs=True, kw_only=True)
+class DnsConfig:
+    """
+    C{[dns]}: the local DNS server answering C{NAME.beam} (issue 11; the
+    names are shared with the DNS service).
+
+    @ivar enabled: whether the node runs it.
+    @ivar bind: the loopback address it listens on (UDP and TCP).
+    @ivar port: its port.
+    @ivar addresses: the loopback network whose addresses are handed out
+        to C{NAME.beam} and C{SERVICE.NAME.beam}, one per name and
+        service, on which the node listens and forwards into the tunnel.
+    """
+
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 5380
+    addresses: str = "127.77.0.0/16"
+
+
+@attr.s(frozen=True, auto_attribs=True, kw_only=True)
 class TorConfig:
     """
     C{[tor]}: whether and how the node uses Tor (issue 10; the names are
@@ -272,6 +301,9 @@ class Config:
     portMapping: bool = False
     turnServers: tuple[TurnServerConfig, ...] = ()
     tor: TorConfig = attr.ib(factory=TorConfig)
+    mdns: bool = True
+    gossip: bool = True
+    dns: DnsConfig = attr.ib(factory=DnsConfig)
 
 
 #: What C{relay} may say.
@@ -448,7 +480,8 @@ class _Problems:
 # -- validation ----------------------------------------------------------------
 
 _TOP_KEYS = {"listen", "bootstrap", "log_format", "tunnel", "forward", "plugins", "limits", "relay",
-             "stun_servers", "stun_server", "port_mapping", "turn_servers", "tor"}
+             "stun_servers", "stun_server", "port_mapping", "turn_servers", "tor", "mdns", "gossip", "dns"}
+_DNS_KEYS = {"enabled", "bind", "port", "addresses"}
 _TOR_KEYS = {"mode", "control", "binary", "data_dir", "port", "bootstrap_timeout", "options"}
 _PLUGINS_KEYS = {"enabled", "disable"}
 _TUNNEL_KEYS = {"port", "name", "udp", "compress", "allow", "secret"}
@@ -957,7 +990,55 @@ class _Validator:
             kw["turnServers"] = self.turnServers()
         if "tor" in d:
             kw["tor"] = self.tor()
+        for flagKey in ("mdns", "gossip"):
+            if flagKey in d:
+                kw[flagKey] = self.flag(d, flagKey, _TOP)
+        if "dns" in d:
+            kw["dns"] = self.dns()
         return Config(**kw)
+
+    def dns(self) -> DnsConfig:
+        """
+        The C{[dns]} table (L{DnsConfig}); C{dns = false} is short for a
+        table saying C{enabled = false}.
+        """
+        value = self.data["dns"]
+        if isinstance(value, bool):
+            return DnsConfig(enabled=value)
+        if not isinstance(value, dict):
+            self.p.add(f"dns must be true, false or a [dns] table, not {_typeName(value)}", key="dns")
+            return DnsConfig()
+        context = ("dns", 0)
+        self.unknown(value, _DNS_KEYS, context, "[dns]")
+        kw: dict[str, Any] = {}
+        if "enabled" in value:
+            kw["enabled"] = self.flag(value, "enabled", context)
+        if "port" in value:
+            port = self.port(value, context, required=False)
+            if port is not None:
+                kw["port"] = port
+        if "bind" in value:
+            bind = value["bind"]
+            try:
+                if not isinstance(bind, str) or not ipaddress.ip_address(bind).is_loopback:
+                    raise ValueError
+                kw["bind"] = bind
+            except ValueError:
+                self.p.add(f"bind must be a loopback address (the server answers this machine only), "
+                           f"not {bind!r}", context, "bind")
+        if "addresses" in value:
+            net = value["addresses"]
+            try:
+                if not isinstance(net, str):
+                    raise ValueError
+                network = ipaddress.ip_network(net, strict=True)
+                if not network.is_loopback or network.num_addresses < 4:
+                    raise ValueError
+                kw["addresses"] = str(network)
+            except ValueError:
+                self.p.add(f"addresses must be a loopback network such as \"127.77.0.0/16\" (at least 4 "
+                           f"addresses), not {net!r}", context, "addresses")
+        return DnsConfig(**kw)
 
 
 #: The longest C{[tor] bootstrap_timeout} accepted.

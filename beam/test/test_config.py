@@ -211,6 +211,25 @@ port = 70000
             (problem,) = self.problems(f"[[tunnel]]\nport = {value}\n")
             self.assertTrue(problem.startswith("config.toml:2: port must be a number"), problem)
 
+    def test_namesDiscovery(self) -> None:
+        """
+        C{mdns}, C{gossip} and C{[dns]} (issue 11): defaults on, each
+        setting read, C{dns = false} short for a disabled table, and each
+        bad value reported at its line (a DNS server or its addresses off
+        loopback are refused).
+        """
+        config = loadConfig(self.write(""))
+        self.assertEqual((config.mdns, config.gossip, config.dns.enabled, config.dns.port, config.dns.bind,
+                          config.dns.addresses), (True, True, True, 5380, "127.0.0.1", "127.77.0.0/16"))
+        config = loadConfig(self.write('mdns = false\ngossip = false\n[dns]\nport = 5399\nbind = "127.0.0.2"\n'
+                           'addresses = "127.88.0.0/24"\n'))
+        self.assertEqual((config.mdns, config.gossip, config.dns.port, config.dns.bind, config.dns.addresses),
+                         (False, False, 5399, "127.0.0.2", "127.88.0.0/24"))
+        self.assertFalse(loadConfig(self.write("dns = false\n")).dns.enabled)
+        problems = self.problems('mdns = 1\n[dns]\nbind = "192.0.2.1"\naddresses = "10.0.0.0/8"\nprot = 1\n')
+        self.assertEqual([p.split(":")[1] for p in problems], ["1", "3", "4", "5"])
+        self.assertIn("loopback", problems[1])
+
     def test_unknownKeys(self) -> None:
         """
         Typos are errors, at the top level, in tables, and as tables.
@@ -226,8 +245,9 @@ prot = 3
 a = 1
 """)
         self.assertEqual(problems[0], "config.toml:1: unknown key 'listen_on' in the top level "
-                                      "(expected one of: bootstrap, forward, limits, listen, log_format, plugins, "
-                                      "port_mapping, relay, stun_server, stun_servers, tor, tunnel, turn_servers)")
+                                      "(expected one of: bootstrap, dns, forward, gossip, limits, listen, log_format, mdns, "
+                                      "plugins, port_mapping, relay, stun_server, stun_servers, tor, tunnel, "
+                                      "turn_servers)")
         self.assertTrue(problems[1].startswith("config.toml:4: unknown key 'comprees' in [[tunnel]]"), problems)
         self.assertTrue(problems[2].startswith("config.toml:6: target: "), problems)
         self.assertTrue(problems[3].startswith("config.toml:7: unknown key 'prot' in [[forward]]"), problems)
