@@ -645,6 +645,30 @@ class WireTests(SynchronousTestCase):
             proto.dataReceived(c)
         self.assertLessEqual(len(proto._buf), 32 + 10)
 
+    def test_rejectDropsBuffer(self) -> None:
+        """
+        A stream reset for an oversized length prefix keeps none of what it
+        sent (the case hypothesis found: a 33-byte prefix with 42 bytes
+        after it, one chunk).
+        """
+
+        class T(FramedProtocol):
+            maxSize = 32
+
+        class FakeStream:
+            def write(self, data: bytes) -> None:
+                pass
+
+            def abortConnection(self) -> None:
+                pass
+
+        proto = T()
+        proto.transport = FakeStream()  # type: ignore[assignment]
+        proto.dataReceived(b"!" + b"\x00" * 42)
+        self.assertEqual(len(proto._buf), 0)
+        proto.dataReceived(b"\x00" * 64)
+        self.assertEqual(len(proto._buf), 0)
+
 
 class LoopbackTCPTests(TestCase):
     """

@@ -284,6 +284,8 @@ class FramedProtocol(Protocol):
         if self._stopped:
             return
         self._stopped = True
+        # Nothing more is read from this stream: what it sent goes now.
+        self._buf = bytearray()
         if self.transport is not None:
             if answer:
                 self.transport.write(answer)
