@@ -8,6 +8,10 @@ own (L{beam.daemon.plugins}): one entry each, made in this order.
   - C{"nat"}: L{NatService}, NAT traversal: AutoNAT, relay reservations
     while private, a relay (and AutoNAT and STUN servers) while public,
     STUN discovery (L{beam.daemon.nat});
+  - C{"mdns"}: L{MdnsService<beam.p2p.discovery.mdns.MdnsService>},
+    libp2p mDNS discovery on the LAN (peers found are dialled) and Beam
+    names answered there; present but doing nothing with C{mdns = false}
+    or in Tor mode C{"always"};
   - C{"tunnels"}: L{TunnelHost}, exposing local services over
     C{/beam/tunnel/1.0.0}; C{/v1/tunnels};
   - C{"kademlia"}: L{KademliaService}, the DHT on C{/beam/kad/1.0.0};
@@ -52,6 +56,12 @@ def makeNat(context: DaemonContext) -> IService:
         portMapping=config.portMapping, turnServers=config.turnServers, torMode=config.tor.mode,
         **context.optionsFor("nat"),
     )
+
+
+def makeMdns(context: DaemonContext) -> IService:
+    from beam.p2p.discovery.mdns import makeMdns as make
+
+    return make(context)
 
 
 def makeTunnels(context: DaemonContext) -> IService:
@@ -115,6 +125,7 @@ def makeForwards(context: DaemonContext) -> IService:
 BUILTINS = (
     BeamService("tor", makeTor, "Tor: launches or attaches to tor and publishes the node's onion service"),
     BeamService("nat", makeNat, "NAT traversal: AutoNAT, relay reservations, relaying when public, STUN"),
+    BeamService("mdns", makeMdns, "finds peers on the LAN by multicast DNS and answers Beam names there"),
     BeamService("tunnels", makeTunnels, "exposes local services to peers (/beam/tunnel/1.0.0)"),
     BeamService("kademlia", makeKademlia, "the DHT (/beam/kad/1.0.0)"),
     BeamService("names", makeNames, "publishes this node's names in the DHT and resolves others'"),

@@ -204,7 +204,7 @@ class PluginDaemonTests(TestCase):
         self.assertEqual((info.origin, info.state), ("plugin", "disabled"))
         daemon = yield self.startDaemon(Config(listen=LOOPBACK, plugins=False))
         self.assertEqual([s.name for s in daemon.status().services],
-                         ["tor", "nat", "tunnels", "kademlia", "names", "forwards"])
+                         ["tor", "nat", "mdns", "tunnels", "kademlia", "names", "forwards"])
         self.assertEqual(discoverPlugins(enabled=False), ([], []))
 
     @inlineCallbacks

@@ -4,7 +4,7 @@ The peerstore: what a node knows about other peers.
 Addresses come from several places that deserve different trust and
 lifetimes: the address we dialled and got the right peer on
 (C{'connected'}), one the user typed (C{'user'}), the peer's own identify
-(C{'identify'}), a DHT answer about a third party (C{'dht'}), a signed name
+(C{'identify'}), a multicast DNS answer on the LAN (C{'mdns'}), a DHT answer about a third party (C{'dht'}), a signed name
 record (C{'record'}).  Each address keeps its best source and its latest
 expiry; L{PeerStore.addrs} lists the unexpired ones best first, so the
 dialer tries the address that worked before the one a stranger told us.
@@ -40,6 +40,7 @@ SOURCES: dict[str, float] = {
     "user": math.inf,
     "record": 3600.0,
     "identify": 3600.0,
+    "mdns": 120.0,
     "dht": 600.0,
 }
 _RANK = {name: i for i, name in enumerate(SOURCES)}
