@@ -22,7 +22,10 @@ own (L{beam.daemon.plugins}): one entry each, made in this order.
     the node's shareable addresses change (a relay reservation, an address
     AutoNAT confirmed), and resolving others'; C{/v1/names};
   - C{"forwards"}: L{Forwards}, local ports leading to other nodes'
-    tunnels, resolving names through C{"names"}; C{/v1/forwards}.
+    tunnels, resolving names through C{"names"}; C{/v1/forwards};
+  - C{"dns"}: L{DnsService<beam.daemon.dns.DnsService>}, the local DNS
+    server answering C{NAME.beam} with a loopback address per name and
+    service, listening there and forwarding into the tunnel; C{/v1/dns}.
 
 To add a built-in service, write its module (the service, with
 C{status()} and, if it takes commands, C{controlResource()}) and add one
@@ -121,6 +124,12 @@ def makeForwards(context: DaemonContext) -> IService:
     return Forwards(context.reactor, context.host, resolver=names.resolve if names is not None else None)
 
 
+def makeDns(context: DaemonContext) -> IService:
+    from beam.daemon.dns import makeDns as make
+
+    return make(context)
+
+
 #: The built-in services, in the order they are made and started.
 BUILTINS = (
     BeamService("tor", makeTor, "Tor: launches or attaches to tor and publishes the node's onion service"),
@@ -130,4 +139,5 @@ BUILTINS = (
     BeamService("kademlia", makeKademlia, "the DHT (/beam/kad/1.0.0)"),
     BeamService("names", makeNames, "publishes this node's names in the DHT and resolves others'"),
     BeamService("forwards", makeForwards, "local ports leading to other nodes' tunnels"),
+    BeamService("dns", makeDns, "answers NAME.beam on loopback with an address forwarding into its tunnel"),
 )

@@ -170,7 +170,7 @@ class PluginDaemonTests(TestCase):
         """
         installInProcess(self)
         daemon = yield self.startDaemon()
-        self.assertEqual([s.name for s in daemon][-2:], ["forwards", "hello"])
+        self.assertEqual([s.name for s in daemon][-2:], ["dns", "hello"])
         self.assertTrue(daemon.node.hasStreamHandler("/hello/1.0.0"))
         addr = str(daemon.node.advertisedAddrs()[0])
         answer = yield ask(self, addr, "/hello/1.0.0", b"alice\n")
@@ -204,7 +204,7 @@ class PluginDaemonTests(TestCase):
         self.assertEqual((info.origin, info.state), ("plugin", "disabled"))
         daemon = yield self.startDaemon(Config(listen=LOOPBACK, plugins=False))
         self.assertEqual([s.name for s in daemon.status().services],
-                         ["tor", "nat", "mdns", "tunnels", "kademlia", "names", "forwards"])
+                         ["tor", "nat", "mdns", "tunnels", "kademlia", "names", "forwards", "dns"])
         self.assertEqual(discoverPlugins(enabled=False), ([], []))
 
     @inlineCallbacks
