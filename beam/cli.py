@@ -268,6 +268,19 @@ def _parser() -> _Parser:
 
     s = command("config", help="check the configuration file")
     s.add_argument("action", choices=["check"], help="check: validate config.toml")
+
+    s = command("hosts", help="keep NAME.beam lines in the hosts file (one marked block in /etc/hosts)",
+                description="add NAME: write NAME.beam with the address the running node's DNS service "
+                            "gives it (or --address IP); remove NAME; list: the Beam block's entries. "
+                            "Nothing outside the block is ever changed; the previous file is kept in "
+                            "PATH.beam-backup.")
+    s.add_argument("action", choices=["add", "remove", "list"])
+    s.add_argument("name", nargs="?", metavar="NAME", help="for add and remove: a Beam name (alice, web.alice)")
+    s.add_argument("--address", type=_bindAddress, metavar="IP",
+                   help="for add: the address NAME.beam stands for, instead of asking the running node")
+    s.add_argument("--service", metavar="SERVICE",
+                   help="for add and remove: the name's service, as SERVICE.NAME.beam")
+    s.add_argument("--hosts-file", default=None, metavar="PATH", help="the hosts file (default /etc/hosts)")
     return p
 
 
@@ -1123,6 +1136,62 @@ async def cmdResolve(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
+async def cmdHosts(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
+    """
+    C{beam hosts add|remove|list}: Beam's block in the hosts file
+    (L{beam.names.hostsfile}).  Only C{add} without C{--address} needs the
+    running node (its DNS service hands out the address).
+    """
+    from beam.names import hostsfile
+
+    path = args.hosts_file or hostsfile.DEFAULT_PATH
+    if args.action == "list":
+        if args.name or args.address or args.service:
+            raise UsageError("beam hosts list takes no NAME, --address or --service")
+        entries = hostsfile.listEntries(hostsfile.readHostsFile(path))
+        out.event({"path": path, "entries": [{"host": e.host, "address": e.address} for e in entries]},
+                  "\n".join(f"{e.address}\t{e.host}" for e in entries) or f"no Beam entries in {path}")
+        return 0
+    if not args.name:
+        raise UsageError(f"beam hosts {args.action} needs a NAME")
+    if args.address and args.action != "add":
+        raise UsageError("--address is for beam hosts add")
+    name = f"{args.service}.{args.name}" if args.service else args.name
+    host = hostsfile.hostName(name)
+    if args.action == "remove":
+        changed = hostsfile.updateHostsFile(path, lambda data: hostsfile.removeEntry(data, host))
+        out.event({"event": "removed", "host": host, "path": path, "changed": changed},
+                  f"removed {host} from {path}" if changed else f"{host} was not in {path}")
+        return 0
+    ports: list[int] | None = None
+    if args.address:
+        address = args.address
+    else:
+        from beam.daemon.control import ControlClient, ControlError
+
+        body: dict[str, Any] = {"name": args.name}
+        if args.service:
+            body["service"] = args.service
+        try:
+            result = await ControlClient(reactor, _home(args)).request("POST", "/v1/dns/address", body)
+        except ControlError as e:
+            if e.status == 404 and str(e).startswith("no such endpoint"):
+                raise ControlError(f"the running node has no DNS service (is [dns] enabled in config.toml?); "
+                                   f"pass --address IP to write an address of your own", e.status) from None
+            raise
+        address = hostsfile.checkAddress(str(result["address"]))
+        ports = [int(p) for p in result.get("ports") or []]
+    changed = hostsfile.updateHostsFile(path, lambda data: hostsfile.addEntry(data, host, address))
+    event: dict[str, Any] = {"event": "added", "host": host, "address": address, "path": path, "changed": changed}
+    text = f"{host} -> {address} in {path}" + ("" if changed else " (already there)")
+    if ports is not None:
+        event["ports"] = ports
+        if ports:
+            text += "\n  " + "  ".join(f"http://{host}:{p}/" for p in ports)
+    out.event(event, text)
+    return 0
+
+
 async def cmdNetwork(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     from beam.daemon.control import ControlClient
 
@@ -1302,6 +1371,7 @@ ASYNC_COMMANDS: dict[str, Callable[[Any, argparse.Namespace, _Out], Coroutine[An
     "register": cmdRegister,
     "resolve": cmdResolve,
     "network": cmdNetwork,
+    "hosts": cmdHosts,
 }
 
 
