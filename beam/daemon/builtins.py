@@ -16,6 +16,9 @@ own (L{beam.daemon.plugins}): one entry each, made in this order.
     C{/beam/tunnel/1.0.0}; C{/v1/tunnels};
   - C{"kademlia"}: L{KademliaService}, the DHT on C{/beam/kad/1.0.0};
     C{/v1/kademlia};
+  - C{"pubsub"}: L{GossipSub<beam.p2p.pubsub.GossipSub>}, gossipsub v1.1
+    (C{/meshsub/1.1.0}); the names service gossips name records on it
+    (topic C{beam-names}); present but doing nothing with C{gossip = false};
   - C{"names"}: L{NameService}, publishing our names in the DHT (again
     whenever the tunnels change; the record lists only public services,
     private ones are learned from their share address), and again whenever
@@ -82,6 +85,12 @@ def makeKademlia(context: DaemonContext) -> IService:
     )
 
 
+def makePubsub(context: DaemonContext) -> IService:
+    from beam.p2p.pubsub.service import makePubsub as make
+
+    return make(context)
+
+
 def makeNames(context: DaemonContext) -> IService:
     from beam.names.service import NameService
 
@@ -137,6 +146,7 @@ BUILTINS = (
     BeamService("mdns", makeMdns, "finds peers on the LAN by multicast DNS and answers Beam names there"),
     BeamService("tunnels", makeTunnels, "exposes local services to peers (/beam/tunnel/1.0.0)"),
     BeamService("kademlia", makeKademlia, "the DHT (/beam/kad/1.0.0)"),
+    BeamService("pubsub", makePubsub, "gossipsub v1.1 (/meshsub/1.1.0): name records spread to connected peers"),
     BeamService("names", makeNames, "publishes this node's names in the DHT and resolves others'"),
     BeamService("forwards", makeForwards, "local ports leading to other nodes' tunnels"),
     BeamService("dns", makeDns, "answers NAME.beam on loopback with an address forwarding into its tunnel"),
