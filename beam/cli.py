@@ -1169,7 +1169,8 @@ async def cmdHosts(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     else:
         from beam.daemon.control import ControlClient, ControlError
 
-        body: dict[str, Any] = {"name": args.name}
+        # The name as the node knows it: lower-cased, without ".beam".
+        body: dict[str, Any] = {"name": hostsfile.hostName(args.name)[:-len(hostsfile.SUFFIX)]}
         if args.service:
             body["service"] = args.service
         try:

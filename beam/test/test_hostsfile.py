@@ -657,7 +657,7 @@ class CommandTests(SynchronousTestCase):
         name's address and writes it; the text shows the URLs.
         """
         text = self.hosts("add", "Alice")
-        self.assertEqual(FakeControlClient.requests, [("POST", "/v1/dns/address", {"name": "Alice"})])
+        self.assertEqual(FakeControlClient.requests, [("POST", "/v1/dns/address", {"name": "alice"})])
         self.assertEqual(listEntries(self.path.read_bytes()), [HostsEntry("127.77.0.9", "alice.beam")])
         self.assertIn(f"alice.beam -> 127.77.0.9 in {self.path}", text)
         self.assertIn("http://alice.beam:3000/", text)
