@@ -125,7 +125,7 @@ class NamesOnGrid(SynchronousTestCase):
             node = self.grid.node(identity=identity)
             gossip = GossipSub(self.grid.clock, node, identity, random=random.Random(i))
             gossip.startService()
-            self.addCleanup(lambda g=gossip: g.stopService() if g.running else None)
+            self.addCleanup(self._stop, gossip)
             collector = Collector()
             self.peers.append((node, gossip, nameGossip(gossip, self.grid.clock, collector), collector))
         # A full mesh of six: everyone is everyone's neighbour.
@@ -133,6 +133,11 @@ class NamesOnGrid(SynchronousTestCase):
             for other, *_ in self.peers[i + 1:]:
                 self.grid.result(node.connect(self.grid.addr(other)))
         self.grid.advance(2.0)
+
+    @staticmethod
+    def _stop(gossip: GossipSub) -> None:
+        if gossip.running:
+            gossip.stopService()
 
     def test_invalidDroppedAndPenalised(self) -> None:
         """

@@ -245,7 +245,7 @@ class MessageCache:
         return msg, counts[peer]
 
     def gossipIds(self, topic: str) -> list[bytes]:
-        ids = []
+        ids: list[bytes] = []
         for window in list(self.windows)[: self.gossip]:
             ids.extend(i for i, t in window if t == topic)
         return ids
