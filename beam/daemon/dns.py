@@ -263,11 +263,12 @@ class _TCPServer(Protocol):
         self._idle: Any = None
 
     def connectionMade(self) -> None:
+        transport: Any = self.transport
         self.service._tcpConnections += 1
         if self.service._tcpConnections > MAX_TCP:
-            self.transport.abortConnection()
+            transport.abortConnection()
             return
-        self._idle = self.service.reactor.callLater(TCP_IDLE, self.transport.abortConnection)
+        self._idle = self.service.reactor.callLater(TCP_IDLE, transport.abortConnection)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.service._tcpConnections -= 1
@@ -276,13 +277,14 @@ class _TCPServer(Protocol):
         self._idle = None
 
     def dataReceived(self, data: bytes) -> None:
+        transport: Any = self.transport
         self._buffer += data
         if self._idle is not None and self._idle.active():
             self._idle.reset(TCP_IDLE)
         while len(self._buffer) >= 2:
             size = int.from_bytes(self._buffer[:2], "big")
             if size > MAX_QUERY or self._pending >= MAX_TCP_PENDING:
-                self.transport.loseConnection()
+                transport.loseConnection()
                 self._buffer = b""
                 return
             if len(self._buffer) < 2 + size:
@@ -295,8 +297,8 @@ class _TCPServer(Protocol):
 
             def send(reply: Optional[bytes]) -> None:
                 self._pending -= 1
-                if reply is not None and self.transport is not None and self.transport.connected:
-                    self.transport.write(len(reply).to_bytes(2, "big") + reply)
+                if reply is not None and transport.connected:
+                    transport.write(len(reply).to_bytes(2, "big") + reply)
 
             d.addCallback(send).addErrback(lambda f: self.service.log.failure("answering a DNS query", f))
 

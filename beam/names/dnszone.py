@@ -296,12 +296,13 @@ class BeamZone:
             message.fromStr(data)
         except Exception:  # noqa: BLE001 - any decoding error is the sender's
             return succeed(self._encode(self._error(queryID, dns.EFORMAT, flags), maxSize))
-        d = self.answer(message)
-        d.addCallback(lambda reply: self._encode(reply, maxSize))
-        # answer() never fails; should a bug make it, a SERVFAIL rather
-        # than silence, and never a traceback for the sender to cause.
-        d.addErrback(lambda f: self._encode(self._error(queryID, dns.ESERVER, flags), maxSize))
-        return d
+        def failed(f: Failure) -> Optional[bytes]:
+            # answer() never fails; should a bug make it, a SERVFAIL rather
+            # than silence, and never a traceback for the sender to cause.
+            return self._encode(self._error(queryID, dns.ESERVER, flags), maxSize)
+
+        encoded: Deferred[Optional[bytes]] = self.answer(message).addCallback(lambda r: self._encode(r, maxSize))
+        return encoded.addErrback(failed)
 
     def _error(self, queryID: int, rCode: int, flags: int) -> dns.Message:
         reply = dns.Message(id=queryID, answer=1, opCode=(flags >> 3) & 0xF, recDes=flags & 1, recAv=1)
@@ -314,7 +315,7 @@ class BeamZone:
             # Only a very long question with its SOA can get here: the
             # header and question, truncated, tell the client to use TCP.
             reply.answers, reply.authority, reply.additional = [], [], []
-            reply.trunc = 1
+            reply.trunc = True
             data = reply.toStr()[:maxSize]
         return data
 
@@ -343,7 +344,7 @@ class BeamZone:
         if not labels or labels[-1] != ZONE:
             reply.rCode = dns.EREFUSED
             return succeed(reply)
-        reply.auth = 1
+        reply.auth = True
         inside = labels[:-1]
         if not inside:
             # The apex: it exists, and holds nothing to ask for.
