@@ -103,10 +103,18 @@ def makeNames(context: DaemonContext) -> IService:
         # order.
         return [a.withoutPeerID() for a in _shareable(host)]
 
+    # The LAN and gossip steps of a lookup, and where our records go
+    # besides the DHT; a switched-off service is skipped by the resolver.
     names = NameService(
         context.reactor, context.identity, context.service("kademlia"), context.home,
-        addrs=recordAddrs, services=lambda: tunnels.publicServices, **context.optionsFor("names"),
+        addrs=recordAddrs, services=lambda: tunnels.publicServices, mdns=context.services.get("mdns"),
+        **context.optionsFor("names"),
     )
+    pubsub: Any = context.services.get("pubsub")
+    if pubsub is not None and getattr(pubsub, "enabled", True):
+        from beam.names.gossip import NameGossip
+
+        names.attachGossip(NameGossip(pubsub, names.validateGossip, names.gossipReceived))
     tunnels.changeObservers.append(names.republishAll)
     nat: Any = context.services.get("nat")
     if nat is not None:

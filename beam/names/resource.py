@@ -7,6 +7,12 @@ The name service's part of the control socket::
     DELETE /v1/names/<name>  -> NameStatus       (withdrawn)
 
 The daemon also serves the lookup at its older place, C{/v1/resolve/<name>}.
+A resolution says which step answered (C{"source"}: cache, mdns, gossip or
+dht) and lists every step tried with its time and outcome::
+
+    "steps": [{"step": "pin", "ms": 0.1, "outcome": "miss"},
+              {"step": "cache", "ms": 0.0, "outcome": "miss"},
+              {"step": "mdns", "ms": 12.1, "outcome": "hit"}]
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """
 Names as frozen values: the ones this node publishes (L{NameStatus}) and
-the answer to a lookup (L{NameResolution}).
+the answer to a lookup (L{NameResolution}, with one L{ResolveStep} per step
+of the resolution order).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Optional
 
 import attrs
 
-__all__ = ["NameResolution", "NameStatus"]
+__all__ = ["NameResolution", "NameStatus", "ResolveStep"]
 
 
 @attrs.frozen
@@ -36,14 +37,38 @@ class NameStatus:
 
 
 @attrs.frozen
+class ResolveStep:
+    """
+    One step of a resolution, in the order they were tried.
+
+    @ivar step: C{"pin"} (reading the key pinned for the name: C{"hit"}
+        when one filters the answers, C{"miss"} on first use, C{"skipped"}
+        when accepting a new key), C{"cache"} (our own names and records
+        recently resolved), C{"mdns"} (asking the LAN), C{"gossip"}
+        (records pushed on the C{beam-names} topic) or C{"dht"}.
+    @ivar ms: how long it took, in milliseconds.
+    @ivar outcome: C{"hit"}, C{"miss"}, C{"skipped"} (not available or
+        switched off) or C{"error: "} and why (a record that failed
+        validation, another key than the pinned one, no DHT peers...).
+    """
+
+    step: str
+    ms: float
+    outcome: str
+
+
+@attrs.frozen
 class NameResolution:
     """
     Who owns a name, where it is, and how that was found out.
 
-    @ivar source: C{"self"} (our own name) or C{"dht"}.
+    @ivar source: the step that answered: C{"cache"} (also our own
+        names), C{"mdns"}, C{"gossip"} or C{"dht"}.
     @ivar pin: C{"new"} (first seen: now pinned), C{"known"} (matches the
         pin) or C{"accepted"} (a changed key, accepted on request).
-    @ivar queried: peers asked; C{rounds}: lookup rounds.
+    @ivar queried: DHT peers asked; C{rounds}: lookup rounds (both 0 when
+        the DHT was not asked).
+    @ivar steps: every step tried, in order, with its time and outcome.
     """
 
     name: str
@@ -57,3 +82,4 @@ class NameResolution:
     elapsedMs: float = 0.0
     queried: int = 0
     rounds: int = 0
+    steps: tuple[ResolveStep, ...] = ()
