@@ -64,6 +64,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.names import dns
 
 from beam.errors import BeamError, DecodeError
@@ -186,6 +187,11 @@ def decodePacket(data: bytes) -> dns.Message:
         message.fromStr(data)
     except Exception as e:  # noqa: BLE001 - the codec raises many types on junk
         raise MalformedPacket(f"undecodable mDNS packet: {type(e).__name__}: {e}") from None
+    got = (len(message.queries), len(message.answers), len(message.authority), len(message.additional))
+    if got != (qd, an, ns, ar):
+        # Twisted's decoder stops quietly at a truncated record; a message
+        # cut short is not one to act on.
+        raise MalformedPacket(f"truncated mDNS packet: {sum(got)} of {qd + an + ns + ar} records")
     return message
 
 
@@ -228,7 +234,7 @@ def nameDomain(name: str) -> bytes:
 
 def _response(answers: list[dns.RRHeader], additional: list[dns.RRHeader], id: int = 0,
               queries: Sequence[dns.Query] = ()) -> bytes:
-    m = dns.Message(id=id, answer=1, auth=1, maxSize=MAX_PACKET)
+    m = dns.Message(id=id, answer=1, auth=True, maxSize=MAX_PACKET)
     m.queries = list(queries)
     m.answers = answers
     m.additional = additional
@@ -419,6 +425,8 @@ class TokenBucket:
 
 
 class _MdnsProtocol(DatagramProtocol):
+    noisy = False
+
     def __init__(self, service: MdnsService) -> None:
         self.service = service
 
@@ -586,8 +594,7 @@ class MdnsService(Service):
                 log.debug("mDNS: cannot join {group} on {iface}: {e}", group=self.group, iface=iface, e=e)
                 continue
             if isinstance(d, Deferred):
-                d.addErrback(lambda f, iface=iface: log.debug("mDNS: cannot join on {iface}: {e}", iface=iface,
-                                                             e=f.getErrorMessage()))
+                d.addErrback(_joinFailed, iface)
         return interfaces
 
     # -- sending ---------------------------------------------------------
@@ -881,14 +888,20 @@ class MdnsService(Service):
             "peer_name": self.peerName,
             "peers": len(self.found),
             "found": [
-                {"peer": str(peer), "addrs": [str(a) for a in f.addrs], "seen_ago": round(now - f.seen, 3)}
+                {"peer": str(peer), "addrs": [str(a) for a in f.addrs], "seen_ago": round(now - f.seen, 3),
+                 "first_seen": f.firstSeen}
                 for peer, f in list(self.found.items())[-16:]
             ],
+            "started_at": self.startedAt,
             "first_found_after": (round(self.firstFound - self.startedAt, 3)
                                   if self.firstFound is not None and self.startedAt is not None else None),
             "names_answered_for": self._nameProvider is not None,
             **self.counters,
         }
+
+
+def _joinFailed(failure: Failure, iface: str) -> None:
+    log.debug("mDNS: cannot join the group on {iface}: {e}", iface=iface, e=failure.getErrorMessage())
 
 
 def _isIPv4(text: str) -> bool:
