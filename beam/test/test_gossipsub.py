@@ -311,6 +311,62 @@ class RouterTests(SynchronousTestCase):
         h.tick(4.0)
         self.assertLess(h.router.score(liar), 0)
 
+    def test_jsMessageIds(self) -> None:
+        """
+        js-libp2p names a message C{key || seqno}, not C{from || seqno}: an
+        IHAVE in that form for a message we have is no news (no IWANT), an
+        IWANT in that form is answered, a promise in that form is kept by
+        the message's delivery, and once a peer used that form our IHAVEs
+        to it use it too (else it would count a broken promise against us
+        for every message we advertise).
+        """
+        from beam.p2p.pubsub.gossipsub import canonicalMsgId, keyMsgId
+
+        h = RouterHarness(params=GossipSubParams(D=0, Dlo=0, Dhi=0, Dscore=0, Dout=0))
+        js = h.peer()
+        h.router.subscribe(TOPIC, Inbox())
+        author = Identity.generate()
+        known = signedMessage(author, b"known", seqno=1)
+        h.deliver(js, known)
+        jsId = keyMsgId(known)
+        self.assertEqual(jsId, author.publicKey.toProtobuf() + known.seqno)
+        self.assertEqual(canonicalMsgId(jsId), defaultMsgId(known))
+        self.assertFalse(h.router.peers[js].keyIds)
+
+        have = pubsub_pb2.RPC()
+        have.control.ihave.add(topicID=TOPIC, messageIDs=[jsId])
+        h.sent.clear()
+        h.router.handleRPC(js, have.SerializeToString())
+        self.assertEqual([w for r in h.sentTo(js) for w in r.control.iwant], [])
+        self.assertTrue(h.router.peers[js].keyIds)
+
+        # A new message advertised in key form: asked for in that form,
+        # delivered, the promise kept.
+        fresh = signedMessage(author, b"fresh", seqno=2)
+        have = pubsub_pb2.RPC()
+        have.control.ihave.add(topicID=TOPIC, messageIDs=[keyMsgId(fresh)])
+        h.router.handleRPC(js, have.SerializeToString())
+        self.assertEqual([i for r in h.sentTo(js) for w in r.control.iwant for i in w.messageIDs],
+                         [keyMsgId(fresh)])
+        h.deliver(js, fresh)
+        self.assertEqual(len(h.router.promises), 0)
+
+        # Our own message: advertised to js in its form, served when asked so.
+        ours = h.router.publish(TOPIC, b"ours")
+        [mine] = [m for r in h.sentTo(js) for m in r.publish if m.data == b"ours"]
+        h.sent.clear()
+        h.tick()
+        advertised = [i for r in h.sentTo(js) for ih in r.control.ihave for i in ih.messageIDs]
+        self.assertIn(keyMsgId(mine), advertised)
+        self.assertNotIn(ours, advertised)
+        want = pubsub_pb2.RPC()
+        want.control.iwant.add(messageIDs=[keyMsgId(mine)])
+        h.sent.clear()
+        h.router.handleRPC(js, want.SerializeToString())
+        self.assertEqual([m.data for r in h.sentTo(js) for m in r.publish], [b"ours"])
+        h.tick(4.0)
+        self.assertGreaterEqual(h.router.score(js), 0)
+
     def test_boundedSubscriptions(self) -> None:
         """
         A peer can hold at most maxTopicsPerPeer topics in our tables.

@@ -17,10 +17,13 @@ ID, C{seqno} 8 bytes, C{signature} an ed25519 signature over
 C{"libp2p-pubsub:" || Message{from, data, seqno, topic}} re-encoded, and
 C{key} the author's public key when given (it must then match C{from});
 anything else is rejected and costs the peer that relayed it (P4).  The
-message ID is C{from || seqno}, the spec's default (go-libp2p's; js-libp2p
-uses the protobuf public key instead of the peer ID, which only makes its
-IHAVE IDs look new to us: we then ask for, and get, a message we already
-have, and drop it as a duplicate).
+message ID is C{from || seqno}, the spec's default (go-libp2p's).
+js-libp2p uses the protobuf public key instead of the peer ID
+(L{keyMsgId}); IDs peers send in IHAVE and IWANT are mapped to ours
+(L{canonicalMsgId}), and a peer that used the key form gets our IHAVEs in
+that form.  Otherwise each side asks for messages it already has, and
+since a duplicate keeps no promise, each counts a broken IWANT promise
+against the other (found by C{beam/test/test_interop_gossipsub.py}).
 
 Bounds, since strangers drive this: topics a peer may subscribe to
 (C{maxTopicsPerPeer}), entries per RPC, IHAVEs per heartbeat and message
@@ -33,6 +36,7 @@ costs the peer behaviour penalty).
 
 from __future__ import annotations
 
+import hashlib
 import random as _random
 from collections import OrderedDict, deque
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -127,6 +131,41 @@ def defaultMsgId(msg: Any) -> bytes:
     The spec's default message ID: C{from || seqno}.
     """
     return bytes(getattr(msg, "from")) + bytes(msg.seqno)
+
+
+def keyMsgId(msg: Any) -> bytes:
+    """
+    js-libp2p's message ID for C{msg}: the author's public key (protobuf)
+    C{|| seqno}, or L{defaultMsgId} when the key is neither in the message
+    nor inlined in its C{from}.
+    """
+    author = bytes(getattr(msg, "from"))
+    if msg.HasField("key"):
+        key = bytes(msg.key)
+    elif len(author) > 2 and author[0] == 0x00 and author[1] == len(author) - 2:
+        key = author[2:]  # an identity multihash: the key itself
+    else:
+        return defaultMsgId(msg)
+    return key + bytes(msg.seqno)
+
+
+def canonicalMsgId(msgId: bytes) -> bytes:
+    """
+    Our ID (L{defaultMsgId}) for a message ID a peer sent in IHAVE or
+    IWANT, which js-libp2p gives as L{keyMsgId}.
+
+    The two forms tell themselves apart by their first byte: a peer ID is
+    a multihash (identity 0x00 or sha2-256 0x12), a protobuf public key
+    starts with its field 1 tag, 0x08.  A key-form ID becomes the peer ID
+    that key has (identity multihash up to 42 bytes, sha2-256 above,
+    as peer IDs are made) followed by the seqno.
+    """
+    if len(msgId) <= 8 or msgId[0] != 0x08:
+        return msgId
+    key, seqno = msgId[:-8], msgId[-8:]
+    if len(key) <= 42:
+        return b"\x00" + bytes([len(key)]) + key + seqno
+    return b"\x12\x20" + hashlib.sha256(key).digest() + seqno
 
 
 def signedBytes(msg: Any) -> bytes:
@@ -260,7 +299,7 @@ class MessageCache:
 
 class _Peer:
     __slots__ = ("peer", "protocol", "outbound", "topics", "ihaves", "asked", "served",
-                 "tokens", "tokensAt")
+                 "tokens", "tokensAt", "keyIds")
 
     def __init__(self, peer: PeerID, protocol: str, outbound: bool, now: float, burst: float) -> None:
         self.peer = peer
@@ -272,6 +311,9 @@ class _Peer:
         self.served = 0
         self.tokens = burst
         self.tokensAt = now
+        #: The peer names messages by L{keyMsgId} (js-libp2p does): our
+        #: IHAVEs to it use that form.
+        self.keyIds = False
 
 
 class _Outgoing:
@@ -323,6 +365,9 @@ class Router:
         self.scores = PeerScore(scoreParams)
         self.random = random or _random.Random()
         self.msgIdFn = msgIdFn
+        #: Understand js-libp2p's key-form IDs next to ours (see
+        #: L{canonicalMsgId}); only when ours are the default ones.
+        self.aliasIds = msgIdFn is defaultMsgId
         self.peers: dict[PeerID, _Peer] = {}
         self.topics: dict[str, set[PeerID]] = {}
         self.subscriptions: dict[str, list[Handler]] = {}
@@ -620,18 +665,33 @@ class Router:
                 if state.asked + len(wanted) >= self.params.maxIHaveLength:
                     break
                 msgId = bytes(msgId)
-                if msgId not in self.seen and msgId not in wanted:
+                if self._ourId(state, msgId) not in self.seen and msgId not in wanted:
                     wanted.append(msgId)
         if not wanted:
             return
         self.random.shuffle(wanted)
         state.asked += len(wanted)
+        # Asked for in the peer's own form (it looks them up by that), the
+        # promise kept in ours (what a delivered message is known by).
         self._outFor(state.peer).iwant.extend(wanted)
         # Track one promise per IWANT, as go-libp2p does: a peer that
         # advertises what it never delivers pays P7.
-        self.promises[self.random.choice(wanted)] = (state.peer, self.now() + self.params.iwantFollowupTime)
+        promised = self._ourId(state, self.random.choice(wanted))
+        self.promises[promised] = (state.peer, self.now() + self.params.iwantFollowupTime)
         while len(self.promises) > self.params.maxPromises:
             self.promises.popitem(last=False)
+
+    def _ourId(self, state: _Peer, msgId: bytes) -> bytes:
+        """
+        Our ID for a message ID C{state}'s peer sent; a peer seen using the
+        key form (js-libp2p) is sent that form from then on (L{_gossip}).
+        """
+        if not self.aliasIds:
+            return msgId
+        ours = canonicalMsgId(msgId)
+        if ours is not msgId:
+            state.keyIds = True
+        return ours
 
     def _handleIWant(self, state: _Peer, iwants: Sequence[Any]) -> None:
         out: Optional[_Outgoing] = None
@@ -639,7 +699,7 @@ class Router:
             for msgId in iwant.messageIDs:
                 if state.served >= self.params.maxIWantPerHeartbeat:
                     return
-                msg, count = self.mcache.getForPeer(bytes(msgId), state.peer)
+                msg, count = self.mcache.getForPeer(self._ourId(state, bytes(msgId)), state.peer)
                 if msg is None or count > self.params.gossipRetransmission:
                     continue
                 state.served += 1
@@ -813,8 +873,18 @@ class Router:
         gt = self.thresholds.gossipThreshold
         candidates = [q for q in self.topics.get(topic, ()) if q not in exclude and self.scores.score(q) >= gt]
         count = max(self.params.Dlazy, int(len(candidates) * self.params.gossipFactor))
+        keyIds: Optional[list[bytes]] = None
         for peer in self._pick(topic, count, lambda q: q in candidates):
-            self._outFor(peer).ihave.setdefault(topic, []).extend(ids)
+            if self.aliasIds and self.peers[peer].keyIds:
+                # js-libp2p asks for (and counts a promise on) any ID it
+                # does not know by its own name, and a message it then gets
+                # is a duplicate to it that keeps no promise: we would pay
+                # a broken promise at it for every message we advertise.
+                if keyIds is None:
+                    keyIds = [keyMsgId(self.mcache.get(i)) for i in ids]
+                self._outFor(peer).ihave.setdefault(topic, []).extend(keyIds)
+            else:
+                self._outFor(peer).ihave.setdefault(topic, []).extend(ids)
 
     # -- RPCs out --------------------------------------------------------------
 
