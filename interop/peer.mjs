@@ -32,6 +32,8 @@
 //   --dcutr             run @libp2p/dcutr (needs --relay-transport): on a
 //                       relayed connection it upgrades to a direct one; the
 //                       peers command then lists both
+//   --gossipsub         run @libp2p/gossipsub (StrictSign) as the "pubsub"
+//                       service: see gossip.mjs for its commands and events
 //   --append-announce MA
 //                       also announce MA (repeatable; NAT lab only, with
 //                       BEAM_INTEROP_LAB=1): the router's mapping of our
@@ -89,6 +91,7 @@ import { autoNATv2 } from '@libp2p/autonat-v2'
 import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
 import { dcutr } from '@libp2p/dcutr'
 import { beamKadDHT, makeDhtCommands, watchRoutingTable } from './dht.mjs'
+import { gossipService, makeGossipCommands, watchGossip } from './gossip.mjs'
 
 export const ECHO_PROTOCOL = '/beam/echo/1.0.0'
 const CHUNK = 64 * 1024
@@ -123,6 +126,7 @@ function parseArgs (argv) {
     relayTransport: false,
     autonat: false,
     dcutr: false,
+    gossipsub: false,
     appendAnnounce: []
   }
   for (let i = 0; i < argv.length; i++) {
@@ -184,6 +188,9 @@ function parseArgs (argv) {
         break
       case '--dcutr':
         opts.dcutr = true
+        break
+      case '--gossipsub':
+        opts.gossipsub = true
         break
       case '--append-announce': {
         const ma = multiaddr(next())
@@ -513,6 +520,7 @@ function makeCommands (node) {
   return {
     ...withSignal,
     ...makeNatCommands(node),
+    ...makeGossipCommands(node),
 
     async dial (cmd) {
       const conn = await node.dial(parseAddr(cmd.addr), { signal: timeoutSignal(cmd) })
@@ -566,6 +574,7 @@ async function main () {
   if (opts.relayServer) services.relay = circuitRelayServer()
   if (opts.autonat) services.autonat = autoNATv2()
   if (opts.dcutr) services.dcutr = dcutr()
+  if (opts.gossipsub) services.pubsub = gossipService()
   const transports = [tcp()]
   if (opts.relayTransport) transports.push(circuitRelayTransport())
 
@@ -602,6 +611,7 @@ async function main () {
   })
 
   if (node.services.dht != null) watchRoutingTable(node, emit)
+  if (node.services.pubsub != null) watchGossip(node, emit)
 
   await node.start()
   const peerId = node.peerId.toString()
