@@ -435,14 +435,20 @@ class RegisterResolveConnectTests(NamesMixin, SynchronousTestCase):
         self.assertEqual(resolved["addrs"], [plain(grid.addrs[OWNER])])
         self.assertEqual(resolved["services"], ["web"])
         self.assertEqual(resolved["seq"], registered["seq"])
-        self.assertEqual(resolved["source"], "dht")
+        # Gossip may have brought alice's record to node 17 already (the
+        # LAN step is idle: the grid listens on loopback only).
+        self.assertIn(resolved["source"], ("dht", "gossip"))
+        self.assertEqual(resolved["steps"][-1]["step"], resolved["source"])
+        self.assertEqual(resolved["steps"][-1]["outcome"], "hit")
         self.assertEqual(resolved["pin"], "new")
-        self.assertGreaterEqual(resolved["queried"], 1)
-        self.assertGreaterEqual(resolved["rounds"], 1)
+        if resolved["source"] == "dht":
+            self.assertGreaterEqual(resolved["queried"], 1)
+            self.assertGreaterEqual(resolved["rounds"], 1)
         self.assertGreaterEqual(resolved["elapsed_ms"], 0)
         text = self.beam(grid.homes[CLIENT], "resolve", "alice").stdout
         self.assertIn(f"alice -> {grid.peers[OWNER]}", text)
-        self.assertIn("found via dht", text)
+        # Resolved a moment ago: the cache, or gossip's record again.
+        self.assertRegex(text, r"found via (cache|gossip) in [0-9.]+ ms \(")
         self.assertIn("key known", text)
 
         port = freePort()
