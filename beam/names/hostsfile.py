@@ -36,10 +36,12 @@ old file or the new one, never half of one.
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import os
 import stat
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Final, Iterator, Optional
 
@@ -432,9 +434,34 @@ def updateHostsFile(path: Path | str, change: Callable[[bytes], bytes]) -> bool:
 
     @return: whether the file changed.
     """
-    old = readHostsFile(path)
-    new = change(old)
-    if new == old:
-        return False
-    writeHostsFile(path, old, new)
-    return True
+    with _locked(path):
+        old = readHostsFile(path)
+        new = change(old)
+        if new == old:
+            return False
+        writeHostsFile(path, old, new)
+        return True
+
+
+@contextmanager
+def _locked(path: Path | str) -> Iterator[None]:
+    """
+    Hold an exclusive lock on the hosts file's directory while reading,
+    changing and replacing the file, so that two C{beam hosts} commands
+    at once cannot both start from the same content and lose one's change.
+    The directory, not the file: the file's inode is replaced by every
+    write, so a lock on it would not be seen by the next reader.  Best
+    effort: a directory we cannot open (no permission) is not locked, and
+    the write then fails with its own message.
+    """
+    directory = os.path.dirname(os.path.realpath(path)) or "."
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

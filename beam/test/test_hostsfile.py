@@ -455,6 +455,28 @@ class WriteTests(SynchronousTestCase):
             self.patch(hostsfile.os, name, real)
         self.assertTrue(self.add("bob.beam", "127.77.0.6"))
 
+    def test_concurrentAdds(self) -> None:
+        """
+        Eight processes adding a name each at the same moment: every name
+        is in the file afterwards (the directory lock serialises the
+        read-change-write; without it one add could overwrite another).
+        """
+        path = Path(self.mktemp())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"127.0.0.1\tlocalhost\n")
+        script = (
+            "import sys\n"
+            "from beam.names.hostsfile import addEntry, updateHostsFile\n"
+            "name = sys.argv[2]\n"
+            "for i in range(5):\n"
+            "    updateHostsFile(sys.argv[1], lambda d, i=i: addEntry(d, f'{name}{i}.beam', '127.77.0.1'))\n"
+        )
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(path), f"n{k}x"]) for k in range(8)]
+        for p in procs:
+            self.assertEqual(p.wait(timeout=60), 0)
+        hosts = {e.host for e in listEntries(path.read_bytes())}
+        self.assertEqual(hosts, {f"n{k}x{i}.beam" for k in range(8) for i in range(5)})
+
     def test_permission(self) -> None:
         """
         Not allowed to write (no root for /etc/hosts): the error says to
