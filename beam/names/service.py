@@ -433,10 +433,14 @@ class NameService(Service):
         return round((self.reactor.seconds() - since) * 1000, 3)
 
     @inlineCallbacks
-    def resolve(self, name: str, acceptNewKey: bool = False) -> Any:
+    def resolve(self, name: str, acceptNewKey: bool = False, fresh: bool = False) -> Any:
         """
         Find who owns C{name} and where it is: pin, cache, LAN, gossip,
         DHT (see the module's description).
+
+        @param fresh: skip the cache of records resolved a moment ago (our
+            own names still answer from it): a forward whose host stopped
+            answering asks again because the addresses it has are stale.
 
         @return: a L{Deferred} firing with a L{NameResolution}.
         @raise NameNotFound: no live record (with how many peers were asked).
@@ -477,13 +481,13 @@ class NameService(Service):
         reg = self.registrations.get(name)
         if reg is not None and reg.record is not None:
             found, source = reg.record, "cache"
-        else:
+        elif not fresh:
             entry = self.cache.get(name)
             if (entry is not None and entry.source != "gossip"
                     and (entry.source == "self" or entry.age(t) <= self.cacheMaxAge)
                     and byPinned(entry.record)):
                 found, source = entry.record, "cache"
-        step("cache", t, "hit" if found is not None else "miss")
+        step("cache", t, "hit" if found is not None else ("skipped" if fresh else "miss"))
 
         # 3. The LAN.
         if found is None:

@@ -210,6 +210,21 @@ class OrderTests(ResolutionTestsMixin, SynchronousTestCase):
         self.assertEqual(len(self.dht.asked), 1)
         self.assertEqual((result.queried, result.rounds, result.pin), (0, 0, "known"))
 
+    def test_freshSkipsTheCache(self) -> None:
+        """
+        C{fresh=True} (a forward whose host stopped answering asks again)
+        passes over the record resolved a moment ago and asks the LAN and
+        the DHT anew.
+        """
+        self.dht.values[dhtKey("alice")] = signed()
+        self.resolve()
+        d = self.names.resolve("alice", fresh=True)
+        self.runUntil(d)
+        result = self.successResultOf(d)
+        self.assertEqual(result.source, "dht")
+        self.assertIn(("cache", "skipped"), self.outcomes(result))
+        self.assertEqual(len(self.dht.asked), 2)
+
     def test_cacheAgesOut(self) -> None:
         """
         After L{CACHE_MAX_AGE} a resolved record is looked up again (its

@@ -168,7 +168,14 @@ class Forwards(Service):
             resolver = self.resolver
 
             def resolveAddrs() -> Deferred[Any]:
-                return resolver(name, False).addCallback(lambda r: [Multiaddr.fromString(a) for a in r.addrs])
+                # Asked again because the addresses we have stopped
+                # answering: past the cache of a moment ago, if the
+                # resolver has one.
+                try:
+                    d = resolver(name, False, fresh=True)  # type: ignore[call-arg]
+                except TypeError:
+                    d = resolver(name, False)
+                return d.addCallback(lambda r: [Multiaddr.fromString(a) for a in r.addrs])
 
         from beam.tunnel.client import TunnelForward
 
