@@ -284,6 +284,35 @@ class ServiceTests(SynchronousTestCase):
         (answer,) = [m for m in port.messages() if m.answer]
         self.assertIn("/ip4/127.0.0.1/tcp/4001", [str(a) for a in peersInResponse(answer)[0].addrs])
 
+    def test_answerHeldNotDropped(self) -> None:
+        """
+        Questions that come within a second of our last multicast answer
+        (a js node that started just after it, and asks again only every
+        10 s) get one answer as soon as the second is over, not none; the
+        same for a name.
+        """
+        clock = Clock()
+        service, port, host = _service(self, clock)
+        service.setNameRecords(lambda: {"alice": b"signed-record"})
+        clock.advance(1.5)
+        service.datagramReceived(encodePeerQuery(), (OTHER, 5353))
+        service.datagramReceived(encodeNameQuery("alice"), (OTHER, 5353))
+        port.sent.clear()
+        clock.advance(0.2)
+        for _ in range(3):
+            service.datagramReceived(encodePeerQuery(), (OTHER, 5353))
+            service.datagramReceived(encodeNameQuery("alice"), (OTHER, 5353))
+        self.assertEqual(port.sent, [])
+        clock.advance(0.7)
+        self.assertEqual(port.sent, [])
+        clock.advance(0.2)
+        peers, names = port.messages()
+        self.assertEqual([a.peer for a in peersInResponse(peers)], [host.peerID])
+        self.assertEqual(nameRecordsInResponse(names), [("alice", b"signed-record")])
+        self.assertEqual(service.status()["answers_held"], 2)
+        clock.advance(5)
+        self.assertEqual(len([m for m in port.messages() if m.answer]), 2)
+
     def test_legacyUnicast(self) -> None:
         """
         A query from a port other than 5353 (a one-shot resolver) is

@@ -44,7 +44,8 @@ dropped before decoding; at most L{MAX_PACKETS_PER_SECOND} datagrams are
 looked at per second; at most L{MAX_PEERS} discovered peers are remembered
 (least recently seen forgotten first) with L{MAX_ADDRS_PER_PEER} addresses
 each; answers are sent at most once a second per record and interface
-(RFC 6762 section 6) and at most L{MAX_ANSWERS_PER_SECOND} in all; at most
+(RFC 6762 section 6; a question inside that second gets one held answer
+when it is over) and at most L{MAX_ANSWERS_PER_SECOND} in all; at most
 L{MAX_PENDING_NAMES} name questions of ours wait at a time.
 
 IPv6 (C{ff02::fb}) is not used: every IPv4 LAN already carries the IPv4
@@ -57,6 +58,7 @@ import os
 import socket
 import struct
 from collections import OrderedDict
+from functools import partial
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -503,7 +505,7 @@ class MdnsService(Service):
         self.counters: dict[str, int] = {
             "queries_sent": 0, "answers_sent": 0, "packets_received": 0, "malformed": 0,
             "rate_limited": 0, "answers_suppressed": 0, "dials": 0, "dial_failures": 0,
-            "names_answered": 0, "names_resolved": 0,
+            "names_answered": 0, "names_resolved": 0, "answers_held": 0,
         }
         self._port: Any = None
         self._joined: set[str] = set()
@@ -512,6 +514,7 @@ class MdnsService(Service):
         self._packets = TokenBucket(reactor, MAX_PACKETS_PER_SECOND, MAX_PACKETS_PER_SECOND)
         self._answers = TokenBucket(reactor, MAX_ANSWERS_PER_SECOND, MAX_ANSWERS_PER_SECOND)
         self._lastSent: dict[tuple[bytes, str], float] = {}
+        self._held: dict[tuple[bytes, str], Any] = {}
         self._dialing: set[PeerID] = set()
         self._lastDial: OrderedDict[PeerID, float] = OrderedDict()
         self._nameProvider: Optional[Callable[[], dict[str, bytes]]] = None
@@ -560,6 +563,10 @@ class MdnsService(Service):
                     call.cancel()
                 d.callback(None)
         self._pendingNames.clear()
+        for call in self._held.values():
+            if call.active():
+                call.cancel()
+        self._held.clear()
         port, self._port = self._port, None
         self._joined.clear()
         if port is not None:
@@ -654,16 +661,27 @@ class MdnsService(Service):
                 out.append(full)
         return out
 
-    def _mayAnswer(self, key: bytes, iface: str) -> bool:
+    def _mayAnswer(self, key: bytes, iface: str, later: Optional[Callable[[], None]] = None) -> bool:
         """
         RFC 6762 section 6: a record is multicast at most once a second
         per interface; and never more than L{MAX_ANSWERS_PER_SECOND}
         answers in all.
+
+        A question that comes within that second is answered when it is
+        over (C{later()} is called then; one held answer per record and
+        interface), not dropped: the rule assumes the asker heard our last
+        answer, but a node that has just started has not, and
+        C{@libp2p/mdns} asks again only every 10 s.
         """
         now = self.reactor.seconds()
         last = self._lastSent.get((key, iface))
         if last is not None and now - last < RECORD_INTERVAL:
             self.counters["answers_suppressed"] += 1
+            if later is not None and (key, iface) not in self._held:
+                # a millisecond past the second, so that float rounding
+                # never finds it still inside
+                self._held[key, iface] = self.reactor.callLater(
+                    last + RECORD_INTERVAL - now + 0.001, self._answerHeld, key, iface, later)
             return False
         if not self._answers.take():
             self.counters["rate_limited"] += 1
@@ -673,9 +691,15 @@ class MdnsService(Service):
         self._lastSent[key, iface] = now
         return True
 
+    def _answerHeld(self, key: bytes, iface: str, answer: Callable[[], None]) -> None:
+        self._held.pop((key, iface), None)
+        if self._port is not None:
+            self.counters["answers_held"] += 1
+            answer()
+
     def _answerPeers(self, iface: str, source: Optional[str]) -> None:
         addrs = self._addrsFor(source)
-        if not addrs or not self._mayAnswer(SERVICE, iface):
+        if not addrs or not self._mayAnswer(SERVICE, iface, lambda: self._answerPeers(iface, source)):
             return
         self._send(encodePeerResponse(self.peerName, addrs), [iface])
         self.counters["answers_sent"] += 1
@@ -754,11 +778,29 @@ class MdnsService(Service):
                         continue
                     self._send(encodeNameResponse(name, record, id=message.id, queries=message.queries),
                                [iface], to=(source, sourcePort))
-                elif not self._mayAnswer(key, iface):
+                elif not self._mayAnswer(key, iface, partial(self._answerName, name, iface)):
                     continue
                 else:
                     self._send(encodeNameResponse(name, record), [iface])
                 self.counters["names_answered"] += 1
+
+    def _answerName(self, name: str, iface: str) -> None:
+        """
+        Multicast the answer for our name C{name} held back by the
+        once-a-second rule, with the record the provider gives now.
+        """
+        if self._nameProvider is None:
+            return
+        try:
+            record = self._nameProvider().get(name)
+        except Exception:  # noqa: BLE001 - the provider's bug must not stop mDNS
+            log.failure("mDNS: the name records provider failed")
+            return
+        if record is None or len(record) > MAX_NAME_RECORD:
+            return
+        if self._mayAnswer(b"name:" + name.encode(), iface, lambda: self._answerName(name, iface)):
+            self._send(encodeNameResponse(name, record), [iface])
+            self.counters["names_answered"] += 1
 
     def _response(self, message: dns.Message, source: str) -> None:
         for name, record in nameRecordsInResponse(message):
