@@ -34,6 +34,11 @@
 //                       peers command then lists both
 //   --gossipsub         run @libp2p/gossipsub (StrictSign) as the "pubsub"
 //                       service: see gossip.mjs for its commands and events
+//   --mdns              run @libp2p/mdns (peer discovery on the LAN, default
+//                       options: query every 10 s, answer queries); emits
+//                       {"event":"peer:discovery","peer":..,"addrs":[..]}
+//                       for each mDNS response announcing a peer (lab LAN
+//                       only: refused without BEAM_INTEROP_LAB=1)
 //   --append-announce MA
 //                       also announce MA (repeatable; NAT lab only, with
 //                       BEAM_INTEROP_LAB=1): the router's mapping of our
@@ -72,7 +77,7 @@
 // echo command may use one.
 //
 // Safety: a connection gater refuses to dial anything that is not a loopback
-// IP address (or a NAT lab one, with BEAM_INTEROP_LAB=1: see LAB), there is no bootstrap, no mDNS, and the only DHT is Beam's
+// IP address (or a NAT lab one, with BEAM_INTEROP_LAB=1: see LAB), there is no bootstrap, no mDNS (unless --mdns, in a lab LAN), and the only DHT is Beam's
 // (/beam/kad/1.0.0, never the IPFS one), so this peer never contacts
 // anything but loopback.
 
@@ -90,6 +95,7 @@ import { createLibp2p } from 'libp2p'
 import { autoNATv2 } from '@libp2p/autonat-v2'
 import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
 import { dcutr } from '@libp2p/dcutr'
+import { mdns } from '@libp2p/mdns'
 import { beamKadDHT, makeDhtCommands, watchRoutingTable } from './dht.mjs'
 import { gossipService, makeGossipCommands, watchGossip } from './gossip.mjs'
 
@@ -126,6 +132,7 @@ function parseArgs (argv) {
     relayTransport: false,
     autonat: false,
     dcutr: false,
+    mdns: false,
     gossipsub: false,
     appendAnnounce: []
   }
@@ -188,6 +195,12 @@ function parseArgs (argv) {
         break
       case '--dcutr':
         opts.dcutr = true
+        break
+      case '--mdns':
+        // multicast goes to every interface of the machine: only inside the
+        // lab's namespaces
+        if (!LAB) throw new Error('--mdns: only in a lab LAN, with BEAM_INTEROP_LAB=1')
+        opts.mdns = true
         break
       case '--gossipsub':
         opts.gossipsub = true
@@ -511,6 +524,30 @@ function makeNatCommands (node) {
   }
 }
 
+// ---------------------------------------------------------------- mDNS
+
+/**
+ * @libp2p/mdns, reporting every peer it decodes from a response as a
+ * peer:discovery event.  Not libp2p's own 'peer:discovery' event: that one
+ * fires only the first time a peer enters the peer store, from any source
+ * (an inbound connection first gives it with no addresses, and the mDNS
+ * answer after it then fires nothing).
+ */
+function watchedMdns () {
+  const factory = mdns()
+  return (components) => {
+    const discovery = factory(components)
+    discovery.addEventListener('peer', (evt) => {
+      emit({
+        event: 'peer:discovery',
+        peer: evt.detail.id.toString(),
+        addrs: evt.detail.multiaddrs.map(ma => ma.toString())
+      })
+    })
+    return discovery
+  }
+}
+
 // ---------------------------------------------------------------- commands
 
 function makeCommands (node) {
@@ -584,7 +621,7 @@ async function main () {
     transports,
     connectionEncrypters: opts.security.map(name => encrypters[name]()),
     streamMuxers: [yamux()],
-    peerDiscovery: [],
+    peerDiscovery: opts.mdns ? [watchedMdns()] : [],
     connectionGater: {
       // never dial anything but loopback, whatever a peer advertises
       denyDialMultiaddr: (ma) => !isLoopback(ma)
