@@ -40,7 +40,6 @@ import fcntl
 import ipaddress
 import os
 import stat
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Final, Iterator, Optional
@@ -48,6 +47,7 @@ from typing import Callable, Final, Iterator, Optional
 import attrs
 
 from beam.errors import BeamError
+from beam.storage.fileutil import atomicWrite
 
 DEFAULT_PATH: Final = "/etc/hosts"
 """The hosts file C{beam hosts} edits unless told another."""
@@ -354,45 +354,13 @@ def _denied(path: Path | str, what: str) -> str:
 
 def _atomicReplace(path: Path, data: bytes, like: Optional[os.stat_result]) -> None:
     """
-    Replace C{path} with C{data}: a temporary file in the same directory
-    (so the rename cannot cross file systems), with the mode and owner of
-    C{like} (the file being replaced) from before its first byte, written
-    in full, fsynced, renamed over C{path}; then the directory is fsynced
-    so the rename itself survives a crash.  On any failure the temporary
-    file is removed and C{path} is untouched.
+    Replace C{path} with C{data} atomically (L{atomicWrite}), with the mode
+    and owner of C{like} (the file being replaced), or 0644 for a new one.
     """
-    mode = stat.S_IMODE(like.st_mode) if like is not None else 0o644
-    fd, tmpName = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".beam-tmp", dir=path.parent)
-    tmp = Path(tmpName)
-    try:
-        try:
-            if like is not None and (like.st_uid, like.st_gid) != (os.geteuid(), os.getegid()):
-                try:
-                    os.fchown(fd, like.st_uid, like.st_gid)
-                except PermissionError:
-                    # Only root may give a file away; a user editing a
-                    # file of their own keeps their own group.
-                    pass
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    if like is None:
+        atomicWrite(path, data, 0o644, suffix=".beam-tmp")
+    else:
+        atomicWrite(path, data, stat.S_IMODE(like.st_mode), owner=(like.st_uid, like.st_gid), suffix=".beam-tmp")
 
 
 def writeHostsFile(path: Path | str, old: bytes, new: bytes) -> None:

@@ -5,6 +5,7 @@ Writing files so that a crash never leaves them half-written.
 from __future__ import annotations
 
 import os
+import tempfile
 import stat
 from pathlib import Path
 
@@ -18,18 +19,32 @@ class UnsafePath(BeamError):
     """
 
 
-def atomicWrite(path: Path | str, data: bytes, mode: int = 0o600) -> None:
+def atomicWrite(path: Path | str, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None,
+                suffix: str = ".tmp") -> None:
     """
-    Replace C{path} with C{data}: write a temporary file beside it with
-    C{mode} from the first byte, fsync it, rename it over C{path}, then fsync
-    the directory so the rename itself survives a crash.
+    Replace C{path} with C{data}: write a temporary file beside it (so the
+    rename cannot cross file systems) with C{mode} from the first byte,
+    fsync it, rename it over C{path}, then fsync the directory so the
+    rename itself survives a crash.  On any failure the temporary file is
+    removed and C{path} is untouched.
+
+    @param owner: C{(uid, gid)} to give the new file (the hosts file keeps
+        root's); only root may give a file away, so for anyone else it
+        keeps its creator's.
+    @param suffix: the temporary file's suffix (it is named
+        C{.<name>.<random><suffix>}), so a crash's leftover says whose it is.
     """
     path = Path(path)
     directory = path.parent
-    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    fd, tmpName = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=directory)
+    tmp = Path(tmpName)
     try:
         try:
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                try:
+                    os.fchown(fd, *owner)
+                except PermissionError:
+                    pass
             os.fchmod(fd, mode)
             view = memoryview(data)
             while view:

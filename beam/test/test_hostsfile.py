@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -485,7 +486,7 @@ class WriteTests(SynchronousTestCase):
         def denied(*args: Any, **kw: Any) -> Any:
             raise PermissionError(errno.EACCES, "Permission denied")
 
-        self.patch(hostsfile.tempfile, "mkstemp", denied)
+        self.patch(tempfile, "mkstemp", denied)
         e = self.assertRaises(HostsFilePermission, self.add)
         self.assertIn("sudo", str(e))
         self.assertIn("--hosts-file", str(e))
@@ -517,6 +518,7 @@ class WriteTests(SynchronousTestCase):
 
 _WRITER = """
 import sys
+import tempfile
 from beam.names.hostsfile import writeHostsFile
 path, a, b = sys.argv[1], open(sys.argv[2], "rb").read(), open(sys.argv[3], "rb").read()
 i = 0
