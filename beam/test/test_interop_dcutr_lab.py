@@ -44,11 +44,13 @@ class _JSProc(_Proc):
     stderr (the C{libp2p:dcutr} debug log) kept in L{stderr}.
     """
 
-    def __init__(self, host: Host, *args: str) -> None:
+    def __init__(self, host: Host, *args: str, imports: tuple[str, ...] = ("./loopback-public.mjs",),
+                 debug: str = "libp2p:dcutr*") -> None:
         self.name = host.name
-        env = dict(os.environ, BEAM_INTEROP_LAB="1", DEBUG="libp2p:dcutr*")
+        env = dict(os.environ, BEAM_INTEROP_LAB="1", DEBUG=debug)
+        preload = [arg for module in ("./polyfill.mjs", *imports) for arg in ("--import", module)]
         self.process = host.run(
-            ["node", "--import", "./polyfill.mjs", "--import", "./loopback-public.mjs", "peer.mjs", *args],
+            ["node", *preload, "peer.mjs", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
             cwd=str(_INTEROP), env=env,
         )

@@ -19,11 +19,8 @@ deadline, generous for a loaded machine.
 from __future__ import annotations
 
 import json
-import os
-import queue
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,21 +50,8 @@ class _MdnsJS(_JSProc):
     """
 
     def __init__(self, host: Host, *args: str) -> None:
-        self.name = host.name
-        env = dict(os.environ, BEAM_INTEROP_LAB="1", DEBUG="libp2p:mdns*")
-        self.process = host.run(
-            ["node", "--import", "./polyfill.mjs", "peer.mjs", "--mdns",
-             "--listen", f"/ip4/{host.addr}/tcp/{PORT}", *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-            cwd=str(_INTEROP), env=env,
-        )
-        self.events: list[dict[str, Any]] = []
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.stderr: list[str] = []
-        self._nextId = 0
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        threading.Thread(target=self._readErr, daemon=True).start()
+        super().__init__(host, "--mdns", "--listen", f"/ip4/{host.addr}/tcp/{PORT}", *args,
+                         imports=(), debug="libp2p:mdns*")
 
     def stop(self) -> None:
         """
