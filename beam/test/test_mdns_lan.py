@@ -137,6 +137,24 @@ class MdnsLanTests(SynchronousTestCase):
                 pairs[f"{name}<-{other}"] = round(f["first_seen"] - max(started[name], started[other]), 3)
         return pairs
 
+    def checkJoined(self, count: int) -> None:
+        """
+        The peers mDNS found joined each other's DHT (every node's routing
+        table lists others) and gossip mesh (every node has a mesh peer on
+        C{beam-names}): discovery is not only a list in a status.
+        """
+        joined: dict[str, tuple[int, int]] = {}
+
+        def allJoined() -> bool:
+            for host, home, _ in self.nodes[:count]:
+                routes = self.beams.json(host, home, "network", "routes")
+                pubsub = self.beams.json(host, home, "status").get("pubsub", {})
+                joined[host.name] = (routes["size"], pubsub.get("mesh", {}).get("beam-names", 0))
+            return all(size >= 1 and mesh >= 1 for size, mesh in joined.values())
+
+        waitFor(allJoined, 30, f"{count} nodes joining each other's DHT and gossip mesh", step=1.0)
+        self.timings["routing_and_mesh"] = joined
+
     def connectByName(self, host: Host) -> dict[str, Any]:
         """
         C{beam connect NAME --port LOCAL_PORT} from a new home in C{host},
@@ -190,5 +208,6 @@ class MdnsLanTests(SynchronousTestCase):
         self.timings["ten_median_pair_s"] = sorted(pairs.values())[len(pairs) // 2]
         self.assertEqual(len(pairs), HOSTS * (HOSTS - 1))
         self.assertLess(max(pairs.values()), DISCOVERY_BOUND, pairs)
+        self.checkJoined(HOSTS)
         result = self.connectByName(self.hosts[HOSTS - 1])
         self.timings["ten_connect"] = {k: v for k, v in result.items() if k != "ready"}
