@@ -13,7 +13,7 @@ The layers, bottom-up (docs/architecture.md draws them)::
     dht | tunnel                       (services; neither imports the other)
     names       (above the DHT it stores records in)
     daemon      the MultiService a user runs, config, logs, control socket
-    cli, tap, endpoints, testing, the public beam/__init__
+    cli, console, tap, endpoints, testing, the public beam/__init__
 
 The check reads every import statement with L{ast}, including imports
 inside functions and under C{TYPE_CHECKING}: a lazy import that runs upward
@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "beam.names": 6,
     "beam.daemon": 7,
     "beam.cli": 8,
+    "beam.console": 8,
     "beam.tap": 8,
     "beam.endpoints": 8,
     "beam.plugins": 8,
