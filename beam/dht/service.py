@@ -541,7 +541,10 @@ class KademliaService(Service):
                 self.kad.addPeer(seed)
             if not seeds and not self.kad.routingTable.size:
                 errors = "; ".join(str(r.value) for ok, r in results if not ok)
-                raise NoDHTPeers(f"could not reach any bootstrap peer: {errors}" if errors else None)
+                # Without an address given, the docstring's words (no
+                # peer known, how to add one); never NoDHTPeers(None),
+                # whose message would be "None".
+                raise NoDHTPeers(f"could not reach any bootstrap peer: {errors}") if errors else NoDHTPeers()
             return self.kad.bootstrap(seeds)
 
         def done(result: Any) -> dict[str, Any]:

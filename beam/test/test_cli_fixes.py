@@ -1,0 +1,84 @@
+"""
+Rough edges of the command line found when trying it as a new user
+(issue 12's "Fix" list), each checked where a person meets it: the real
+C{beam} command on loopback, or the text it prints.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import tempfile
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from beam.test.test_cli import BIN, beam, readLine
+
+
+class _Daemon:
+    """
+    One C{beam daemon} on loopback in a home of its own, shared by the
+    tests of a class (starting one costs seconds on a loaded machine).
+    """
+
+    def __init__(self) -> None:
+        self.home = tempfile.mkdtemp(prefix="beam-cli-fixes-")
+        self.proc = subprocess.Popen(
+            [str(BIN / "beam"), "--home", self.home, "daemon", "--json", "-q",
+             "--listen", "/ip4/127.0.0.1/tcp/0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            self.ready: dict[str, Any] = json.loads(readLine(self.proc))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+class LonelyNodeTests(SynchronousTestCase):
+    """
+    A node that knows no other peer.
+    """
+
+    daemon: _Daemon
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.daemon = _Daemon()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.daemon.stop()
+
+    def test_bootstrapWithoutPeersSaysWhy(self) -> None:
+        """
+        C{beam network bootstrap} on a node that knows no peer says that
+        it knows none and how to add one (it used to print C{beam: None}),
+        exit status 1; with C{--json}, the same words in one error object.
+        """
+        out = beam("network", "bootstrap", home=self.daemon.home)
+        self.assertEqual(out.returncode, 1, out)
+        self.assertNotIn("None", out.stderr)
+        self.assertIn("knows no DHT peers", out.stderr)
+        self.assertIn("beam network bootstrap MULTIADDR", out.stderr)
+        out = beam("network", "bootstrap", "--json", home=self.daemon.home)
+        self.assertEqual((out.returncode, out.stderr), (1, ""), out)
+        error = json.loads(out.stdout.strip().splitlines()[-1])
+        self.assertEqual(error["event"], "error")
+        self.assertIn("knows no DHT peers", error["error"])
