@@ -1275,8 +1275,11 @@ def cmdConfig(args: argparse.Namespace, out: _Out) -> int:
 
     path = _home(args) / "config.toml"
     problems = checkConfig(path)
-    out.event({"path": str(path), "ok": not problems, "problems": problems},
-              "\n".join(problems) if problems else f"{path}: OK")
+    exists = path.exists()
+    # No file is valid (the defaults apply), but "OK" would suggest one was read.
+    text = ("\n".join(problems) if problems else f"{path}: OK" if exists
+            else f"no config.toml at {path}: the defaults apply")
+    out.event({"path": str(path), "ok": not problems, "exists": exists, "problems": problems}, text)
     return 1 if problems else 0
 
 

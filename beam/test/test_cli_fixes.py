@@ -82,3 +82,40 @@ class LonelyNodeTests(SynchronousTestCase):
         error = json.loads(out.stdout.strip().splitlines()[-1])
         self.assertEqual(error["event"], "error")
         self.assertIn("knows no DHT peers", error["error"])
+
+
+class ConfigCheckTests(SynchronousTestCase):
+    """
+    C{beam config check}.
+    """
+
+    def test_noConfigFile(self) -> None:
+        """
+        Without a C{config.toml}, C{beam config check} says there is none
+        and that the defaults apply (it used to say C{config.toml: OK}),
+        exit status 0; with C{--json}, C{"exists": false}.
+        """
+        home = self.mktemp()
+        out = beam("config", "check", home=home)
+        self.assertEqual(out.returncode, 0, out)
+        self.assertNotIn("OK", out.stdout)
+        self.assertIn("no config.toml", out.stdout)
+        self.assertIn("defaults apply", out.stdout)
+        out = beam("config", "check", "--json", home=home)
+        self.assertEqual(out.returncode, 0, out)
+        result = json.loads(out.stdout)
+        self.assertEqual((result["ok"], result["exists"], result["problems"]), (True, False, []))
+
+    def test_validConfigFile(self) -> None:
+        """
+        A valid C{config.toml} is still reported as OK.
+        """
+        from pathlib import Path
+
+        home = Path(self.mktemp())
+        home.mkdir()
+        (home / "config.toml").write_text("")
+        out = beam("config", "check", home=str(home))
+        self.assertEqual(out.returncode, 0, out)
+        self.assertIn("config.toml: OK", out.stdout)
+        self.assertTrue(json.loads(beam("config", "check", "--json", home=str(home)).stdout)["exists"])
