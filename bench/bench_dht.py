@@ -33,6 +33,7 @@ This is a benchmark, not a test: 10,000 nodes take several minutes.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -42,6 +43,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from beam.dht.kad import KademliaNode
 from beam.testing.dhtsim import ScenarioResult, makeIdentities, runScenario
 
 SCENARIOS: dict[str, dict[str, float]] = {
@@ -100,22 +102,34 @@ def targets(results: dict[str, ScenarioResult]) -> list[tuple[str, str, bool]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--nodes", type=int, default=10000)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--nodes", type=int, default=10000, help="simulated DHT nodes in each scenario")
     parser.add_argument("--names", type=int, default=500, help="names published per scenario")
     parser.add_argument("--per-name", type=int, default=2, help="resolutions of each name")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated scenarios to run (none: all up; killN: N%% of nodes stop"
+                             " answering; liars10: 10%% answer garbage)")
     parser.add_argument("--latency", type=float, default=0.05, help="one-way link latency, s")
     parser.add_argument("--jitter", type=float, default=0.0, help="per-link extra latency, fraction")
     parser.add_argument("--loss", type=float, default=0.0, help="message loss probability")
-    parser.add_argument("--slow-timeout", type=float, help="override KademliaNode slowTimeout")
-    parser.add_argument("--timeout", type=float, help="override KademliaNode timeout")
-    parser.add_argument("--quorum", type=int, help="override KademliaNode quorum")
-    parser.add_argument("--paths", type=int, help="override KademliaNode paths (disjoint lookups)")
+    # The overrides default to KademliaNode's own values, shown by --help.
+    kad = inspect.signature(KademliaNode).parameters
+    parser.add_argument("--slow-timeout", type=float, default=kad["slowTimeout"].default,
+                        help="KademliaNode slowTimeout: the most seconds a lookup waits for a request"
+                             " before starting another in parallel")
+    parser.add_argument("--timeout", type=float, default=kad["timeout"].default,
+                        help="KademliaNode timeout: seconds before a request counts as failed")
+    parser.add_argument("--quorum", type=int, default=kad["quorum"].default,
+                        help="KademliaNode quorum: matching records a lookup waits for")
+    parser.add_argument("--paths", type=int, default=kad["paths"].default,
+                        help="KademliaNode paths: disjoint lookup paths")
     parser.add_argument("--check-bootstrap", type=int, default=5,
                         help="fresh nodes that join by a real bootstrap to check the filled tables")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: identities, faults and who resolves what")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     opts = parser.parse_args(argv)
 
     names = [s.strip() for s in opts.scenarios.split(",") if s.strip()]
@@ -125,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     nodeOptions: dict[str, Any] = {}
     for opt, key in (("slow_timeout", "slowTimeout"), ("timeout", "timeout"),
                      ("quorum", "quorum"), ("paths", "paths")):
-        if getattr(opts, opt) is not None:
+        if getattr(opts, opt) != kad[key].default:
             nodeOptions[key] = getattr(opts, opt)
 
     identities = makeIdentities(opts.nodes, opts.seed)

@@ -119,3 +119,35 @@ class ConfigCheckTests(SynchronousTestCase):
         self.assertEqual(out.returncode, 0, out)
         self.assertIn("config.toml: OK", out.stdout)
         self.assertTrue(json.loads(beam("config", "check", "--json", home=str(home)).stdout)["exists"])
+
+
+class BenchHelpTests(SynchronousTestCase):
+    """
+    C{bench/bench_dht.py --help}.
+    """
+
+    def test_everyOptionExplained(self) -> None:
+        """
+        Every option of C{bench/bench_dht.py} has a help text, and those
+        with a default show it.
+        """
+        import os
+        import re
+        import sys
+
+        from beam.test.test_cli import REPO
+
+        out = subprocess.run([sys.executable, str(REPO / "bench" / "bench_dht.py"), "--help"],
+                             capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+        self.assertEqual(out.returncode, 0, out)
+        options = out.stdout.partition("options:")[2]
+        self.assertTrue(options, out.stdout)
+        entries = re.split(r"\n(?=  -)", options.strip("\n"))
+        self.assertGreater(len(entries), 10, entries)
+        for entry in entries:
+            flag, _, rest = entry.strip().partition("  ")
+            self.assertTrue(rest.strip(), f"no help for {flag}")
+        for flag, default in [("--nodes", "10000"), ("--names", "500"), ("--latency", "0.05"),
+                              ("--seed", "0"), ("--check-bootstrap", "5")]:
+            (entry,) = [e for e in entries if e.strip().startswith(flag + " ")]
+            self.assertIn(f"(default: {default})", " ".join(entry.split()), entry)
