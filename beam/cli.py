@@ -836,11 +836,14 @@ def _traffic(stats: Any) -> str:
             f"in {_size(stats.bytesIn)} out {_size(stats.bytesOut)}")
 
 
-def statusText(status: dict[str, Any]) -> str:
+def statusText(status: dict[str, Any], now: float | None = None) -> str:
     """
     C{beam status} as text, from what C{GET /v1/status} answered: the
     node, then each service's section (the built-in ones laid out, a
     plugin's shown key by key).
+
+    @param now: the clock time the names' expiry is counted from (the
+        current time by default; given by tests).
     """
     from beam.controlapi import fromJSON
     from beam.daemon.status import ServiceInfo
@@ -874,9 +877,12 @@ def statusText(status: dict[str, Any]) -> str:
         lines.append(_resourcesText(status["resources"]))
     if "names" in status:
         names = [fromJSON(NameStatus, n) for n in status["names"]]
-        lines.append("names: " + (", ".join(
-            f"{n.name} (stored on {n.storedOn} peers{', ' + n.error if n.error else ''})" for n in names
-        ) or "none"))
+        lines.append("names:" if names else "names: none")
+        if now is None:
+            import time
+
+            now = time.time()
+        lines += [f"  {n.name:<12} {_nameText(n, now)}" for n in names]
     if "kademlia" in status:
         dht = fromJSON(DHTStatus, status["kademlia"])
         lines.append(f"DHT: {dht.mode}, {dht.routingTableSize} peers in the routing table, "
@@ -890,6 +896,21 @@ def statusText(status: dict[str, Any]) -> str:
         if service.name not in ("tunnels", "forwards", "names", "kademlia", "nat", "tor") and service.name in status:
             lines += _genericText(service.name, status[service.name])
     return "\n".join(lines)
+
+
+def _nameText(name: Any, now: float) -> str:
+    """
+    One of our names in C{beam status}: its record (sequence number,
+    expiry) and how its last publication went, as C{--json} has them.
+    """
+    if name.seq is None:
+        return "not published yet" + (f": {name.error}" if name.error else "")
+    parts = [f"seq {name.seq}"]
+    if name.expires is not None:
+        left = int(name.expires - now)
+        parts.append(f"expires in {_duration(left)}" if left > 0 else "expired")
+    parts.append(f"not stored: {name.error}" if name.error else f"stored on {name.storedOn} peers")
+    return ", ".join(parts)
 
 
 def _pathText(conn: Any) -> str:

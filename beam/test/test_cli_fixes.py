@@ -151,3 +151,37 @@ class BenchHelpTests(SynchronousTestCase):
                               ("--seed", "0"), ("--check-bootstrap", "5")]:
             (entry,) = [e for e in entries if e.strip().startswith(flag + " ")]
             self.assertIn(f"(default: {default})", " ".join(entry.split()), entry)
+
+
+class StatusNamesTests(SynchronousTestCase):
+    """
+    The names in C{beam status}'s text.
+    """
+
+    def test_namesShown(self) -> None:
+        """
+        Each registered name gets a line of its own under C{names:}: its
+        record's sequence number and expiry, and how many peers stored it
+        or why the last publication failed.
+        """
+        from beam.cli import statusText
+
+        status = {
+            "peer_id": "12D3KooWSelf",
+            "names": [
+                {"name": "alice", "peer_id": "12D3KooWSelf", "services": ["web"], "addrs": [],
+                 "seq": 7, "expires": 1000.0 + 3600, "stored_on": 4, "error": None},
+                {"name": "bob", "peer_id": "12D3KooWSelf", "services": [], "addrs": [],
+                 "seq": 3, "expires": 1000.0 - 5, "stored_on": 0, "error": "no DHT peers"},
+                {"name": "carol", "peer_id": "12D3KooWSelf", "services": [], "addrs": [],
+                 "seq": None, "expires": None, "stored_on": 0, "error": None},
+            ],
+        }
+        lines = statusText(status, now=1000.0).splitlines()
+        start = lines.index("names:")
+        self.assertEqual(lines[start + 1:start + 4], [
+            "  alice        seq 7, expires in 1h00m, stored on 4 peers",
+            "  bob          seq 3, expired, not stored: no DHT peers",
+            "  carol        not published yet",
+        ])
+        self.assertIn("names: none", statusText({"peer_id": "12D3KooWSelf", "names": []}).splitlines())
