@@ -691,6 +691,45 @@ class TunnelTests(TunnelTestsMixin, TestCase):
         self.assertEqual(host.stats["dns"].total, 1)
 
     @inlineCallbacks
+    def test_udpBytesCounted(self):
+        """
+        A UDP tunnel's datagram bytes are counted as a TCP tunnel's bytes
+        are, in the counters C{beam status} shows, on both sides (issue
+        12: they stayed at 0): "in" came out of the tunnel, "out" went
+        into it.
+        """
+        from twisted.internet.protocol import DatagramProtocol
+
+        class UDPEcho(DatagramProtocol):
+            def datagramReceived(self, data: bytes, addr: Any) -> None:
+                self.transport.write(b"echo:" + data, addr)
+
+        class UDPClient(DatagramProtocol):
+            def __init__(self) -> None:
+                self.got: list[bytes] = []
+
+            def datagramReceived(self, data: bytes, addr: Any) -> None:
+                self.got.append(data)
+
+        servicePort = reactor.listenUDP(0, UDPEcho(), interface="127.0.0.1")
+        self.addCleanup(servicePort.stopListening)
+        a, host = yield self.makeHost()
+        spec = ServiceSpec.forPort(servicePort.getHost().port, name="dns", kind="udp")
+        host.expose(spec)
+        forward = yield self.makeForward(a, "dns", kind="udp")
+        client = UDPClient()
+        clientPort = reactor.listenUDP(0, client, interface="127.0.0.1")
+        self.addCleanup(clientPort.stopListening)
+        sent = [b"datagram %d" % i for i in range(3)]
+        for datagram in sent:
+            clientPort.write(datagram, ("127.0.0.1", forward.localAddress.port))
+        yield waitFor(lambda: len(client.got) == 3)
+        asked, answered = sum(map(len, sent)), sum(map(len, client.got))
+        hostStats = host.tunnelStatus(spec).stats
+        self.assertEqual((hostStats.bytesIn, hostStats.bytesOut), (asked, answered))
+        self.assertEqual((forward.stats.bytesOut, forward.stats.bytesIn), (asked, answered))
+
+    @inlineCallbacks
     def test_udpRequestToTCPService(self):
         """
         Asking for a TCP service as UDP is refused as a bad request.

@@ -292,7 +292,8 @@ class TunnelForward(Service):
         """
         from beam.tunnel.udp import UDPClientForwarder
 
-        udp = UDPClientForwarder(self.reactor, self._openUDPStream, bind=self.bind, port=self.localPort)
+        udp = UDPClientForwarder(self.reactor, self._openUDPStream, bind=self.bind, port=self.localPort,
+                                 traffic=self.stats)
         try:
             port = udp.startListening()
         except Exception as e:  # noqa: BLE001 - reported to the caller

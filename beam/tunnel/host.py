@@ -690,7 +690,7 @@ class TunnelHost(Service):
         hold = self._reserveFD(proto, spec, peer)
         if hold is None:
             return
-        stats = self.udpStats.setdefault(spec.name, UDPStats())
+        stats = self.udpStats.setdefault(spec.name, UDPStats(traffic=self._statsFor(spec.name)))
         relay = UDPHostProtocol(self.reactor, spec.host, spec.port, stats=stats)
         try:
             relay.openSocket()

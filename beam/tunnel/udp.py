@@ -155,6 +155,11 @@ class UDPStats:
         found all session slots taken.
     @ivar dropsSend: datagrams the local socket refused to send.
     @ivar refused: ICMP port-unreachable reports from the service.
+    @ivar traffic: the tunnel's or forward's
+        L{TunnelStats<beam.tunnel.splice.TunnelStats>}, if any: its
+        C{bytesIn} (out of the tunnel) and C{bytesOut} (into it) count the
+        datagram bytes too, so that C{beam status} shows a UDP tunnel's
+        traffic as it shows a TCP tunnel's.
     """
 
     sessionsActive: int = 0
@@ -170,6 +175,7 @@ class UDPStats:
     dropsSessionLimit: int = 0
     dropsSend: int = 0
     refused: int = 0
+    traffic: Any = attrs.field(default=None, eq=False, repr=False)
 
 
 class _IdleTimer:
@@ -219,6 +225,8 @@ def _sendDatagram(port: Any, datagram: bytes, addr: Any, stats: UDPStats) -> Non
         return
     stats.datagramsFromStream += 1
     stats.bytesFromStream += len(datagram)
+    if stats.traffic is not None:
+        stats.traffic.bytesIn += len(datagram)
 
 
 @implementer(IPushProducer)
@@ -268,6 +276,8 @@ class _StreamSide(Protocol):
             return
         self.stats.datagramsToStream += 1
         self.stats.bytesToStream += len(datagram)
+        if self.stats.traffic is not None:
+            self.stats.traffic.bytesOut += len(datagram)
         assert self.transport is not None  # datagrams are queued until the stream is connected
         self.transport.write(frame)
 
@@ -418,6 +428,7 @@ class UDPClientForwarder:
         maxSessions: int = 1024,
         maxQueue: int = MAX_QUEUE,
         maxQueueBytes: int = MAX_QUEUE_BYTES,
+        traffic: Any = None,
     ) -> None:
         """
         @param reactor: an L{IReactorUDP} and L{IReactorTime}.
@@ -434,6 +445,8 @@ class UDPClientForwarder:
         @param maxQueue: datagrams queued per session while its stream
             opens; the oldest are dropped beyond it (and beyond
             C{maxQueueBytes}).
+        @param traffic: the forward's C{TunnelStats}, also counting the
+            datagram bytes (L{UDPStats.traffic}).
         """
         self._reactor = reactor
         self._openStream = openStream
@@ -444,7 +457,7 @@ class UDPClientForwarder:
         self.maxQueue = maxQueue
         self.maxQueueBytes = maxQueueBytes
         self.sessions: dict[Any, _ClientSession] = {}
-        self.stats = UDPStats()
+        self.stats = UDPStats(traffic=traffic)
         self.port: IListeningPort | None = None
         self._limitLogged = False
 
