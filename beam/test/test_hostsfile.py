@@ -652,11 +652,14 @@ class CommandTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
+        import beam.daemon.control as control
         from beam.daemon.control import client
 
         FakeControlClient.requests = []
         FakeControlClient.error = None
+        # Both: the package's lazy export is cached once any test used it.
         self.patch(client, "ControlClient", FakeControlClient)
+        self.patch(control, "ControlClient", FakeControlClient)
         d = Path(self.mktemp())
         d.mkdir(parents=True)
         self.path = d / "hosts"
