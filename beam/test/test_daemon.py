@@ -134,6 +134,40 @@ class DaemonTests(TestCase):
         self.assertEqual(list(client.forwards.byKey), [ok.name])
 
     @inlineCallbacks
+    def test_probeBeforeListening(self):
+        """
+        A checked forward (C{beam connect}) listens only once the host
+        answered: while a host that accepted TCP has not answered, its
+        local port is closed (an app connecting there would only wait,
+        then be closed, issue 12), and giving up leaves no forward.
+        """
+        from twisted.internet.defer import Deferred
+
+        client = yield self.startDaemon()
+        reached: Deferred[None] = Deferred()
+        accepted: list = []
+
+        class Silent(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self.transport)
+                if not reached.called:
+                    reached.callback(None)
+
+        hang = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+        self.addCleanup(hang.stopListening)
+        local = _freePort()
+        target = f"beam://{Identity.generate().peerID}@127.0.0.1:{hang.getHost().port}/web"
+        adding = client.forwards.add(target, port=local)
+        yield reached
+        listening = yield _deferToThread(_accepts, local)
+        self.assertFalse(listening, "the local port listens before the host answered")
+        adding.cancel()
+        yield adding.addErrback(lambda f: None)
+        for transport in accepted:
+            transport.abortConnection()
+        self.assertEqual(client.forwards.byKey, {})
+
+    @inlineCallbacks
     def test_conflictsAndRemoval(self):
         """
         Exposing a port twice is a conflict; removing by name or port works
@@ -185,6 +219,17 @@ def _freePort() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _accepts(port: int) -> bool:
+    """
+    Whether something accepts TCP connections on 127.0.0.1:C{port}.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            return True
+    except OSError:
+        return False
 
 
 def _deferToThread(f, *args):

@@ -5,8 +5,9 @@ leads to another node's tunnel.
 It turns what a user typed (a share address, a C{/p2p/} multiaddr, or a
 name) into a running L{TunnelForward}: it resolves names through the
 resolver it was given (the name service's), refuses this node's own
-address, listens, and for C{beam connect} first asks the host whether it
-would accept us, so a mistake fails at once with the host's reason.
+address, for C{beam connect} first asks the host whether it would accept
+us (so a mistake fails with the host's reason, and no app connects to a
+port that leads nowhere), and only then listens.
 Forwards are kept by their local port; stopping the service stops them all.
 
 A forward started with C{tor=True} (C{beam connect NAME --tor}, C{"tor":
@@ -139,9 +140,9 @@ class Forwards(Service):
         Start a forward to C{share}.
 
         @param probe: first check that the host is reachable and would
-            accept our tunnels, failing with a clear error if not (for
-            C{beam connect}); forwards from the configuration file start
-            regardless and keep retrying.
+            accept our tunnels, failing with a clear error if not, and
+            listen only then (for C{beam connect}); forwards from the
+            configuration file listen at once and keep retrying.
         @param name: the name C{share} was resolved from: when the host
             moves, the forward resolves it again.
         @param tor: dial the host only at its onion addresses (C{/onion3},
@@ -186,6 +187,20 @@ class Forwards(Service):
         if overTor is not None:
             # The forward's addresses follow its re-resolves.
             overTor.addrs = lambda: fwd.addrs
+        if probe:
+            # Before listening: until the host answered, an app that
+            # connects to the local port would only wait, then be closed
+            # (docs/tunnels.md).  The forward's machine never starts for
+            # a host that does not answer, so it never says it retries.
+            try:
+                yield fwd.probe()
+            except TunnelRefused as e:
+                raise TunnelSpecError(f"the host refused the tunnel: {e}") from None
+            except DialError as e:
+                nat = unreachableReason(share.addrs, describe(e))
+                if nat is None:
+                    raise
+                raise TunnelSpecError(nat) from None
         try:
             yield fwd.startService()
         except Exception as e:
@@ -194,21 +209,6 @@ class Forwards(Service):
                 raise TunnelSpecError(str(e)) from None
             where = f"{bind or '127.0.0.1'}:{port or 0}"
             raise TunnelSpecError(f"cannot listen on {where}: {listenFailureReason(e)}") from None
-        if probe:
-            try:
-                yield fwd.probe()
-            except TunnelRefused as e:
-                yield fwd.stopService()
-                raise TunnelSpecError(f"the host refused the tunnel: {e}") from None
-            except DialError as e:
-                yield fwd.stopService()
-                nat = unreachableReason(share.addrs, describe(e))
-                if nat is None:
-                    raise
-                raise TunnelSpecError(nat) from None
-            except BaseException:
-                yield fwd.stopService()
-                raise
         key = str(fwd.localAddress.port)
         self.byKey[key] = fwd
         self.log.info("forwarding {bind}:{port} to {label}", bind=fwd.bind, port=key, label=fwd.label)
