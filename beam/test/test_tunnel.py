@@ -691,6 +691,30 @@ class TunnelTests(TunnelTestsMixin, TestCase):
         self.assertEqual(host.stats["dns"].total, 1)
 
     @inlineCallbacks
+    def test_exposeAgainSaysHowToChange(self):
+        """
+        Exposing a port that is already exposed, with other settings
+        (C{beam 3000 --compress} on a node exposing 3000 without), is
+        refused with the exact commands that make the change; exposing it
+        again as it is says it already is, and how to see its share
+        address.
+        """
+        from beam.errors import Conflict
+
+        a, host = yield self.makeHost()
+        host.exposePort(3000)
+        e = self.assertRaises(Conflict, host.exposePort, 3000, compress=True)
+        self.assertIn("without compression", str(e))
+        self.assertIn("`beam stop 3000 && beam 3000 --compress`", str(e))
+        host.exposePort(5353, name="dns", udp=True, compress=True)
+        e = self.assertRaises(Conflict, host.exposePort, 5353, udp=True, secret=True)
+        self.assertIn("`beam stop dns && beam 5353 --udp --secret`", str(e))
+        e = self.assertRaises(Conflict, host.exposePort, 3000)
+        self.assertIn("already exposed as '3000' with these settings", str(e))
+        self.assertIn("beam status", str(e))
+        self.assertEqual([s.compress for s in host.services.values()], [False, True])
+
+    @inlineCallbacks
     def test_udpBytesCounted(self):
         """
         A UDP tunnel's datagram bytes are counted as a TCP tunnel's bytes

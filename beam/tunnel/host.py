@@ -177,6 +177,35 @@ class _Unknown(ServiceNotOpenable):
         self.service = service
 
 
+def _exposedAgain(
+    existing: ServiceSpec, spec: ServiceSpec, name: Optional[str], allow: Optional[list[PeerID]], secret: bool
+) -> str:
+    """
+    Why exposing C{spec} is refused when C{existing} exposes its port, and
+    what to run instead.  The change is never made in place: the tunnel
+    belongs to whoever exposed it (a C{beam PORT} still showing its share
+    address, which a change of compression or access would make wrong),
+    so the user stops it and exposes it again, with the exact commands.
+    """
+    import shlex
+
+    what = f"{spec.kind} port {spec.port} is already exposed as {existing.name!r}"
+    if (existing.compress == spec.compress and name in (None, existing.name)
+            and (existing.policy.secret is not None) == secret and existing.policy.allow == spec.policy.allow):
+        return f"{what} with these settings: `beam status` shows its share address"
+    command = " ".join(shlex.quote(word) for word in [
+        "beam", str(spec.port),
+        *(["--name", name] if name else []),
+        *(["--host", spec.host] if spec.host != "127.0.0.1" else []),
+        *(["--udp"] if spec.kind == "udp" else []),
+        *(["--compress"] if spec.compress else []),
+        *[w for peer in allow or () for w in ("--allow", str(peer))],
+        *(["--secret"] if secret else []),
+    ])
+    return (f"{what} ({'with' if existing.compress else 'without'} compression); to change it, stop it and "
+            f"expose it again: `beam stop {shlex.quote(existing.name)} && {command}`")
+
+
 class TunnelHost(Service):
     """
     Exposes local services over C{/beam/tunnel/1.0.0} on C{node}.
@@ -416,7 +445,7 @@ class TunnelHost(Service):
             raise TunnelSpecError(str(e)) from None
         for existing in self.services.values():
             if existing.port == port and existing.kind == kind and existing.host == spec.host:
-                raise Conflict(f"{kind} port {port} is already exposed as {existing.name!r}")
+                raise Conflict(_exposedAgain(existing, spec, name, allow, secretBytes is not None))
         if spec.name in self.services:
             raise Conflict(f"a tunnel named {spec.name!r} already exists")
         self.expose(spec)
