@@ -209,6 +209,7 @@ def _parser() -> _Parser:
     s.add_argument("--listen", action="append", metavar="MULTIADDR", help="address to listen on (repeatable)")
     s.add_argument("--no-register", action="store_true",
                    help="do not publish the node's name in the DHT (share the beam:// address only)")
+    s.add_argument("--qr", action="store_true", help="also print the share address as a QR code")
     _addTorOptions(s)
 
     s = command("connect", help="forward a local port to a peer's exposed service")
@@ -281,6 +282,12 @@ def _parser() -> _Parser:
     s.add_argument("--service", metavar="SERVICE",
                    help="for add and remove: the name's service, as SERVICE.NAME.beam")
     s.add_argument("--hosts-file", default=None, metavar="PATH", help="the hosts file (default /etc/hosts)")
+
+    s = command("completion", help="print a shell completion script",
+                description="e.g. beam completion bash > ~/.local/share/bash-completion/completions/beam")
+    s.add_argument("shell", choices=["bash", "zsh", "fish"])
+
+    command("manpage", help="print the manual page (roff), e.g. beam manpage | man -l -")
     return p
 
 
@@ -651,30 +658,32 @@ def _printTunnel(
     addrs: list[str],
     registered: dict[str, Any] | None = None,
     tunnels: int = 1,
+    qr: bool = False,
 ) -> None:
     """
-    The share line.  When the node's name is published on other peers
-    (not just kept here), the command to run is by name; the beam://
-    address always works too.  A secret tunnel is always shared by
-    address, since the secret travels in it.
+    The share line (L{beam.console.share}: by name when the name is
+    published on other peers, with every flag the other side needs), and
+    with C{qr} the share address as a QR code (L{beam.console.qr}; on
+    stderr with C{--json}, which keeps stdout to JSON lines).
     """
-    access = "private" if tunnel["private"] else "public"
-    command = tunnel["connect"]
-    byName = None
-    secret = "#" in tunnel["share"]
-    if registered is not None and registered.get("stored_on", 0) > 0 and not secret:
-        target = registered["name"] if tunnels == 1 else f"{registered['name']}/{tunnel['name']}"
-        byName = f"beam connect {target}" + (" --udp" if tunnel["kind"] == "udp" else "")
-    text = (
-        f"Sharing {tunnel['kind']} {tunnel['target']} as {tunnel['name']!r} ({access}).\n"
-        f"On the other side run:\n\n    {byName or command}\n\n"
-    )
-    if byName:
-        text += f"(or, without the DHT: {command})\n"
+    from beam.console.share import shareLines
+
+    lines = shareLines(tunnel, registered, tunnels)
+    text = lines.text
+    if qr:
+        from beam.console.qr import colourAllowed, renderQR
+
+        stream = sys.stderr if out.asJSON else out.stream
+        code = renderQR(tunnel["share"], colourAllowed(stream))
+        if out.asJSON:
+            stream.write(code)
+            stream.flush()
+        else:
+            text += "\n" + code + "\n"
     text += "Press Ctrl-C to stop."
     out.event(
         {"event": "ready", "peer_id": peerID, "addrs": addrs, "name": tunnel["name"],
-         "share": tunnel["share"], "connect": byName or command, "connect_share": command,
+         "share": tunnel["share"], "connect": lines.command, "connect_share": lines.byShare,
          "registered": registered},
         text,
     )
@@ -712,7 +721,7 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
 
             registered = await client.request("POST", "/v1/names", {"name": memorableName(home)})
         _warnUnreachable(natWarning(status))
-        _printTunnel(out, tunnel, status["peer_id"], status["addrs"], registered, len(status["tunnels"]))
+        _printTunnel(out, tunnel, status["peer_id"], status["addrs"], registered, len(status["tunnels"]), args.qr)
 
         def remove() -> Deferred[Any]:
             return client.request("DELETE", "/v1/tunnels/" + quote(tunnel["name"], safe="")).addErrback(
@@ -746,7 +755,7 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         "addrs": [str(a) for a in node.advertisedAddrs()],
     }))
     _printTunnel(out, tunnel, str(node.peerID), [str(a) for a in node.shareableAddrs()],
-                 registered, len(daemon.tunnels.services))
+                 registered, len(daemon.tunnels.services), args.qr)
     await _forever()
     return 0
 
@@ -1291,6 +1300,25 @@ def cmdID(args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
+def cmdDocs(parser: _Parser, args: argparse.Namespace, out: _Out) -> int:
+    """
+    C{beam completion SHELL} and C{beam manpage}: generated from C{parser}
+    itself (L{beam.console.completion}, L{beam.console.manpage}), so they
+    never disagree with it.
+    """
+    if args.command == "completion":
+        from beam.console.completion import completionScript
+
+        text = completionScript(parser, args.shell)
+    else:
+        from beam.console.manpage import manPage
+
+        text = manPage(parser, __version__)
+    out.stream.write(text)
+    out.stream.flush()
+    return 0
+
+
 def cmdConfig(args: argparse.Namespace, out: _Out) -> int:
     from beam.daemon.config import checkConfig
 
@@ -1479,6 +1507,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.print_help()
         raise SystemExit(2)
     out = _Out(sys.stdout, args.json)
+    if args.command in ("completion", "manpage"):
+        raise SystemExit(cmdDocs(parser, args, out))
     if args.command in ("id", "config"):
         try:
             code = cmdID(args, out) if args.command == "id" else cmdConfig(args, out)
