@@ -185,3 +185,92 @@ class StatusNamesTests(SynchronousTestCase):
             "  carol        not published yet",
         ])
         self.assertIn("names: none", statusText({"peer_id": "12D3KooWSelf", "names": []}).splitlines())
+
+
+def _satisfies(version: tuple[int, int, int], spec: str) -> bool:
+    """
+    Whether C{version} meets an npm C{engines} range: alternatives joined
+    by C{||}, each a space-separated list of C{>=}, C{>}, C{<=}, C{<},
+    C{=}, C{^} or C{~} comparators (or C{*}) on versions that may leave out
+    their minor or patch number.  Enough for the ranges of the lock file.
+    """
+    import re
+
+    def parse(text: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in text.split(".") if p not in ("x", "*", ""))
+
+    def meets(comparator: str) -> bool:
+        m = re.fullmatch(r"(>=|<=|>|<|=|\^|~)?v?([0-9x*.]*)", comparator)
+        if m is None:
+            raise ValueError(f"unsupported engines range {spec!r}")
+        op, bound = m.group(1) or "=", parse(m.group(2))
+        cut = version[:len(bound)]
+        if op == ">=":
+            return cut >= bound
+        if op == ">":
+            return cut > bound
+        if op == "<=":
+            return cut <= bound
+        if op == "<":
+            return cut < bound
+        if op == "~":
+            kept = min(len(bound), 2)  # ~1.2.3 and ~1.2 keep 1.2, ~1 keeps 1
+            return cut >= bound and version[:kept] == bound[:kept]
+        if op == "^":
+            return cut >= bound and version[0] == bound[0]
+        return cut == bound
+
+    # "> = 1.2" never occurs, ">= 1.2" does: glue operators to their version.
+    spec = re.sub(r"([<>=^~]+)\s+", r"\1", spec)
+    return any(all(meets(c) for c in alternative.split()) for alternative in spec.split("||"))
+
+
+def enginesExcluding(lock: dict[str, Any], version: tuple[int, int, int]) -> list[str]:
+    """
+    The packages of an npm lock file whose C{engines.node} excludes
+    C{version} (what C{npm ci} warns about as C{EBADENGINE}).
+    """
+    out = []
+    for path, package in lock.get("packages", {}).items():
+        engines = package.get("engines")
+        spec = engines.get("node") if isinstance(engines, dict) else None
+        if spec and not _satisfies(version, spec):
+            out.append(f"{path.rpartition('node_modules/')[2] or '(root)'}@{package.get('version')}: node {spec}")
+    return out
+
+
+class InteropEnginesTests(SynchronousTestCase):
+    """
+    The js-libp2p interop peer's packages run on the Node the README
+    promises.
+    """
+
+    def test_semverRanges(self) -> None:
+        """
+        The range check reads the forms the lock file uses.
+        """
+        for spec, ok in [(">=20", True), (">=22", False), ("^22 || ^24 || >=26", False), ("^18 || >=20", True),
+                         (">=20.0.0", True), (">= 20", True), ("20.x", True), ("^20.5", False), ("~20.0.1", False), ("~20.0", True),
+                         ("~19", False),
+                         (">=18 <21", True), ("*", True)]:
+            self.assertEqual(_satisfies((20, 0, 0), spec), ok, spec)
+
+    def test_lockFitsPromisedNode(self) -> None:
+        """
+        No package in C{interop/package-lock.json} declares an
+        C{engines.node} range that excludes the oldest Node the project
+        promises (README: Node 20; C{interop/package.json}: C{>=20}), so
+        C{npm ci --prefix interop} gives no C{EBADENGINE} warning.
+        """
+        import re
+
+        from beam.test.test_cli import REPO
+
+        m = re.search(r"Node (\d+) \((\d+)\.(\d+) or later\)", (REPO / "README.md").read_text())
+        assert m is not None, "the README names no Node version"
+        major, least = int(m.group(1)), (int(m.group(2)), int(m.group(3)), 0)
+        self.assertEqual(least[0], major)
+        promised = json.loads((REPO / "interop" / "package.json").read_text())["engines"]["node"]
+        self.assertTrue(_satisfies(least, promised), promised)
+        lock = json.loads((REPO / "interop" / "package-lock.json").read_text())
+        self.assertEqual(enginesExcluding(lock, least), [])
