@@ -13,7 +13,8 @@ The layers, bottom-up (docs/architecture.md draws them)::
     dht | tunnel                       (services; neither imports the other)
     names       (above the DHT it stores records in)
     daemon      the MultiService a user runs, config, logs, control socket
-    cli, console, tap, endpoints, testing, the public beam/__init__
+    console     what the terminal shows (styles, live lines, completion)
+    cli, tap, endpoints, testing, the public beam/__init__
 
 The check reads every import statement with L{ast}, including imports
 inside functions and under C{TYPE_CHECKING}: a lazy import that runs upward
@@ -44,12 +45,12 @@ LAYERS: dict[str, int] = {
     "beam.tunnel": 5,
     "beam.names": 6,
     "beam.daemon": 7,
-    "beam.cli": 8,
     "beam.console": 8,
-    "beam.tap": 8,
-    "beam.endpoints": 8,
-    "beam.plugins": 8,
-    "beam.testing": 9,
+    "beam.cli": 9,
+    "beam.tap": 9,
+    "beam.endpoints": 9,
+    "beam.plugins": 9,
+    "beam.testing": 10,
 }
 
 
