@@ -11,7 +11,7 @@ command line that does not parse, else 1), and stderr carries only log
 lines.
 
 The global options (C{--home}, C{--json}, C{--bootstrap}, C{--log-format},
-C{--quiet}) may come before or after the command: C{beam --bootstrap X
+C{--quiet}, C{--verbose}) may come before or after the command: C{beam --bootstrap X
 daemon} and C{beam daemon --bootstrap X} are the same, and so is
 C{beam --listen X daemon} for the commands that run a node.
 
@@ -82,7 +82,10 @@ _GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--log-format",), dict(dest="log_format", choices=["text", "json"], default=None,
                              help="log lines on stderr as text (default) or JSON")),
     (("--quiet", "-q"), dict(dest="quiet", action="store_true", default=False,
-                             help="log warnings and errors only")),
+                             help="show only errors on the terminal (the log file keeps everything)")),
+    (("--verbose", "-v"), dict(dest="verbose", action="count", default=0,
+                               help="show Beam's info lines too (-vv: everything, with timestamps; "
+                                    "`beam logs` shows the node's log file)")),
     (("--bootstrap",), dict(dest="bootstrap", action="append", metavar="MULTIADDR", default=None,
                             help="a DHT peer to join through, /.../p2p/PEER_ID "
                                  "(repeatable; also in config.toml)")),
@@ -169,6 +172,8 @@ def _mergeGlobals(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, dest, (getattr(args, dest) or []) + later)
         elif options.get("action") == "store_true":
             setattr(args, dest, getattr(args, dest) or later)
+        elif options.get("action") == "count":
+            setattr(args, dest, (getattr(args, dest) or 0) + later)
         else:
             setattr(args, dest, later)
     earlier = args._top_listen
@@ -180,11 +185,22 @@ def _mergeGlobals(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+#: The examples at the end of C{beam --help}, one per line.
+_EPILOG = """\
+examples:
+  beam 3000                       expose local port 3000 and print its share address
+  beam connect <share address>    reach it from another machine (prints the local port)
+  beam status                     what the running node is doing
+  beam logs --follow              watch the node's log (beam.log in its home)"""
+
+
 def _parser() -> _Parser:
     p = _Parser(
         prog="beam",
         description="Decentralized peer-to-peer tunnels for local apps.",
-        epilog="Expose a port: beam 3000    Reach it from elsewhere: beam connect <share address>",
+        epilog=_EPILOG,
+        # The epilog's examples keep their lines (the description is one line anyway).
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"beam {__version__}")
     _addGlobalOptions(p, top=True)
@@ -267,6 +283,12 @@ def _parser() -> _Parser:
     s.add_argument("--count", "-c", type=int, default=4, help="number of pings (default 4)")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer")
 
+    s = command("logs", help="print the node's log file (<home>/logs/beam.log)")
+    s.add_argument("--follow", "-f", action="store_true",
+                   help="keep printing lines as they are written, like tail -f (Ctrl-C stops)")
+    s.add_argument("-n", "--lines", type=int, default=None, metavar="N",
+                   help="only the last N lines (default: the whole current file)")
+
     s = command("config", help="check the configuration file")
     s.add_argument("action", choices=["check"], help="check: validate config.toml")
 
@@ -316,7 +338,7 @@ def _takesValue(flag: str) -> bool:
         return True
     for flags, options in _GLOBAL_OPTIONS:
         if flag in flags:
-            return options.get("action") not in ("store_true", "store_false")
+            return options.get("action") not in ("store_true", "store_false", "count")
     return False
 
 
@@ -365,6 +387,7 @@ class _Out:
         elif text is not None:
             self.stream.write(text + "\n")
         self.stream.flush()
+        _releaseLog()  # the banner came first; the log may follow
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -433,10 +456,43 @@ def _rememberTorMode(home: Path, mode: str, explicit: bool) -> None:
 
 
 def _startLogging(args: argparse.Namespace, config: Any = None) -> None:
-    from beam.daemon.logs import startLogging
+    """
+    The log of a command that runs a node: Beam's warnings and errors on
+    the terminal (more with C{-v}, fewer with C{-q}), everything in
+    C{<home>/logs/beam.log} (see L{beam.daemon.logs}).
+    """
+    from beam.console.style import linePrinter
+    from beam.daemon.logs import HeldObserver, RotatingLogFile, logFilePath, startLogging
 
     fmt = args.log_format or (config.logFormat if config is not None else "text")
-    startLogging(sys.stderr, fmt, LogLevel.warn if args.quiet else LogLevel.info)
+    verbosity = -1 if args.quiet else getattr(args, "verbose", 0)
+    logFile = None
+    try:
+        logFile = RotatingLogFile(logFilePath(_home(args)))
+    except OSError as e:
+        linePrinter(sys.stderr)("warning", f"cannot write the log file ({e.strerror or e}: {e.filename}); "
+                                           "the log goes to the terminal only")
+    terminal = startLogging(sys.stderr, fmt, LogLevel.warn if args.quiet else LogLevel.info,
+                            verbosity=verbosity, logFile=logFile, printLine=linePrinter(sys.stderr), hold=True)
+    if isinstance(terminal, HeldObserver):
+        # Held until the command's first output (its banner), or 5 s if
+        # that takes longer (a slow start should say why), or its end.
+        from twisted.internet import reactor
+
+        _heldLog.append(terminal)
+        reactor.callLater(5, _releaseLog)  # type: ignore[attr-defined]
+
+
+#: The terminal's log while a command starts (L{_startLogging}).
+_heldLog: list[Any] = []
+
+
+def _releaseLog() -> None:
+    """
+    Let the terminal's log through: the command printed its banner.
+    """
+    while _heldLog:
+        _heldLog.pop().release()
 
 
 async def _runDaemon(
@@ -1319,6 +1375,43 @@ def cmdDocs(parser: _Parser, args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
+def cmdLogs(args: argparse.Namespace, out: _Out) -> int:
+    """
+    C{beam logs}: the node's log file, or its last C{-n} lines; with
+    C{--follow} then what is written to it (across rotations) until
+    Ctrl-C, which exits 130.  Works while the node runs: it only reads.
+    """
+    from beam.daemon.logs import follow, logFilePath, tailLines
+
+    path = logFilePath(_home(args))
+
+    def show(line: str) -> None:
+        out.event({"event": "log", "line": line.rstrip("\n")}, line.rstrip("\n"))
+
+    try:
+        try:
+            lines, end = tailLines(path, args.lines)
+        except FileNotFoundError:
+            if not args.follow:
+                raise BeamError(f"no log yet at {path} (a node writes it once it runs with this home)") from None
+            lines, end = [], 0
+        for line in lines:
+            show(line)
+        if args.follow:
+            for line in follow(path, end):
+                if line:
+                    show(line)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `beam logs | head`: the reader had enough; nothing more to flush.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0
+
+
 def cmdConfig(args: argparse.Namespace, out: _Out) -> int:
     from beam.daemon.config import checkConfig
 
@@ -1509,9 +1602,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = _Out(sys.stdout, args.json)
     if args.command in ("completion", "manpage"):
         raise SystemExit(cmdDocs(parser, args, out))
-    if args.command in ("id", "config"):
+    if args.command in ("id", "config", "logs"):
         try:
-            code = cmdID(args, out) if args.command == "id" else cmdConfig(args, out)
+            code = {"id": cmdID, "config": cmdConfig, "logs": cmdLogs}[args.command](args, out)
         except Exception as e:
             _reportError(e, out.asJSON)
             raise SystemExit(1)
@@ -1535,6 +1628,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             exitCode[0] = code
 
         def failed(f: Failure) -> None:
+            _releaseLog()
             _reportError(f, out.asJSON)
             exitCode[0] = 1
 
@@ -1545,4 +1639,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SystemExit as e:
         if e.code not in (0, None):
             raise
+    finally:
+        _releaseLog()
     raise SystemExit(exitCode[0])

@@ -7,6 +7,7 @@ only composes the daemon's L{MultiService} (see L{beam.daemon.service}).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.application.service import IService
@@ -19,12 +20,22 @@ from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
 
 
+#: twistd's own default for C{--pidfile}, which L{Options} moves to the home.
+DEFAULT_TWISTD_PIDFILE = "twistd.pid"
+
+
 class Options(usage.Options):
     """
     Options for C{twistd beam}.  Tunnels and listen addresses also come from
     C{config.toml} in the home directory; flags override it.
     """
 
+    longdesc = (
+        "twistd's pid file goes into the home directory (HOME/twistd.pid) unless --pidfile names "
+        "another one before `beam` (an empty --pidfile= writes none), so no twistd.pid is left in the "
+        "directory twistd ran from.  Besides twistd's own log, the node writes HOME/logs/beam.log, "
+        "which `beam logs` prints."
+    )
     synopsis = "[--port PORT [--name NAME] [--udp] [--compress] [--allow PEER]... [--secret]] [--listen MULTIADDR]..."
     optParameters = [
         ["home", None, None, "The node's home directory (default: $BEAM_HOME or the XDG data dir)."],
@@ -65,6 +76,11 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self["home"] = resolveHome(self["home"])
+        # twistd's default pid file is twistd.pid in the working directory
+        # (where it was left behind, a checkout included); ours lives in
+        # the home.  twistd reads it after parsing us, before it starts.
+        if self.parent is not None and self.parent.get("pidfile") == DEFAULT_TWISTD_PIDFILE:
+            self.parent["pidfile"] = str(self["home"] / "twistd.pid")
         port = self["port"]
         if port is not None and not 0 < port < 65536:
             raise usage.UsageError(f"--port must be between 1 and 65535, not {port}")
@@ -82,6 +98,21 @@ class Options(usage.Options):
             )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+
+def _logToFile(home: Any) -> None:
+    """
+    Also write the node's log to C{HOME/logs/beam.log} (what C{beam logs}
+    prints), next to wherever twistd sends its own.
+    """
+    from twisted.logger import globalLogPublisher
+
+    from beam.daemon.logs import RotatingLogFile, logFilePath, makeFileObserver
+
+    try:
+        globalLogPublisher.addObserver(makeFileObserver(RotatingLogFile(logFilePath(home))))
+    except OSError as e:
+        sys.stderr.write(f"beam: warning: cannot write {logFilePath(home)}: {e.strerror or e}\n")
 
 
 def makeService(options: Any) -> IService:
@@ -103,6 +134,7 @@ def makeService(options: Any) -> IService:
         daemon.log.critical("beam could not start: {why}", why=f.getErrorMessage())
         reactor.callLater(0, reactor.stop)
 
+    _logToFile(options["home"])
     daemon = BeamDaemon(reactor, options["home"], identity, options["config"], onStartFailure=failed)
     daemon.setName("beam")
     return daemon

@@ -201,3 +201,143 @@ class ObserverTests(SynchronousTestCase):
         log.warn("live")
         texts = [json.loads(line)["text"] for line in stream.getvalue().splitlines()]
         self.assertEqual(texts, ["buffered", "live"])
+
+
+class RotatingLogFileTests(SynchronousTestCase):
+    """
+    The node's log file: private, append-only, rotated and size-capped.
+    """
+
+    def test_rotation(self) -> None:
+        """
+        A write that would take the file past its size renames it to
+        C{.1} (older ones shift up); only C{keep} old files stay, each
+        0600 in a 0700 directory.
+        """
+        import os
+        from pathlib import Path
+
+        from beam.daemon.logs import RotatingLogFile
+
+        path = Path(self.mktemp()) / "logs" / "beam.log"
+        f = RotatingLogFile(path, maxBytes=100, keep=2)
+        self.addCleanup(f.close)
+        for i in range(10):
+            f.write(f"{i}" * 60 + "\n")
+        self.assertEqual(sorted(p.name for p in path.parent.iterdir()), ["beam.log", "beam.log.1", "beam.log.2"])
+        self.assertEqual(path.read_text(), "9" * 60 + "\n")
+        self.assertEqual(path.with_name("beam.log.2").read_text(), "7" * 60 + "\n")
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        self.assertEqual(os.stat(path.parent).st_mode & 0o777, 0o700)
+
+
+class TerminalTests(SynchronousTestCase):
+    """
+    What the terminal shows: Beam's warnings by default, never Twisted's
+    chatter, held until released.
+    """
+
+    def lines(self, verbosity: int, events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        from beam.daemon.logs import makeTerminalObserver
+
+        printed: list[tuple[str, str]] = []
+        observer = makeTerminalObserver(io.StringIO(), verbosity, None, lambda k, m: printed.append((k, m)))
+        for e in events:
+            observer(e)
+        return printed
+
+    def test_verbosity(self) -> None:
+        """
+        Default: Beam's warnings and errors, as C{warning}/C{error} lines
+        without time or module; C{-v} adds Beam's info; C{--quiet} only
+        errors; Twisted's info and warnings never.
+        """
+        events = [event("info", LogLevel.info), event("careful", LogLevel.warn), event("bad", LogLevel.error),
+                  event("Factory starting on 1", LogLevel.info, log_namespace="log_legacy"),
+                  event("twisted warn", LogLevel.warn, log_namespace="twisted.internet.base")]
+        self.assertEqual(self.lines(0, events), [("warning", "careful"), ("error", "bad")])
+        self.assertEqual(self.lines(1, events), [("", "info"), ("warning", "careful"), ("error", "bad")])
+        self.assertEqual(self.lines(-1, events), [("error", "bad")])
+
+    def test_unexpectedErrorShown(self) -> None:
+        """
+        Another library's critical event (an unhandled failure: a bug) is
+        shown, as unexpected, naming the failure.
+        """
+        from twisted.python.failure import Failure
+
+        try:
+            boom()
+        except ZeroDivisionError:
+            f = Failure()
+        lines = self.lines(0, [event("Unhandled error in Deferred:", LogLevel.critical,
+                                     log_namespace="twisted.internet.defer", log_failure=f)])
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(lines[0][0], "error")
+        self.assertIn("unexpected error", lines[0][1])
+        self.assertIn("ZeroDivisionError", lines[0][1])
+
+    def test_heldUntilReleased(self) -> None:
+        """
+        startLogging with C{hold} keeps the terminal's lines until
+        released; the log file gets everything at once, Twisted's too.
+        """
+        publisher = LogPublisher()
+        beginner = LogBeginner(publisher, io.StringIO(), sys, warnings)
+        stream, logFile = io.StringIO(), io.StringIO()
+        held = startLogging(stream, "text", beginner=beginner, verbosity=0, logFile=logFile, hold=True)
+        log = Logger(namespace="beam.test", observer=publisher)
+        log.warn("careful")
+        Logger(namespace="log_legacy", observer=publisher).info("Factory starting on 1")
+        self.assertEqual(stream.getvalue(), "")
+        self.assertIn("careful", logFile.getvalue())
+        self.assertIn("Factory starting on 1", logFile.getvalue())
+        held.release()  # type: ignore[attr-defined]
+        self.assertEqual(stream.getvalue(), "warning: careful\n")
+        log.warn("again")
+        self.assertEqual(stream.getvalue(), "warning: careful\nwarning: again\n")
+
+
+class ReadLogTests(SynchronousTestCase):
+    """
+    tailLines and follow, which C{beam logs} prints with.
+    """
+
+    def test_tail(self) -> None:
+        """
+        The last N lines of a file bigger than one read block, and the
+        offset they end at.
+        """
+        from pathlib import Path
+
+        from beam.daemon.logs import tailLines
+
+        path = Path(self.mktemp())
+        path.write_text("".join(f"line {i} {'x' * 100}\n" for i in range(1000)))
+        lines, end = tailLines(path, 3)
+        self.assertEqual([line.split()[1] for line in lines], ["997", "998", "999"])
+        self.assertEqual(end, path.stat().st_size)
+        self.assertEqual(len(tailLines(path)[0]), 1000)
+
+    def test_followAcrossRotation(self) -> None:
+        """
+        follow yields appended whole lines, and goes on in the new file
+        after a rotation.
+        """
+        from pathlib import Path
+
+        from beam.daemon.logs import follow
+
+        path = Path(self.mktemp())
+        path.write_text("old\n")
+        polls: list[float] = []
+        lines = follow(path, sleep=polls.append)
+        self.assertEqual(next(lines), "")
+        with open(path, "a") as f:
+            f.write("one\ntw")
+        self.assertEqual(next(lines), "one\n")
+        self.assertEqual(next(lines), "")
+        path.rename(path.with_name(path.name + ".1"))
+        path.write_text("new\n")
+        self.assertEqual(next(lines), "tw\n")  # the old file's unfinished line, ended
+        self.assertEqual(next(lines), "new\n")
