@@ -480,7 +480,7 @@ def _startLogging(args: argparse.Namespace, config: Any = None) -> None:
         from twisted.internet import reactor
 
         _heldLog.append(terminal)
-        reactor.callLater(5, _releaseLog)  # type: ignore[attr-defined]
+        reactor.callLater(5, _releaseLog)
 
 
 #: The terminal's log while a command starts (L{_startLogging}).
