@@ -697,6 +697,46 @@ def _forever() -> Deferred[None]:
     return Deferred()
 
 
+def _progress(reactor: Any, out: _Out) -> Any:
+    """
+    What a wait longer than a second shows on stderr (L{beam.console.progress});
+    L{None} with C{--json}.
+    """
+    if out.asJSON:
+        return None
+    from beam.console.progress import Progress
+
+    return Progress(reactor, sys.stderr)
+
+
+async def _watchLive(
+    reactor: Any, out: _Out, source: Any, kind: str, key: str, label: str, home: Path | None = None,
+) -> int:
+    """
+    Run until the tunnel or forward C{key} or the node goes away, with the
+    live line on a terminal (L{beam.console.live}); the exit status says
+    which went away.  C{home}: the running node this command asked.
+    """
+    from beam.console.live import LiveStatus
+
+    def notify(event: dict[str, Any], text: str) -> None:
+        if out.asJSON:
+            out.event(event, None)
+        else:
+            sys.stderr.write(f"beam: {text}\n")
+            sys.stderr.flush()
+
+    def stillRunning() -> bool:
+        from beam.daemon.control.socket import nodeRunning
+
+        return home is None or nodeRunning(home)
+
+    live = LiveStatus(reactor, source, kind, key, label, out.stream, _isTTY(out.stream) and not out.asJSON,
+                      notify, stillRunning)
+    reactor.addSystemEventTrigger("before", "shutdown", live.stop)
+    return await live.start()
+
+
 def _serviceListening(host: str, port: int, udp: bool) -> bool:
     if udp:
         return True
@@ -773,9 +813,11 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         status = await client.request("GET", "/v1/status")
         registered = None
         if not args.no_register:
+            from beam.console.progress import waitingFor
             from beam.names.service import memorableName
 
-            registered = await client.request("POST", "/v1/names", {"name": memorableName(home)})
+            registered = await waitingFor(_progress(reactor, out), "publishing this node's name",
+                                          client.request("POST", "/v1/names", {"name": memorableName(home)}))
         _warnUnreachable(natWarning(status))
         _printTunnel(out, tunnel, status["peer_id"], status["addrs"], registered, len(status["tunnels"]), args.qr)
 
@@ -785,8 +827,10 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
             )
 
         reactor.addSystemEventTrigger("before", "shutdown", remove)
-        await _forever()
-        return 0
+        from beam.console.live import controlSource
+
+        return await _watchLive(reactor, out, controlSource(client), "tunnel", tunnel["name"],
+                                f"the tunnel {tunnel['name']!r}", home)
     config = _loadConfig(args)
     _startLogging(args, config)
     daemon = await _runDaemon(reactor, args, config, out=out)
@@ -801,8 +845,12 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     if not args.no_register:
         from beam.names.service import memorableName
 
-        await daemon.kademlia.whenBootstrapped()
-        registered = asJSON(await daemon.names.register(memorableName(daemon.home)))
+        from beam.console.progress import waitingFor
+
+        progress = _progress(reactor, out)
+        await waitingFor(progress, "joining the DHT", daemon.kademlia.whenBootstrapped())
+        registered = asJSON(await waitingFor(progress, "publishing this node's name",
+                                             daemon.names.register(memorableName(daemon.home))))
     node = daemon.node
     _warnUnreachable(natWarning({
         "reachability": node.addresses.reachability,
@@ -812,8 +860,18 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     }))
     _printTunnel(out, tunnel, str(node.peerID), [str(a) for a in node.shareableAddrs()],
                  registered, len(daemon.tunnels.services), args.qr)
-    await _forever()
-    return 0
+    from beam.console.live import daemonSource
+
+    return await _watchLive(reactor, out, daemonSource(daemon), "tunnel", tunnel["name"],
+                            f"the tunnel {tunnel['name']!r}")
+
+
+def _shortTarget(target: str) -> str:
+    """
+    A share address as the progress line names it: its peer ID, shortened.
+    """
+    peer = target.removeprefix("beam://").split("@", 1)[0].rsplit("/p2p/", 1)[-1].split("/", 1)[0]
+    return peer if len(peer) <= 16 else peer[:8] + "…" + peer[-4:]
 
 
 def _warnTorFlags(args: argparse.Namespace, status: dict[str, Any]) -> None:
@@ -846,11 +904,17 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
     if not isName:
         parseShareAddress(args.target, args.service)  # fail fast on a malformed address
     home = _home(args)
+    from beam.console.progress import waitingFor
+
+    reaching = f"looking up {args.target} and reaching it" if isName else f"reaching {_shortTarget(args.target)}"
+    attached: Path | None  # the running node this command asked, if any
     if nodeRunning(home):
+        from beam.console.live import controlSource
         from beam.daemon.control.client import ControlClient
 
         client = ControlClient(reactor, home)
         _warnTorFlags(args, await _waitForTor(reactor, client, out))
+        source, attached = controlSource(client), home
         body: dict[str, Any] = {"target": args.target, "bind": args.bind, "compress": args.compress,
                                 "udp": args.udp}
         if args.tor:
@@ -860,9 +924,9 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         if args.service:
             body["service"] = args.service
         if isName and args.accept_new_key:
-            await client.request("GET", "/v1/resolve/" + quote(args.target.partition("/")[0], safe="")
-                                 + "?accept_new_key=1")
-        fwd = await client.request("POST", "/v1/forwards", body)
+            await waitingFor(_progress(reactor, out), f"looking up {args.target}", client.request(
+                "GET", "/v1/resolve/" + quote(args.target.partition("/")[0], safe="") + "?accept_new_key=1"))
+        fwd = await waitingFor(_progress(reactor, out), reaching, client.request("POST", "/v1/forwards", body))
 
         def remove() -> Deferred[Any]:
             return client.request("DELETE", "/v1/forwards/" + quote(fwd["name"], safe="")).addErrback(
@@ -874,18 +938,21 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         config = _loadConfig(args)
         _startLogging(args, config)
         daemon = await _runDaemon(reactor, args, config, out=out)
+        from beam.console.live import daemonSource
         from beam.controlapi import asJSON
 
+        source, attached = daemonSource(daemon), None
         # tor= only when asked, so the call stays what it was without --tor.
         torOption: dict[str, Any] = {"tor": True} if args.tor else {}
-        fwd = asJSON(await daemon.forwards.add(args.target, args.port, args.bind, args.service, args.compress,
-                                               args.udp, acceptNewKey=args.accept_new_key, **torOption))
+        fwd = asJSON(await waitingFor(_progress(reactor, out), reaching, daemon.forwards.add(
+            args.target, args.port, args.bind, args.service, args.compress, args.udp,
+            acceptNewKey=args.accept_new_key, **torOption)))
     out.event(
         {"event": "ready", "listen": fwd["listen"], "peer_id": fwd["peer_id"], "service": fwd["service"]},
         f"listening on {fwd['listen']} -> {fwd['peer_id']}/{fwd['service'] or 'default'}",
     )
-    await _forever()
-    return 0
+    return await _watchLive(reactor, out, source, "forward", fwd["name"], f"the forward on {fwd['listen']}",
+                            attached)
 
 
 async def cmdStatus(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
