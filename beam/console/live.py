@@ -19,12 +19,11 @@ Drawing is a hand-rolled carriage-return line rather than C{rich.Live}:
 it is one line, it must coexist with log lines on stderr, and without
 escape codes (colour aside) it also works on C{TERM=dumb}.  Colour only
 on a terminal, without C{NO_COLOR} and with a C{TERM} other than
-C{dumb} (L{useColour}, the rule C{beam.console.style} states).
+C{dumb}, as L{beam.console.style} decides.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections import deque
 from typing import Any, Callable, Optional, TextIO
@@ -56,11 +55,11 @@ Source = Callable[[], "Deferred[dict[str, Any]]"]
 def useColour(stream: Any) -> bool:
     """
     Colour only on a terminal, without C{NO_COLOR}, and not on
-    C{TERM=dumb}.
+    C{TERM=dumb} (L{beam.console.style.useColour} decides).
     """
-    from beam.console.progress import isTTY
+    from beam.console.style import useColour as styleUseColour
 
-    return isTTY(stream) and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    return styleUseColour(stream)
 
 
 def size(n: float) -> str:

@@ -45,10 +45,9 @@ def isTTY(stream: Any) -> bool:
     """
     Whether C{stream} is a terminal (a closed or odd stream is not).
     """
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
+    from beam.console.style import isTerminal
+
+    return isTerminal(stream)
 
 
 def _unicodeOK(stream: Any) -> bool:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pexpect
+import pexpect  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -331,8 +331,8 @@ def _accepts(port: int) -> bool:
 # -- units ------------------------------------------------------------------
 
 
-TUNNEL = {"name": "web", "stats": {"active": 2, "total": 3, "bytesIn": 1258291, "bytesOut": 20480}}
-FORWARD = {"name": "8080", "peer_id": "12D3KooWHost", "state": "connected",
+TUNNEL: dict[str, Any] = {"name": "web", "stats": {"active": 2, "total": 3, "bytesIn": 1258291, "bytesOut": 20480}}
+FORWARD: dict[str, Any] = {"name": "8080", "peer_id": "12D3KooWHost", "state": "connected",
            "stats": {"active": 1, "total": 1, "bytesIn": 10, "bytesOut": 0}}
 
 
