@@ -32,8 +32,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 __all__ = [
-    "EXIT_NODE_GONE", "EXIT_STOPPED", "INTERVAL", "LiveStatus", "controlSource", "daemonSource",
-    "liveText", "size", "useColour",
+    "EXIT_NODE_GONE", "EXIT_STOPPED", "INTERVAL", "LiveStatus", "afterWrite", "aside", "beforeWrite",
+    "controlSource", "daemonSource", "liveText", "size", "useColour",
 ]
 
 #: Exit status when the tunnel or forward was stopped (TERM-CONTRACT).
@@ -145,6 +145,48 @@ def liveText(kind: str, item: dict[str, Any], connections: list[dict[str, Any]],
     return f"{mark} " + " · ".join(parts)
 
 
+#: The live statuses whose line is on the terminal now: a log line (or
+#: any other line) written meanwhile clears them first and redraws them
+#: after (L{beforeWrite}, L{afterWrite}).
+_drawn: list["LiveStatus"] = []
+
+
+def beforeWrite() -> None:
+    """
+    Clear every live line now drawn, so that a line about to be written
+    to the terminal starts at the left on an empty line rather than
+    after the live line's text.  Call L{afterWrite} once it is written.
+    Cheap and harmless when no live line is drawn (piped, no command
+    watching), so every terminal line printer may call it.
+    """
+    for live in list(_drawn):
+        live._clear()
+
+
+def afterWrite() -> None:
+    """
+    Draw again the live lines L{beforeWrite} cleared, below the line just
+    written, instead of leaving them blank until the next refresh.
+    """
+    for live in list(_drawn):
+        live._redraw()
+
+
+def aside(printLine: Callable[[str, str], None]) -> Callable[[str, str], None]:
+    """
+    C{printLine} (a C{KIND, MESSAGE} printer such as the log's) made to
+    clear the live line before each line it prints and redraw it after.
+    """
+    def printAside(kind: str, message: str) -> None:
+        beforeWrite()
+        try:
+            printLine(kind, message)
+        finally:
+            afterWrite()
+
+    return printAside
+
+
 def daemonSource(daemon: Any) -> Source:
     """
     The status of the node running in this process, shaped as C{GET
@@ -232,6 +274,7 @@ class LiveStatus:
         self.done: Deferred[int] = Deferred()
         self._samples: deque[tuple[float, int, int]] = deque()
         self._shown = ""
+        self._hidden = False
         self._timer: Any = None
         self._pending: Optional[Deferred[Any]] = None
 
@@ -253,10 +296,32 @@ class LiveStatus:
         self._endLine()
 
     def _endLine(self) -> None:
-        if self._shown:
+        if self in _drawn:
+            _drawn.remove(self)
+        if self._shown and not self._hidden:
             self.stream.write("\n")
             self.stream.flush()
-            self._shown = ""
+        self._shown = ""
+        self._hidden = False
+
+    def _clear(self) -> None:
+        """
+        Blank the line drawn (spaces over it, back to its start): what is
+        written next takes its place.
+        """
+        if self._shown and not self._hidden:
+            self.stream.write("\r" + " " * _visibleLength(self._shown) + "\r")
+            self.stream.flush()
+            self._hidden = True
+
+    def _redraw(self) -> None:
+        """
+        Draw the last line again after L{_clear}.
+        """
+        if self._shown and self._hidden:
+            self._hidden = False
+            self.stream.write("\r" + self._shown)
+            self.stream.flush()
 
     def _look(self) -> None:
         self._timer = None
@@ -323,10 +388,13 @@ class LiveStatus:
             visible = width
         # Pad with spaces over what the last line left (no escape codes,
         # so that TERM=dumb works too).
-        pad = max(0, len(_plain(self._shown)) - visible)
+        pad = 0 if self._hidden else max(0, _visibleLength(self._shown) - visible)
         self.stream.write("\r" + text + " " * pad)
         self.stream.flush()
         self._shown = text
+        self._hidden = False
+        if self not in _drawn:
+            _drawn.append(self)
 
 
 def _plain(text: str) -> str:

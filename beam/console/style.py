@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -105,8 +105,13 @@ def linePrinter(stream: IO[str] | None = None,
     out = sys.stderr if stream is None else stream
     if not useColour(out, environ):
         def plain(kind: str, message: str) -> None:
+            live = _liveModule()
+            if live is not None:
+                live.beforeWrite()
             out.write(f"{kind}: {message}\n" if kind else message + "\n")
             out.flush()
+            if live is not None:
+                live.afterWrite()
         return plain
     consoles: list[Console] = []
 
@@ -120,9 +125,25 @@ def linePrinter(stream: IO[str] | None = None,
             line.append(f"{kind}:", style=PREFIX_STYLES.get(kind, "bold"))
             line.append(" ")
         line.append(message)
+        live = _liveModule()
+        if live is not None:
+            live.beforeWrite()
         consoles[0].print(line, soft_wrap=True)
         out.flush()
+        if live is not None:
+            live.afterWrite()
     return coloured
+
+
+def _liveModule() -> Any:
+    """
+    L{beam.console.live} if a command loaded it (only then can a live
+    line be on the terminal): a line printed then must clear the live
+    line first and let it redraw after, or it would follow the live
+    line's text on the same line.  Not imported otherwise, which keeps
+    printing an error cheap.
+    """
+    return sys.modules.get("beam.console.live")
 
 
 def prefixed(kind: str, message: str, stream: IO[str] | None = None,

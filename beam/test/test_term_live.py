@@ -385,6 +385,31 @@ class LiveTextTests(SynchronousTestCase):
                          ["0 B", "512 B", "20 KiB", "1.2 MiB", "5.0 GiB"])
 
 
+def _screen(output: str) -> list[str]:
+    """
+    The rows a terminal shows after C{output}: a carriage return goes
+    back to the row's start and what follows overwrites it; trailing
+    spaces are not seen.
+    """
+    rows: list[str] = []
+    row: list[str] = []
+    col = 0
+    for ch in output:
+        if ch == "\n":
+            rows.append("".join(row).rstrip())
+            row, col = [], 0
+        elif ch == "\r":
+            col = 0
+        else:
+            if col < len(row):
+                row[col] = ch
+            else:
+                row.append(ch)
+            col += 1
+    rows.append("".join(row).rstrip())
+    return rows
+
+
 class LiveStatusTests(SynchronousTestCase):
     """
     L{LiveStatus} on a L{Clock} with canned statuses.
@@ -400,9 +425,10 @@ class LiveStatusTests(SynchronousTestCase):
             answer = answers.pop(0) if len(answers) > 1 else answers[0]
             return fail(answer) if isinstance(answer, Exception) else succeed(answer)
 
-        self.live = LiveStatus(self.clock, source, kind, key, f"the {kind} {key!r}", self.out, tty,
-                               lambda event, text: self.notices.append((event, text)),
-                               stillRunning=lambda: self.running, colour=False)
+        self.live = live = LiveStatus(self.clock, source, kind, key, f"the {kind} {key!r}", self.out, tty,
+                                      lambda event, text: self.notices.append((event, text)),
+                                      stillRunning=lambda: self.running, colour=False)
+        self.addCleanup(live.stop)
         self.running = running
         return self.live.start()
 
@@ -458,6 +484,42 @@ class LiveStatusTests(SynchronousTestCase):
         self.clock.advance(0.5)
         self.assertEqual(self.successResultOf(d), EXIT_STOPPED)
         self.assertEqual(self.out.getvalue(), "")
+
+    def test_logLineAboveLiveLine(self) -> None:
+        """
+        A log line printed while the live line is drawn (the terminal
+        log's line printer, L{beam.console.style.linePrinter}) clears the
+        live line first and redraws it after: on the screen the log line
+        stands alone and the live line follows below, rather than the log
+        line's text coming after the live line's on the same line.
+        """
+        from beam.console.style import linePrinter
+
+        self.watch([{"tunnels": [TUNNEL], "connections": []}])
+        [drawn] = _screen(self.out.getvalue())
+        linePrinter(self.out, environ={"NO_COLOR": "1"})("warning", "the relay went away")
+        self.assertEqual(_screen(self.out.getvalue()), ["warning: the relay went away", drawn])
+        self.clock.advance(0.5)
+        self.assertEqual(_screen(self.out.getvalue()), ["warning: the relay went away", drawn])
+        self.live.stop()
+        self.assertEqual(_screen(self.out.getvalue()), ["warning: the relay went away", drawn, ""])
+
+    def test_asideWithoutLiveLine(self) -> None:
+        """
+        L{aside} with no live line drawn (piped, or the watch over) only
+        prints; after the watch ended, nothing is redrawn.
+        """
+        from beam.console.live import aside
+
+        d = self.watch([{"forwards": [FORWARD]}, {"forwards": []}], kind="forward", key="8080")
+        self.clock.advance(0.5)
+        self.assertEqual(self.successResultOf(d), EXIT_STOPPED)
+        before = self.out.getvalue()
+        def printLine(kind: str, message: str) -> None:
+            self.out.write(f"{kind}: {message}\n")
+
+        aside(printLine)("error", "boom")
+        self.assertEqual(self.out.getvalue(), before + "error: boom\n")
 
     def test_unknownSection(self) -> None:
         """
