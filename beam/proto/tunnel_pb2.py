@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17beam/proto/tunnel.proto\x12\x0bbeam.tunnel"u\n\rTunnelRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x1f\n\x04kind\x18\x02 \x01(\x0e2\x11.beam.tunnel.Kind\x12\x13\n\x0bcompression\x18\x03 \x03(\t\x12\x0e\n\x06secret\x18\x04 \x01(\x0c\x12\r\n\x05probe\x18\x05 \x01(\x08"[\n\x0eTunnelResponse\x12#\n\x06status\x18\x01 \x01(\x0e2\x13.beam.tunnel.Status\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0bcompression\x18\x03 \x01(\t*\x18\n\x04Kind\x12\x07\n\x03TCP\x10\x00\x12\x07\n\x03UDP\x10\x01*Z\n\x06Status\x12\x06\n\x02OK\x10\x00\x12\r\n\tNOT_FOUND\x10\x01\x12\r\n\tFORBIDDEN\x10\x02\x12\x0f\n\x0bUNAVAILABLE\x10\x03\x12\x0f\n\x0bBAD_REQUEST\x10\x04\x12\x08\n\x04BUSY\x10\x05b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62\x65\x61m/proto/tunnel.proto\x12\x0b\x62\x65\x61m.tunnel\"u\n\rTunnelRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x1f\n\x04kind\x18\x02 \x01(\x0e\x32\x11.beam.tunnel.Kind\x12\x13\n\x0b\x63ompression\x18\x03 \x03(\t\x12\x0e\n\x06secret\x18\x04 \x01(\x0c\x12\r\n\x05probe\x18\x05 \x01(\x08\"l\n\x0eTunnelResponse\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.beam.tunnel.Status\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0b\x63ompression\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t*\x18\n\x04Kind\x12\x07\n\x03TCP\x10\x00\x12\x07\n\x03UDP\x10\x01*Z\n\x06Status\x12\x06\n\x02OK\x10\x00\x12\r\n\tNOT_FOUND\x10\x01\x12\r\n\tFORBIDDEN\x10\x02\x12\x0f\n\x0bUNAVAILABLE\x10\x03\x12\x0f\n\x0b\x42\x41\x44_REQUEST\x10\x04\x12\x08\n\x04\x42USY\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'beam.proto.tunnel_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KIND']._serialized_start=252
-  _globals['_KIND']._serialized_end=276
-  _globals['_STATUS']._serialized_start=278
-  _globals['_STATUS']._serialized_end=368
+  _globals['_KIND']._serialized_start=269
+  _globals['_KIND']._serialized_end=293
+  _globals['_STATUS']._serialized_start=295
+  _globals['_STATUS']._serialized_end=385
   _globals['_TUNNELREQUEST']._serialized_start=40
   _globals['_TUNNELREQUEST']._serialized_end=157
   _globals['_TUNNELRESPONSE']._serialized_start=159
-  _globals['_TUNNELRESPONSE']._serialized_end=250
+  _globals['_TUNNELRESPONSE']._serialized_end=267
 # @@protoc_insertion_point(module_scope)

@@ -105,6 +105,22 @@ class DaemonTests(TestCase):
         self.assertEqual(cstatus.node.connections[0].peerID, str(host.node.peerID))
 
     @inlineCallbacks
+    def test_defaultServiceNamed(self):
+        """
+        A forward that asks for the host's default service (a multiaddr
+        names none) reports the service the host opened, not "default":
+        the host names it in its answer.
+        """
+        host = yield self.startDaemon()
+        client = yield self.startDaemon()
+        host.tunnels.exposePort(self.echoService(), name="web")
+        target = str(host.node.listenAddrs[0].withPeerID(host.node.peerID))
+        fwd = yield client.forwards.add(target)
+        self.assertEqual(fwd.service, "web")
+        (status,) = client.status().section("forwards")
+        self.assertEqual(status.service, "web")
+
+    @inlineCallbacks
     def test_probeRefusals(self):
         """
         A forward checks the host first: an unknown service, a peer not on

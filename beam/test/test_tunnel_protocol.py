@@ -37,6 +37,7 @@ from beam.tunnel.protocol import (
     TunnelResponse,
     chooseCompression,
     decodeRequest,
+    decodeResponse,
     encodeRequest,
     encodeResponse,
     refusalFor,
@@ -58,6 +59,7 @@ responses = st.builds(
     status=st.sampled_from([0, 1, 2, 3, 4]),
     message=st.text(max_size=100),
     compression=st.sampled_from(["", "lz4"]),
+    service=st.sampled_from(["", "web", "3000"]),
 )
 
 
@@ -199,6 +201,16 @@ class CodecTests(SynchronousTestCase):
         self.assertRaises(InvalidTunnelMessage, decodeRequest, body)
         body = tunnel_pb2.TunnelRequest(compression=["lz4"] * 9).SerializeToString()
         self.assertRaises(InvalidTunnelMessage, decodeRequest, body)
+
+    def test_responseService(self):
+        """
+        The host names the service it opened; a peer naming one longer
+        than a service name may be is refused.
+        """
+        response = ResponseReader().feed(encodeResponse(TunnelResponse(service="web")))
+        self.assertEqual(response.service, "web")
+        body = tunnel_pb2.TunnelResponse(service="x" * 1000).SerializeToString()
+        self.assertRaises(InvalidTunnelMessage, decodeResponse, body)
 
     def test_longResponseMessageShortened(self):
         """

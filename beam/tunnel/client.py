@@ -168,6 +168,9 @@ class TunnelForward(Service):
         self.peer = peer
         self.addrs = tuple(addrs)
         self.service = service
+        #: The service the host said it opened (the default's real name
+        #: when C{service} is empty), once it answered.
+        self.servedService = ""
         self.kind = kind
         self.localPort = localPort
         self.bind = bind
@@ -235,7 +238,7 @@ class TunnelForward(Service):
         """
         C{<peer>/<service>}, for log lines.
         """
-        return f"{self.peer}/{self.service or 'default'}"
+        return f"{self.peer}/{self.service or self.servedService or 'default'}"
 
     @property
     def state(self) -> str:
@@ -399,12 +402,22 @@ class TunnelForward(Service):
         def ask(_: Any) -> Deferred[Any]:
             negotiator = _ClientStream(self, encodeRequest(request))
             opened = self.node.openStream(self.peer, [TUNNEL_PROTOCOL], lambda: negotiator)
-            return opened.addCallback(lambda _: negotiator.result).addCallback(
-                lambda answer: answer[0].transport.loseConnection()
-            )
+            def answered(answer: tuple[Any, TunnelResponse]) -> None:
+                self._noteServed(answer[1])
+                answer[0].transport.loseConnection()
+
+            return opened.addCallback(lambda _: negotiator.result).addCallback(answered)
 
         self._learnAddrs()
         return self.node.connect(self.peer).addCallback(ask)
+
+    def _noteServed(self, response: TunnelResponse) -> None:
+        """
+        Remember which service the host opened, for status and the CLI
+        (a request for the default service learns its real name here).
+        """
+        if response.service:
+            self.servedService = response.service
 
     def _ask(self) -> Deferred[tuple["_ClientStream", TunnelResponse]]:
         """
@@ -467,6 +480,7 @@ class TunnelForward(Service):
 
         def accepted(answer: tuple[_ClientStream, TunnelResponse]) -> None:
             negotiator, response = answer
+            self._noteServed(response)
             stream = negotiator.transport
             if local.lost:
                 stream.abortConnection()
@@ -576,6 +590,7 @@ class TunnelForward(Service):
         """
         def accepted(answer: tuple[_ClientStream, TunnelResponse]) -> IProtocol:
             negotiator, response = answer
+            self._noteServed(response)
             wrapped = wrapStream(proto, response.compression)
             negotiator.transport.setProtocol(wrapped)
             if negotiator.reader.leftover:

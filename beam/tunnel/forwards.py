@@ -240,7 +240,7 @@ class Forwards(Service):
             listen=f"{fwd.localAddress.host}:{fwd.localAddress.port}",
             kind=fwd.kind,
             peerID=str(fwd.peer),
-            service=fwd.service,
+            service=fwd.service or fwd.servedService,
             state=fwd.state,
             stats=trafficStatus(fwd.stats),
         )

@@ -606,7 +606,7 @@ class TunnelHost(Service):
         allowed = COMPRESSIONS if spec.compress and _compressionAvailable() else ()
         compression = chooseCompression(request.compression, allowed)
         if request.probe:
-            proto.answerProbe(TunnelResponse(compression=compression))
+            proto.answerProbe(TunnelResponse(compression=compression, service=spec.name))
             return
         if spec.serve is not None:
             self._serveInProcess(proto, spec, compression, peer)
@@ -702,7 +702,7 @@ class TunnelHost(Service):
         stats.total += 1
         self._pending.discard(proto)
         stream = proto.stream()
-        stream.write(encodeResponse(TunnelResponse(compression=compression)))
+        stream.write(encodeResponse(TunnelResponse(compression=compression, service=spec.name)))
         wrapped = wrapStream(local, compression)
         stream.setProtocol(wrapped)
         if proto.leftover:
@@ -737,7 +737,7 @@ class TunnelHost(Service):
         relay.whenClosed().addBoth(lambda _: hold.release())
         self._pending.discard(proto)
         stream = proto.stream()
-        stream.write(encodeResponse(TunnelResponse(compression=compression)))
+        stream.write(encodeResponse(TunnelResponse(compression=compression, service=spec.name)))
         wrapped = wrapStream(relay, compression)
         stream.setProtocol(wrapped)
         if proto.leftover:
@@ -771,7 +771,7 @@ class TunnelHost(Service):
                 return
             self._pending.discard(proto)
             stream = proto.stream()
-            stream.write(encodeResponse(TunnelResponse(compression=compression)))
+            stream.write(encodeResponse(TunnelResponse(compression=compression, service=spec.name)))
             wrapped = wrapStream(splice.remote, compression)
             stream.setProtocol(wrapped)
             if proto.leftover:

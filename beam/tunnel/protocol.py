@@ -181,11 +181,15 @@ class TunnelResponse:
     @ivar status: a C{tunnel_pb2.Status} value; C{OK} is 0.
     @ivar message: why, when not OK (shown to the user).
     @ivar compression: the method chosen from the offer, C{""} for none.
+    @ivar service: on OK, the service the host opened (its real name when
+        the request asked for the default); C{""} from hosts that do not
+        say.
     """
 
     status: int = tunnel_pb2.OK
     message: str = ""
     compression: str = ""
+    service: str = ""
 
     @property
     def ok(self) -> bool:
@@ -235,8 +239,10 @@ def encodeResponse(response: TunnelResponse) -> bytes:
     text = response.message
     while len(text.encode("utf-8")) > MAX_MESSAGE_SIZE // 2:
         text = text[: len(text) // 2]
+    service = response.service if len(response.service.encode("utf-8")) <= MAX_SERVICE_NAME else ""
     msg = tunnel_pb2.TunnelResponse(
-        status=response.status, message=text, compression=response.compression[:MAX_COMPRESSION_NAME]
+        status=response.status, message=text, compression=response.compression[:MAX_COMPRESSION_NAME],
+        service=service,
     )
     return encodeLengthPrefixed(msg.SerializeToString())
 
@@ -293,7 +299,10 @@ def decodeResponse(payload: bytes) -> TunnelResponse:
         raise InvalidTunnelMessage(f"undecodable tunnel response: {e}") from None
     if len(msg.compression) > MAX_COMPRESSION_NAME:
         raise InvalidTunnelMessage("bad compression method name")
-    return TunnelResponse(status=int(msg.status), message=msg.message, compression=msg.compression)
+    if len(msg.service.encode("utf-8")) > MAX_SERVICE_NAME:
+        raise InvalidTunnelMessage(f"service name longer than {MAX_SERVICE_NAME} bytes")
+    return TunnelResponse(status=int(msg.status), message=msg.message, compression=msg.compression,
+                          service=msg.service)
 
 
 _M = TypeVar("_M")
