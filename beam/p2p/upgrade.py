@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
@@ -85,7 +86,13 @@ class UpgradingProtocol(_Delegating):
         makeConnection: Callable[["UpgradingProtocol", SecureInfo, object], "PeerConnection"],
         handshakeTimeout: float,
         onConnected: Callable[["UpgradingProtocol"], bool] | None = None,
+        address: object = None,
     ) -> None:
+        """
+        @param address: the address dialled (a L{Multiaddr}), named when
+            the handshake times out; without it, the raw connection's
+            peer address is.
+        """
         self.clock = clock
         self.securities = {s.protocolId: s for s in securities}
         self.securityOrder = [s.protocolId for s in securities]
@@ -98,6 +105,12 @@ class UpgradingProtocol(_Delegating):
         self.finished = False
         self.info: Optional[SecureInfo] = None
         self._timer: Optional[IDelayedCall] = None
+        self.address = address
+        self._heard = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self._heard = True
+        super().dataReceived(data)
 
     def connectionMade(self) -> None:
         if self._onConnected is not None and not self._onConnected(self):
@@ -117,11 +130,34 @@ class UpgradingProtocol(_Delegating):
 
     def _timedOut(self) -> None:
         self._timer = None
-        self._fail(Failure(HandshakeFailed(
-            f"connection upgrade did not finish within {self.handshakeTimeout:g} s"
-        )))
+        self._fail(Failure(HandshakeFailed(self._timeoutText())))
         assert self.transport is not None  # the timer starts in connectionMade
         self.transport.abortConnection()
+
+    def _timeoutText(self) -> str:
+        """
+        Why the upgrade timed out, in words a person can act on: which
+        address, and whether the other side said nothing at all (a port
+        that accepts TCP but is not a libp2p node, or a stalled one) or
+        stopped halfway.
+        """
+        where = self._where()
+        within = f"within {self.handshakeTimeout:g} s"
+        if not self.isInitiator:
+            return f"the peer{where} connected but did not finish the libp2p handshake {within}"
+        if self._heard:
+            return f"the host{where} started the libp2p handshake but did not finish it {within}"
+        return f"the host{where} accepted the connection but did not answer the libp2p handshake {within}"
+
+    def _where(self) -> str:
+        if self.address is not None:
+            return f" at {self.address}"
+        peer = self.transport.getPeer() if self.transport is not None else None
+        if isinstance(peer, IPv4Address):
+            return f" at /ip4/{peer.host}/tcp/{peer.port}"
+        if isinstance(peer, IPv6Address):
+            return f" at /ip6/{peer.host}/tcp/{peer.port}"
+        return ""
 
     def _securitySelected(self, protocolId: str, leftover: bytes) -> None:
         security = self.securities[protocolId]

@@ -400,5 +400,42 @@ class NodeBehaviourTests(SynchronousTestCase):
         self.assertNoResult(d)
         grid.advance(0.2)
         f = grid.failure(d, HandshakeFailed)
-        self.assertIn("did not finish", str(f.value))
+        self.assertIn(f"the host at {silent.addr} accepted the connection but did not answer the libp2p "
+                      "handshake within 0.3 s", str(f.value))
         self.assertEqual([p.transport.disconnected for p in silent.protocols], [True])
+
+    def test_handshakeTimeoutWording(self) -> None:
+        """
+        The handshake timeout says who and how far it got: a dialled host
+        that answered part of the handshake "started ... but did not
+        finish it", one that said nothing "did not answer", an inbound
+        peer "connected but did not finish"; without the dialled address
+        the raw connection's address is named.
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from beam.p2p.upgrade import UpgradingProtocol
+
+        def timeOut(isInitiator: bool, heard: bytes, address: object = None) -> str:
+            clock = Clock()
+            up = UpgradingProtocol(clock=clock, securities=securities("noise", Identity.generate(), clock),
+                                   isInitiator=isInitiator, expectedPeer=None,
+                                   makeConnection=lambda *a: None,  # type: ignore[arg-type]
+                                   handshakeTimeout=15, address=address)
+            up.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4001)))
+            if heard:
+                up.dataReceived(heard)
+            clock.advance(15)
+            return str(self.failureResultOf(up.done, HandshakeFailed).value)
+
+        self.assertEqual(timeOut(True, b"", "/ip4/127.0.0.1/tcp/9"),
+                         "the host at /ip4/127.0.0.1/tcp/9 accepted the connection but did not answer the libp2p "
+                         "handshake within 15 s")
+        self.assertEqual(timeOut(True, b"\x13/multistream/1.0.0\n"),
+                         "the host at /ip4/127.0.0.1/tcp/4001 started the libp2p handshake but did not finish it "
+                         "within 15 s")
+        self.assertEqual(timeOut(False, b""),
+                         "the peer at /ip4/127.0.0.1/tcp/4001 connected but did not finish the libp2p handshake "
+                         "within 15 s")

@@ -303,7 +303,7 @@ class TorDialTests(SynchronousTestCase):
         self.world.grid.advance(self.b.dialTimeout * 2)
         f = self.failureResultOf(d, DialError)
         self.assertIn(str(other), f.getErrorMessage())
-        self.assertIn("did not finish", f.getErrorMessage())
+        self.assertIn("did not answer the libp2p handshake", f.getErrorMessage())
 
     def test_torOnlyDialsOnionFirst(self) -> None:
         """

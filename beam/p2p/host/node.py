@@ -877,6 +877,7 @@ class Node(MultiService):
             makeConnection=makeConn,
             handshakeTimeout=self.handshakeTimeout,
             onConnected=admit,
+            address=dialledAddr,
         )
         up.done.addBoth(finished)
         up.done.addCallback(self._registerConnection)
