@@ -1681,6 +1681,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     command = ASYNC_COMMANDS[args.command]
     exitCode = [0]
+    # Whether Ctrl-C (SIGINT) stopped the command before it finished: it
+    # then exits EXIT_INTERRUPTED, as shells expect, not 0 (TERM-CONTRACT).
+    interrupted: list[bool] = []
+    finished: list[bool] = []
 
     def run(reactor: Any) -> Deferred[None]:
         # react() calls us before reactor.run(), i.e. before Twisted
@@ -1689,13 +1693,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         # (systemd, kill, a test) stops us cleanly instead of killing us.
         d: Deferred[Any] = Deferred()
         reactor.callWhenRunning(d.callback, None)
+        reactor.addSystemEventTrigger("after", "startup", _noteInterrupt, interrupted, finished)
         d.addCallback(lambda _: ensureDeferred(command(reactor, args, out)))
 
         def done(code: int) -> None:
+            finished.append(True)
             exitCode[0] = code
 
         def failed(f: Failure) -> None:
+            finished.append(True)
             _releaseLog()
+            if interrupted:
+                # Cut short by the Ctrl-C (a dial abandoned as the node
+                # stops): the person knows why; no error to report.
+                return
             _reportError(f, out.asJSON)
             exitCode[0] = 1
 
@@ -1708,4 +1719,28 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
     finally:
         _releaseLog()
-    raise SystemExit(exitCode[0])
+    raise SystemExit(EXIT_INTERRUPTED if interrupted else exitCode[0])
+
+
+#: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
+
+
+def _noteInterrupt(interrupted: list[bool], finished: list[bool]) -> None:
+    """
+    Wrap the reactor's SIGINT handler (installed by now) so that a Ctrl-C
+    that comes while the command still runs is noted in C{interrupted}
+    before the reactor stops as usual.
+    """
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):
+        return
+
+    def onInterrupt(number: int, frame: Any) -> None:
+        if not finished:
+            interrupted.append(True)
+        previous(number, frame)
+
+    signal.signal(signal.SIGINT, onInterrupt)

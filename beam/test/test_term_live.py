@@ -265,6 +265,33 @@ class TerminalTests(SynchronousTestCase):
         self.assertNotIn("retrying", client.before + rest)
         self.assertEqual(self.waitExit(client), 1)
 
+    def test_ctrlC(self) -> None:
+        """
+        Ctrl-C ends C{beam PORT} and C{beam connect} (connected, with its
+        live line; and while its dial hangs) with exit status 130, as
+        shells expect of an interrupted command, and no error message.
+        """
+        host, share = self.host(_freePort(), self.home())
+        client = self.spawn("--home", self.home(), "connect", share, "--listen", LOOPBACK,
+                            "--port", str(_freePort()))
+        client.expect("connections ·")
+        client.sendintr()
+        self.assertEqual(self.waitExit(client), 130)
+        self.assertNotIn("beam:", client.before)
+        host.expect("connections ·")
+        host.sendintr()
+        self.assertEqual(self.waitExit(host), 130)
+
+        silent = _Silent()
+        self.addCleanup(silent.close)
+        peer = share.split("@")[0].removeprefix("beam://")
+        hanging = self.spawn("--home", self.home(), "connect", f"beam://{peer}@127.0.0.1:{silent.port}/web",
+                             "--listen", LOOPBACK, "--port", str(_freePort()))
+        hanging.expect("reaching")
+        hanging.sendintr()
+        self.assertEqual(self.waitExit(hanging), 130)
+        self.assertNotIn("beam:", hanging.before)
+
     def test_piped(self) -> None:
         """
         Piped, the same commands print plain text: no live line, no
