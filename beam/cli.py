@@ -1024,10 +1024,55 @@ def statusText(status: dict[str, Any], now: float | None = None) -> str:
     if plugins:
         lines.append("plugins:")
         lines += [f"  {s.name:<12} {s.state}" + (f"  ({s.description})" if s.description else "") for s in plugins]
+    lines += _discoveryLines(status)
+    laidOut = ("tunnels", "forwards", "names", "kademlia", "nat", "tor", "mdns", "pubsub", "dns")
     for service in services:
-        if service.name not in ("tunnels", "forwards", "names", "kademlia", "nat", "tor") and service.name in status:
+        if service.name not in laidOut and service.name in status:
             lines += _genericText(service.name, status[service.name])
     return "\n".join(lines)
+
+
+def _discoveryLines(status: dict[str, Any]) -> list[str]:
+    """
+    One line each for the LAN (mDNS), gossip and the local DNS server, as
+    a person wants them from C{beam status}; their counters are in
+    C{--json}.
+    """
+    lines: list[str] = []
+    mdns = status.get("mdns")
+    if isinstance(mdns, dict):
+        if not mdns.get("enabled"):
+            lines.append("LAN (mDNS): off" + (f" ({mdns['reason']})" if mdns.get("reason") else ""))
+        elif mdns.get("idle"):
+            lines.append("LAN (mDNS): idle (the node listens on loopback only)")
+        elif mdns.get("error"):
+            lines.append(f"LAN (mDNS): not running: {mdns['error']}")
+        else:
+            where = ", ".join(mdns.get("interfaces") or []) or "no interface"
+            lines.append(f"LAN (mDNS): {mdns.get('peers', 0)} peers found on {where}")
+    pubsub = status.get("pubsub")
+    if isinstance(pubsub, dict):
+        if not pubsub.get("enabled"):
+            lines.append("gossip: off")
+        else:
+            mesh = (pubsub.get("mesh") or {}).get("beam-names", 0)
+            lines.append(f"gossip: {pubsub.get('peers', 0)} peers, {mesh} in the beam-names mesh")
+    dns = status.get("dns")
+    if isinstance(dns, dict):
+        if not dns.get("enabled"):
+            lines.append("DNS: off")
+        elif dns.get("listening"):
+            allocations = dns.get("allocations") or []
+            lines.append(f"DNS: NAME.beam answered on {dns['listening']}"
+                         + (f", {len(allocations)} names:" if allocations else ""))
+            for a in allocations[:10]:
+                ports = ", ".join(str(p) for p in a.get("ports") or []) or "no port"
+                lines.append(f"  {a.get('host')} -> {a.get('address')} ({ports})")
+            if len(allocations) > 10:
+                lines.append(f"  ... and {len(allocations) - 10} more (beam status --json)")
+        else:
+            lines.append(f"DNS: not running: {dns.get('error') or 'not started'}")
+    return lines
 
 
 def _nameText(name: Any, now: float) -> str:

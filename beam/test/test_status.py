@@ -404,3 +404,53 @@ class NATTraversalTextTests(SynchronousTestCase):
         self.assertFalse(any(line.startswith("hole punching") for line in lines))
         plain = self._lines(port_mapping=None, turn=None, hole_punching=None)
         self.assertFalse(any(line.startswith(("port mapping", "TURN")) for line in plain))
+
+
+class DiscoveryStatusTests(SynchronousTestCase):
+    """
+    C{beam status} lays out the LAN (mDNS), gossip and DNS sections in one
+    line each (issue 12: they used to be dumped key by key, sixty lines of
+    counters); C{--json} keeps them whole.
+    """
+
+    def test_laidOut(self) -> None:
+        """
+        Running services get their one-line summaries (the DNS server's
+        names under it); none is dumped key by key.
+        """
+        status = DaemonStatus(
+            node=NODE,
+            services=(ServiceInfo("mdns", "builtin", "running"), ServiceInfo("pubsub", "builtin", "running"),
+                      ServiceInfo("dns", "builtin", "running")),
+            sections=(
+                ("mdns", {"enabled": True, "idle": False, "error": None, "interfaces": ["198.51.100.10"],
+                          "peers": 3, "found": [], "counters": {"packets": 12}}),
+                ("pubsub", {"enabled": True, "peers": 4, "mesh": {"beam-names": 2}, "counters": {"rpcs": 9}}),
+                ("dns", {"enabled": True, "listening": "127.0.0.1:5380", "queries": 5, "allocations": [
+                    {"host": "alice.beam", "address": "127.77.0.1", "peer_id": PEER, "ports": [3000]}]}),
+            ),
+        )
+        rendered = statusJSON(status)
+        self.assertEqual(rendered["pubsub"]["counters"], {"rpcs": 9})
+        lines = statusText(rendered).splitlines()
+        self.assertIn("LAN (mDNS): 3 peers found on 198.51.100.10", lines)
+        self.assertIn("gossip: 4 peers, 2 in the beam-names mesh", lines)
+        start = lines.index("DNS: NAME.beam answered on 127.0.0.1:5380, 1 names:")
+        self.assertEqual(lines[start + 1], "  alice.beam -> 127.77.0.1 (3000)")
+        self.assertFalse(any("counters" in line or line.startswith(("mdns", "pubsub", "dns:")) for line in lines))
+
+    def test_off(self) -> None:
+        """
+        Services switched off say so, with the reason when there is one.
+        """
+        status = DaemonStatus(
+            node=NODE,
+            services=(ServiceInfo("mdns", "builtin", "running"), ServiceInfo("pubsub", "builtin", "running"),
+                      ServiceInfo("dns", "builtin", "running")),
+            sections=(("mdns", {"enabled": False, "reason": "tor mode always"}), ("pubsub", {"enabled": False}),
+                      ("dns", {"enabled": True, "listening": None, "error": "port 5380 is taken"})),
+        )
+        lines = statusText(statusJSON(status)).splitlines()
+        self.assertIn("LAN (mDNS): off (tor mode always)", lines)
+        self.assertIn("gossip: off", lines)
+        self.assertIn("DNS: not running: port 5380 is taken", lines)
