@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from beam.controlapi import BadRequest, JSONResource, checkUnknown, field, readBody
+from beam.daemon.config import DnsConfig
 from beam.errors import BeamError, NotFound, describe
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
@@ -379,8 +380,15 @@ class DnsService(Service):
 
             self.error = f"cannot listen on {self.bind}:{self.port}: {listenFailureReason(e)}"
             if not self._warned:
-                self.log.warn("DNS server: {why}; running without it (retrying every {s:g} s)",
-                              why=self.error, s=RETRY_INTERVAL)
+                # On the default port the usual cause is another Beam node
+                # on this machine already answering for .beam (a `beam
+                # connect` beside a daemon): worth a line in the log and in
+                # `beam status`, not a warning on every command's terminal.
+                # A port the user chose is theirs to hear about.
+                inUse = "already in use" in self.error and self.port == DnsConfig().port
+                (self.log.info if inUse else self.log.warn)(
+                    "DNS server: {why}; running without it (retrying every {s:g} s)",
+                    why=self.error, s=RETRY_INTERVAL)
                 self._warned = True
             if self.running:
                 self._retry = self.reactor.callLater(RETRY_INTERVAL, self._listen)

@@ -189,8 +189,13 @@ class Child:
         self.label = label
         self.logPath = Path(tempfile.mkstemp(prefix=f"{label}-", suffix=".log", dir=testCase.tmp)[1])
         self._logFile = open(self.logPath, "wb")  # noqa: SIM115 - closed by kill()
+        argv = list(argv)
+        if Path(argv[0]).name == "beam" and "-v" not in argv:
+            # The tests search Beam's info lines (refusals, share lines),
+            # which a terminal gets only with -v since issue 12.
+            argv.insert(1, "-v")
         self.proc = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL,
+            argv, stdin=subprocess.DEVNULL,
             stdout=self._logFile if stdoutToLog else subprocess.PIPE,
             stderr=self._logFile,
         )

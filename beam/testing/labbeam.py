@@ -264,7 +264,9 @@ class LabBeam:
         Start C{beam --home HOME ARGS...} in C{host} (a foreground
         command: C{beam PORT}, C{beam connect}, C{beam relay}, ...).
         """
-        return self.start(host, [BEAM, "--home", home, *args], label or f"{host.name}-{args[0]}")
+        # -v: the tests search Beam's info lines in the log (refusals,
+        # reservations), which the terminal gets only with it.
+        return self.start(host, [BEAM, "-v", "--home", home, *args], label or f"{host.name}-{args[0]}")
 
     def run(self, host: Host, home: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """

@@ -18,6 +18,7 @@ L{_OverTor} for what that does and does not promise.
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from twisted.application.service import Service
@@ -187,6 +188,10 @@ class Forwards(Service):
         if overTor is not None:
             # The forward's addresses follow its re-resolves.
             overTor.addrs = lambda: fwd.addrs
+        if probe and port:
+            # A local port that is taken is the user's to fix whatever the
+            # host says: report it before spending a dial on the host.
+            _checkLocalPort(bind or "127.0.0.1", port, kind)
         if probe:
             # Before listening: until the host answered, an app that
             # connects to the local port would only wait, then be closed
@@ -373,3 +378,22 @@ class _OverTor:
             return d.addErrback(retry)
 
         return self.connect(target).addCallback(onConn)
+
+
+def _checkLocalPort(bind: str, port: int, kind: str) -> None:
+    """
+    Whether C{bind:port} could be listened on now (a plain bind, closed at
+    once, as the forward's listener will bind it).
+
+    @raise TunnelSpecError: it could not, with the reason the CLI prints.
+    """
+    import socket
+
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((bind, port))
+        except OSError as e:
+            reason = "the port is already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+            raise TunnelSpecError(f"cannot listen on {bind}:{port}: {reason}") from None
