@@ -969,8 +969,9 @@ class CLITests(E2EMixin, SynchronousTestCase):
     def test_statusAndStop(self) -> None:
         """
         After traffic C{beam status --json} shows the tunnel (and the
-        forward) with bytes in and out; C{beam stop NAME} removes it, and
-        new connections through the forward are then refused.
+        forward) with bytes in and out; C{beam stop NAME} removes it, the
+        C{beam PORT} that exposed it says so and exits 3, and new
+        connections through the forward are then refused.
         """
         _svc, svcPort = self.service()
         host, ready, hostHome = self.expose(svcPort, "--name", "lab")
@@ -1001,10 +1002,15 @@ class CLITests(E2EMixin, SynchronousTestCase):
         stopped = beamRun("stop", "lab", "--json", home=hostHome)
         self.assertEqual(stopped.returncode, 0, stopped.stderr)
         self.assertEqual(json.loads(stopped.stdout)["name"], "lab")
-        self.assertEqual(self.status(hostHome)["tunnels"], [])
+        # `beam PORT` whose tunnel was stopped says so and exits 3
+        # (issue 12), taking its node with it: the port is no longer served.
+        while True:
+            event = host.readJSON(timeout=10)
+            if event.get("event") == "stopped":
+                break
+        self.assertEqual(event["name"], "lab")
+        self.assertEqual(host.proc.wait(timeout=30), 3)
         self.assertIn(echo(local, b"hello?"), (b"", None))
-        host.waitForLog("refused")
-        self.assertTrue(host.alive())
 
 
 if __name__ == "__main__":
