@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -32,6 +32,27 @@ from beam.tunnel import AccessPolicy, ServiceSpec, TunnelForward, TunnelHost
 
 
 # -- local services --------------------------------------------------------
+
+
+class _UDPEcho(DatagramProtocol):
+    """
+    A UDP service answering each datagram with C{echo:} and the datagram.
+    """
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self.transport.write(b"echo:" + data, addr)
+
+
+class _UDPClient(DatagramProtocol):
+    """
+    A local UDP client keeping what comes back.
+    """
+
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self.got.append(data)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -662,25 +683,12 @@ class TunnelTests(TunnelTestsMixin, TestCase):
         A UDP service behind a tunnel: datagrams from a local UDP client
         reach it through the forward's UDP port and its answers come back.
         """
-        from twisted.internet.protocol import DatagramProtocol
-
-        class UDPEcho(DatagramProtocol):
-            def datagramReceived(self, data: bytes, addr: Any) -> None:
-                self.transport.write(b"echo:" + data, addr)
-
-        class UDPClient(DatagramProtocol):
-            def __init__(self) -> None:
-                self.got: list[bytes] = []
-
-            def datagramReceived(self, data: bytes, addr: Any) -> None:
-                self.got.append(data)
-
-        servicePort = reactor.listenUDP(0, UDPEcho(), interface="127.0.0.1")
+        servicePort = reactor.listenUDP(0, _UDPEcho(), interface="127.0.0.1")
         self.addCleanup(servicePort.stopListening)
         a, host = yield self.makeHost()
         host.expose(ServiceSpec.forPort(servicePort.getHost().port, name="dns", kind="udp"))
         forward = yield self.makeForward(a, "dns", kind="udp")
-        client = UDPClient()
+        client = _UDPClient()
         clientPort = reactor.listenUDP(0, client, interface="127.0.0.1")
         self.addCleanup(clientPort.stopListening)
         target = ("127.0.0.1", forward.localAddress.port)
@@ -722,26 +730,13 @@ class TunnelTests(TunnelTestsMixin, TestCase):
         12: they stayed at 0): "in" came out of the tunnel, "out" went
         into it.
         """
-        from twisted.internet.protocol import DatagramProtocol
-
-        class UDPEcho(DatagramProtocol):
-            def datagramReceived(self, data: bytes, addr: Any) -> None:
-                self.transport.write(b"echo:" + data, addr)
-
-        class UDPClient(DatagramProtocol):
-            def __init__(self) -> None:
-                self.got: list[bytes] = []
-
-            def datagramReceived(self, data: bytes, addr: Any) -> None:
-                self.got.append(data)
-
-        servicePort = reactor.listenUDP(0, UDPEcho(), interface="127.0.0.1")
+        servicePort = reactor.listenUDP(0, _UDPEcho(), interface="127.0.0.1")
         self.addCleanup(servicePort.stopListening)
         a, host = yield self.makeHost()
         spec = ServiceSpec.forPort(servicePort.getHost().port, name="dns", kind="udp")
         host.expose(spec)
         forward = yield self.makeForward(a, "dns", kind="udp")
-        client = UDPClient()
+        client = _UDPClient()
         clientPort = reactor.listenUDP(0, client, interface="127.0.0.1")
         self.addCleanup(clientPort.stopListening)
         sent = [b"datagram %d" % i for i in range(3)]
