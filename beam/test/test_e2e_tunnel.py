@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from beam.testing.labbeam import waitFor
 from beam.testing.lines import LineReader
 
 BIN = Path(sys.executable).parent
@@ -303,17 +304,10 @@ def echo(port: int, payload: bytes = b"ping", timeout: float = 20) -> bytes | No
 
 def waitUntil(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
     """
-    Poll C{predicate} until it returns something true; fail after
-    C{timeout} seconds.
+    L{waitFor<beam.testing.labbeam.waitFor>}, polling a little faster
+    (these tests run on loopback).
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(step)
+    return waitFor(predicate, timeout, what, step)
 
 
 def tunnelWorks(port: int) -> bool:
