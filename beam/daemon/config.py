@@ -83,6 +83,15 @@ defaults.  Schema (every key optional)::
     port = 5380               # taken: a warning, the node runs without it
     addresses = "127.77.0.0/16"   # loopback addresses handed to NAME.beam
 
+    # The dashboard, HTTP inspector and /metrics (docs/dashboard.md).
+    web = "127.0.0.1:4040"    # "off" (or false): none; taken: the next free port
+    web_allow_remote = false  # true: allow a non-loopback web address (prints a warning)
+    [inspect]                 # the HTTP inspector of exposed tunnels
+    enabled = true            # false: capture nothing (inspect = false is short)
+    max_requests = 500        # requests kept (oldest dropped first)
+    max_bytes = "16MiB"       # captured heads and bodies kept, in all
+    body_cap = "64KiB"        # of each request and response body
+
     # Services that installed packages add to every node (Twisted plugins
     # providing beam.daemon.plugins.IBeamService).
     [plugins]
@@ -240,6 +249,100 @@ class DnsConfig:
     addresses: str = "127.77.0.0/16"
 
 
+#: The dashboard's default address (ngrok's inspector is on the same port).
+DEFAULT_WEB = "127.0.0.1:4040"
+
+
+@attr.s(frozen=True, auto_attribs=True, kw_only=True)
+class WebConfig:
+    """
+    C{web}: the local dashboard, HTTP inspector and C{/metrics} (issue 13,
+    L{beam.daemon.web}).
+
+    @ivar enabled: whether the node serves them.
+    @ivar host: the address to bind (loopback unless C{allowRemote}).
+    @ivar port: the first port to try; when it is taken the next free one
+        is used (and printed).
+    @ivar allowRemote: a non-loopback C{host} was asked for explicitly.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 4040
+    allowRemote: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@attr.s(frozen=True, auto_attribs=True, kw_only=True)
+class InspectConfig:
+    """
+    C{[inspect]}: the HTTP inspector of exposed tunnels (issue 13).
+
+    @ivar enabled: capture HTTP/1.1 exchanges at all (C{inspect = false}:
+        no byte of a tunnel is looked at and nothing is kept).
+    @ivar maxRequests: exchanges kept; the oldest go first.
+    @ivar maxBytes: bytes of captured heads and bodies kept, in all.
+    @ivar bodyCap: bytes kept of each request or response body.
+    """
+
+    enabled: bool = True
+    maxRequests: int = 500
+    maxBytes: int = 16 * 1024 * 1024
+    bodyCap: int = 64 * 1024
+
+
+def parseWebAddress(text: str, allowRemote: bool = False) -> WebConfig:
+    """
+    C{web} or C{--web}: C{"off"}, C{"HOST:PORT"}, C{"[V6]:PORT"}, C{"PORT"}
+    (on 127.0.0.1) or C{"HOST"} (port 4040).
+
+    @raise ValueError: unparseable, a bad port, or a non-loopback host
+        without C{allowRemote}.
+    """
+    text = text.strip()
+    if text.lower() in ("off", "false", "no", "none"):
+        return WebConfig(enabled=False)
+    host, port = "127.0.0.1", 4040
+    if text.isdigit():
+        port = int(text)
+    elif text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"{text!r} is not HOST:PORT")
+        host = text[1:end]
+        rest = text[end + 1:]
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                raise ValueError(f"{text!r} is not [ADDRESS]:PORT")
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, portText = text.partition(":")
+        if not portText.isdigit():
+            raise ValueError(f"{text!r} is not HOST:PORT")
+        port = int(portText)
+    elif text:
+        host = text
+    else:
+        raise ValueError("an empty address")
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be between 1 and 65535, not {port}")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if not address.is_loopback and not allowRemote:
+        raise ValueError(
+            f"{host} is not a loopback address: the dashboard can replay requests into your services, "
+            "so serving it to the network needs web_allow_remote = true (or --web-allow-remote)"
+        )
+    return WebConfig(host=str(address), port=port, allowRemote=allowRemote)
+
+
 @attr.s(frozen=True, auto_attribs=True, kw_only=True)
 class TorConfig:
     """
@@ -304,6 +407,8 @@ class Config:
     mdns: bool = True
     gossip: bool = True
     dns: DnsConfig = attr.ib(factory=DnsConfig)
+    web: WebConfig = attr.ib(factory=WebConfig)
+    inspect: InspectConfig = attr.ib(factory=InspectConfig)
 
 
 #: What C{relay} may say.
@@ -480,7 +585,9 @@ class _Problems:
 # -- validation ----------------------------------------------------------------
 
 _TOP_KEYS = {"listen", "bootstrap", "log_format", "tunnel", "forward", "plugins", "limits", "relay",
-             "stun_servers", "stun_server", "port_mapping", "turn_servers", "tor", "mdns", "gossip", "dns"}
+             "stun_servers", "stun_server", "port_mapping", "turn_servers", "tor", "mdns", "gossip", "dns",
+             "web", "web_allow_remote", "inspect"}
+_INSPECT_KEYS = {"enabled", "max_requests", "max_bytes", "body_cap"}
 _DNS_KEYS = {"enabled", "bind", "port", "addresses"}
 _TOR_KEYS = {"mode", "control", "binary", "data_dir", "port", "bootstrap_timeout", "options"}
 _PLUGINS_KEYS = {"enabled", "disable"}
@@ -995,7 +1102,63 @@ class _Validator:
                 kw[flagKey] = self.flag(d, flagKey, _TOP)
         if "dns" in d:
             kw["dns"] = self.dns()
+        if "web" in d or "web_allow_remote" in d:
+            kw["web"] = self.web()
+        if "inspect" in d:
+            kw["inspect"] = self.inspect()
         return Config(**kw)
+
+    def web(self) -> WebConfig:
+        """
+        C{web} (an address, C{"off"} or a boolean) and C{web_allow_remote}.
+        """
+        d = self.data
+        allowRemote = bool(self.flag(d, "web_allow_remote", _TOP)) if "web_allow_remote" in d else False
+        value = d.get("web", True)
+        if isinstance(value, bool):
+            return WebConfig(enabled=value, allowRemote=allowRemote)
+        if not isinstance(value, str):
+            self.p.add(f"web must be an address such as \"{DEFAULT_WEB}\", \"off\" or a boolean, "
+                       f"not {_typeName(value)}", key="web")
+            return WebConfig()
+        try:
+            return parseWebAddress(value, allowRemote)
+        except ValueError as e:
+            self.p.add(f"web: {e}", key="web")
+            return WebConfig()
+
+    def inspect(self) -> InspectConfig:
+        """
+        The C{[inspect]} table (L{InspectConfig}); C{inspect = false} is
+        short for a table saying C{enabled = false}.
+        """
+        value = self.data["inspect"]
+        if isinstance(value, bool):
+            return InspectConfig(enabled=value)
+        if not isinstance(value, dict):
+            self.p.add(f"inspect must be true, false or an [inspect] table, not {_typeName(value)}",
+                       key="inspect")
+            return InspectConfig()
+        context = ("inspect", 0)
+        self.unknown(value, _INSPECT_KEYS, context, "[inspect]")
+        kw: dict[str, Any] = {}
+        if "enabled" in value:
+            kw["enabled"] = self.flag(value, "enabled", context)
+        bounds = {"max_requests": ("maxRequests", 1, 100_000), "max_bytes": ("maxBytes", 0, 1 << 32),
+                  "body_cap": ("bodyCap", 0, 16 << 20)}
+        for key, (field, low, high) in bounds.items():
+            if key not in value:
+                continue
+            raw = value[key]
+            try:
+                number = parseSize(raw) if isinstance(raw, str) else raw
+                if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+                    raise ValueError
+                kw[field] = number
+            except ValueError:
+                self.p.add(f"{key} must be a whole number from {low} to {high} (or a size such as \"64KiB\"), "
+                           f"not {raw!r}", context, key)
+        return InspectConfig(**kw)
 
     def dns(self) -> DnsConfig:
         """
@@ -1299,6 +1462,10 @@ def mergeOptions(config: Config, **flags: Any) -> Config:
 
     C{torMode} (C{--tor}) and C{torControl} (C{--tor-control}) replace
     the file's C{[tor] mode} and C{control}, keeping its other settings.
+    C{web} (C{--web ADDR|off}) replaces C{web}; C{webAllowRemote}
+    (C{--web-allow-remote}, true only) allows a non-loopback one, given
+    there or in the file; C{inspect} (C{--no-inspect}: L{False}) turns
+    the inspector off.
 
     @param flags: any of C{listen}, C{bootstrap} (multiaddrs or their
         text), C{logFormat}, C{tunnels}, C{forwards}, C{torMode},
@@ -1306,7 +1473,8 @@ def mergeOptions(config: Config, **flags: Any) -> Config:
     @raise ConfigError: a flag's value is invalid.
     @raise TypeError: an unknown flag name (a programming error).
     """
-    unknown = set(flags) - {"listen", "bootstrap", "logFormat", "tunnels", "forwards", "torMode", "torControl"}
+    unknown = set(flags) - {"listen", "bootstrap", "logFormat", "tunnels", "forwards", "torMode", "torControl",
+                            "web", "webAllowRemote", "inspect"}
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}")
     changes: dict[str, Any] = {}
@@ -1345,4 +1513,14 @@ def mergeOptions(config: Config, **flags: Any) -> Config:
             raise ConfigError([f"--tor-control {e}"]) from None
     if tor:
         changes["tor"] = attr.evolve(config.tor, **tor)
+    allowRemote = bool(flags.get("webAllowRemote")) or config.web.allowRemote
+    if flags.get("web") is not None:
+        try:
+            changes["web"] = parseWebAddress(str(flags["web"]), allowRemote)
+        except ValueError as e:
+            raise ConfigError([f"--web: {e}"]) from None
+    elif allowRemote and not config.web.allowRemote:
+        changes["web"] = attr.evolve(config.web, allowRemote=True)
+    if flags.get("inspect") is False:
+        changes["inspect"] = attr.evolve(config.inspect, enabled=False)
     return attr.evolve(config, **changes)

@@ -5,6 +5,7 @@ Tests for L{beam.daemon.config}: reading, validating and merging config.toml.
 from __future__ import annotations
 
 import os
+from typing import Any
 from pathlib import Path
 
 import attr
@@ -245,9 +246,9 @@ prot = 3
 a = 1
 """)
         self.assertEqual(problems[0], "config.toml:1: unknown key 'listen_on' in the top level "
-                                      "(expected one of: bootstrap, dns, forward, gossip, limits, listen, log_format, mdns, "
-                                      "plugins, port_mapping, relay, stun_server, stun_servers, tor, tunnel, "
-                                      "turn_servers)")
+                                      "(expected one of: bootstrap, dns, forward, gossip, inspect, limits, listen, log_format, "
+                                      "mdns, plugins, port_mapping, relay, stun_server, stun_servers, tor, tunnel, "
+                                      "turn_servers, web, web_allow_remote)")
         self.assertTrue(problems[1].startswith("config.toml:4: unknown key 'comprees' in [[tunnel]]"), problems)
         self.assertTrue(problems[2].startswith("config.toml:6: target: "), problems)
         self.assertTrue(problems[3].startswith("config.toml:7: unknown key 'prot' in [[forward]]"), problems)
@@ -802,3 +803,77 @@ class MergeTests(SynchronousTestCase):
         other = ForwardConfig(target="v", address=address, port=8081)
         self.assertEqual(mergeOptions(self.config, forwards=[same]).forwards, (same,))
         self.assertEqual(mergeOptions(self.config, forwards=[other]).forwards, self.config.forwards + (other,))
+
+
+class WebInspectConfigTests(SynchronousTestCase):
+    """
+    C{web}, C{web_allow_remote} and C{[inspect]} (issue 13).
+    """
+
+    def load(self, text: str) -> tuple[Any, list[str]]:
+        path = Path(self.mktemp())
+        path.write_text(text)
+        return loadConfig(path) if not checkConfig(path) else None, checkConfig(path)
+
+    def test_defaults(self) -> None:
+        """
+        With nothing said, the dashboard is on 127.0.0.1:4040 and the
+        inspector keeps 500 requests, 16 MiB, 64 KiB per body.
+        """
+        config = Config()
+        self.assertEqual((config.web.enabled, config.web.address), (True, "127.0.0.1:4040"))
+        self.assertEqual((config.inspect.enabled, config.inspect.maxRequests, config.inspect.maxBytes,
+                          config.inspect.bodyCap), (True, 500, 16 << 20, 64 << 10))
+
+    def test_values(self) -> None:
+        """
+        An address, C{"off"}, sizes as text or numbers, C{inspect = false}.
+        """
+        config, problems = self.load('web = "127.0.0.2:4050"\n[inspect]\nmax_requests = 20\n'
+                                     'max_bytes = "1MiB"\nbody_cap = 1024\n')
+        self.assertEqual(problems, [])
+        self.assertEqual((config.web.host, config.web.port), ("127.0.0.2", 4050))
+        self.assertEqual((config.inspect.maxRequests, config.inspect.maxBytes, config.inspect.bodyCap),
+                         (20, 1 << 20, 1024))
+        config, _ = self.load('web = "off"\ninspect = false\n')
+        self.assertEqual((config.web.enabled, config.inspect.enabled), (False, False))
+        config, _ = self.load('web = "[::1]:4041"\n')
+        self.assertEqual(config.web.address, "[::1]:4041")
+
+    def test_remoteNeedsTheFlag(self) -> None:
+        """
+        A non-loopback address is refused without C{web_allow_remote}, and
+        accepted with it (in the file or by the flag).
+        """
+        _, problems = self.load('web = "0.0.0.0:4040"\n')
+        self.assertEqual(len(problems), 1)
+        self.assertIn("not a loopback address", problems[0])
+        self.assertIn("web_allow_remote", problems[0])
+        config, problems = self.load('web = "0.0.0.0:4040"\nweb_allow_remote = true\n')
+        self.assertEqual(problems, [])
+        self.assertEqual((config.web.host, config.web.allowRemote), ("0.0.0.0", True))
+        with self.assertRaises(ConfigError):
+            mergeOptions(Config(), web="192.0.2.1:4040")
+        merged = mergeOptions(Config(), web="192.0.2.1:4040", webAllowRemote=True)
+        self.assertEqual((merged.web.host, merged.web.allowRemote), ("192.0.2.1", True))
+
+    def test_flags(self) -> None:
+        """
+        C{--web PORT}, C{--web off} and C{--no-inspect} win over the file.
+        """
+        self.assertEqual(mergeOptions(Config(), web="4999").web.address, "127.0.0.1:4999")
+        self.assertFalse(mergeOptions(Config(), web="off").web.enabled)
+        self.assertFalse(mergeOptions(Config(), inspect=False).inspect.enabled)
+        self.assertTrue(mergeOptions(Config(), inspect=None).inspect.enabled)
+
+    def test_badValues(self) -> None:
+        """
+        Wrong types, bad ports and out-of-range sizes are problems, each
+        naming its key.
+        """
+        _, problems = self.load('web = 3\ninspect = "x"\n')
+        self.assertEqual(len(problems), 2, problems)
+        _, problems = self.load('web = "127.0.0.1:99999"\n')
+        self.assertIn("port", problems[0])
+        _, problems = self.load('[inspect]\nmax_requests = 0\nbody_cap = "1TiB"\ncolour = 1\n')
+        self.assertEqual(len(problems), 3, problems)

@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "beam.proto": 0,
     "beam.statemachine": 0,
     "beam._lazy": 0,
+    "beam.stats": 0,
     "beam.encoding": 1,
     "beam.controlapi": 1,
     "beam.identity": 2,
