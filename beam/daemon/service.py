@@ -13,6 +13,8 @@ children, started in this order and stopped in the reverse one:
     C{"nat"}, C{"tunnels"}, C{"kademlia"}, C{"names"}, C{"forwards"};
   - the services of installed plugins, by name, unless the configuration
     disables them.
+  - C{"web"}: the dashboard (L{beam.daemon.web}), when C{web} is not off;
+    C{/v1/web}.
 
 Each service's control resource is mounted at C{/v1/<name>} of the control
 socket and its status shown under C{"<name>"} in L{status}.
@@ -159,6 +161,15 @@ class BeamDaemon(MultiService):
             except Exception as e:
                 self.log.failure("plugin {name} could not be loaded", name=getattr(entry, "name", entry))
                 self._registered.append(_Registered(entry, "plugin", failure=_why(e)))
+        # The dashboard (issue 13) last: started after every service, stopped
+        # before them, so it never shows a node half up or half down.
+        from beam.daemon.config import WebConfig
+        from beam.daemon.web import WebResource, WebService
+
+        self.web = WebService(reactor, self, getattr(config, "web", None) or WebConfig(enabled=False), self.home)
+        self.web.setName("web")
+        self.web.setServiceParent(self)
+        self.controlRoot.mount("web", WebResource(self.web))
 
     def _nodeOptions(self, given: Optional[dict[str, Any]]) -> dict[str, Any]:
         """
@@ -290,6 +301,7 @@ class BeamDaemon(MultiService):
                 continue
             if value is not None:
                 sections.append((reg.name, value))
+        sections.append(("web", self.web.status()))
         return DaemonStatus(
             node=nodeStatus(self.node),
             services=tuple(reg.info() for reg in self._registered),
