@@ -111,6 +111,22 @@ def _addTorOptions(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tor-control", metavar="ENDPOINT", help=_TOR_CONTROL_HELP)
 
 
+_WEB_HELP = ("the dashboard's address (default 127.0.0.1:4040, the next free port if taken; "
+             "PORT, HOST:PORT, or off)")
+
+
+def _addWebOptions(parser: argparse.ArgumentParser) -> None:
+    """
+    C{--web}, C{--web-allow-remote} and C{--no-inspect} for a command that
+    runs a node (the dashboard and the HTTP inspector, issue 13).
+    """
+    parser.add_argument("--web", metavar="ADDR|PORT|off", default=None, help=_WEB_HELP)
+    parser.add_argument("--web-allow-remote", action="store_true",
+                        help="allow --web on a non-loopback address (anyone with the token can replay requests)")
+    parser.add_argument("--no-inspect", action="store_true",
+                        help="do not capture the HTTP requests that go through exposed tunnels")
+
+
 #: The commands that run a node, and so take C{--listen}.
 _LISTENING_COMMANDS = ("expose", "connect", "register", "daemon", "relay")
 
@@ -227,6 +243,7 @@ def _parser() -> _Parser:
                    help="do not publish the node's name in the DHT (share the beam:// address only)")
     s.add_argument("--qr", action="store_true", help="also print the share address as a QR code")
     _addTorOptions(s)
+    _addWebOptions(s)
 
     s = command("connect", help="forward a local port to a peer's exposed service")
     s.add_argument("target", help="a name (NAME or NAME/SERVICE), a share address (beam://...) "
@@ -244,6 +261,7 @@ def _parser() -> _Parser:
                    help="reach the target only over Tor, at its onion address (a node started here runs "
                         "with Tor: always, or fallback if config.toml says so)")
     s.add_argument("--tor-control", metavar="ENDPOINT", help=_TOR_CONTROL_HELP)
+    _addWebOptions(s)
 
     s = command("register", help="publish a name for this node in the DHT")
     s.add_argument("name", help="lower-case DNS-style name, e.g. alice or alice.home")
@@ -251,6 +269,7 @@ def _parser() -> _Parser:
                    help="service the name offers (repeatable; default: every exposed service)")
     s.add_argument("--listen", action="append", metavar="MULTIADDR", help="address to listen on (repeatable)")
     _addTorOptions(s)
+    _addWebOptions(s)
 
     s = command("resolve", help="look a name up: cache, LAN (mDNS), gossip, then the DHT")
     s.add_argument("name")
@@ -268,10 +287,14 @@ def _parser() -> _Parser:
 
     command("id", help="print this node's peer ID")
 
+    s = command("dashboard", help="print the running node's dashboard URL (with its login token)")
+    s.add_argument("--open", action="store_true", help="open it in the web browser")
+
     s = command("daemon", help="run a node in the foreground (tunnels from config.toml)")
     s.add_argument("--listen", action="append", metavar="MULTIADDR",
                    help="address to listen on (repeatable; default from config.toml, else /ip4/0.0.0.0/tcp/0)")
     _addTorOptions(s)
+    _addWebOptions(s)
 
     s = command("relay", help="run a relay for nodes behind NATs in the foreground (relay = \"open\")")
     s.add_argument("--listen", action="append", metavar="MULTIADDR",
@@ -414,7 +437,9 @@ def _loadConfig(args: argparse.Namespace) -> Any:
         # address with the same peer ID and tie the two together for good.
         torMode = "always"
     return mergeOptions(config, listen=getattr(args, "listen", None), logFormat=args.log_format,
-                        bootstrap=args.bootstrap, torMode=torMode, torControl=getattr(args, "tor_control", None))
+                        bootstrap=args.bootstrap, torMode=torMode, torControl=getattr(args, "tor_control", None),
+                        web=getattr(args, "web", None), webAllowRemote=bool(getattr(args, "web_allow_remote", False)),
+                        inspect=False if getattr(args, "no_inspect", False) else None)
 
 
 #: The key of state.json that says a node of this home ran in Tor mode
@@ -755,6 +780,7 @@ def _printTunnel(
     registered: dict[str, Any] | None = None,
     tunnels: int = 1,
     qr: bool = False,
+    dashboard: str | None = None,
 ) -> None:
     """
     The share line (L{beam.console.share}: by name when the name is
@@ -776,11 +802,13 @@ def _printTunnel(
             stream.flush()
         else:
             text += "\n" + code + "\n"
+    if dashboard:
+        text += f"Dashboard: {dashboard}\n"
     text += "Press Ctrl-C to stop."
     out.event(
         {"event": "ready", "peer_id": peerID, "addrs": addrs, "name": tunnel["name"],
          "share": tunnel["share"], "connect": lines.command, "connect_share": lines.byShare,
-         "registered": registered},
+         "registered": registered, "dashboard": dashboard},
         text,
     )
 
@@ -819,7 +847,8 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
             registered = await waitingFor(_progress(reactor, out), "publishing this node's name",
                                           client.request("POST", "/v1/names", {"name": memorableName(home)}))
         _warnUnreachable(natWarning(status))
-        _printTunnel(out, tunnel, status["peer_id"], status["addrs"], registered, len(status["tunnels"]), args.qr)
+        _printTunnel(out, tunnel, status["peer_id"], status["addrs"], registered, len(status["tunnels"]), args.qr,
+                     _statusDashboard(status))
 
         def remove() -> Deferred[Any]:
             return client.request("DELETE", "/v1/tunnels/" + quote(tunnel["name"], safe="")).addErrback(
@@ -859,7 +888,7 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         "addrs": [str(a) for a in node.advertisedAddrs()],
     }))
     _printTunnel(out, tunnel, str(node.peerID), [str(a) for a in node.shareableAddrs()],
-                 registered, len(daemon.tunnels.services), args.qr)
+                 registered, len(daemon.tunnels.services), args.qr, daemon.web.url)
     from beam.console.live import daemonSource
 
     return await _watchLive(reactor, out, daemonSource(daemon), "tunnel", tunnel["name"],
@@ -934,6 +963,7 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
             )
 
         reactor.addSystemEventTrigger("before", "shutdown", remove)
+        dashboard = _statusDashboard(await client.request("GET", "/v1/status"))
     else:
         config = _loadConfig(args)
         _startLogging(args, config)
@@ -947,12 +977,45 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         fwd = asJSON(await waitingFor(_progress(reactor, out), reaching, daemon.forwards.add(
             args.target, args.port, args.bind, args.service, args.compress, args.udp,
             acceptNewKey=args.accept_new_key, **torOption)))
+        dashboard = daemon.web.url
     out.event(
-        {"event": "ready", "listen": fwd["listen"], "peer_id": fwd["peer_id"], "service": fwd["service"]},
-        f"listening on {fwd['listen']} -> {fwd['peer_id']}/{fwd['service'] or 'default'}",
+        {"event": "ready", "listen": fwd["listen"], "peer_id": fwd["peer_id"], "service": fwd["service"],
+         "dashboard": dashboard},
+        f"listening on {fwd['listen']} -> {fwd['peer_id']}/{fwd['service'] or 'default'}"
+        + (f"\nDashboard: {dashboard}" if dashboard else ""),
     )
     return await _watchLive(reactor, out, source, "forward", fwd["name"], f"the forward on {fwd['listen']}",
                             attached)
+
+
+def _statusDashboard(status: dict[str, Any]) -> str | None:
+    """
+    The dashboard's URL from a running node's status (L{None}: off, not
+    listening, or a node from before the dashboard).
+    """
+    web = status.get("web")
+    url = web.get("url") if isinstance(web, dict) else None
+    return url if isinstance(url, str) else None
+
+
+async def cmdDashboard(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
+    """
+    C{beam dashboard [--open]}: the running node's dashboard URL with the
+    token that logs a browser in (asked over the owner-only control
+    socket).
+    """
+    from beam.daemon.control import ControlClient
+
+    answer = await ControlClient(reactor, _home(args)).request("GET", "/v1/web/login")
+    url = str(answer["url"])
+    opened = None
+    if args.open:
+        import webbrowser
+
+        opened = bool(webbrowser.open(url))
+    out.event({"event": "dashboard", "url": url, "dashboard": answer.get("dashboard"), "opened": opened},
+              url if opened is not False else f"{url}\n(could not open a web browser; open the URL yourself)")
+    return 0
 
 
 async def cmdStatus(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
@@ -1635,6 +1698,7 @@ ASYNC_COMMANDS: dict[str, Callable[[Any, argparse.Namespace, _Out], Coroutine[An
     "expose": cmdExpose,
     "connect": cmdConnect,
     "status": cmdStatus,
+    "dashboard": cmdDashboard,
     "stop": cmdStop,
     "daemon": cmdDaemon,
     "relay": cmdRelay,
