@@ -10,6 +10,7 @@ OpenSSH if they are missing)::
     .venv/bin/python bench/bench_tunnel.py --size-mib 128 --json
     .venv/bin/python bench/bench_tunnel.py --contenders beam,ssh
     .venv/bin/python bench/bench_tunnel.py --contenders beam,beam-nolimits --no-compression --repeat 6
+    .venv/bin/python bench/bench_tunnel.py --workloads http --repeat 3      # inspector on/off only
     BEAM_PROFILE_DIR=/tmp/prof .venv/bin/python bench/bench_tunnel.py --contenders beam
 
 The contenders, all between this process (the client) and one service
@@ -44,6 +45,25 @@ Every contender gets the same client code and the same metrics:
 
 And then C{beam --compress} against plain C{beam}, on a compressible JSON
 body and on random data.
+
+The C{http} workload (issue 13; C{--workloads http} runs only it) measures
+the HTTP inspector: a second service (C{--serve-http}, HTTP/1.1 with
+keep-alive, a thread per connection) behind three contenders,
+C{direct}, C{beam} (the inspector on, the default) and C{beam-noinspect}
+(C{inspect = false} in the host's C{config.toml}), all started at once and
+run in turn (alternating order per repetition), with:
+
+  1. one C{POST /upload} of C{--http-mib} MiB (C{Content-Length}) and one
+     C{GET /download} of as much, MiB/s (count and CRC checked): bodies far
+     over the inspector's cap, which it counts but does not keep;
+  2. C{--http-requests} small API calls (C{POST /api/items}, a 300-byte
+     JSON body, a ~1 KiB JSON answer) one after another on one keep-alive
+     connection: p50/p99 latency and requests/s;
+  3. C{--http-concurrent} keep-alive connections at once making
+     C{--http-per-connection} such calls each: requests/s.
+
+Then the ratio inspector on / off per metric, and whether it is within
+issue 13's target (at most 10 % slower with it on).
 
 C{BEAM_PROFILE_DIR} makes the two Beam processes write cProfile dumps
 there when they exit (see L{_PROFILE_HOOK}).
@@ -83,6 +103,13 @@ LABELS = {"direct": "direct TCP", "socat": "socat", "ssh": "ssh -L", "beam": "be
 #: Issue 8: the resource manager may cost at most this fraction of
 #: throughput and of round-trip time (beam against beam-nolimits).
 RESOURCE_COST_LIMIT = 0.05
+
+#: Issue 13: the HTTP inspector may cost at most this fraction of HTTP
+#: throughput and requests/s (beam against beam-noinspect).
+INSPECT_COST_LIMIT = 0.10
+WORKLOADS = ("tcp", "http")
+HTTP_CONTENDERS = ("direct", "beam", "beam-noinspect")
+HTTP_LABELS = {"direct": "direct TCP", "beam": "beam, inspector on", "beam-noinspect": "beam, inspector off"}
 
 #: Request header to the service: mode, payload kind, length.
 #: Modes: C{U} upload (the service consumes C{length} bytes and answers with
@@ -370,6 +397,239 @@ def concurrent(port: int, count: int, size: int, timeout: float = 60.0) -> dict[
     results, wall = asyncio.run(run())
     ok = sum(1 for r in results if r is True)
     return {"ok": ok, "count": count, "wall": wall}
+
+
+# -- the HTTP workload (issue 13) -----------------------------------------------------
+
+
+#: The small API call of the HTTP workload and what the service answers.
+_SMALL_BODY = json.dumps({"name": "alpha bravo", "email": "alpha@example.com", "tags": ["a", "b", "c"],
+                          "note": "x" * 200}).encode()
+_SMALL_ANSWER = json.dumps({"id": 1, "items": [{"n": i, "name": "charlie delta"} for i in range(30)]}).encode()
+_SMALL_REQUEST = (b"POST /api/items HTTP/1.1\r\nHost: bench.test\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(_SMALL_BODY)) + _SMALL_BODY
+
+
+def _httpHead(status: str, length: int, close: bool, ctype: str = "application/json") -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {length}\r\n"
+            + ("Connection: close\r\n" if close else "") + "\r\n").encode()
+
+
+def _readHead(sock: socket.socket, buf: bytearray) -> Optional[tuple[str, dict[str, str]]]:
+    """
+    Read one HTTP head from C{sock} (what follows it stays in C{buf});
+    the first line and the headers, or L{None} at end of file.
+    """
+    while True:
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            break
+        data = sock.recv(65536)
+        if not data:
+            return None
+        buf += data
+    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    del buf[: end + 4]
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return lines[0], headers
+
+
+def _readBody(sock: socket.socket, buf: bytearray, length: int, keep: bool) -> tuple[int, int, bytes]:
+    """
+    Read C{length} body bytes (those in C{buf} first): count, CRC-32 and,
+    with C{keep}, the bytes.
+    """
+    take = min(len(buf), length)
+    crc = zlib.crc32(buf[:take])
+    kept = bytearray(buf[:take]) if keep else bytearray()
+    del buf[:take]
+    got = take
+    if got < length:
+        chunk = bytearray(MIB)
+        view = memoryview(chunk)
+        while got < length:
+            n = sock.recv_into(view, min(len(chunk), length - got))
+            if not n:
+                break
+            crc = zlib.crc32(view[:n], crc)
+            if keep:
+                kept += view[:n]
+            got += n
+    return got, crc, bytes(kept)
+
+
+def _serveHTTPOne(sock: socket.socket, pattern: bytes) -> None:
+    """
+    One keep-alive HTTP/1.1 connection: C{POST /upload} (consumes the body,
+    answers its size and CRC-32), C{GET /download?size=N} (N bytes of the
+    pattern), C{POST /api/items} (a small JSON answer), else 404.
+    """
+    buf = bytearray()
+    view = memoryview(pattern)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            head = _readHead(sock, buf)
+            if head is None:
+                break
+            line, headers = head
+            method, target, _ = line.split(" ", 2)
+            close = headers.get("connection", "").lower() == "close"
+            got, crc, _ = _readBody(sock, buf, int(headers.get("content-length", "0")), False)
+            path, _, query = target.partition("?")
+            if (method, path) == ("POST", "/upload"):
+                answer = json.dumps({"size": got, "crc": crc}).encode()
+                sock.sendall(_httpHead("200 OK", len(answer), close) + answer)
+            elif (method, path) == ("GET", "/download"):
+                size = int(query.partition("size=")[2] or 0)
+                sock.sendall(_httpHead("200 OK", size, close, "application/octet-stream"))
+                sent = 0
+                while sent < size:
+                    piece = view[: min(len(view), size - sent)]
+                    sock.sendall(piece)
+                    sent += len(piece)
+            elif (method, path) == ("POST", "/api/items"):
+                sock.sendall(_httpHead("201 Created", len(_SMALL_ANSWER), close) + _SMALL_ANSWER)
+            else:
+                sock.sendall(_httpHead("404 Not Found", 2, close) + b"{}")
+            if close:
+                break
+    except (OSError, ValueError):
+        pass
+    finally:
+        sock.close()
+
+
+def serveHTTP() -> None:
+    """
+    The HTTP service of the C{http} workload; prints C{LISTEN host:port}.
+    """
+    pattern = randomPattern()
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4096)
+    threading.stack_size(256 * 1024)
+    print(f"LISTEN 127.0.0.1:{lsock.getsockname()[1]}", flush=True)
+    while True:
+        conn, _ = lsock.accept()
+        threading.Thread(target=_serveHTTPOne, args=(conn, pattern), daemon=True).start()
+
+
+def httpUpload(port: int, size: int, pattern: bytes, chunk: int = 256 * 1024) -> float:
+    """
+    One C{POST /upload} of C{size} bytes; MiB/s, timed to the answer
+    (whose count and CRC must match).
+    """
+    expected = crcOf(pattern, size)
+    view = memoryview(pattern)
+    sock = _connect(port)
+    try:
+        start = time.perf_counter()
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: bench.test\r\nContent-Type: application/octet-stream\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % size)
+        sent = 0
+        while sent < size:
+            offset = sent % len(pattern)
+            piece = view[offset: offset + min(chunk, size - sent)]
+            sock.sendall(piece)
+            sent += len(piece)
+        buf = bytearray()
+        head = _readHead(sock, buf)
+        if head is None:
+            raise RuntimeError("HTTP upload: no answer")
+        _, _, body = _readBody(sock, buf, int(head[1]["content-length"]), True)
+        wall = time.perf_counter() - start
+    finally:
+        sock.close()
+    answer = json.loads(body)
+    if answer != {"size": size, "crc": expected}:
+        raise RuntimeError(f"HTTP upload: service answered {answer}; expected {size} bytes, CRC {expected:#x}")
+    return size / MIB / wall
+
+
+def httpDownload(port: int, size: int, pattern: bytes) -> float:
+    """
+    One C{GET /download} of C{size} bytes; MiB/s, timed to the last byte
+    (count and CRC checked).
+    """
+    expected = crcOf(pattern, size)
+    sock = _connect(port)
+    try:
+        start = time.perf_counter()
+        sock.sendall(b"GET /download?size=%d HTTP/1.1\r\nHost: bench.test\r\nConnection: close\r\n\r\n" % size)
+        buf = bytearray()
+        head = _readHead(sock, buf)
+        if head is None or not head[0].startswith("HTTP/1.1 200"):
+            raise RuntimeError(f"HTTP download: answer {head}")
+        got, crc, _ = _readBody(sock, buf, int(head[1]["content-length"]), False)
+        wall = time.perf_counter() - start
+    finally:
+        sock.close()
+    if got != size or crc != expected:
+        raise RuntimeError(f"HTTP download: got {got} bytes, CRC {crc:#x}; expected {size}, {expected:#x}")
+    return size / MIB / wall
+
+
+def httpSmall(port: int, count: int, warmup: int = 100) -> dict[str, float]:
+    """
+    C{count} small API calls one after another on one keep-alive
+    connection: latency p50/p99 in microseconds and calls per second.
+    """
+    sock = _connect(port)
+    buf = bytearray()
+    times = []
+    try:
+        for i in range(warmup + count):
+            start = time.perf_counter()
+            sock.sendall(_SMALL_REQUEST)
+            head = _readHead(sock, buf)
+            if head is None:
+                raise RuntimeError("HTTP small: connection closed")
+            _, _, body = _readBody(sock, buf, int(head[1]["content-length"]), True)
+            if body != _SMALL_ANSWER:
+                raise RuntimeError("HTTP small: wrong answer")
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    finally:
+        sock.close()
+    total = sum(times)
+    times.sort()
+    return {"p50": _percentile(times, 0.5) * 1e6, "p99": _percentile(times, 0.99) * 1e6, "perSecond": count / total}
+
+
+def httpConcurrent(port: int, connections: int, each: int, timeout: float = 120.0) -> dict[str, Any]:
+    """
+    C{connections} keep-alive connections at once, each making C{each}
+    small API calls in turn: calls per second over the whole, and how many
+    connections got every answer right.
+    """
+    async def one() -> bool:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(each):
+                writer.write(_SMALL_REQUEST)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+                if await reader.readexactly(length) != _SMALL_ANSWER:
+                    return False
+            writer.close()
+            return True
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError):
+            return False
+
+    async def run() -> tuple[list[Any], float]:
+        start = time.perf_counter()
+        done = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(connections)),
+                                                     return_exceptions=True), timeout)
+        return done, time.perf_counter() - start
+
+    results, wall = asyncio.run(run())
+    ok = sum(1 for r in results if r is True)
+    return {"ok": ok, "count": connections, "wall": wall, "perSecond": connections * each / wall}
 
 
 # -- processes and memory ---------------------------------------------------------
@@ -749,6 +1009,42 @@ def disableLimits(home: str) -> str:
     return path
 
 
+def disableInspect(home: str) -> str:
+    """
+    Make C{home}'s C{config.toml} say C{inspect = false} (issue 13: the
+    host attaches no HTTP inspector to its tunnelled connections): the key
+    goes first, before any table, and a top-level C{inspect} already there
+    is dropped; checked with C{tomllib}.
+
+    @return: the path of C{config.toml}.
+    """
+    import re
+    import tomllib
+
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    path = os.path.join(home, "config.toml")
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        lines = []
+    out, inTable = ["inspect = false"], False
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("["):
+            inTable = True
+        if not inTable and re.match(r"inspect\s*=", stripped):
+            continue
+        out.append(line)
+    text = "\n".join(out) + "\n"
+    if tomllib.loads(text).get("inspect") is not False:
+        raise RuntimeError(f"could not set inspect = false in {path}")
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    return path
+
+
 class Beam(Contender):
     """
     Two C{beam} processes; with C{limits=False} both homes' C{config.toml}
@@ -760,11 +1056,13 @@ class Beam(Contender):
 
     name = "beam"
 
-    def __init__(self, servicePort: int, workdir: str, compress: bool = False, limits: bool = True) -> None:
+    def __init__(self, servicePort: int, workdir: str, compress: bool = False, limits: bool = True,
+                 inspect: bool = True, tag: Optional[str] = None) -> None:
         super().__init__(servicePort, workdir)
         self.compress = compress
         self.limits = limits
-        self.tag = "beam-compress" if compress else ("beam" if limits else "beam-nolimits")
+        self.inspect = inspect
+        self.tag = tag or ("beam-compress" if compress else ("beam" if limits else "beam-nolimits"))
         self.homes: dict[str, str] = {}
 
     def _beam(self, home: str, args: list[str], name: str) -> subprocess.Popen:
@@ -781,6 +1079,7 @@ class Beam(Contender):
         )
         self.procs.append(proc)
         flag = " --compress" if self.compress else ("" if self.limits else ", limits off")
+        flag += "" if self.inspect else ", inspect = false"
         self.names[proc.pid] = {"host": f"beam PORT{flag} (host)", "client": f"beam connect{flag} (client)"}[name]
         return proc
 
@@ -789,10 +1088,9 @@ class Beam(Contender):
         return [sys.executable, "-c",
                 "import sys; from beam.cli import main; sys.argv[0] = 'beam'; sys.exit(main())"]
 
-    def resourcesEnabled(self, home: str) -> Optional[bool]:
+    def statusOf(self, home: str) -> dict:
         """
-        C{resources.enabled} from C{beam --home HOME status --json}: whether
-        the running daemon of C{home} has a resource manager that enforces.
+        C{beam --home HOME status --json}.
         """
         done = subprocess.run([*self._cli(), "--home", home, "status", "--json"], capture_output=True,
                               text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL)
@@ -800,8 +1098,23 @@ class Beam(Contender):
         if done.returncode or not lines:
             raise RuntimeError(f"beam --home {home} status --json failed ({done.returncode}): "
                                f"{done.stderr.strip()[-300:]}")
-        resources = json.loads(lines[-1]).get("resources")
+        return json.loads(lines[-1])
+
+    def resourcesEnabled(self, home: str) -> Optional[bool]:
+        """
+        C{resources.enabled} from C{beam --home HOME status --json}: whether
+        the running daemon of C{home} has a resource manager that enforces.
+        """
+        resources = self.statusOf(home).get("resources")
         return resources.get("enabled") if isinstance(resources, dict) else None
+
+    def inspector(self) -> Optional[dict]:
+        """
+        The host's inspector counters (the C{requests} section of its
+        status; issue 13), or L{None} when it has none.
+        """
+        section = self.statusOf(self.homes["host"]).get("requests")
+        return section if isinstance(section, dict) else None
 
     def start(self) -> int:
         flags = ["--compress"] if self.compress else []
@@ -810,6 +1123,8 @@ class Beam(Contender):
         self.homes = {"host": h1, "client": h2}
         if not self.limits:
             self.info["config"] = [disableLimits(h) for h in (h1, h2)]
+        if not self.inspect:
+            self.info["config"] = [disableInspect(h1)]
         host = self._beam(h1, [str(self.servicePort), *listen, *flags, "--json"], "host")
         ready = json.loads(_readLine(host, 60, "beam (host)"))
         port = _freePort()
@@ -822,6 +1137,11 @@ class Beam(Contender):
         if any(v is not self.limits for v in enabled.values()):
             raise RuntimeError(f"{self.tag}: resources.enabled should be {self.limits} in both processes, "
                                f"beam status --json says {enabled}")
+        inspector = self.inspector()
+        self.info["inspectEnabled"] = inspector.get("enabled") if inspector else None
+        if inspector is not None and inspector.get("enabled") is not self.inspect:
+            raise RuntimeError(f"{self.tag}: the host's inspector should be {'on' if self.inspect else 'off'}, "
+                               f"beam status --json says {inspector}")
         return port
 
 
@@ -913,6 +1233,168 @@ def runAll(names: list[str], servicePort: int, workdir: str, opts: argparse.Name
         except ImportError:
             pass
     return results, comp
+
+
+def runHTTP(servicePort: int, workdir: str, opts: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    """
+    The C{http} workload (issue 13): C{direct}, C{beam} (inspector on) and
+    C{beam-noinspect} to the HTTP service, started together; each
+    repetition runs each metric on every contender in turn, every other
+    repetition in the reverse order (as L{runAll}).  The host's inspector
+    counters at the end show what it saw.
+    """
+    classes: dict[str, Callable[[], Contender]] = {
+        "direct": lambda: Direct(servicePort, workdir),
+        "beam": lambda: Beam(servicePort, workdir, tag="beam-http"),
+        "beam-noinspect": lambda: Beam(servicePort, workdir, inspect=False, tag="beam-http-noinspect"),
+    }
+    names = list(HTTP_CONTENDERS)
+    contenders: dict[str, Contender] = {}
+    ports: dict[str, int] = {}
+    size = opts.http_mib * MIB
+    rand = randomPattern()
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    inspector: dict[str, Any] = {}
+    try:
+        for n in names:
+            contenders[n] = classes[n]()
+            ports[n] = contenders[n].start()
+        for rep in range(opts.repeat):
+            r: dict[str, dict[str, Any]] = {n: {} for n in names}
+            order = names if rep % 2 == 0 else names[::-1]
+            for way, move in (("upload", lambda n: httpUpload(ports[n], size, rand)),
+                              ("download", lambda n: httpDownload(ports[n], size, rand))):
+                for n in order:
+                    roots = contenders[n].roots()
+                    cpu = treeCpu(roots)
+                    r[n][way + "MiBps"] = move(n)
+                    r[n][way + "CpuPerGiB"] = (treeCpu(roots) - cpu) / (size / (1024 * MIB))
+            for n in order:
+                roots = contenders[n].roots()
+                cpu = treeCpu(roots)
+                r[n]["small"] = httpSmall(ports[n], opts.http_requests)
+                r[n]["smallCpuMsPer1000"] = (treeCpu(roots) - cpu) / opts.http_requests * 1e6
+            for n in order:
+                r[n]["concurrent"] = httpConcurrent(ports[n], opts.http_concurrent, opts.http_per_connection)
+            for n in names:
+                x = r[n]
+                log(f"http run {rep + 1} {n}: up {x['uploadMiBps']:.0f} MiB/s, down {x['downloadMiBps']:.0f} MiB/s, "
+                    f"small p50 {x['small']['p50']:.0f} µs ({x['small']['perSecond']:.0f}/s), "
+                    f"{x['concurrent']['ok']}/{opts.http_concurrent} concurrent at "
+                    f"{x['concurrent']['perSecond']:.0f} requests/s")
+                runs[n].append(x)
+        beam = contenders["beam"]
+        assert isinstance(beam, Beam)
+        inspector = beam.inspector() or {}
+    finally:
+        for contender in contenders.values():
+            contender.stop()
+    return {
+        "contenders": {n: {"runs": runs[n], "median": _medianHTTP(runs[n]), "info": contenders[n].info}
+                       for n in names},
+        "inspector": inspector,
+    }
+
+
+def _flatHTTP(run: dict) -> dict:
+    return {
+        "uploadMiBps": run["uploadMiBps"], "downloadMiBps": run["downloadMiBps"],
+        "uploadCpuPerGiB": run["uploadCpuPerGiB"], "downloadCpuPerGiB": run["downloadCpuPerGiB"],
+        "smallP50us": run["small"]["p50"], "smallP99us": run["small"]["p99"],
+        "smallPerSecond": run["small"]["perSecond"], "smallCpuMsPer1000": run["smallCpuMsPer1000"],
+        "concurrentPerSecond": run["concurrent"]["perSecond"],
+    }
+
+
+def _medianHTTP(runs: list[dict]) -> dict:
+    flat = [_flatHTTP(r) for r in runs]
+    out: dict[str, Any] = {k: statistics.median(f[k] for f in flat) for k in flat[0]}
+    out["concurrentOk"] = min(r["concurrent"]["ok"] for r in runs)
+    return out
+
+
+#: The inspector's cost: median key, label, higher is better, judged
+#: against L{INSPECT_COST_LIMIT} (the others are shown).
+_INSPECT_METRICS = (
+    ("uploadMiBps", "HTTP upload MiB/s", True, True),
+    ("downloadMiBps", "HTTP download MiB/s", True, True),
+    ("smallPerSecond", "small requests/s, one keep-alive connection", True, True),
+    ("concurrentPerSecond", "small requests/s, concurrent connections", True, True),
+    ("smallP50us", "small request p50 µs", False, False),
+    ("smallP99us", "small request p99 µs", False, False),
+    ("uploadCpuPerGiB", "tunnel CPU s per GiB uploaded", False, False),
+    ("downloadCpuPerGiB", "tunnel CPU s per GiB downloaded", False, False),
+    ("smallCpuMsPer1000", "tunnel CPU ms per 1000 small requests", False, False),
+)
+
+
+def inspectCost(http: dict) -> dict:
+    """
+    Issue 13: beam (inspector on) against beam-noinspect, metric by
+    metric, as L{resourceCost} does for the resource manager: medians, the
+    ratio on / off, the cost (L{_cost}) of the medians and the median of
+    the per-run costs, and a verdict against L{INSPECT_COST_LIMIT}.  A
+    report, not a test.
+    """
+    a, b = http["contenders"]["beam"], http["contenders"]["beam-noinspect"]
+    pairs = list(zip(a["runs"], b["runs"]))
+    metrics = []
+    for key, label, higherBetter, judged in _INSPECT_METRICS:
+        v, w = a["median"][key], b["median"][key]
+        if not w:
+            continue
+        cost = _cost(v, w, higherBetter)
+        perRun = [_cost(_flatHTTP(x)[key], _flatHTTP(y)[key], higherBetter) for x, y in pairs if _flatHTTP(y)[key]]
+        metrics.append({
+            "metric": key, "label": label, "on": v, "off": w, "ratio": v / w, "cost": cost,
+            "pairedCost": statistics.median(perRun) if perRun else None,
+            "verdict": ("PASS" if cost <= INSPECT_COST_LIMIT else "OVER") if judged else None,
+        })
+    return {"limit": INSPECT_COST_LIMIT, "runs": len(pairs), "metrics": metrics,
+            "inspectEnabled": {"beam": a["info"].get("inspectEnabled"),
+                               "beam-noinspect": b["info"].get("inspectEnabled")},
+            "pass": all(m["verdict"] == "PASS" for m in metrics if m["verdict"])}
+
+
+def httpText(http: dict, cost: dict, opts: argparse.Namespace) -> str:
+    """
+    The C{http} workload as a Markdown table (the three contenders), the
+    inspector's cost table and a verdict line.
+    """
+    c = http["contenders"]
+    names = [n for n in HTTP_CONTENDERS if n in c]
+    rows = [f"HTTP workload (issue 13): {opts.http_mib} MiB POST and GET, {opts.http_requests} small requests on "
+            f"one keep-alive connection, {opts.http_concurrent} connections × {opts.http_per_connection} requests; "
+            f"{cost['runs']} run(s), medians",
+            "",
+            "| metric | " + " | ".join(HTTP_LABELS[n] for n in names) + " |",
+            "|---|" + "---:|" * len(names)]
+    for key, label, _, _ in _INSPECT_METRICS:
+        fmt = ".2f" if "Cpu" in key else ".0f"
+        cells = ["-" if n == "direct" and "Cpu" in key else format(c[n]["median"][key], fmt) for n in names]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    rows.append("| concurrent connections that succeeded | " + " | ".join(
+        str(c[n]["median"]["concurrentOk"]) for n in names) + " |")
+    limit = cost["limit"] * 100
+    rows += ["", f"Inspector cost (issue 13: at most {limit:g} % slower with it on): beam against beam-noinspect "
+             f"(inspect = false in the host's config.toml); inspector enabled per beam status --json: "
+             f"{cost['inspectEnabled']}", "",
+             "| metric | inspector on | inspector off | on / off | cost | cost, median of run pairs | "
+             f"≤ {limit:g} % |", "|---|---:|---:|---:|---:|---:|---|"]
+    for m in cost["metrics"]:
+        fmt = ".2f" if "Cpu" in m["metric"] else ".0f"
+        paired = "-" if m["pairedCost"] is None else f"{m['pairedCost'] * 100:+.1f} %"
+        rows.append(f"| {m['label']} | {m['on']:{fmt}} | {m['off']:{fmt}} | {m['ratio']:.3f} | "
+                    f"{m['cost'] * 100:+.1f} % | {paired} | {m['verdict'] or '(shown only)'} |")
+    ins = http.get("inspector") or {}
+    if ins:
+        rows += ["", "The host's inspector at the end: " + ", ".join(
+            f"{k} {ins[k]}" for k in ("captured", "kept", "bytes", "evicted", "truncated", "gave_up", "not_http")
+            if k in ins)]
+    judged = [m for m in cost["metrics"] if m["verdict"]]
+    rows += ["", f"- {'PASS' if cost['pass'] else 'OVER'}: the inspector costs at most {limit:g} %: "
+             + ", ".join(f"{m['label']} {m['cost'] * 100:+.1f} %" for m in judged)]
+    return "\n".join(rows)
 
 
 def _medianRun(runs: list[dict]) -> dict:
@@ -1159,15 +1641,34 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--no-compression", action="store_true", help="skip the beam --compress runs")
     parser.add_argument("--repeat", type=int, default=1, help="runs per contender; medians reported (default 1)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help="comma-separated subset of " + ",".join(WORKLOADS) + " (default both)")
+    parser.add_argument("--http-mib", type=int, default=256, help="MiB of the HTTP POST and GET (default 256)")
+    parser.add_argument("--http-requests", type=int, default=3000,
+                        help="small HTTP requests on one keep-alive connection (default 3000)")
+    parser.add_argument("--http-concurrent", type=int, default=100,
+                        help="concurrent keep-alive HTTP connections (default 100)")
+    parser.add_argument("--http-per-connection", type=int, default=50,
+                        help="small requests each concurrent connection makes (default 50)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-http", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.serve:
         serveService()
         return 0
+    if opts.serve_http:
+        serveHTTP()
+        return 0
+    workloads = [w.strip() for w in opts.workloads.split(",") if w.strip()]
+    for w in workloads:
+        if w not in WORKLOADS:
+            parser.error(f"unknown workload {w!r}")
     names = [n.strip() for n in opts.contenders.split(",") if n.strip()]
     for n in names:
         if n not in CONTENDERS:
             parser.error(f"unknown contender {n!r}")
+    if "tcp" not in workloads:
+        names = []
     for tool, needed in (("socat", "socat" in names), ("ssh", "ssh" in names), ("ssh-keygen", "ssh" in names)):
         if needed and shutil.which(tool) is None:
             parser.error(f"{tool} is not installed: run bench/setup.sh")
@@ -1177,30 +1678,44 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(line, file=sys.stderr, flush=True)
 
     workdir = tempfile.mkdtemp(prefix="beam-bench-tunnel-")
-    service = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve"],
-                               stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     results: dict[str, Any] = {}
     comp: Optional[dict] = None
+    http: Optional[dict] = None
     load = [os.getloadavg()[0]]
     try:
-        servicePort = int(_readLine(service, 30, "the service").split(":")[-1])
-        results, comp = runAll(names, servicePort, workdir, opts, log)
+        if names:
+            service = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve"],
+                                       stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+            try:
+                servicePort = int(_readLine(service, 30, "the service").split(":")[-1])
+                results, comp = runAll(names, servicePort, workdir, opts, log)
+            finally:
+                _stop(service)
+        if "http" in workloads:
+            service = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve-http"],
+                                       stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+            try:
+                servicePort = int(_readLine(service, 30, "the HTTP service").split(":")[-1])
+                http = runHTTP(servicePort, workdir, opts, log)
+            finally:
+                _stop(service)
     finally:
-        _stop(service)
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
     load.append(os.getloadavg()[0])
     verdicts = targets(results)
     cost = resourceCost(results)
+    inspect = inspectCost(http) if http else None
     if opts.json:
         print(json.dumps({"machine": machine(), "options": vars(opts), "loadavg": load, "results": results,
-                          "compression": comp, "resourceManagerCost": cost,
+                          "compression": comp, "resourceManagerCost": cost, "http": http, "inspectorCost": inspect,
                           "targets": [{"target": t, "met": ok, "detail": d} for t, ok, d in verdicts]},
                          indent=2))
         return 0
     info = machine()
-    print(f"{opts.size_mib} MiB each way, {opts.round_trips} round trips, {opts.connections} new connections, "
-          f"{opts.concurrent} concurrent × {opts.concurrent_kib} KiB; {opts.repeat} run(s), medians; "
+    tcp = (f"{opts.size_mib} MiB each way, {opts.round_trips} round trips, {opts.connections} new connections, "
+           f"{opts.concurrent} concurrent × {opts.concurrent_kib} KiB; " if results else "HTTP workload only; ")
+    print(f"{tcp}{opts.repeat} run(s), medians; "
           f"{info['cpus']} CPUs ({info['cpu']}), Python {info['python']}, Twisted {info['twisted']}; "
           f"load average {load[0]:.1f} before, {load[1]:.1f} after")
     extras = []
@@ -1211,12 +1726,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         extras.append(results["socat"]["info"].get("version", ""))
     if extras:
         print("; ".join(e for e in extras if e))
-    print()
-    print(table(results, opts))
-    print()
-    print("Memory per process (idle: after start, before any traffic; peak: the kernel's high-water mark)")
-    print()
-    print(memoryTable(results, comp))
+    if results:
+        print()
+        print(table(results, opts))
+        print()
+        print("Memory per process (idle: after start, before any traffic; peak: the kernel's high-water mark)")
+        print()
+        print(memoryTable(results, comp))
     if comp is not None:
         print()
         ratio = comp.get("lz4RatioJson")
@@ -1231,6 +1747,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print()
         for t, ok, d in verdicts:
             print(f"- {'met' if ok else 'MISSED'}: {t}: {d}")
+    if http is not None and inspect is not None:
+        print()
+        print(httpText(http, inspect, opts))
     return 0
 
 
