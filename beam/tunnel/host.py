@@ -63,6 +63,7 @@ from beam.tunnel.status import TunnelStatus, trafficStatus
 
 if TYPE_CHECKING:
     from beam.p2p.muxer.yamux import YamuxStream
+    from beam.tunnel.inspect.store import RequestStore
 
 __all__ = ["ServiceSpec", "TunnelHost", "ServiceExists", "TunnelSpecError"]
 
@@ -270,6 +271,10 @@ class TunnelHost(Service):
         self.peerFDs: dict[PeerID, int] = {}
         self._busyUnlogged = 0
         self._lastBusyLog: Optional[float] = None
+        #: the HTTP inspector's store (L{beam.tunnel.inspect.store.RequestStore}):
+        #: when set and enabled, every TCP tunnel connection gets an observer
+        #: of its bytes; L{None} (or disabled): no byte is looked at.
+        self.inspector: Optional["RequestStore"] = None
 
     def _resources(self) -> Any:
         """
@@ -774,6 +779,10 @@ class TunnelHost(Service):
             stream.write(encodeResponse(TunnelResponse(compression=compression, service=spec.name)))
             wrapped = wrapStream(splice.remote, compression)
             stream.setProtocol(wrapped)
+            inspector = self.inspector
+            if inspector is not None and inspector.enabled:
+                # Before the leftover: those are the first request's bytes.
+                inspector.observer(spec.name, str(peer)).attach(splice)
             if proto.leftover:
                 wrapped.dataReceived(proto.leftover)
             self._splices.add(splice)

@@ -161,6 +161,12 @@ class _End(Protocol):
     def _count(self, n: int) -> None:
         raise NotImplementedError()
 
+    def _observe(self, observer: Any, data: bytes) -> None:
+        """
+        Show C{data}, just forwarded, to the splice's observer.
+        """
+        raise NotImplementedError()
+
     def dataReceived(self, data: bytes) -> None:
         other = self.other
         if other.lost or other.writeClosed or other.transport is None:
@@ -170,6 +176,8 @@ class _End(Protocol):
         if splice._watching:
             splice._lastActive = splice._clock.seconds()
         other.transport.write(data)
+        if splice.observer is not None:
+            self._observe(splice.observer, data)
         if self.throttled and not self.readStopped and not self.lost:
             self.readStopped = True
             assert self.transport is not None  # data arrives only while connected
@@ -228,6 +236,9 @@ class _LocalEnd(_End):
     def _count(self, n: int) -> None:
         self.splice.stats.bytesOut += n
 
+    def _observe(self, observer: Any, data: bytes) -> None:
+        observer.fromLocal(data)
+
     def writeConnectionLost(self) -> None:
         # Our shutdown(SHUT_WR) went out.  Once input has ended too the
         # socket has nothing left to do.
@@ -250,6 +261,9 @@ class _StreamEnd(_End):
     def _count(self, n: int) -> None:
         self.splice.stats.bytesIn += n
 
+    def _observe(self, observer: Any, data: bytes) -> None:
+        observer.fromRemote(data)
+
 
 class Splice:
     """
@@ -261,6 +275,13 @@ class Splice:
         connections).
     @ivar started: L{start} was called.
     @ivar ended: both sides are gone.
+    @ivar observer: something that watches the bytes after they were
+        forwarded (the HTTP inspector, L{beam.tunnel.inspect.http1}), or
+        L{None}: C{fromRemote(data)} with what the stream side sent,
+        C{fromLocal(data)} with what the TCP side sent, C{closed()} once
+        the splice ended.  It must never raise; it stops watching by
+        setting this attribute back to L{None}, after which it costs one
+        attribute check per read.
     """
 
     def __init__(
@@ -303,6 +324,7 @@ class Splice:
         self._timeout: Optional[float] = None
         self._timer: Any = None
         self.timedOut = False
+        self.observer: Any = None
 
     def _localConnected(self) -> None:
         if self._onLocalConnected is not None:
@@ -424,6 +446,13 @@ class Splice:
             self.ended = True
             self._stopTimer()
             self.stats.active -= 1
+            observer = self.observer
+            if observer is not None:
+                self.observer = None
+                try:
+                    observer.closed()
+                except Exception:  # noqa: BLE001 - an observer must not break teardown
+                    _log.failure("tunnel observer failed at the end")
             if self._onEnd is not None:
                 try:
                     self._onEnd(self)
