@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
@@ -65,7 +65,8 @@ from beam.dht.messages import Message, PeerInfo, decodeMessage, encodeMessage
 from beam.dht.routing import RoutingTable
 from beam.dht.status import BucketStatus, DHTStatus, RoutesStatus, RouteStatus
 from beam.dht.store import RecordStore, networkOf
-from beam.errors import BeamError, DecodeError, NotFound, ProtocolError, describe
+from beam.errors import BeamError, DecodeError, NodeStopped, NotFound, ProtocolError, describe
+from beam.stats import Histogram
 from beam.storage.fileutil import atomicWrite
 from beam.encoding.framing import LengthPrefixedReader, encodeLengthPrefixed
 from beam.identity.keys import PeerID
@@ -314,6 +315,10 @@ class KademliaService(Service):
             random=random, timeout=timeout, refreshInterval=refreshInterval,
         )
         self.dialLimiter = DialLimiter(reactor)
+        #: How long our lookups (getValue, closestPeers, putValue) took,
+        #: in seconds; and how many ended with no peer answering.
+        self.lookupLatency = Histogram()
+        self.lookupFailures = 0
         self._loops: list[LoopingCall] = []
         self._initial: Optional[Deferred[Any]] = None
         self._watching = False
@@ -563,17 +568,22 @@ class KademliaService(Service):
         @return: C{(value, stats)}; C{value} is L{None} when no valid record
             was found.
         """
-        if not self.kad.routingTable.size and self.kad.store.get(key) is None:
-            return fail(NoDHTPeers())
         started = self.reactor.seconds()
+        if not self.kad.routingTable.size and self.kad.store.get(key) is None:
+            self._lookupDone(started, False)
+            return fail(NoDHTPeers())
 
         def found(result: tuple[bytes, Any]) -> tuple[Optional[bytes], dict[str, Any]]:
             value, lookup = result
+            self._lookupDone(started, True)
             return value, _stats(lookup, self.reactor.seconds() - started)
 
         def missing(f: Failure) -> tuple[Optional[bytes], dict[str, Any]]:
-            f.trap(NotFound)
             lookup = getattr(f.value, "result", None)
+            # No record is an answer when peers gave it; a lookup nobody
+            # answered failed.
+            self._lookupDone(started, f if lookup is None or not lookup.responders else True)
+            f.trap(NotFound)
             stats = _stats(lookup, self.reactor.seconds() - started) if lookup is not None else {
                 "queried": self.kad.routingTable.size, "rounds": 0,
                 "elapsed_ms": round((self.reactor.seconds() - started) * 1000, 3),
@@ -583,19 +593,64 @@ class KademliaService(Service):
         return self.kad.getValue(key).addCallbacks(found, missing)
 
     def putValue(self, key: bytes, value: bytes) -> Deferred[int]:
-        return self.kad.putValue(key, value)
+        """
+        Store C{value} under C{key} here and on the peers nearest to it.
+
+        @return: how many other peers took it (see
+            L{KademliaNode.putValue<beam.dht.kad.KademliaNode.putValue>});
+            timed as a lookup that succeeded when at least one did.
+        """
+        started = self.reactor.seconds()
+
+        def done(stored: Any) -> Any:
+            self._lookupDone(started, stored if isinstance(stored, Failure) else bool(stored))
+            return stored
+
+        return self.kad.putValue(key, value).addBoth(done)
 
     def closestPeers(self, key: bytes) -> Deferred[list[PeerInfo]]:
-        return self.kad.closestPeers(key).addCallback(lambda r: list(r.closest))
+        started = self.reactor.seconds()
+
+        def done(result: Any) -> Any:
+            if isinstance(result, Failure):
+                self._lookupDone(started, result)
+                return result
+            self._lookupDone(started, bool(result.responders))
+            return list(result.closest)
+
+        return self.kad.closestPeers(key).addBoth(done)
+
+    def _lookupDone(self, started: float, outcome: "bool | Failure") -> None:
+        """
+        Count one lookup and how long it took.  A lookup cancelled because
+        the node stops is neither a success nor a failure: not counted.
+
+        @param outcome: whether it succeeded, or the failure it ended with.
+        """
+        if isinstance(outcome, Failure):
+            if outcome.check(CancelledError, NodeStopped):
+                return
+            outcome = False
+        self.lookupLatency.observe(max(0.0, self.reactor.seconds() - started))
+        if not outcome:
+            self.lookupFailures += 1
 
     def status(self) -> DHTStatus:
         """
-        Our mode, the routing table's size and the records we hold.
+        Our mode, the routing table's size, the records we hold, and our
+        lookups: how many, how many failed, their median and 95th
+        percentile latency (estimated from L{lookupLatency}'s buckets).
         """
+        latency = self.lookupLatency
+        p50, p95 = latency.quantile(0.5), latency.quantile(0.95)
         return DHTStatus(
             mode="server" if self.kad.isServer else "client",
             routingTableSize=self.kad.routingTable.size,
             recordsHeld=len(self.kad.store),
+            lookups=latency.count,
+            lookupFailures=self.lookupFailures,
+            lookupP50Ms=round(p50 * 1000, 3) if p50 is not None else None,
+            lookupP95Ms=round(p95 * 1000, 3) if p95 is not None else None,
         )
 
     def routes(self) -> RoutesStatus:

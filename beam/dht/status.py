@@ -6,6 +6,8 @@ L{routes<beam.dht.service.KademliaService.routes>}).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import attrs
 
 from beam.controlapi.values import jsonField
@@ -19,11 +21,22 @@ class DHTStatus:
     @ivar mode: C{"server"} (answers DHT requests) or C{"client"}.
     @ivar routingTableSize: peers in the routing table.
     @ivar recordsHeld: records stored here for others.
+    @ivar lookups: lookups this node made (getting, finding the closest
+        peers, putting) since it started.
+    @ivar lookupFailures: those of them no peer answered (or, for a put,
+        no peer took).
+    @ivar lookupP50Ms: their median duration in milliseconds, estimated
+        from a fixed-bucket histogram; L{None} before the first lookup.
+    @ivar lookupP95Ms: their 95th percentile duration, likewise.
     """
 
     mode: str = jsonField("dht_mode")
     routingTableSize: int = 0
     recordsHeld: int = 0
+    lookups: int = 0
+    lookupFailures: int = 0
+    lookupP50Ms: Optional[float] = None
+    lookupP95Ms: Optional[float] = None
 
 
 @attrs.frozen

@@ -109,6 +109,7 @@ class _Registration:
         self.storedOn = 0
         self.lastError: Optional[str] = None
         self.timer: Any = None
+        self.publishedAt: Optional[float] = None
 
 
 class NameService(Service):
@@ -283,6 +284,7 @@ class NameService(Service):
             reg.storedOn = 0
             reg.lastError = str(e)
             self.log.warn("publishing name {name} failed: {why}", name=reg.name, why=e)
+        reg.publishedAt = self.reactor.seconds()
         if not withdrawn and self.running:
             # Publishes of one name may overlap (a registration and an
             # address change): the last one to finish keeps the only timer.
@@ -355,6 +357,8 @@ class NameService(Service):
             expires=rec.expires if rec else None,
             storedOn=reg.storedOn,
             error=reg.lastError,
+            publishedAt=reg.publishedAt,
+            nextRepublish=reg.timer.getTime() if reg.timer is not None and reg.timer.active() else None,
         )
 
     def status(self) -> tuple[NameStatus, ...]:

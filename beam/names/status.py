@@ -24,6 +24,11 @@ class NameStatus:
     @ivar expires: when the current record expires (clock time).
     @ivar storedOn: how many peers took the last PUT.
     @ivar error: why the last publication failed, if it did.
+    @ivar publishedAt: when the current record was last published (clock
+        time, like C{expires}; L{None} before the first publication ends).
+    @ivar nextRepublish: when it is due to be published again (clock
+        time; L{None} while a publication is under way or once the service
+        stopped).
     """
 
     name: str
@@ -34,6 +39,8 @@ class NameStatus:
     expires: Optional[float] = None
     storedOn: int = 0
     error: Optional[str] = None
+    publishedAt: Optional[float] = None
+    nextRepublish: Optional[float] = None
 
 
 @attrs.frozen

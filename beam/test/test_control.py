@@ -197,7 +197,9 @@ class ControlRouteTests(TestCase):
         self.assertEqual(result["services"], [{"name": "names", "origin": "builtin", "state": "running",
                                                "description": ""}])
         self.assertEqual(result["names"][0]["stored_on"], 3)
-        self.assertEqual(result["kademlia"], {"dht_mode": "server", "routing_table_size": 7, "records_held": 2})
+        self.assertEqual(result["kademlia"], {"dht_mode": "server", "routing_table_size": 7, "records_held": 2,
+                                              "lookups": 0, "lookup_failures": 0, "lookup_p50_ms": None,
+                                              "lookup_p95_ms": None})
 
     @inlineCallbacks
     def test_deferredResult(self) -> Any:
@@ -346,7 +348,8 @@ class ControlRouteTests(TestCase):
         self.assertEqual(network, {
             "peer_id": "12D3", "listen_addrs": ["/ip4/0.0.0.0/tcp/1"], "addrs": ["/ip4/192.0.2.1/tcp/1/p2p/12D3"],
             "observed_addrs": [], "connections": 0, "names": [asName("alice")],
-            "dht_mode": "server", "routing_table_size": 7, "records_held": 2,
+            "dht_mode": "server", "routing_table_size": 7, "records_held": 2, "lookups": 0, "lookup_failures": 0,
+            "lookup_p50_ms": None, "lookup_p95_ms": None,
             "reachability": "unknown", "confirmed_addrs": [], "candidate_addrs": [], "relay_addrs": [],
             "connection_paths": {},
         })
@@ -358,7 +361,8 @@ class ControlRouteTests(TestCase):
         yield self.client.request("POST", "/v1/network/bootstrap", {"addrs": [f"/ip4/127.0.0.1/tcp/1/p2p/{peer}"]})
         yield self.client.request("POST", "/v1/kademlia/bootstrap")
         self.assertEqual((yield self.client.request("GET", "/v1/kademlia")),
-                         {"dht_mode": "server", "routing_table_size": 7, "records_held": 2})
+                         {"dht_mode": "server", "routing_table_size": 7, "records_held": 2, "lookups": 0,
+                          "lookup_failures": 0, "lookup_p50_ms": None, "lookup_p95_ms": None})
         yield self.assertControlError(
             self.client.request("POST", "/v1/network/bootstrap", {"addrs": ["/ip4/127.0.0.1/tcp/1"]}),
             400, "must end in /p2p/")
@@ -493,7 +497,7 @@ class ControlRouteTests(TestCase):
 
 def asName(name: str) -> dict[str, Any]:
     return {"name": name, "peer_id": "12D3", "services": [], "addrs": [], "seq": None, "expires": None,
-            "stored_on": 3, "error": None}
+            "stored_on": 3, "error": None, "published_at": None, "next_republish": None}
 
 
 class _Hello(JSONResource):

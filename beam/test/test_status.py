@@ -140,12 +140,13 @@ class JSONTests(SynchronousTestCase):
                                                 "refused": 0, "failed": 0})
         self.assertEqual(set(asJSON(FORWARD)), {"name", "listen", "kind", "peer_id", "service", "state", "stats"})
         self.assertEqual(set(asJSON(NAME)), {"name", "peer_id", "services", "addrs", "seq", "expires", "stored_on",
-                                             "error"})
+                                             "error", "published_at", "next_republish"})
         self.assertEqual(set(asJSON(CONNECTION)), {"peer_id", "direction", "transport", "limited", "remote_addr",
                                                    "local_addr", "security", "muxer", "streams", "agent", "path",
                                                    "relay"})
         self.assertEqual(asJSON(DHTStatus(mode="server", routingTableSize=3, recordsHeld=1)),
-                         {"dht_mode": "server", "routing_table_size": 3, "records_held": 1})
+                         {"dht_mode": "server", "routing_table_size": 3, "records_held": 1, "lookups": 0,
+                          "lookup_failures": 0, "lookup_p50_ms": None, "lookup_p95_ms": None})
 
 
 def _daemonStatus() -> DaemonStatus:

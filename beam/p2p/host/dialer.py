@@ -20,8 +20,10 @@ keeps:
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING, Any, Optional
 
+from twisted.internet import error as netError
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.protocol import Factory
@@ -29,10 +31,14 @@ from twisted.python.failure import Failure
 
 from beam.p2p.connection import PeerConnection
 from beam.p2p.host.addrs import addrScope
-from beam.errors import BeamError, ConnectionLimitExceeded, DialError, NodeStopped, PeerIDMismatch, describe
+from beam.errors import (
+    BeamError, ConnectionLimitExceeded, DialError, NodeStopped, PeerIDMismatch, ProtocolError, SecurityError,
+    describe,
+)
 from beam.p2p.resources import OUTBOUND, ResourceLimitExceeded
 from beam.identity.keys import PeerID
 from beam.identity.multiaddr import Multiaddr
+from beam.stats import Counts
 
 if TYPE_CHECKING:
     from beam.p2p.host.node import Node
@@ -60,6 +66,7 @@ class Dialer:
         self.node = node
         self.pending: dict[Any, list[Deferred[PeerConnection]]] = {}
         self.dials: dict[Any, Deferred[PeerConnection]] = {}
+        self.stats = DialStats()
 
     def dial(self, peer: Optional[PeerID], addrs: list[Multiaddr]) -> Deferred[PeerConnection]:
         """
@@ -73,6 +80,10 @@ class Dialer:
             waiters.append(mine)
             return mine
         waiters = self.pending[key] = [mine]
+        if not addrs:
+            # Nothing to try: one attempt, failed for want of an address.
+            self.stats.attempts += 1
+            self.stats.failures.increment("no_address")
         dial = self._dialAll(peer, addrs)
         if self.pending.get(key) is waiters and not dial.called:
             self.dials[key] = dial
@@ -428,8 +439,11 @@ class Dialer:
 
     def _dialOne(self, peer: Optional[PeerID], addr: Multiaddr) -> Deferred[PeerConnection]:
         node = self.node
+        stats = self.stats
+        stats.attempts += 1
         transport = node.transportFor(addr)
         if transport is None:
+            stats.failures.increment("no_address")
             return fail(DialError(f"cannot dial {addr}: no transport for that address"))
         # The connection is reserved before any I/O, and released by the
         # upgrade once it ran (see Node.makeUpgrading), or here when the
@@ -437,6 +451,7 @@ class Dialer:
         try:
             scope = node.resources.openConnection(OUTBOUND, useFD=usesFD(transport))
         except ResourceLimitExceeded as e:
+            stats.failures.increment("other")
             return fail(ConnectionLimitExceeded(f"cannot dial {addr}: the node is at a connection limit ({e})"))
         upgrading = node.makeUpgrading(
             isInitiator=True, expectedPeer=peer, dialledAddr=addr, transport=transport, scope=scope
@@ -448,6 +463,7 @@ class Dialer:
             connecting = transport.dial(target, _OneProtocolFactory(upgrading), node.dialTimeout)
         except (ValueError, BeamError) as e:
             scope.done()
+            stats.failures.increment("no_address")
             return fail(DialError(f"cannot dial {addr}: {e}"))
 
         def cancel(_: Any) -> None:
@@ -460,6 +476,8 @@ class Dialer:
 
         def connected(_: Any) -> None:
             def relay(r: Any) -> None:
+                if isinstance(r, Failure):
+                    stats.failures.increment(dialFailureCause(r, upgrading=True))
                 if result.called:
                     return
                 if isinstance(r, Failure):
@@ -473,6 +491,7 @@ class Dialer:
             if upgrading.transport is None:
                 # Never connected: the upgrade never ran to release it.
                 scope.done()
+            stats.failures.increment("cancelled" if node.isStopping else dialFailureCause(f))
             if result.called:
                 return
             if node.isStopping:
@@ -484,6 +503,78 @@ class Dialer:
 
         connecting.addCallbacks(connected, failed)
         return result
+
+
+#: The causes L{DialStats.failures} counts, each attempt's failure under
+#: one of them (see L{dialFailureCause}).
+DIAL_FAILURE_CAUSES = (
+    "timeout", "refused", "unreachable", "handshake", "peer_id_mismatch", "no_address", "cancelled", "other",
+)
+
+_UNREACHABLE_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENETUNREACH", "EHOSTUNREACH", "EHOSTDOWN", "ENETDOWN", "EADDRNOTAVAIL")
+    if hasattr(errno, name)
+)
+
+
+class DialStats:
+    """
+    What the dialer tried and why it failed, for the daemon's metrics
+    (C{beam_dial_attempts_total}, C{beam_dial_failures_total}).
+
+    One attempt is one address dialled (a transport dial plus its upgrade),
+    or a dial that had no address at all; each failed attempt is counted
+    once, under the cause L{dialFailureCause} gives it.  Plain integer
+    additions: the dialer pays nothing more for them.
+
+    @ivar attempts: addresses dialled since the node started.
+    @ivar failures: failed attempts by cause (L{DIAL_FAILURE_CAUSES}).
+    """
+
+    __slots__ = ("attempts", "failures")
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.failures = Counts(DIAL_FAILURE_CAUSES, fallback="other")
+
+    def asDict(self) -> dict[str, Any]:
+        """
+        The counters, for status output.
+        """
+        return {"attempts": self.attempts, "failures": self.failures.asDict()}
+
+
+def dialFailureCause(f: Failure, upgrading: bool = False) -> str:
+    """
+    The cause (one of L{DIAL_FAILURE_CAUSES}) of a failed dial attempt.
+
+    @param upgrading: the transport connected and the failure came from the
+        upgrade (security and muxer negotiation), where a connection that
+        just drops means the peer broke off the handshake.
+    """
+    if f.check(CancelledError, ConnectingCancelledError, NodeStopped):
+        return "cancelled"
+    if f.check(PeerIDMismatch):
+        return "peer_id_mismatch"
+    if f.check(SecurityError, ProtocolError):
+        return "handshake"
+    if f.check(netError.TimeoutError, TimeoutError):
+        return "timeout"
+    if f.check(netError.ConnectionRefusedError, ConnectionRefusedError):
+        return "refused"
+    if f.check(netError.NoRouteError, netError.DNSLookupError, netError.UnknownHostError):
+        return "unreachable"
+    if f.check(netError.ConnectError, OSError):
+        code = getattr(f.value, "osError", None) or getattr(f.value, "errno", None)
+        if code in _UNREACHABLE_ERRNOS:
+            return "unreachable"
+        if code == errno.ECONNREFUSED:
+            return "refused"
+        if code == errno.ETIMEDOUT:
+            return "timeout"
+    if upgrading and f.check(netError.ConnectionDone, netError.ConnectionLost):
+        return "handshake"
+    return "other"
 
 
 def usesFD(transport: object) -> bool:
