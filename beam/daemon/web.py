@@ -551,10 +551,11 @@ class _Static(Resource):
         return self.render_GET(request)
 
     def render_GET(self, request: Request) -> bytes:
-        if len(request.postpath) != 1:
+        postpath = request.postpath or []
+        if len(postpath) != 1:
             return _Refusal(404, "no such file").render(request)
         try:
-            name = request.postpath[0].decode("ascii")
+            name = postpath[0].decode("ascii")
         except UnicodeDecodeError:
             return _Refusal(404, "no such file").render(request)
         kind = _TYPES.get(os.path.splitext(name)[1].lower())

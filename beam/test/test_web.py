@@ -114,7 +114,7 @@ class WebServerTests(TestCase):
     timeout = 60
 
     @inlineCallbacks
-    def setUp(self) -> Any:
+    def setUp(self) -> Any:  # type: ignore[override]
         self.home = Path(self.mktemp())
         self.home.mkdir(parents=True, mode=0o700)
         self.daemon = yield self.startDaemon(self.home, WebConfig(port=_freePort()))
