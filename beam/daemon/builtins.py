@@ -14,6 +14,8 @@ own (L{beam.daemon.plugins}): one entry each, made in this order.
     or in Tor mode C{"always"};
   - C{"tunnels"}: L{TunnelHost}, exposing local services over
     C{/beam/tunnel/1.0.0}; C{/v1/tunnels};
+  - C{"requests"}: the HTTP inspector's store of exchanges seen through
+    the tunnels (C{[inspect]}); C{/v1/requests};
   - C{"kademlia"}: L{KademliaService}, the DHT on C{/beam/kad/1.0.0};
     C{/v1/kademlia};
   - C{"pubsub"}: L{GossipSub<beam.p2p.pubsub.GossipSub>}, gossipsub v1.1
@@ -74,6 +76,19 @@ def makeTunnels(context: DaemonContext) -> IService:
     from beam.tunnel.host import TunnelHost
 
     return TunnelHost(context.reactor, context.host, random=context.random, **context.optionsFor("tunnels"))
+
+
+def makeRequests(context: DaemonContext) -> IService:
+    from beam.daemon.config import InspectConfig
+    from beam.tunnel.inspect.service import InspectorService
+    from beam.tunnel.inspect.store import RequestStore
+
+    config = getattr(context.config, "inspect", None) or InspectConfig()
+    store = RequestStore(
+        context.reactor, maxRequests=config.maxRequests, maxBytes=config.maxBytes, bodyCap=config.bodyCap,
+    )
+    store.enabled = config.enabled
+    return InspectorService(store, context.services.get("tunnels"))
 
 
 def makeKademlia(context: DaemonContext) -> IService:
@@ -153,6 +168,7 @@ BUILTINS = (
     BeamService("nat", makeNat, "NAT traversal: AutoNAT, relay reservations, relaying when public, STUN"),
     BeamService("mdns", makeMdns, "finds peers on the LAN by multicast DNS and answers Beam names there"),
     BeamService("tunnels", makeTunnels, "exposes local services to peers (/beam/tunnel/1.0.0)"),
+    BeamService("requests", makeRequests, "the HTTP inspector: requests seen through exposed tunnels"),
     BeamService("kademlia", makeKademlia, "the DHT (/beam/kad/1.0.0)"),
     BeamService("pubsub", makePubsub, "gossipsub v1.1 (/meshsub/1.1.0): name records spread to connected peers"),
     BeamService("names", makeNames, "publishes this node's names in the DHT and resolves others'"),

@@ -342,13 +342,13 @@ class DaemonAssemblyTests(TestCase):
         """
         daemon = yield _startDaemon(self)
         self.assertEqual([s.name for s in daemon],
-                         ["control", "node", "tor", "nat", "mdns", "tunnels", "kademlia", "pubsub", "names", "forwards", "dns", "web"])
+                         ["control", "node", "tor", "nat", "mdns", "tunnels", "requests", "kademlia", "pubsub", "names", "forwards", "dns", "web"])
         self.assertTrue(all(s.running for s in daemon))
         status = daemon.status()
         self.assertEqual([(i.name, i.origin, i.state) for i in status.services],
-                         [(n, "builtin", "running") for n in ("tor", "nat", "mdns", "tunnels", "kademlia", "pubsub", "names", "forwards", "dns")])
+                         [(n, "builtin", "running") for n in ("tor", "nat", "mdns", "tunnels", "requests", "kademlia", "pubsub", "names", "forwards", "dns")])
         self.assertEqual([name for name, _ in status.sections],
-                         ["tor", "nat", "mdns", "tunnels", "kademlia", "pubsub", "names", "forwards", "dns", "web"])
+                         ["tor", "nat", "mdns", "tunnels", "requests", "kademlia", "pubsub", "names", "forwards", "dns", "web"])
         self.assertEqual(status.section("kademlia").mode, "server")
         self.assertEqual(status.node.peerID, str(daemon.node.peerID))
         self.assertIs(daemon.service("kademlia"), daemon.kademlia)
@@ -365,7 +365,7 @@ class DaemonAssemblyTests(TestCase):
             stop = child.stopService
             child.stopService = lambda stop=stop, name=child.name: (order.append(name), stop())[1]
         yield daemon.stopService()
-        self.assertEqual(order, ["web", "dns", "forwards", "names", "pubsub", "kademlia", "tunnels", "mdns", "nat", "tor", "node", "control"])
+        self.assertEqual(order, ["web", "dns", "forwards", "names", "pubsub", "kademlia", "requests", "tunnels", "mdns", "nat", "tor", "node", "control"])
 
     @inlineCallbacks
     def test_controlSocket(self):
@@ -382,7 +382,7 @@ class DaemonAssemblyTests(TestCase):
         self.assertEqual(set(status), {"peer_id", "addrs", "listen_addrs", "observed_addrs", "protocols",
                                        "connections", "services", "resources", "tunnels", "kademlia", "names",
                                        "forwards", "reachability", "confirmed_addrs", "candidate_addrs",
-                                       "relay_addrs", "nat", "tor", "mdns", "pubsub", "dns", "web"})
+                                       "relay_addrs", "nat", "tor", "mdns", "pubsub", "dns", "web", "requests"})
         self.assertIn("/beam/tunnel/1.0.0", status["protocols"])
         tunnel = yield client.request("POST", "/v1/tunnels", {"port": 4242, "name": "web", "secret": True})
         self.assertEqual(set(tunnel), {"name", "port", "kind", "target", "compress", "private", "allow", "share",

@@ -204,7 +204,7 @@ class PluginDaemonTests(TestCase):
         self.assertEqual((info.origin, info.state), ("plugin", "disabled"))
         daemon = yield self.startDaemon(Config(listen=LOOPBACK, plugins=False))
         self.assertEqual([s.name for s in daemon.status().services],
-                         ["tor", "nat", "mdns", "tunnels", "kademlia", "pubsub", "names", "forwards", "dns"])
+                         ["tor", "nat", "mdns", "tunnels", "requests", "kademlia", "pubsub", "names", "forwards", "dns"])
         self.assertEqual(discoverPlugins(enabled=False), ([], []))
 
     @inlineCallbacks
