@@ -282,6 +282,24 @@ def _parser() -> _Parser:
 
     command("status", help="tunnels, forwards and connections of the running node")
 
+    s = command("requests", help="the HTTP requests the inspector captured on the running node's tunnels",
+                description="list (the default): one line per captured exchange, newest last; "
+                            "show ID: headers and bodies; replay ID: send it again to the tunnel's "
+                            "local service (as is, or edited with --method, --path, -H, --data); "
+                            "curl ID: the same request as a curl command; clear: forget them all.")
+    s.add_argument("action", nargs="?", default="list", choices=["list", "show", "replay", "curl", "clear"])
+    s.add_argument("id", nargs="?", type=int, metavar="ID", help="for show, replay and curl: the request's number")
+    s.add_argument("--follow", "-f", action="store_true",
+                   help="keep printing requests as they complete (Ctrl-C stops)")
+    s.add_argument("--method", help="list: only this method; replay: send with this method")
+    s.add_argument("--status", help="list: only this status (200, 4xx, pending)")
+    s.add_argument("--path", help="list: only targets containing this; replay: send to this target")
+    s.add_argument("--tunnel", help="list: only this tunnel")
+    s.add_argument("-n", "--limit", type=int, default=None, metavar="N", help="list: only the last N requests")
+    s.add_argument("-H", "--header", action="append", metavar="HEADER",
+                   help="replay: set a header, as 'NAME: VALUE' (repeatable; 'NAME:' removes it)")
+    s.add_argument("--data", metavar="TEXT|@FILE", help="replay: send this body instead (@FILE: a file's bytes)")
+
     s = command("stop", help="remove a tunnel or forward from the running node")
     s.add_argument("key", metavar="NAME|PORT", help="tunnel name or port, or forward's local port")
 
@@ -1530,6 +1548,115 @@ def networkText(action: str, r: dict[str, Any]) -> str:
     return f"bootstrapped: {r['routing_table_size']} peers in the routing table"
 
 
+async def cmdRequests(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
+    """
+    C{beam requests [list|show|replay|curl|clear] [ID]}: the inspector's
+    captures over the control socket (L{beam.tunnel.inspect.resource}).
+    """
+    from urllib.parse import urlencode
+
+    from beam.console.requests import RequestPrinter, detailText
+    from beam.daemon.control import ControlClient, ControlError
+
+    client = ControlClient(reactor, _home(args), timeout=45.0)
+    printer = RequestPrinter(out.stream, out.asJSON)
+
+    async def call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            return await client.request(method, path, body)
+        except ControlError as e:
+            if e.status == 404 and str(e).startswith("no such endpoint"):
+                raise ControlError("the running node does not inspect requests (inspect = false in "
+                                   "config.toml, or started with --no-inspect)", e.status) from None
+            raise
+
+    action = args.action
+    if action in ("show", "replay", "curl") and args.id is None:
+        raise UsageError(f"beam requests {action} needs the request's ID")
+    if action in ("list", "clear") and args.id is not None:
+        raise UsageError(f"beam requests {action} takes no ID")
+    if action == "clear":
+        r = await call("DELETE", "/v1/requests")
+        out.event(r, f"cleared {r['cleared']} captured request(s)")
+        return 0
+    if action == "curl":
+        r = await call("GET", f"/v1/requests/{args.id}/curl")
+        out.event(r, r["curl"])
+        return 0
+    if action == "show":
+        r = await call("GET", f"/v1/requests/{args.id}")
+        out.event(r, None if out.asJSON else detailText(r))
+        return 0
+    if action == "replay":
+        original = await call("GET", f"/v1/requests/{args.id}")
+        r = await call("POST", f"/v1/requests/{args.id}/replay", _replayEdits(args, original))
+        out.event(r, None if out.asJSON else detailText(r))
+        return 0
+    query = {k: v for k, v in [("method", args.method), ("status", args.status), ("path", args.path),
+                               ("tunnel", args.tunnel), ("limit", args.limit)] if v is not None}
+    r = await call("GET", "/v1/requests?" + urlencode(query))
+    if not args.follow:
+        for summary in r["requests"]:
+            printer.summary(summary)
+        if not r["requests"]:
+            printer.text("no captured requests" + (" match" if query.keys() - {"limit"} else ""))
+        return 0
+    # --follow: print each exchange once, when it is no longer open; ask
+    # again (a long poll) for what comes after the oldest still open.
+    from twisted.internet.task import deferLater
+
+    printed: set[int] = set()
+    summaries = r["requests"]
+    while True:
+        progress = False
+        for summary in summaries:
+            if summary["state"] != "open" and summary["id"] not in printed:
+                printer.summary(summary)
+                printed.add(summary["id"])
+                progress = True
+        opened = [s["id"] for s in summaries if s["state"] == "open"]
+        after = min(opened) - 1 if opened else max((s["id"] for s in summaries), default=query.get("after", 0))
+        printed = {i for i in printed if i > after}
+        if opened and not progress:
+            # Only exchanges still open came back: wait a little rather
+            # than ask again at once.
+            await deferLater(reactor, 0.5, lambda: None)
+        query["after"] = after
+        r = await call("GET", "/v1/requests?" + urlencode({**query, "wait": 30}))
+        summaries = r["requests"]
+
+
+def _replayEdits(args: argparse.Namespace, original: dict[str, Any]) -> dict[str, Any]:
+    """
+    The body of C{POST /v1/requests/ID/replay} from C{beam requests replay}'s
+    options: C{-H} sets (or with an empty value removes) a header of the
+    captured request, C{--data} replaces the body.
+    """
+    import base64
+
+    edits: dict[str, Any] = {}
+    if args.method:
+        edits["method"] = args.method
+    if args.path:
+        edits["path"] = args.path
+    if args.header:
+        headers = [list(h) for h in original["request"]["headers"]]
+        for spec in args.header:
+            name, sep, value = spec.partition(":")
+            name, value = name.strip(), value.strip()
+            if not sep or not name:
+                raise UsageError(f"-H wants 'NAME: VALUE', not {spec!r}")
+            kept = [h for h in headers if h[0].lower() != name.lower()]
+            headers = kept + ([[name, value]] if value else [])
+        edits["headers"] = headers
+    if args.data is not None:
+        if args.data.startswith("@"):
+            edits["body_base64"] = base64.b64encode(Path(args.data[1:]).expanduser().read_bytes()).decode("ascii")
+        else:
+            edits["body"] = args.data
+    return edits
+
+
 def cmdID(args: argparse.Namespace, out: _Out) -> int:
     from beam.storage.home import loadOrCreateIdentity
 
@@ -1714,6 +1841,7 @@ ASYNC_COMMANDS: dict[str, Callable[[Any, argparse.Namespace, _Out], Coroutine[An
     "resolve": cmdResolve,
     "network": cmdNetwork,
     "hosts": cmdHosts,
+    "requests": cmdRequests,
 }
 
 
