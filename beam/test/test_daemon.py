@@ -394,6 +394,7 @@ class DaemonAssemblyTests(TestCase):
         network = yield client.request("GET", "/v1/network/status")
         self.assertEqual(set(network), {"peer_id", "listen_addrs", "addrs", "observed_addrs", "connections",
                                         "names", "dht_mode", "routing_table_size", "records_held",
+                                        "lookups", "lookup_failures", "lookup_p50_ms", "lookup_p95_ms",
                                         "reachability", "confirmed_addrs", "candidate_addrs", "relay_addrs",
                                         "connection_paths", "nat", "tor"})
         self.assertEqual((network["reachability"], network["nat"]["relay_mode"]), ("unknown", "default"))

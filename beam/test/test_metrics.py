@@ -542,6 +542,13 @@ class LiveTests(TestCase):
         self.assertEqual(sample(c, "beam_info", peer_id=str(client.node.peerID),
                                 version=__import__("beam").__version__), 1)
         self.assertLessEqual(FAMILIES, set(c))
+        try:
+            client.service("requests")
+        except KeyError:
+            pass  # the inspector is not part of this daemon
+        else:
+            self.assertLessEqual({"beam_inspector_requests", "beam_inspector_evicted", "beam_inspector_gave_up",
+                                  "beam_inspector_bytes"}, set(c))
 
         before = sample(c, "beam_dht_lookup_duration_seconds_count")
         try:
