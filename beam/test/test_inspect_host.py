@@ -62,8 +62,9 @@ class CannedHTTP(Protocol):
         self.received += data
 
     def readConnectionLost(self) -> None:
-        self.transport.write(self.factory.canned)
-        self.transport.loseConnection()
+        transport: Any = self.transport
+        transport.write(self.factory.canned)
+        transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         pass
@@ -79,8 +80,9 @@ class _Sender(Collector):
         self.data = data
 
     def connectionMade(self) -> None:
-        self.transport.write(self.data)
-        self.transport.loseWriteConnection()
+        transport: Any = self.transport
+        transport.write(self.data)
+        transport.loseWriteConnection()
 
 
 class _App(Resource):
@@ -109,7 +111,7 @@ class InspectHostTests(TunnelTestsMixin, TestCase):
     timeout = 60
 
     @inlineCallbacks
-    def tunnel(self, factory: Factory, store: Any, compress: bool = False) -> Any:
+    def tunnel(self, factory: Any, store: Any, compress: bool = False):
         port = yield self.listenService(factory)
         a, host = yield self.makeHost()
         host.inspector = store
@@ -118,9 +120,9 @@ class InspectHostTests(TunnelTestsMixin, TestCase):
         return host, forward
 
     @inlineCallbacks
-    def _canned(self, compress: bool) -> Any:
+    def _canned(self, compress: bool):
         store = RequestStore(reactor, bodyCap=1024)
-        service = serviceFactory(CannedHTTP, canned=RESPONSES)
+        service: Any = serviceFactory(CannedHTTP, canned=RESPONSES)
         host, forward = yield self.tunnel(service, store, compress)
         client = _Sender(REQUESTS)
         yield connectLocal(forward.localAddress.port, client)
@@ -143,7 +145,7 @@ class InspectHostTests(TunnelTestsMixin, TestCase):
         status = store.status()
         self.assertEqual((status.captured, status.gaveUp, status.notHTTP, status.truncated), (3, 0, 0, 1))
 
-    def test_captured(self) -> None:
+    def test_captured(self) -> Any:
         """
         Pipelined requests with form, chunked and 1 MiB bodies: every byte
         arrives unchanged both ways, and each exchange is captured with its
@@ -151,7 +153,7 @@ class InspectHostTests(TunnelTestsMixin, TestCase):
         """
         return self._canned(compress=False)
 
-    def test_capturedCompressed(self) -> None:
+    def test_capturedCompressed(self) -> Any:
         """
         The same through an lz4-compressed tunnel: the inspector sees the
         plain bytes.
@@ -161,7 +163,7 @@ class InspectHostTests(TunnelTestsMixin, TestCase):
         return self._canned(compress=True)
 
     @inlineCallbacks
-    def test_realServer(self) -> None:
+    def test_realServer(self):
         """
         twisted.web's client and server through the tunnel: keep-alive GET
         and POST are captured with the right status and bodies.
@@ -188,7 +190,7 @@ class InspectHostTests(TunnelTestsMixin, TestCase):
         self.assertGreaterEqual(get.duration or 0, 0)
 
     @inlineCallbacks
-    def test_off(self) -> None:
+    def test_off(self):
         """
         Without an inspector, or with a disabled one, nothing is captured
         and no observer is attached.
@@ -204,7 +206,7 @@ class InspectHostTests(TunnelTestsMixin, TestCase):
             self.assertEqual((len(store), store.captured), (0, 0))
 
     @inlineCallbacks
-    def test_notHTTP(self) -> None:
+    def test_notHTTP(self):
         """
         A tunnel carrying something else is counted as not HTTP and its
         bytes pass unchanged.
@@ -219,7 +221,7 @@ class InspectHostTests(TunnelTestsMixin, TestCase):
         self.assertEqual((store.notHTTP, len(store)), (1, 0))
 
     @inlineCallbacks
-    def test_malformedPassesThrough(self) -> None:
+    def test_malformedPassesThrough(self):
         """
         A request with a 1 MiB header line and a lying chunked body: the
         inspector gives up, the bytes still pass unchanged.
