@@ -36,7 +36,7 @@ from beam.tunnel.host import ServiceSpec
 from beam.tunnel.inspect.curl import curlCommand
 from beam.tunnel.inspect.replay import BadReplay, ReplayEdits, ReplayFailed, buildRequest, editsFromJSON, replay
 from beam.tunnel.inspect.resource import MAX_WAITERS, RequestsResource
-from beam.tunnel.inspect.store import Exchange, RequestStore
+from beam.tunnel.inspect.store import Exchange, Message, RequestStore
 from beam.tunnel.protocol import ServiceNotFound
 
 reactor: Any = _reactor
@@ -575,3 +575,92 @@ class CurlTests(SynchronousTestCase):
         """
         ex = capture(RequestStore(Clock()), b"GET /old HTTP/1.0\r\n\r\n", None)
         self.assertEqual(curlCommand(ex, "127.0.0.1:3000"), "curl --http1.0 http://127.0.0.1:3000/old")
+
+
+# -- terminal text ------------------------------------------------------------
+
+
+class _TTY:
+    """
+    A text stream that says it is a terminal.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+class ConsoleTests(SynchronousTestCase):
+    """
+    L{beam.console.requests}: the lines C{beam requests} prints.
+    """
+
+    def summary(self, raw: bytes, resp: bytes | None = None) -> dict[str, Any]:
+        store = RequestStore(Clock())
+        return capture(store, raw, resp).summaryJSON()
+
+    def test_line(self) -> None:
+        """
+        One line per exchange: id, method, target, status, duration, tunnel,
+        and the exchange a replay replays; pending and aborted say so.
+        """
+        from beam.console.requests import summaryLine
+
+        s = self.summary(b"GET /api/users?x=1 HTTP/1.1\r\n\r\n", response())
+        self.assertEqual(summaryLine(s), "#1  GET  /api/users?x=1  200 OK  0 ms  app")
+        self.assertEqual(summaryLine({**s, "replay_of": 7}), "#1  GET  /api/users?x=1  200 OK  0 ms  app  (↻ #7)")
+        pending = self.summary(b"GET /p HTTP/1.1\r\n\r\n")
+        self.assertEqual(summaryLine(pending), "#1  GET  /p  pending  app")
+        self.assertIn("aborted (boom)", summaryLine({**pending, "state": "aborted", "error": "boom"}))
+
+    def test_controlCharacters(self) -> None:
+        """
+        Escape sequences a peer put in a target or a header never reach the
+        terminal as such.
+        """
+        from beam.console.requests import detailText, summaryLine
+
+        # The observer refuses such a request line; an exchange made by hand
+        # (or a future parser) must still print safely.
+        ex = Exchange(tunnel="a\x1b[1m", peer="p\x9b", method="GET", target="/\x1b]0;owned\x07", id=1,
+                      request=Message(headers=[("X-A", "\x1b[2J")], complete=True),
+                      response=Message(headers=[("Content-Type", "text/plain")], body=b"\x1b[31mred",
+                                       size=8, complete=True),
+                      status=200, reason="OK\x1b[0m", state="complete", error="e\x1b")
+        for text in (summaryLine(ex.summaryJSON()), detailText(ex.detailJSON())):
+            self.assertNotIn("\x1b", text)
+            self.assertNotIn("\x07", text)
+
+    def test_colourOnlyOnTerminal(self) -> None:
+        """
+        A terminal gets the status coloured (green for 2xx); with NO_COLOR
+        or in a pipe, the same text without escapes; --json one object per
+        line.
+        """
+        import io
+        import os
+        from unittest import mock
+
+        from beam.console.requests import RequestPrinter, summaryLine
+
+        s = self.summary(b"GET / HTTP/1.1\r\n\r\n", response())
+        with mock.patch.dict(os.environ, {"NO_COLOR": "", "TERM": "xterm-256color"}):
+            tty = _TTY()
+            RequestPrinter(tty, False).summary(s)  # type: ignore[arg-type]
+        self.assertIn("\x1b[32m200 OK", "".join(tty.parts))
+        with mock.patch.dict(os.environ, {"NO_COLOR": "1"}):
+            tty = _TTY()
+            RequestPrinter(tty, False).summary(s)  # type: ignore[arg-type]
+        self.assertEqual("".join(tty.parts), summaryLine(s) + "\n")
+        pipe = io.StringIO()
+        RequestPrinter(pipe, True).summary(s)
+        self.assertEqual(json.loads(pipe.getvalue()), s)
