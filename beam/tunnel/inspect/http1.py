@@ -131,6 +131,21 @@ class _Parser:
                 return
             elif state == _STOPPED:
                 return
+            elif state == _CHUNK_END and not self.line and data.startswith(b"\r\n", pos):
+                # The fast path between chunks: no line buffer, no call.
+                pos += 2
+                self.state = _CHUNK_SIZE
+            elif state == _CHUNK_SIZE and not self.line and 0 <= (newline := data.find(b"\n", pos, pos + 64)):
+                text = data[pos:newline].split(b";", 1)[0].strip()
+                if not text or len(text) > 15 or not _HEX.issuperset(text):
+                    raise _GiveUp("a malformed chunk size")
+                pos = newline + 1
+                size = int(text, 16)
+                if size:
+                    self.remaining = size
+                    self.state = _CHUNK_DATA
+                else:
+                    self.state = _TRAILER
             else:
                 newline = data.find(b"\n", pos)
                 if newline < 0:
