@@ -238,7 +238,7 @@
 
   /* Inline SVG sparkline of the in (filled) and out (line) rates. */
   function sparkline(key) {
-    var w = 140, h = 30;
+    var w = 180, h = 30;
     var rates = (state.traffic[key] || {rates: []}).rates;
     var max = 1, busy = 0;
     rates.forEach(function (r) { max = Math.max(max, r[0], r[1]); if (r[0] + r[1] > 0) busy++; });
@@ -246,10 +246,10 @@
                           "data-samples": rates.length, "data-busy": busy});
     function points(idx) {
       var pts = [];
-      var n = HISTORY - 1;
-      var offset = HISTORY - rates.length;
+      // The samples there are span the width (a minute once it is full).
+      var n = Math.max(1, rates.length - 1);
       rates.forEach(function (r, i) {
-        var x = ((offset + i) / n) * w;
+        var x = (i / n) * w;
         var y = h - 1 - (r[idx] / max) * (h - 3);
         pts.push(x.toFixed(1) + "," + y.toFixed(1));
       });
