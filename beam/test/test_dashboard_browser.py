@@ -189,7 +189,7 @@ class DashboardBrowserTests(E2EMixin, SynchronousTestCase):
             return WebDriverWait(driver, timeout, poll_frequency=0.1,
                                  ignored_exceptions=(StaleElementReferenceException,)).until(condition)
         except TimeoutException:
-            self.screenshot(driver, "failure")
+            driver.save_screenshot(str(self.shots / "failure.png"))  # never into docs/images
             logs = "\n".join(str(e) for e in driver.get_log("browser"))
             raise AssertionError(f"{what}: not within {timeout} s (screenshot in {self.shots})\n{logs}") from None
 
