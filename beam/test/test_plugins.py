@@ -163,14 +163,14 @@ class PluginDaemonTests(TestCase):
     def test_examplePluginServedAndShown(self) -> Any:
         """
         The example plugin, found by L{getPlugins}, runs as the daemon's
-        child C{"hello"} after the built-ins: its protocol is served to
-        other nodes, its status is in C{GET /v1/status} (and C{beam
-        status}'s text) under its name, and its resource answers at
-        C{/v1/hello}.
+        child C{"hello"} after the built-ins (and before the dashboard,
+        which starts last): its protocol is served to other nodes, its
+        status is in C{GET /v1/status} (and C{beam status}'s text) under
+        its name, and its resource answers at C{/v1/hello}.
         """
         installInProcess(self)
         daemon = yield self.startDaemon()
-        self.assertEqual([s.name for s in daemon][-2:], ["dns", "hello"])
+        self.assertEqual([s.name for s in daemon][-3:], ["dns", "hello", "web"])
         self.assertTrue(daemon.node.hasStreamHandler("/hello/1.0.0"))
         addr = str(daemon.node.advertisedAddrs()[0])
         answer = yield ask(self, addr, "/hello/1.0.0", b"alice\n")
