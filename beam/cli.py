@@ -799,6 +799,7 @@ def _printTunnel(
     tunnels: int = 1,
     qr: bool = False,
     dashboard: str | None = None,
+    dashboardLogin: str | None = None,
 ) -> None:
     """
     The share line (L{beam.console.share}: by name when the name is
@@ -821,7 +822,10 @@ def _printTunnel(
         else:
             text += "\n" + code + "\n"
     if dashboard:
-        text += f"Dashboard: {dashboard}\n"
+        # The terminal is the owner's: like Jupyter, it shows the URL that
+        # logs a browser in (the cookie then keeps it logged in); JSON
+        # events keep the plain URL, for scripts that log.
+        text += f"Dashboard: {dashboardLogin or dashboard}\n"
     text += "Press Ctrl-C to stop."
     out.event(
         {"event": "ready", "peer_id": peerID, "addrs": addrs, "name": tunnel["name"],
@@ -866,7 +870,7 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
                                           client.request("POST", "/v1/names", {"name": memorableName(home)}))
         _warnUnreachable(natWarning(status))
         _printTunnel(out, tunnel, status["peer_id"], status["addrs"], registered, len(status["tunnels"]), args.qr,
-                     _statusDashboard(status))
+                     _statusDashboard(status), await _dashboardLogin(client, status))
 
         def remove() -> Deferred[Any]:
             return client.request("DELETE", "/v1/tunnels/" + quote(tunnel["name"], safe="")).addErrback(
@@ -905,8 +909,12 @@ async def cmdExpose(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         "relay_addrs": [str(a) for a in node.addresses.relayAddrs()],
         "addrs": [str(a) for a in node.advertisedAddrs()],
     }))
+    try:
+        dashboardLogin: str | None = daemon.web.loginURL()
+    except BeamError:
+        dashboardLogin = None
     _printTunnel(out, tunnel, str(node.peerID), [str(a) for a in node.shareableAddrs()],
-                 registered, len(daemon.tunnels.services), args.qr, daemon.web.url)
+                 registered, len(daemon.tunnels.services), args.qr, daemon.web.url, dashboardLogin)
     from beam.console.live import daemonSource
 
     return await _watchLive(reactor, out, daemonSource(daemon), "tunnel", tunnel["name"],
@@ -981,7 +989,9 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
             )
 
         reactor.addSystemEventTrigger("before", "shutdown", remove)
-        dashboard = _statusDashboard(await client.request("GET", "/v1/status"))
+        connectStatus = await client.request("GET", "/v1/status")
+        dashboard = _statusDashboard(connectStatus)
+        dashboardLogin = await _dashboardLogin(client, connectStatus)
     else:
         config = _loadConfig(args)
         _startLogging(args, config)
@@ -996,14 +1006,33 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
             args.target, args.port, args.bind, args.service, args.compress, args.udp,
             acceptNewKey=args.accept_new_key, **torOption)))
         dashboard = daemon.web.url
+        try:
+            dashboardLogin = daemon.web.loginURL()
+        except BeamError:
+            dashboardLogin = dashboard
     out.event(
         {"event": "ready", "listen": fwd["listen"], "peer_id": fwd["peer_id"], "service": fwd["service"],
          "dashboard": dashboard},
         f"listening on {fwd['listen']} -> {fwd['peer_id']}/{fwd['service'] or 'default'}"
-        + (f"\nDashboard: {dashboard}" if dashboard else ""),
+        + (f"\nDashboard: {dashboardLogin}" if dashboard else ""),
     )
     return await _watchLive(reactor, out, source, "forward", fwd["name"], f"the forward on {fwd['listen']}",
                             attached)
+
+
+async def _dashboardLogin(client: Any, status: dict[str, Any]) -> str | None:
+    """
+    The URL that logs a browser into the dashboard of the node behind
+    C{client} (L{None}: off, or a node from before the dashboard).
+    """
+    if _statusDashboard(status) is None:
+        return None
+    try:
+        answer = await client.request("GET", "/v1/web/login")
+    except BeamError:
+        return None
+    url = answer.get("url") if isinstance(answer, dict) else None
+    return url if isinstance(url, str) else None
 
 
 def _statusDashboard(status: dict[str, Any]) -> str | None:

@@ -112,6 +112,10 @@ _PLACEHOLDER = (b"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Be
                 b"<body><p>The Beam dashboard's files are missing from this installation.</p></body></html>\n")
 
 
+#: How long a browser stays logged in (seconds): 30 days.
+COOKIE_MAX_AGE = 30 * 24 * 3600
+
+
 def loadToken(home: Path, random: Callable[[int], bytes] = os.urandom) -> str:
     """
     The node's dashboard token: C{<home>/web-token}, made (32 random bytes,
@@ -522,7 +526,10 @@ class _Index(Resource):
             given = query["token"][-1].encode("latin-1")
             if not self.web.validToken(given):
                 return _Refusal(403, "wrong token: run `beam dashboard` for the right URL").render(request)
-            request.addCookie(b"beam_token", given, path=b"/", httpOnly=True, sameSite="strict")
+            # Persistent (the token outlives restarts), so the plain URL the
+            # browser remembers keeps working; HttpOnly keeps it from scripts.
+            request.addCookie(b"beam_token", given, path=b"/", httpOnly=True, sameSite="strict",
+                              max_age=str(COOKIE_MAX_AGE).encode("ascii"))
             request.setResponseCode(303)
             request.setHeader(b"location", b"/")
             return b""

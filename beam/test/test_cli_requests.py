@@ -16,6 +16,8 @@ import json
 import signal
 import subprocess
 import sys
+import socket
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -174,3 +176,50 @@ class RequestsCLITests(E2EMixin, SynchronousTestCase):
         out = beamRun("requests", "show", "42", home=self.hostHome)
         self.assertEqual(out.returncode, 1)
         self.assertIn("no captured request 42", out.stderr)
+
+
+def freePort() -> int:
+    """
+    A loopback port free a moment ago (the dashboard takes the next one
+    if it was taken since).
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kw: Any) -> None:
+        return None
+
+
+class DashboardLineTests(E2EMixin, SynchronousTestCase):
+    """
+    The C{Dashboard:} line of C{beam PORT}.
+    """
+
+    def test_bannerLogsIn(self) -> None:
+        """
+        On the terminal (the owner's), C{beam PORT} prints the URL that
+        logs a browser in, carrying the node's token (as Jupyter does);
+        opening it sets the cookie and leads to the page. The JSON event
+        keeps the plain URL, without the token.
+        """
+        home = self.newHome()
+        host = Child(self, [str(BIN / "beam"), "--home", home, "4", "--listen", "/ip4/127.0.0.1/tcp/0",
+                            "--no-register", "--web", str(freePort())], "host")
+        line = waitUntil(lambda: next((x for x in iter(host.readLine, "") if x.startswith("Dashboard:")), None),
+                         60, "the Dashboard line")
+        url = line.split(None, 1)[1].strip()
+        with open(f"{home}/web-token") as f:
+            token = f.read().strip()
+        self.assertTrue(url.startswith("http://127.0.0.1:"), url)
+        self.assertTrue(url.endswith(f"/?token={token}"), url)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
+        with self.assertRaises(urllib.error.HTTPError) as caught:
+            opener.open(url, timeout=30)
+        self.assertEqual(caught.exception.code, 303)
+        self.assertIn("beam_token=", caught.exception.headers["Set-Cookie"])
+        _host, ready, _home = self.expose(4, "--no-register", "--web", str(freePort()))
+        self.assertNotIn("token", ready["dashboard"])
+        self.assertTrue(ready["dashboard"].startswith("http://127.0.0.1:"))

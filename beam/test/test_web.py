@@ -207,7 +207,7 @@ class WebServerTests(TestCase):
     @inlineCallbacks
     def test_cookieLogin(self) -> Any:
         """
-        C{/?token=T} sets an HttpOnly, SameSite=Strict cookie and redirects
+        C{/?token=T} sets an HttpOnly, SameSite=Strict cookie that lasts 30 days and redirects
         to C{/} (so the token leaves the address bar); a wrong token is 403.
         """
         code, h, _ = yield self.get(f"/?token={self.token}")
@@ -218,6 +218,7 @@ class WebServerTests(TestCase):
         self.assertIn("httponly", cookie.lower())
         self.assertIn("samesite=strict", cookie.lower())
         self.assertIn("path=/", cookie.lower())
+        self.assertIn(f"max-age={30 * 24 * 3600}", cookie.lower())
         code, h, _ = yield self.get("/?token=wrong")
         self.assertEqual(code, 403)
         self.assertNotIn("set-cookie", h)
