@@ -1005,9 +1005,10 @@ async def cmdConnect(reactor: Any, args: argparse.Namespace, out: _Out) -> int:
         fwd = asJSON(await waitingFor(_progress(reactor, out), reaching, daemon.forwards.add(
             args.target, args.port, args.bind, args.service, args.compress, args.udp,
             acceptNewKey=args.accept_new_key, **torOption)))
-        dashboard = daemon.web.url
+        web = getattr(daemon, "web", None)
+        dashboard = web.url if web is not None else None
         try:
-            dashboardLogin = daemon.web.loginURL()
+            dashboardLogin = web.loginURL() if web is not None else None
         except BeamError:
             dashboardLogin = dashboard
     out.event(
@@ -1127,8 +1128,14 @@ def statusText(status: dict[str, Any], now: float | None = None) -> str:
         lines += [f"  {n.name:<12} {_nameText(n, now)}" for n in names]
     if "kademlia" in status:
         dht = fromJSON(DHTStatus, status["kademlia"])
+        lookups = ""
+        if dht.lookups:
+            found = 100.0 * (dht.lookups - dht.lookupFailures) / dht.lookups
+            times = "".join(f", {label} {value:.0f} ms" for label, value in
+                            (("p50", dht.lookupP50Ms), ("p95", dht.lookupP95Ms)) if value is not None)
+            lookups = f", {dht.lookups} lookups ({found:.0f} % answered{times})"
         lines.append(f"DHT: {dht.mode}, {dht.routingTableSize} peers in the routing table, "
-                     f"{dht.recordsHeld} records held")
+                     f"{dht.recordsHeld} records held{lookups}")
     services = [fromJSON(ServiceInfo, s) for s in status.get("services", [])]
     plugins = [s for s in services if s.origin == "plugin"]
     if plugins:
@@ -1142,7 +1149,17 @@ def statusText(status: dict[str, Any], now: float | None = None) -> str:
             f"Inspector: {inspector.get('kept', 0)} requests kept ({_size(inspector.get('bytes', 0))}), "
             f"{inspector.get('evicted', 0)} evicted"
         )
-    laidOut = ("tunnels", "forwards", "names", "kademlia", "nat", "tor", "mdns", "pubsub", "dns", "requests")
+    web = status.get("web")
+    if isinstance(web, dict):
+        if not web.get("enabled"):
+            lines.append("Dashboard: off")
+        elif web.get("url"):
+            clients = web.get("clients") or 0
+            lines.append(f"Dashboard: {web['url']} (" + (f"{clients} watching; " if clients else "")
+                         + "beam dashboard prints the login link)")
+        else:
+            lines.append(f"Dashboard: not listening: {web.get('error') or 'not started'}")
+    laidOut = ("tunnels", "forwards", "names", "kademlia", "nat", "tor", "mdns", "pubsub", "dns", "requests", "web")
     for service in services:
         if service.name not in laidOut and service.name in status:
             lines += _genericText(service.name, status[service.name])
@@ -1204,6 +1221,9 @@ def _nameText(name: Any, now: float) -> str:
         left = int(name.expires - now)
         parts.append(f"expires in {_duration(left)}" if left > 0 else "expired")
     parts.append(f"not stored: {name.error}" if name.error else f"stored on {name.storedOn} peers")
+    nextRepublish = getattr(name, "nextRepublish", None)
+    if nextRepublish is not None:
+        parts.append(f"republished in {_duration(max(0, int(nextRepublish - now)))}")
     return ", ".join(parts)
 
 

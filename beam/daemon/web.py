@@ -19,7 +19,7 @@ requests into the user's services and stop the node, so
     opened from the terminal): other sites' pages, and other local ports,
     are refused;
   - C{/api} needs the per-node token (C{<home>/web-token}, 0600, kept
-    across restarts) as the C{beam_token} cookie (HttpOnly, SameSite=Strict),
+    across restarts) as the C{beam_token_<port>} cookie (HttpOnly, SameSite=Strict),
     an C{X-Beam-Token} header or C{Authorization: Bearer}; anything but
     GET and HEAD needs the header (a cookie alone could be a cross-site
     form's), so state never changes on a cookie;
@@ -306,6 +306,16 @@ class WebService(Service):
             raise BeamError(f"the dashboard is not listening: {self.error or 'not started'}")
         return f"{self.url}?token={self.token}"
 
+    @property
+    def cookieName(self) -> bytes:
+        """
+        The login cookie's name, C{beam_token_<port>}: browsers send a
+        host's cookies to every port of it, so two nodes' dashboards on one
+        machine (C{beam 3000} and a C{beam connect} with its own home) each
+        need their own, or logging into one would log out of the other.
+        """
+        return b"beam_token_%d" % (self.port or 0)
+
     def allowedHost(self, host: bytes) -> bool:
         """
         Whether a request's C{Host} header names this server: loopback
@@ -453,7 +463,7 @@ def _guard(web: WebService, request: Request) -> Optional[_Refusal]:
     return None
 
 
-def _givenToken(request: Request, headerOnly: bool = False) -> Optional[bytes]:
+def _givenToken(web: WebService, request: Request, headerOnly: bool = False) -> Optional[bytes]:
     header = request.getHeader(b"x-beam-token")
     if header is not None:
         return header.encode("latin-1") if isinstance(header, str) else header
@@ -465,7 +475,7 @@ def _givenToken(request: Request, headerOnly: bool = False) -> Optional[bytes]:
             return value.strip()
     if headerOnly:
         return None
-    return request.getCookie(b"beam_token")
+    return request.getCookie(web.cookieName)
 
 
 class _Root(Resource):
@@ -528,7 +538,7 @@ class _Index(Resource):
                 return _Refusal(403, "wrong token: run `beam dashboard` for the right URL").render(request)
             # Persistent (the token outlives restarts), so the plain URL the
             # browser remembers keeps working; HttpOnly keeps it from scripts.
-            request.addCookie(b"beam_token", given, path=b"/", httpOnly=True, sameSite="strict",
+            request.addCookie(self.web.cookieName, given, path=b"/", httpOnly=True, sameSite="strict",
                               max_age=str(COOKIE_MAX_AGE).encode("ascii"))
             request.setResponseCode(303)
             request.setHeader(b"location", b"/")
@@ -537,7 +547,7 @@ class _Index(Resource):
             page = (WEBUI / "index.html").read_bytes()
         except OSError:
             page = _PLACEHOLDER
-        token = _givenToken(request)
+        token = _givenToken(self.web, request)
         if self.web.validToken(token) and self.web.token is not None:
             meta = b'<meta name="beam-token" content="' + self.web.token.encode("ascii") + b'">'
             at = page.lower().find(b"</head>")
@@ -593,9 +603,9 @@ class _Api(Resource):
         request.setHeader(b"cache-control", b"no-store")
         method = request.method
         if method in (b"GET", b"HEAD"):
-            if not self.web.validToken(_givenToken(request)):
+            if not self.web.validToken(_givenToken(self.web, request)):
                 return _Refusal(401, "the dashboard token is missing or wrong: run `beam dashboard`")
-        elif not self.web.validToken(_givenToken(request, headerOnly=True)):
+        elif not self.web.validToken(_givenToken(self.web, request, headerOnly=True)):
             return _Refusal(401, "changes need the token in the X-Beam-Token header")
         return None
 

@@ -219,7 +219,7 @@ class DashboardLineTests(E2EMixin, SynchronousTestCase):
         with self.assertRaises(urllib.error.HTTPError) as caught:
             opener.open(url, timeout=30)
         self.assertEqual(caught.exception.code, 303)
-        self.assertIn("beam_token=", caught.exception.headers["Set-Cookie"])
+        self.assertIn(f"beam_token_{url.split(':')[2].split('/')[0]}={token}", caught.exception.headers["Set-Cookie"])
         _host, ready, _home = self.expose(4, "--no-register", "--web", str(freePort()))
         self.assertNotIn("token", ready["dashboard"])
         self.assertTrue(ready["dashboard"].startswith("http://127.0.0.1:"))

@@ -198,6 +198,30 @@ class TextTests(SynchronousTestCase):
             "  last: none",
         ])
 
+    def test_dashboardLookupsRepublish(self) -> None:
+        """
+        Issue 13's figures in the text: the dashboard's URL (never the
+        token) or why it is off, the DHT's lookups with their success and
+        latency, and when each name is published again.
+        """
+        status = statusJSON(_daemonStatus())
+        status["kademlia"].update({"lookups": 20, "lookup_failures": 5, "lookup_p50_ms": 41.2,
+                                   "lookup_p95_ms": 250.0})
+        status["names"][0]["next_republish"] = 1000.0 + 3 * 3600
+        status["web"] = {"enabled": True, "url": "http://127.0.0.1:4041/", "clients": 2}
+        lines = statusText(status, now=1000.0).splitlines()
+        self.assertIn("DHT: server, 12 peers in the routing table, 3 records held, 20 lookups (75 % answered, "
+                      "p50 41 ms, p95 250 ms)", lines)
+        self.assertTrue(any(line.startswith("  alice ") and line.endswith(", republished in 3h00m") for line in lines),
+                        lines)
+        self.assertIn("Dashboard: http://127.0.0.1:4041/ (2 watching; beam dashboard prints the login link)",
+                      lines)
+        status["web"] = {"enabled": False}
+        self.assertIn("Dashboard: off", statusText(status, now=1000.0).splitlines())
+        status["web"] = {"enabled": True, "url": None, "error": "ports 4040-4059 are all taken"}
+        self.assertIn("Dashboard: not listening: ports 4040-4059 are all taken",
+                      statusText(status, now=1000.0).splitlines())
+
     def test_statusOfABareNode(self) -> None:
         """
         A node without services' sections still reads well.

@@ -144,7 +144,7 @@ class WebServerTests(TestCase):
         code, _, _ = yield self.get("/api/v1/status", headers={"X-Beam-Token": "x" * 43})
         self.assertEqual(code, 401)
         for headers in ({"X-Beam-Token": self.token}, {"Authorization": f"Bearer {self.token}"},
-                        {"Cookie": f"beam_token={self.token}"}):
+                        {"Cookie": f"beam_token_{self.port}={self.token}"}):
             code, h, body = yield self.get("/api/v1/status", headers=headers)
             self.assertEqual(code, 200, headers)
             self.assertEqual(json.loads(body)["peer_id"], str(self.daemon.node.peerID))
@@ -161,10 +161,10 @@ class WebServerTests(TestCase):
         reaches the control API (here a 404 for an unknown tunnel).
         """
         code, _, _ = yield deferToThread(_request, self.port, "DELETE", "/api/v1/tunnels/nope",
-                                         headers={"Cookie": f"beam_token={self.token}"})
+                                         headers={"Cookie": f"beam_token_{self.port}={self.token}"})
         self.assertEqual(code, 401)
         code, _, _ = yield deferToThread(_request, self.port, "POST", "/api/v1/shutdown",
-                                         headers={"Cookie": f"beam_token={self.token}"})
+                                         headers={"Cookie": f"beam_token_{self.port}={self.token}"})
         self.assertEqual(code, 401)
         self.assertTrue(self.daemon.running)
         code, _, body = yield deferToThread(_request, self.port, "DELETE", "/api/v1/tunnels/nope",
@@ -214,7 +214,7 @@ class WebServerTests(TestCase):
         self.assertEqual(code, 303)
         self.assertEqual(h["location"], "/")
         cookie = h["set-cookie"]
-        self.assertIn(f"beam_token={self.token}", cookie)
+        self.assertIn(f"beam_token_{self.port}={self.token}", cookie)
         self.assertIn("httponly", cookie.lower())
         self.assertIn("samesite=strict", cookie.lower())
         self.assertIn("path=/", cookie.lower())
@@ -222,6 +222,12 @@ class WebServerTests(TestCase):
         code, h, _ = yield self.get("/?token=wrong")
         self.assertEqual(code, 403)
         self.assertNotIn("set-cookie", h)
+        # Browsers send a host's cookies to all its ports: the cookie is
+        # named after this dashboard's port, and another port's does not
+        # log in here.
+        code, _, _ = yield deferToThread(_request, self.port, "GET", "/api/v1/status",
+                                         headers={"Cookie": f"beam_token_{self.port + 1}={self.token}"})
+        self.assertEqual(code, 401)
 
     @inlineCallbacks
     def test_metaTagOnlyWithToken(self) -> Any:
@@ -234,9 +240,9 @@ class WebServerTests(TestCase):
         self.assertTrue(h["content-type"].startswith("text/html"))
         self.assertNotIn(b"beam-token", page)
         self.assertNotIn(self.token.encode(), page)
-        code, _, page = yield self.get("/", headers={"Cookie": f"beam_token={self.token}"})
+        code, _, page = yield self.get("/", headers={"Cookie": f"beam_token_{self.port}={self.token}"})
         self.assertIn(f'<meta name="beam-token" content="{self.token}">'.encode(), page)
-        code, _, page = yield self.get("/", headers={"Cookie": "beam_token=" + "A" * 43})
+        code, _, page = yield self.get("/", headers={"Cookie": f"beam_token_{self.port}=" + "A" * 43})
         self.assertNotIn(b"beam-token", page)
 
     @inlineCallbacks
