@@ -523,3 +523,114 @@ class FuzzTests(SynchronousTestCase):
             if not mutate or not junk:
                 self.assertEqual([e.status for e in store.list()], [200, 201, 200])
             observer.closed()
+
+
+def _fieldLines(draw: Any) -> bytes:
+    """
+    Header field lines, mostly well-formed, sometimes with what the fast
+    path leaves to the line-by-line parser (bare LF or CR, whitespace
+    before the colon or after the value, folding, non-ASCII bytes).
+    """
+    out = b""
+    for _ in range(draw(st.integers(min_value=0, max_value=5))):
+        name = draw(st.sampled_from([b"Host", b"X-A", b"Accept", b"x!y", b"Bad Name", b""]))
+        sep = draw(st.sampled_from([b": ", b":", b":\t", b" :", b":  "]))
+        value = draw(st.binary(max_size=6).map(lambda b: b.translate(_VALUE_BYTES)))
+        end = draw(st.sampled_from([b"\r\n"] * 6 + [b"\n", b"\r", b" \r\n", b"\t\r\n"]))
+        out += name + sep + value + end
+        if draw(st.integers(min_value=0, max_value=9)) == 0:
+            out += b" folded\r\n"
+    return out
+
+
+#: Random value bytes mapped onto a few interesting ones.
+_VALUE_BYTES = bytes((b"ab ,:;\t\xe9\r\n\x00\x7f"[i % 12] for i in range(256)))
+
+
+@st.composite
+def _exchanges(draw: Any) -> tuple[bytes, bytes]:
+    """
+    One request and its answer, each head from L{_fieldLines}, with a
+    Content-Length body or none.
+    """
+    lead = draw(st.sampled_from([b"", b"", b"\r\n", b"\n"]))
+    method = draw(st.sampled_from([b"GET", b"POST", b"HEAD", b"PUT"]))
+    target = draw(st.sampled_from([b"/", b"/a?b=c", b"/caf\xe9", b"/a b"]))
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0"]))
+    body = draw(st.binary(max_size=20))
+    request = lead + method + b" " + target + b" " + version + b"\r\n" + _fieldLines(draw)
+    if body or draw(st.booleans()):
+        request += b"Content-Length: %d\r\n" % len(body)
+    request += b"\r\n" + body
+    status = draw(st.sampled_from([b"200", b"204", b"100", b"304", b"404", b"20x"]))
+    reason = draw(st.sampled_from([b" OK", b"", b" ", b" Not \xe9", b" OK\n"]))
+    answer = draw(st.binary(max_size=20))
+    response = b"HTTP/1.1 " + status + reason + b"\r\n" + _fieldLines(draw)
+    response += b"Content-Length: %d\r\n\r\n" % len(answer) + answer
+    return request, response
+
+
+def _outcome(store: RequestStore, observer: HTTPObserver) -> Any:
+    """
+    Everything observable: each exchange's detail JSON, the counters and
+    whether the observer stopped.
+    """
+    return [e.detailJSON() for e in store.list()], store.status(), observer.stopped
+
+
+class FastPathTests(SynchronousTestCase):
+    """
+    A head that arrives whole takes the one-pass path; byte by byte, the
+    line-by-line one.  Both must mean the same thing, down to the JSON and
+    the counters.
+    """
+
+    def test_apiCallWholeAndByteByByte(self) -> None:
+        """
+        A small JSON POST and its answer, fed whole (the fast path: no
+        line-by-line call) and byte by byte, give identical results.
+        """
+        request = (b"POST /api/items?x=1 HTTP/1.1\r\nHost: bench.test\r\nContent-Type: application/json\r\n"
+                   b"X-Empty:\r\nX-Space:   spaced  out\r\nContent-Length: 8\r\n\r\n{\"a\": 1}")
+        response = (b"HTTP/1.1 201 Created\r\nContent-Type: application/json; charset=utf-8\r\n"
+                    b"Content-Length: 2\r\nConnection: keep-alive\r\n\r\n{}")
+        results = []
+        for chunk in (0, 1):
+            store, observer, _, _ = _make()
+            calls: list[bytes] = []
+            for parser in (observer.request, observer.response):
+                cls = type(parser)
+
+                def lineReceived(
+                    parser: Any, line: bytes, calls: list[bytes] = calls, original: Any = cls._lineReceived,
+                ) -> None:
+                    calls.append(line)
+                    original(parser, line)
+
+                self.patch(cls, "_lineReceived", lineReceived)
+            _feed(observer, request * 2, response * 2, chunk=chunk)
+            self.assertEqual(bool(calls), bool(chunk))
+            results.append(_outcome(store, observer))
+        self.assertEqual(results[0], results[1])
+        (one, two), status, stopped = results[0]
+        self.assertEqual((one["status"], two["status"], status.captured, stopped), (201, 201, 2, False))
+        self.assertEqual(one["request"]["headers"][3], ["X-Space", "spaced  out"])
+        self.assertEqual(one["request"]["headers"][2], ["X-Empty", ""])
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(_exchanges(), min_size=1, max_size=3))
+    def test_wholeEqualsByteByByte(self, exchanges: list[tuple[bytes, bytes]]) -> None:
+        """
+        Random exchanges, malformed heads included, give the same JSON,
+        counters and stop whether each direction arrives whole or one
+        byte at a time.
+        """
+        requests = b"".join(r for r, _ in exchanges)
+        responses = b"".join(r for _, r in exchanges)
+        results = []
+        for chunk in (0, 1):
+            store, observer, _, _ = _make(bodyCap=8)
+            _feed(observer, requests, responses, chunk=chunk)
+            observer.closed()
+            results.append(_outcome(store, observer))
+        self.assertEqual(results[0], results[1])

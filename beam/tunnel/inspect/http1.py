@@ -62,6 +62,20 @@ _FIELD_LINE = re.compile(rb"([" + _TCHARS + rb"]+):[ \t]*([^\r\n]*?)[ \t]*\r?\n\
 _METHOD_PREFIX = re.compile(rb"[\r\n]*[" + _TCHARS + rb"]{1,24}(?: |\Z)|[\r\n]*\Z")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
+# The fast path (a whole head in one piece, CRLF line ends, no folding):
+# the head is decoded once (latin-1, so every byte maps to the character of
+# the same code and these patterns mean what the bytes patterns above mean)
+# and matched in a few C calls instead of a method call and a match per line.
+_STCHARS = _TCHARS.decode("ascii")
+_FAST_REQUEST = re.compile("([" + _STCHARS + r"]+) ([^\x00-\x20\x7f]+) (HTTP/1\.[0-9])\r\n")
+_FAST_STATUS = re.compile(r"(HTTP/1\.[0-9]) ([0-9]{3})(?: ([^\r\n]*))?\r\n")
+#: One field line, from the start of a line (MULTILINE: after each LF) to
+#: its CRLF, the value after the whitespace that leads it.  A line that
+#: does not match entirely is not found at all (the match cannot start
+#: inside it), so as many matches as LFs means every line matched.  Values
+#: that end with whitespace are left to the line-by-line path.
+_FAST_FIELD = re.compile("(?m)^([" + _STCHARS + r"]+):[ \t]*([^\r\n]*)\r\n")
+
 # Parser states (one parser per direction).
 _HEAD = 0          # reading a start line and header fields, line by line
 _LENGTH = 1        # a body of known length: `remaining` bytes to go
@@ -90,6 +104,7 @@ class _Parser:
 
     __slots__ = (
         "observer", "state", "line", "lines", "headSize", "remaining", "msg", "body", "cap", "exchange",
+        "upgrade",
     )
 
     def __init__(self, observer: "HTTPObserver") -> None:
@@ -103,15 +118,37 @@ class _Parser:
         self.body = bytearray()
         self.cap = observer.store.bodyCap
         self.exchange: Optional[Exchange] = None
+        #: the message being read has an Upgrade field (set by _framing)
+        self.upgrade = False
 
     def feed(self, data: bytes) -> None:
         pos = 0
         end = len(data)
         while pos < end:
             state = self.state
+            if state == _HEAD and not self.line and not self.lines:
+                # The fast path: the whole head is here (searched for
+                # within MAX_LINE bytes, so no line and no head can be over
+                # its bound).  Anything unusual (a bare LF, folding, a
+                # malformed line, too many fields) is left to the
+                # line-by-line path below, which decides.
+                headEnd = data.find(b"\r\n\r\n", pos, pos + MAX_LINE)
+                if headEnd > pos and self._wholeHead(data[pos:headEnd + 2].decode("latin-1")):
+                    pos = headEnd + 4
+                    continue
             if state == _LENGTH or state == _CHUNK_DATA:
                 take = end - pos
                 remaining = self.remaining
+                if take >= remaining and state == _LENGTH and not self.body and remaining <= self.cap:
+                    # The fast path: all of the body is here and fits the
+                    # cap; keep it as a slice, no buffer.
+                    msg = self.msg
+                    assert msg is not None
+                    msg.size += remaining
+                    self.remaining = 0
+                    pos += remaining
+                    self._bodyEnded(data[pos - remaining:pos])
+                    continue
                 if take > remaining:
                     take = remaining
                 self._bodyBytes(data, pos, take)
@@ -233,13 +270,22 @@ class _Parser:
         message without length information runs until the connection
         closes (responses), else it has no body (requests).
         """
-        encodings = [
-            v.strip().lower() for k, value in message.headers if k.lower() == "transfer-encoding"
-            for v in value.split(",") if v.strip()
-        ]
-        lengths = {value.strip() for k, value in message.headers if k.lower() == "content-length"}
+        encodings: list[str] = []
+        lengths: set[str] = set()
+        upgrade = False
+        for k, value in message.headers:
+            # Compare lengths first: most fields are none of these three.
+            n = len(k)
+            if n == 17 and k.lower() == "transfer-encoding":
+                encodings.extend(v.strip().lower() for v in value.split(",") if v.strip())
+            elif n == 14 and k.lower() == "content-length":
+                lengths.add(value.strip())
+            elif n == 7 and k.lower() == "upgrade":
+                upgrade = True
+        self.upgrade = upgrade
         self.msg = message
-        self.body = bytearray()
+        if self.body:
+            self.body = bytearray()
         if encodings:
             if encodings[-1] == "chunked":
                 self.state = _CHUNK_SIZE
@@ -299,7 +345,21 @@ class _Parser:
     def _head(self, lines: list[bytes]) -> None:
         raise NotImplementedError()
 
-    def _bodyEnded(self) -> None:
+    def _wholeHead(self, text: str) -> bool:
+        """
+        The fast path: C{text} is a whole head (latin-1), each line ending
+        with CRLF, without the empty line that ends it.  Act on it as
+        L{_head} would and return C{True}; or return C{False}, having
+        changed nothing, when it is not the plain case, for the
+        line-by-line path to handle (and give up on, if it must).
+        """
+        raise NotImplementedError()
+
+    def _bodyEnded(self, body: Optional[bytes] = None) -> None:
+        """
+        The message ended; C{body}: its captured body when it did not go
+        through the C{body} buffer.
+        """
         raise NotImplementedError()
 
     def _waiting(self, data: bytes, pos: int) -> None:
@@ -335,18 +395,37 @@ class _RequestParser(_Parser):
         super()._lineReceived(line)
 
     def _head(self, lines: list[bytes]) -> None:
-        observer = self.observer
         m = _REQUEST_LINE.match(lines[0])
         if m is None:
             raise _GiveUp("a malformed request line")
-        if len(observer.pending) >= MAX_PENDING:
+        if len(self.observer.pending) >= MAX_PENDING:
             raise _GiveUp(f"more than {MAX_PENDING} requests waiting for responses")
-        message = Message(headers=self._fields(lines[1:]))
+        method, target, version = m.group(1, 2, 3)
+        self._request(
+            method.decode("latin-1"), target.decode("latin-1"), version.decode("latin-1"), self._fields(lines[1:]),
+        )
+
+    def _wholeHead(self, text: str) -> bool:
+        m = _FAST_REQUEST.match(text)
+        if m is None:
+            return False
+        start = m.end()
+        headers = _FAST_FIELD.findall(text, start)
+        if len(headers) != text.count("\n", start) or text.find(" \r", start) >= 0 or text.find("\t\r", start) >= 0:
+            return False
+        if len(headers) > MAX_FIELDS or len(self.observer.pending) >= MAX_PENDING:
+            return False
+        method, target, version = m.group(1, 2, 3)
+        self._request(method, target, version, headers)
+        return True
+
+    def _request(self, method: str, target: str, version: str, headers: list[tuple[str, str]]) -> None:
+        observer = self.observer
+        message = Message(headers=headers)
         store = observer.store
         exchange = Exchange(
             tunnel=observer.tunnel, peer=observer.peer, started=store.wallClock(),
-            method=m.group(1).decode("latin-1"), target=m.group(2).decode("latin-1"),
-            version=m.group(3).decode("latin-1"), request=message, source=observer.source,
+            method=method, target=target, version=version, request=message, source=observer.source,
             replayOf=observer.replayOf,
         )
         observer.seenHTTP = True
@@ -357,19 +436,22 @@ class _RequestParser(_Parser):
             observer.onExchange(exchange)
         self._framing(message, untilClose=False)
 
-    def _bodyEnded(self) -> None:
+    def _bodyEnded(self, body: Optional[bytes] = None) -> None:
         msg = self.msg
         exchange = self.exchange
         assert msg is not None and exchange is not None
         msg.complete = True
-        msg.body = bytes(self.body)
-        self.body = bytearray()
+        if body is None:
+            msg.body = bytes(self.body)
+            self.body = bytearray()
+        else:
+            msg.body = body
         self.msg = None
         if exchange.state != "open":
             # The response came first (an early error answer, say).
             self.observer.store.changed(exchange)
         if exchange.method.upper() == "CONNECT" or (
-            msg.header("upgrade") and "upgrade" in msg.header("connection").lower()
+            self.upgrade and msg.header("upgrade") and "upgrade" in msg.header("connection").lower()
             and exchange.state == "open"
         ):
             self.state = _WAIT
@@ -422,21 +504,40 @@ class _ResponseParser(_Parser):
         super()._lineReceived(line)
 
     def _head(self, lines: list[bytes]) -> None:
-        observer = self.observer
         m = _STATUS_LINE.match(lines[0])
         if m is None:
             raise _GiveUp("a malformed status line")
-        if not observer.pending:
+        if not self.observer.pending:
             raise _GiveUp("a response without a request")
-        exchange, started = observer.pending[0]
         status = int(m.group(2))
         headers = self._fields(lines[1:])
+        self._response(status, (m.group(3) or b"").decode("latin-1"), headers)
+
+    def _wholeHead(self, text: str) -> bool:
+        observer = self.observer
+        if not observer.seenHTTP or not observer.pending:
+            return False
+        m = _FAST_STATUS.match(text)
+        if m is None:
+            return False
+        start = m.end()
+        headers = _FAST_FIELD.findall(text, start)
+        if len(headers) != text.count("\n", start) or text.find(" \r", start) >= 0 or text.find("\t\r", start) >= 0:
+            return False
+        if len(headers) > MAX_FIELDS:
+            return False
+        self._response(int(m.group(2)), m.group(3) or "", headers)
+        return True
+
+    def _response(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
         if 100 <= status < 200 and status != 101:
             return  # 100 Continue, 103 Early Hints: the final answer follows
+        observer = self.observer
+        exchange, started = observer.pending[0]
         message = Message(headers=headers)
         exchange.response = message
         exchange.status = status
-        exchange.reason = (m.group(3) or b"").decode("latin-1")
+        exchange.reason = reason
         self.exchange = exchange
         self.started = started
         method = exchange.method.upper()
@@ -468,13 +569,16 @@ class _ResponseParser(_Parser):
         self.exchange = None
         observer.store.changed(exchange)
 
-    def _bodyEnded(self) -> None:
+    def _bodyEnded(self, body: Optional[bytes] = None) -> None:
         msg = self.msg
         exchange = self.exchange
         assert msg is not None and exchange is not None
         msg.complete = True
-        msg.body = bytes(self.body)
-        self.body = bytearray()
+        if body is None:
+            msg.body = bytes(self.body)
+            self.body = bytearray()
+        else:
+            msg.body = body
         self.msg = None
         self.state = _HEAD
         self._finish(exchange)

@@ -59,6 +59,12 @@ class Message:
     size: int = 0
     truncated: bool = False
     complete: bool = False
+    #: what the header fields cost, and how many there were when it was
+    #: computed: the store measures an exchange several times, the fields
+    #: are summed once (a new field list, or a longer one, is summed again)
+    _headerCost: int = attrs.field(default=0, init=False, repr=False)
+    _headerCount: int = attrs.field(default=-1, init=False, repr=False)
+    _headerList: Any = attrs.field(default=None, init=False, repr=False)
 
     def header(self, name: str, default: str = "") -> str:
         """
@@ -78,7 +84,12 @@ class Message:
         """
         Bytes this message holds, for the store's byte bound.
         """
-        return len(self.body) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+        headers = self.headers
+        if headers is not self._headerList or len(headers) != self._headerCount:
+            self._headerCost = sum([len(k) + len(v) for k, v in headers]) + 4 * len(headers)
+            self._headerList = headers
+            self._headerCount = len(headers)
+        return len(self.body) + self._headerCost
 
     def asJSON(self, bodyCap: int) -> dict[str, Any]:
         """
@@ -238,8 +249,9 @@ class Exchange:
         Bytes this exchange holds, for the store's byte bound.
         """
         total = EXCHANGE_OVERHEAD + len(self.target) + len(self.reason) + self.request.cost()
-        if self.response is not None:
-            total += self.response.cost()
+        response = self.response
+        if response is not None:
+            total += response.cost()
         return total
 
     def summaryJSON(self) -> dict[str, Any]:
@@ -445,11 +457,14 @@ class RequestStore:
         exchange.id = self._nextID
         self._nextID += 1
         self.captured += 1
-        exchange.cost = exchange.measure()
-        self._bytes += exchange.cost
-        self._exchanges[exchange.id] = exchange
-        self._evict()
-        self._notify(exchange)
+        exchange.cost = cost = exchange.measure()
+        self._bytes += cost
+        exchanges = self._exchanges
+        exchanges[exchange.id] = exchange
+        if len(exchanges) > self.maxRequests or self._bytes > self.maxBytes:
+            self._evict()
+        if self._subscribers:
+            self._notify(exchange)
         return exchange
 
     def changed(self, exchange: Exchange) -> None:
@@ -458,13 +473,16 @@ class RequestStore:
         its size and tell the subscribers.  An exchange no longer kept
         (evicted, cleared) is ignored.
         """
-        if self._exchanges.get(exchange.id) is not exchange:
+        exchanges = self._exchanges
+        if exchanges.get(exchange.id) is not exchange:
             return
         cost = exchange.measure()
         self._bytes += cost - exchange.cost
         exchange.cost = cost
-        self._evict()
-        self._notify(exchange)
+        if len(exchanges) > self.maxRequests or self._bytes > self.maxBytes:
+            self._evict()
+        if self._subscribers:
+            self._notify(exchange)
 
     def _evict(self) -> None:
         exchanges = self._exchanges
