@@ -634,3 +634,27 @@ class FastPathTests(SynchronousTestCase):
             observer.closed()
             results.append(_outcome(store, observer))
         self.assertEqual(results[0], results[1])
+
+    def test_responseHeadAccounted(self) -> None:
+        """
+        Without subscribers the store hears of a response head at the end
+        of the bytes at hand (once, with the end of the response when that
+        came too), so its byte count matches its exchanges after every
+        call; a subscriber hears of the head and of the end separately.
+        """
+        for subscribed in (False, True):
+            store, observer, _, _ = _make()
+            heard: list[tuple[int, Any]] = []
+            if subscribed:
+                store.subscribe(lambda e: heard.append((e.id, e.status)))
+            observer.fromRemote(GET)
+            observer.fromLocal(OK5[:-2])
+            self.assertEqual(store.status().bytes, sum(e.measure() for e in store.list()))
+            observer.fromLocal(OK5[-2:])
+            self.assertEqual(store.status().bytes, sum(e.measure() for e in store.list()))
+            observer.fromRemote(GET)
+            observer.fromLocal(OK5)
+            self.assertEqual(store.status().bytes, sum(e.measure() for e in store.list()))
+            self.assertEqual([e.state for e in store.list()], ["complete", "complete"])
+            if subscribed:
+                self.assertEqual(heard, [(1, None), (1, 200), (1, 200), (2, None), (2, 200), (2, 200)])

@@ -479,13 +479,19 @@ class _RequestParser(_Parser):
 class _ResponseParser(_Parser):
     """
     The response direction: each head answers the oldest pending request.
+
+    @ivar unaccounted: an exchange whose response head the store has not
+        been told of yet: without subscribers that waits until the end of
+        the bytes at hand (L{HTTPObserver.fromLocal}), by when the response
+        has often ended too, which tells the store once instead of twice.
     """
 
-    __slots__ = ("started",)
+    __slots__ = ("started", "unaccounted")
 
     def __init__(self, observer: "HTTPObserver") -> None:
         super().__init__(observer)
         self.started = 0.0
+        self.unaccounted: Optional[Exchange] = None
 
     def _partialLine(self, data: bytes, pos: int, end: int) -> None:
         if not self.observer.seenHTTP:
@@ -551,7 +557,11 @@ class _ResponseParser(_Parser):
             self._finish(exchange)
             observer.detach()
             return
-        observer.store.changed(exchange)
+        store = observer.store
+        if store._subscribers:
+            store.changed(exchange)
+        else:
+            self.unaccounted = exchange
         if observer.request.exchange is exchange:
             observer.request.resume()
         if method == "HEAD" or status in (204, 304) or (method == "CONNECT" and status < 300):
@@ -567,6 +577,7 @@ class _ResponseParser(_Parser):
         exchange.duration = max(0.0, observer.store.clock.seconds() - self.started)
         exchange.state = "complete"
         self.exchange = None
+        self.unaccounted = None
         observer.store.changed(exchange)
 
     def _bodyEnded(self, body: Optional[bytes] = None) -> None:
@@ -664,7 +675,12 @@ class HTTPObserver:
         if self.stopped:
             return
         try:
-            self.response.feed(data)
+            response = self.response
+            response.feed(data)
+            exchange = response.unaccounted
+            if exchange is not None:
+                response.unaccounted = None
+                self.store.changed(exchange)
         except _GiveUp as e:
             self._giveUp(str(e))
         except Exception:  # noqa: BLE001 - the tunnel must never suffer from the inspector
@@ -706,6 +722,7 @@ class HTTPObserver:
         """
         self.request.keepBody()
         self.response.keepBody()
+        self.response.unaccounted = None  # every pending exchange is told of below
         exchanges = [ex for ex, _ in self.pending]
         current = self.request.exchange
         if current is not None and current not in exchanges and not current.request.complete:
