@@ -108,8 +108,8 @@ class WheelTests(SynchronousTestCase):
         The wheel carries every package under C{beam/} that has an
         C{__init__.py} (found by walking the checkout, not from a list),
         the .proto files, the plugin without a C{twisted/__init__.py} or
-        C{twisted/plugins/__init__.py} (which would shadow Twisted), and the
-        console script.
+        C{twisted/plugins/__init__.py} (which would shadow Twisted), the
+        dashboard's page, script and styles, and the console script.
         """
         wheel = self.buildWheel()
         names = set(zipfile.ZipFile(wheel).namelist())
@@ -121,6 +121,10 @@ class WheelTests(SynchronousTestCase):
             self.assertIn(module.relative_to(REPO).as_posix(), names)
         for proto in (REPO / "beam").rglob("*.proto"):
             self.assertIn(proto.relative_to(REPO).as_posix(), names)
+        webui = sorted((REPO / "beam" / "daemon" / "webui").iterdir())
+        self.assertGreaterEqual(len(webui), 3)
+        for page in webui:
+            self.assertIn(page.relative_to(REPO).as_posix(), names)
         for plugin in (REPO / "twisted" / "plugins").glob("*.py"):
             self.assertIn(f"twisted/plugins/{plugin.name}", names)
         self.assertIn("twisted/plugins/beam_plugin.py", names)
@@ -135,7 +139,8 @@ class WheelTests(SynchronousTestCase):
         In a fresh venv holding only the wheel and its dependencies:
         C{twistd --help} lists C{beam}; C{beam daemon} starts and answers
         C{beam status}; C{beam PORT} shares a web server and C{beam connect}
-        reaches it, and an HTTP GET through the tunnel returns the page.
+        reaches it, and an HTTP GET through the tunnel returns the page;
+        the host's dashboard serves its script and C{/metrics}.
         """
         wheel = self.buildWheel()
         venv = Path(self.tmp) / "venv"
@@ -196,5 +201,12 @@ class WheelTests(SynchronousTestCase):
         with opener.open(f"http://{local}/index.html", timeout=60) as resp:
             self.assertEqual(resp.status, 200)
             self.assertEqual(resp.read(), b"hello from the wheel\n")
+        # The dashboard's files and /metrics (prometheus-client) come with
+        # the wheel too.
+        dashboard = str(ready["dashboard"]).rstrip("/")
+        for path, wanted in (("/static/app.js", b"beam-token"), ("/metrics", b"beam_tunnel_bytes_total")):
+            with opener.open(dashboard + path, timeout=60) as resp:
+                self.assertEqual(resp.status, 200)
+                self.assertIn(wanted, resp.read())
         for proc in (client, host, daemon):
             self.assertNotIn("Traceback", proc.stderr())
