@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -658,3 +658,146 @@ class FastPathTests(SynchronousTestCase):
             self.assertEqual([e.state for e in store.list()], ["complete", "complete"])
             if subscribed:
                 self.assertEqual(heard, [(1, None), (1, 200), (1, 200), (2, None), (2, 200), (2, 200)])
+
+
+#: Fields that decide framing, with values right, wrong or odd (a
+#: superscript digit, a list, spaces), in any case.
+_FRAMING_NAMES = [b"Content-Length", b"content-length", b"CONTENT-LENGTH", b"Transfer-Encoding",
+                  b"transfer-encoding", b"Upgrade", b"Connection", b"Content-Type"]
+_FRAMING_VALUES = [b"x", b"\xb2", b" 5 ", b"1, 1", b"1,2", b"chunked", b"gzip, chunked", b"websocket",
+                   b"upgrade", b"close", b"007", b"", b"application/json"]
+
+
+@st.composite
+def _framedMessages(draw: Any) -> tuple[bytes, bytes]:
+    """
+    One request and its answer whose heads carry random framing fields
+    (several Content-Length, Transfer-Encoding, Upgrade), often a right
+    Content-Length, and a body that may or may not fit what they say.
+    """
+    def fields(body: bytes) -> bytes:
+        out = b""
+        for _ in range(draw(st.sampled_from([0, 0, 0, 1, 1, 2, 3]))):
+            name = draw(st.sampled_from(_FRAMING_NAMES))
+            value = draw(st.sampled_from(_FRAMING_VALUES + [b"%d" % len(body)] * 4))
+            out += name + draw(st.sampled_from([b": ", b":", b":\t", b":  "])) + value
+            out += draw(st.sampled_from([b"\r\n", b"\r\n", b" \r\n"]))
+        if draw(st.sampled_from([True, True, False])):
+            out += b"Content-Length: %d\r\n" % len(body)
+        return out
+
+    method = draw(st.sampled_from([b"GET", b"POST", b"HEAD", b"CONNECT", b"post"]))
+    body = draw(st.binary(max_size=12))
+    request = method + b" /x HTTP/1.1\r\nHost: h\r\n" + fields(body) + b"\r\n" + body
+    status = draw(st.sampled_from([b"200", b"201", b"204", b"101", b"100", b"304"]))
+    answer = draw(st.binary(max_size=12))
+    response = b"HTTP/1.1 " + status + b" X\r\n" + fields(answer) + b"\r\n" + answer
+    return request, response
+
+
+class LazyHeaderTests(SynchronousTestCase):
+    """
+    On the data path the observer only frames: a head that arrives whole
+    is kept as received and decoded into header fields when first read.
+    """
+
+    def test_decodedWhenRead(self) -> None:
+        """
+        A request parsed whole keeps its raw head until its headers are
+        read; then they are the same fields the line-by-line parser finds
+        (names as sent, values without the whitespace around them), and
+        kept.
+        """
+        request = (b"POST /a HTTP/1.1\r\nHost: h\r\nX-Trail: v \t\r\nX-Empty:\r\nX-Lead:\t  w x\r\n"
+                   b"content-LENGTH: 2\r\n\r\nhi")
+        store, observer, _, _ = _make()
+        observer.fromRemote(request)
+        message = store.get(1).request
+        self.assertIsNotNone(message.rawHead)
+        expected = [("Host", "h"), ("X-Trail", "v"), ("X-Empty", ""), ("X-Lead", "w x"), ("content-LENGTH", "2")]
+        self.assertEqual(message.headers, expected)
+        self.assertIsNone(message.rawHead)
+        self.assertIs(message.headers, message.headers)
+        self.assertEqual((message.body, message.size, message.complete), (b"hi", 2, True))
+        other, otherObserver, _, _ = _make()
+        _feed(otherObserver, request, b"", chunk=1)
+        self.assertIsNone(other.get(1).request.rawHead)
+        self.assertEqual(other.get(1).detailJSON(), store.get(1).detailJSON())
+
+    def test_quickestPathFields(self) -> None:
+        """
+        The one-go path (which builds its objects with positional
+        arguments) fills in every field as the line-by-line path does,
+        the observer's source and replayed exchange included.
+        """
+        results = []
+        for chunk in (0, 1):
+            store = RequestStore(Clock(), wallClock=lambda: 1234.5)
+            observer = store.observer("svc", "peerX", source="replay", replayOf=7)
+            request = b"PUT /p?q HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc"
+            response = b"HTTP/1.1 202 Fine Thanks\r\nContent-Length: 2\r\n\r\nok"
+            _feed(observer, request, response, chunk=chunk)
+            results.append(store.get(1).detailJSON())
+        self.assertEqual(results[0], results[1])
+        summary = {k: results[0][k] for k in ("tunnel", "peer", "started", "method", "path", "http_version",
+                                              "status", "reason", "state", "replay_of", "source", "upgrade")}
+        self.assertEqual(summary, {
+            "tunnel": "svc", "peer": "peerX", "started": 1234.5, "method": "PUT", "path": "/p?q",
+            "http_version": "HTTP/1.0", "status": 202, "reason": "Fine Thanks", "state": "complete",
+            "replay_of": 7, "source": "replay", "upgrade": None,
+        })
+
+    def test_costFixedWhenDecoded(self) -> None:
+        """
+        Decoding the headers does not change what the store counts for
+        them (the field lines' length as received), so its byte count
+        still equals its exchanges'.
+        """
+        store, observer, _, _ = _make()
+        observer.fromRemote(b"GET / HTTP/1.1\r\nHost:   spaced   \r\n\r\n")
+        observer.fromLocal(OK5)
+        before = store.status().bytes
+        store.get(1).detailJSON()
+        self.assertEqual(store.status().bytes, before)
+        self.assertEqual(before, sum(e.measure() for e in store.list()))
+
+    def test_setHeaders(self) -> None:
+        """
+        Headers set on a message replace the raw head, and its cost is
+        summed from them.
+        """
+        store, observer, _, _ = _make()
+        observer.fromRemote(GET)
+        message = store.get(1).request
+        message.headers = [("A", "b")]
+        self.assertEqual((message.headers, message.rawHead, message.cost()), ([("A", "b")], None, 1 + 1 + 4))
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(_framedMessages(), min_size=1, max_size=3), st.booleans())
+    @example([(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", b"HTTP/1.1 304 X\r\nContent-Length: 3\r\n\r\nabc")], False)
+    @example([(b"HEAD /x HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 X\r\nContent-Length: 3\r\n\r\nabc")], False)
+    def test_eachWholeEqualsByteByByte(self, exchanges: list[tuple[bytes, bytes]], subscribed: bool) -> None:
+        """
+        Random exchanges with odd framing fields give the same JSON,
+        counters and stop whether each message arrives in a read of its
+        own (the one-go path), all at once, or one byte at a time, with or
+        without a subscriber; the store's byte count is its exchanges'.
+        """
+        results = []
+        for mode in ("each", "all", "bytes"):
+            store, observer, _, _ = _make(bodyCap=8)
+            if subscribed:
+                store.subscribe(lambda e: None if e.summaryJSON() else None)
+            if mode == "each":
+                for request, _ in exchanges:
+                    observer.fromRemote(request)
+                for _, response in exchanges:
+                    observer.fromLocal(response)
+            else:
+                _feed(observer, b"".join(r for r, _ in exchanges), b"".join(r for _, r in exchanges),
+                      chunk=1 if mode == "bytes" else 0)
+            observer.closed()
+            self.assertEqual(store.status().bytes, sum(e.measure() for e in store.list()))
+            results.append(_outcome(store, observer))
+        self.assertEqual(results[0], results[2])
+        self.assertEqual(results[1], results[2])

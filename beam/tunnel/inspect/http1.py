@@ -69,12 +69,15 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 _STCHARS = _TCHARS.decode("ascii")
 _FAST_REQUEST = re.compile("([" + _STCHARS + r"]+) ([^\x00-\x20\x7f]+) (HTTP/1\.[0-9])\r\n")
 _FAST_STATUS = re.compile(r"(HTTP/1\.[0-9]) ([0-9]{3})(?: ([^\r\n]*))?\r\n")
-#: One field line, from the start of a line (MULTILINE: after each LF) to
-#: its CRLF, the value after the whitespace that leads it.  A line that
-#: does not match entirely is not found at all (the match cannot start
-#: inside it), so as many matches as LFs means every line matched.  Values
-#: that end with whitespace are left to the line-by-line path.
-_FAST_FIELD = re.compile("(?m)^([" + _STCHARS + r"]+):[ \t]*([^\r\n]*)\r\n")
+#: The field lines of a head, all well-formed with CRLF ends, at most
+#: L{MAX_FIELDS} (checked, not decoded: L{Message.headers} decodes them
+#: when read).
+_FAST_FIELDS = re.compile("(?:[" + _STCHARS + r"]+:[^\r\n]*\r\n){0,%d}" % MAX_FIELDS)
+#: The only fields framing needs, found in checked field lines (from the
+#: LF that ends the start line), their values as L{Message.headers} has
+#: them (without the whitespace around); a match stops before its CRLF,
+#: so the next one can start with the LF.
+_FRAMING_FIELDS = re.compile(r"(?ai)\n(content-length|transfer-encoding|upgrade):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
 
 # Parser states (one parser per direction).
 _HEAD = 0          # reading a start line and header fields, line by line
@@ -264,16 +267,19 @@ class _Parser:
             headers.append((m.group(1).decode("latin-1"), m.group(2).decode("latin-1")))
         return headers
 
-    def _framing(self, message: Message, untilClose: bool) -> None:
+    def _framing(self, message: Message, untilClose: bool, fields: list[tuple[str, str]]) -> None:
         """
         Read the body C{message}'s headers announce; C{untilClose}: a
         message without length information runs until the connection
         closes (responses), else it has no body (requests).
+
+        @param fields: its header fields, or only those framing needs
+            (Content-Length, Transfer-Encoding, Upgrade), in order.
         """
         encodings: list[str] = []
         lengths: set[str] = set()
         upgrade = False
-        for k, value in message.headers:
+        for k, value in fields:
             # Compare lengths first: most fields are none of these three.
             n = len(k)
             if n == 17 and k.lower() == "transfer-encoding":
@@ -286,6 +292,12 @@ class _Parser:
         self.msg = message
         if self.body:
             self.body = bytearray()
+        if not fields:
+            if untilClose:
+                self.state = _UNTIL_CLOSE
+                return
+            self._bodyEnded()
+            return
         if encodings:
             if encodings[-1] == "chunked":
                 self.state = _CHUNK_SIZE
@@ -303,7 +315,7 @@ class _Parser:
                 if len(values) > 1:
                     raise _GiveUp("conflicting Content-Length values")
                 (text,) = values
-            if not text.isdigit() or len(text) > 18:
+            if not (text.isascii() and text.isdigit()) or len(text) > 18:
                 raise _GiveUp(f"a malformed Content-Length {text[:40]!r}")
             length = int(text)
             if length:
@@ -316,6 +328,39 @@ class _Parser:
             self.state = _UNTIL_CLOSE
             return
         self._bodyEnded()
+
+    def _quickFraming(self, message: Message, untilClose: bool, fields: list[tuple[str, str]]) -> None:
+        """
+        L{_framing} for the fields the fast path found, with the usual
+        cases (no body-related field, or one plain Content-Length) done
+        here.
+        """
+        if len(fields) == 1:
+            name, text = fields[0]
+            if len(name) == 14 and 0 < len(text) <= 18 and text.isascii() and text.isdigit():
+                # One Content-Length (the only 14-letter name found), plain.
+                self.upgrade = False
+                self.msg = message
+                if self.body:
+                    self.body = bytearray()
+                length = int(text)
+                if length:
+                    self.remaining = length
+                    self.state = _LENGTH
+                else:
+                    self._bodyEnded()
+                return
+        elif not fields:
+            self.upgrade = False
+            self.msg = message
+            if self.body:
+                self.body = bytearray()
+            if untilClose:
+                self.state = _UNTIL_CLOSE
+            else:
+                self._bodyEnded()
+            return
+        self._framing(message, untilClose, fields)
 
     def _bodyBytes(self, data: bytes, pos: int, n: int) -> None:
         msg = self.msg
@@ -401,27 +446,85 @@ class _RequestParser(_Parser):
         if len(self.observer.pending) >= MAX_PENDING:
             raise _GiveUp(f"more than {MAX_PENDING} requests waiting for responses")
         method, target, version = m.group(1, 2, 3)
-        self._request(
-            method.decode("latin-1"), target.decode("latin-1"), version.decode("latin-1"), self._fields(lines[1:]),
-        )
+        headers = self._fields(lines[1:])
+        message = Message(headers=headers, headerCost=sum([len(line) for line in lines[1:]]))
+        self._request(method.decode("latin-1"), target.decode("latin-1"), version.decode("latin-1"), message, headers)
 
     def _wholeHead(self, text: str) -> bool:
         m = _FAST_REQUEST.match(text)
         if m is None:
             return False
         start = m.end()
-        headers = _FAST_FIELD.findall(text, start)
-        if len(headers) != text.count("\n", start) or text.find(" \r", start) >= 0 or text.find("\t\r", start) >= 0:
-            return False
-        if len(headers) > MAX_FIELDS or len(self.observer.pending) >= MAX_PENDING:
+        if _FAST_FIELDS.fullmatch(text, start) is None or len(self.observer.pending) >= MAX_PENDING:
             return False
         method, target, version = m.group(1, 2, 3)
-        self._request(method, target, version, headers)
+        message = Message(rawHead=text, headerCost=len(text) - start)
+        self._request(method, target, version, message, _FRAMING_FIELDS.findall(text, start - 1), True)
         return True
 
-    def _request(self, method: str, target: str, version: str, headers: list[tuple[str, str]]) -> None:
+    def whole(self, data: bytes) -> bool:
+        """
+        The quickest path, for the usual case: C{data} is exactly one
+        whole request, a plain head and a C{Content-Length} body (or none)
+        within the cap.  Act on it as L{feed} would, in one go, and return
+        C{True}; or return C{False}, having changed nothing, for L{feed}.
+        Called only in the C{_HEAD} state with nothing buffered.
+        """
+        headEnd = data.find(b"\r\n\r\n", 0, MAX_LINE)
+        if headEnd <= 0:
+            return False
+        text = data[:headEnd + 2].decode("latin-1")
+        m = _FAST_REQUEST.match(text)
+        if m is None:
+            return False
+        start = m.end()
+        if _FAST_FIELDS.fullmatch(text, start) is None:
+            return False
+        fields = _FRAMING_FIELDS.findall(text, start - 1)
+        length = 0
+        if fields:
+            if len(fields) != 1:
+                return False
+            name, value = fields[0]
+            # One Content-Length (the only 14-letter name found), plain.
+            if len(name) != 14 or not (0 < len(value) <= 18 and value.isascii() and value.isdigit()):
+                return False
+            length = int(value)
+        if headEnd + 4 + length != len(data) or length > self.cap:
+            return False
         observer = self.observer
-        message = Message(headers=headers)
+        method, target, version = m.group(1, 2, 3)
+        if len(observer.pending) >= MAX_PENDING or method.upper() == "CONNECT":
+            return False
+        store = observer.store
+        # Positional (attrs' __init__ is much quicker so): headers, body,
+        # size, truncated, complete, rawHead, headerCost.
+        message = Message(None, data[headEnd + 4:] if length else b"", length, False, True, text, len(text) - start)
+        # tunnel, peer, started, method, target, version, request,
+        # response, status, reason, duration, state, upgrade, replayOf,
+        # source.
+        exchange = Exchange(
+            observer.tunnel, observer.peer, store.wallClock(), method, target, version, message,
+            None, None, "", None, "open", None, observer.replayOf, observer.source,
+        )
+        observer.seenHTTP = True
+        self.exchange = exchange
+        self.upgrade = False
+        observer.pending.append((exchange, store.clock.seconds()))
+        store.add(exchange)
+        if observer.onExchange is not None:
+            observer.onExchange(exchange)
+        return True
+
+    def _request(
+        self, method: str, target: str, version: str, message: Message, fields: list[tuple[str, str]],
+        quick: bool = False,
+    ) -> None:
+        """
+        A request head: start an exchange with C{message}, framed by
+        C{fields} (all of them, or with C{quick} only those framing needs).
+        """
+        observer = self.observer
         store = observer.store
         exchange = Exchange(
             tunnel=observer.tunnel, peer=observer.peer, started=store.wallClock(),
@@ -434,7 +537,10 @@ class _RequestParser(_Parser):
         store.add(exchange)
         if observer.onExchange is not None:
             observer.onExchange(exchange)
-        self._framing(message, untilClose=False)
+        if quick:
+            self._quickFraming(message, False, fields)
+        else:
+            self._framing(message, False, fields)
 
     def _bodyEnded(self, body: Optional[bytes] = None) -> None:
         msg = self.msg
@@ -450,6 +556,10 @@ class _RequestParser(_Parser):
         if exchange.state != "open":
             # The response came first (an early error answer, say).
             self.observer.store.changed(exchange)
+        elif msg.body:
+            # Count the body now (the exchange may never be told of again:
+            # an upgrade before its answer stops the observer).
+            self.observer.store.recount(exchange)
         if exchange.method.upper() == "CONNECT" or (
             self.upgrade and msg.header("upgrade") and "upgrade" in msg.header("connection").lower()
             and exchange.state == "open"
@@ -517,7 +627,10 @@ class _ResponseParser(_Parser):
             raise _GiveUp("a response without a request")
         status = int(m.group(2))
         headers = self._fields(lines[1:])
-        self._response(status, (m.group(3) or b"").decode("latin-1"), headers)
+        self._response(
+            status, (m.group(3) or b"").decode("latin-1"), None, headers,
+            sum([len(line) for line in lines[1:]]), headers,
+        )
 
     def _wholeHead(self, text: str) -> bool:
         observer = self.observer
@@ -527,20 +640,80 @@ class _ResponseParser(_Parser):
         if m is None:
             return False
         start = m.end()
-        headers = _FAST_FIELD.findall(text, start)
-        if len(headers) != text.count("\n", start) or text.find(" \r", start) >= 0 or text.find("\t\r", start) >= 0:
+        if _FAST_FIELDS.fullmatch(text, start) is None:
             return False
-        if len(headers) > MAX_FIELDS:
-            return False
-        self._response(int(m.group(2)), m.group(3) or "", headers)
+        self._response(
+            int(m.group(2)), m.group(3) or "", text, None, len(text) - start,
+            _FRAMING_FIELDS.findall(text, start - 1), True,
+        )
         return True
 
-    def _response(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
+    def whole(self, data: bytes) -> bool:
+        """
+        The quickest path, for the usual case: C{data} is exactly one
+        whole final response with a plain head and a C{Content-Length}
+        body within the cap, to a request that is neither HEAD nor
+        CONNECT, and nobody subscribes to the store (they hear of the head
+        and of the end separately).  Act on it as L{feed} would, in one
+        go, and return C{True}; or return C{False}, having changed
+        nothing, for L{feed}.  Called only in the C{_HEAD} state with
+        nothing buffered.
+        """
+        observer = self.observer
+        store = observer.store
+        if not observer.pending or store._subscribers or observer.request.state == _WAIT:
+            return False
+        headEnd = data.find(b"\r\n\r\n", 0, MAX_LINE)
+        if headEnd <= 0:
+            return False
+        text = data[:headEnd + 2].decode("latin-1")
+        m = _FAST_STATUS.match(text)
+        if m is None:
+            return False
+        start = m.end()
+        if _FAST_FIELDS.fullmatch(text, start) is None:
+            return False
+        status = int(m.group(2))
+        if status < 200 or status == 204 or status == 304:
+            return False
+        fields = _FRAMING_FIELDS.findall(text, start - 1)
+        if len(fields) != 1:
+            return False
+        name, value = fields[0]
+        if len(name) != 14 or not (0 < len(value) <= 18 and value.isascii() and value.isdigit()):
+            return False
+        length = int(value)
+        if headEnd + 4 + length != len(data) or length > self.cap:
+            return False
+        exchange, started = observer.pending[0]
+        method = exchange.method.upper()
+        if method == "HEAD" or method == "CONNECT":
+            return False
+        # Positional: see _RequestParser.whole.
+        exchange.response = Message(None, data[headEnd + 4:], length, False, True, text, len(text) - start)
+        exchange.status = status
+        exchange.reason = m.group(3) or ""
+        observer.pending.popleft()
+        exchange.duration = max(0.0, store.clock.seconds() - started)
+        exchange.state = "complete"
+        self.exchange = None
+        store.changed(exchange)
+        return True
+
+    def _response(
+        self, status: int, reason: str, rawHead: Optional[str], headers: Optional[list[tuple[str, str]]],
+        headerCost: int, fields: list[tuple[str, str]], quick: bool = False,
+    ) -> None:
+        """
+        A response head: C{rawHead} (not decoded yet) or C{headers} (the
+        line-by-line path's), what its fields cost, and the C{fields}
+        framing needs (all of them, or only the few that matter).
+        """
         if 100 <= status < 200 and status != 101:
             return  # 100 Continue, 103 Early Hints: the final answer follows
         observer = self.observer
         exchange, started = observer.pending[0]
-        message = Message(headers=headers)
+        message = Message(headers=headers, rawHead=rawHead, headerCost=headerCost)
         exchange.response = message
         exchange.status = status
         exchange.reason = reason
@@ -562,14 +735,18 @@ class _ResponseParser(_Parser):
             store.changed(exchange)
         else:
             self.unaccounted = exchange
-        if observer.request.exchange is exchange:
-            observer.request.resume()
+        request = observer.request
+        if request.state == _WAIT and request.exchange is exchange:
+            request.resume()
         if method == "HEAD" or status in (204, 304) or (method == "CONNECT" and status < 300):
             self.msg = message
             self.body = bytearray()
             self._bodyEnded()
             return
-        self._framing(message, untilClose=True)
+        if quick:
+            self._quickFraming(message, True, fields)
+        else:
+            self._framing(message, True, fields)
 
     def _finish(self, exchange: Exchange) -> None:
         observer = self.observer
@@ -661,7 +838,9 @@ class HTTPObserver:
         if self.stopped:
             return
         try:
-            self.request.feed(data)
+            request = self.request
+            if request.state != _HEAD or request.line or request.lines or not request.whole(data):
+                request.feed(data)
         except _GiveUp as e:
             self._giveUp(str(e))
         except Exception:  # noqa: BLE001 - the tunnel must never suffer from the inspector
@@ -676,7 +855,8 @@ class HTTPObserver:
             return
         try:
             response = self.response
-            response.feed(data)
+            if response.state != _HEAD or response.line or response.lines or not response.whole(data):
+                response.feed(data)
             exchange = response.unaccounted
             if exchange is not None:
                 response.unaccounted = None

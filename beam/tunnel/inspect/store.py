@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import codecs
 import json
+import re
 import time
 import zlib
 from collections import OrderedDict
@@ -37,6 +38,16 @@ __all__ = [
 #: Python objects).
 EXCHANGE_OVERHEAD = 512
 
+#: A message's header cost is fixed (see L{Message.cost}).
+_FIXED = object()
+
+_TCHARS = "!#$%&'*+\\-.^_`|~0-9A-Za-z"
+#: One well-formed field line (CRLF), the value without the whitespace
+#: around it: decodes a message's C{rawHead}, whose field lines the
+#: observer checked (every one is one match; a start line never matches:
+#: a method or C{HTTP/1.x} is followed by a space or a slash, not a colon).
+_FIELDS = re.compile("(?m)^([" + _TCHARS + r"]+):[ \t]*([^\r\n]*?)[ \t]*\r\n")
+
 _log = Logger()
 
 
@@ -45,6 +56,11 @@ class Message:
     """
     One request or response as captured.
 
+    A message the HTTP observer parsed on its fast path keeps its head as
+    it came (C{rawHead}, latin-1 text): the tunnel's data path
+    only frames, and the C{headers} list is built the first time something
+    reads it (the JSON forms, filters, curl, replay), then cached.
+
     @ivar headers: the header fields in order, names as sent (latin-1).
     @ivar body: the first bytes of the body (at most the store's
         C{bodyCap}), de-chunked; filled in when the message ends (or the
@@ -52,19 +68,44 @@ class Message:
     @ivar size: body bytes seen (de-chunked), captured or not.
     @ivar truncated: C{body} holds only the first C{bodyCap} bytes.
     @ivar complete: the whole message was seen.
+    @ivar rawHead: the head as received (the start line, then field lines
+        that each end with CRLF and are well-formed: the observer checked),
+        not decoded yet; L{None} once C{headers} is built, or when the
+        message was made with its C{headers}.
     """
 
-    headers: list[tuple[str, str]] = attrs.field(factory=list)
+    # Made with positional arguments on the observer's quickest path: keep
+    # the fields' order, or change it there too.
+    _headers: Optional[list[tuple[str, str]]] = attrs.field(default=None, alias="headers")
     body: bytes = b""
     size: int = 0
     truncated: bool = False
     complete: bool = False
-    #: what the header fields cost, and how many there were when it was
-    #: computed: the store measures an exchange several times, the fields
-    #: are summed once (a new field list, or a longer one, is summed again)
-    _headerCost: int = attrs.field(default=0, init=False, repr=False)
+    rawHead: Optional[str] = attrs.field(default=None, repr=False)
+    #: what the header fields cost: given (the field lines' length, for a
+    #: parsed message: fixed), or -1 to sum the fields; a sum is kept with
+    #: the list (and its length) it was computed from, since the store
+    #: measures an exchange several times (a new field list, or a longer
+    #: one, is summed again)
+    _headerCost: int = attrs.field(default=-1, repr=False, alias="headerCost")
     _headerCount: int = attrs.field(default=-1, init=False, repr=False)
     _headerList: Any = attrs.field(default=None, init=False, repr=False)
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        headers = self._headers
+        if headers is None:
+            raw = self.rawHead
+            headers = self._headers = [] if raw is None else _FIELDS.findall(raw)
+            self.rawHead = None
+        return headers
+
+    @headers.setter
+    def headers(self, value: list[tuple[str, str]]) -> None:
+        self._headers = value
+        self.rawHead = None
+        self._headerList = None
+        self._headerCost = -1
 
     def header(self, name: str, default: str = "") -> str:
         """
@@ -82,13 +123,21 @@ class Message:
 
     def cost(self) -> int:
         """
-        Bytes this message holds, for the store's byte bound.
+        Bytes this message holds, for the store's byte bound: its body and
+        its header fields (parsed: the field lines' length as received;
+        given as a list: names and values plus 4 bytes per field, the same
+        for C{"Name: value\\r\\n"} lines).
         """
-        headers = self.headers
-        if headers is not self._headerList or len(headers) != self._headerCount:
-            self._headerCost = sum([len(k) + len(v) for k, v in headers]) + 4 * len(headers)
-            self._headerList = headers
-            self._headerCount = len(headers)
+        headerList = self._headerList
+        if headerList is not _FIXED:
+            if headerList is None and self._headerCost >= 0:
+                self._headerList = _FIXED
+            else:
+                headers = self.headers
+                if headers is not headerList or len(headers) != self._headerCount:
+                    self._headerCost = sum([len(k) + len(v) for k, v in headers]) + 4 * len(headers)
+                    self._headerList = headers
+                    self._headerCount = len(headers)
         return len(self.body) + self._headerCost
 
     def asJSON(self, bodyCap: int) -> dict[str, Any]:
@@ -224,6 +273,9 @@ class Exchange:
     @ivar error: why the exchange was aborted.
     """
 
+    # The HTTP observer's quickest path makes exchanges and messages with
+    # positional arguments (much quicker than keywords): keep the fields'
+    # order, or change it there too.
     tunnel: str = ""
     peer: str = ""
     started: float = 0.0
@@ -248,10 +300,18 @@ class Exchange:
         """
         Bytes this exchange holds, for the store's byte bound.
         """
-        total = EXCHANGE_OVERHEAD + len(self.target) + len(self.reason) + self.request.cost()
+        # Message.cost, inlined for the usual (fixed header cost) case.
+        request = self.request
+        if request._headerList is _FIXED:
+            total = EXCHANGE_OVERHEAD + len(self.target) + len(self.reason) + len(request.body) + request._headerCost
+        else:
+            total = EXCHANGE_OVERHEAD + len(self.target) + len(self.reason) + request.cost()
         response = self.response
         if response is not None:
-            total += response.cost()
+            if response._headerList is _FIXED:
+                total += len(response.body) + response._headerCost
+            else:
+                total += response.cost()
         return total
 
     def summaryJSON(self) -> dict[str, Any]:
@@ -462,7 +522,13 @@ class RequestStore:
         exchanges = self._exchanges
         exchanges[exchange.id] = exchange
         if len(exchanges) > self.maxRequests or self._bytes > self.maxBytes:
-            self._evict()
+            if len(exchanges) == self.maxRequests + 1:
+                # The usual eviction, once the store is full: the oldest.
+                _, old = exchanges.popitem(last=False)
+                self._bytes -= old.cost
+                self.evicted += 1
+            if self._bytes > self.maxBytes:
+                self._evict()
         if self._subscribers:
             self._notify(exchange)
         return exchange
@@ -483,6 +549,20 @@ class RequestStore:
             self._evict()
         if self._subscribers:
             self._notify(exchange)
+
+    def recount(self, exchange: Exchange) -> None:
+        """
+        Account for an exchange's size again, without telling the
+        subscribers (a request body ended: nothing they show changed).
+        """
+        exchanges = self._exchanges
+        if exchanges.get(exchange.id) is not exchange:
+            return
+        cost = exchange.measure()
+        self._bytes += cost - exchange.cost
+        exchange.cost = cost
+        if len(exchanges) > self.maxRequests or self._bytes > self.maxBytes:
+            self._evict()
 
     def _evict(self) -> None:
         exchanges = self._exchanges
