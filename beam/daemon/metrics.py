@@ -266,6 +266,9 @@ class _DaemonCollector:
         yield CounterMetricFamily("beam_inspector_gave_up_total",
                                   "Tunnelled connections whose inspection stopped on malformed or oversized HTTP "
                                   "(their bytes still flowed untouched).", value=_number(st, "gaveUp"))
+        yield CounterMetricFamily("beam_inspector_refused_total",
+                                  "HTTP exchanges not captured because exchanges evicted while still in flight "
+                                  "already held the inspector's whole budget.", value=_number(st, "refused"))
         yield GaugeMetricFamily("beam_inspector_bytes", "Bytes the inspector's captured exchanges hold now.",
                                 value=_number(st, "bytes"))
 

@@ -158,7 +158,7 @@ class StoreTests(SynchronousTestCase):
         store = RequestStore(Clock(), maxRequests=7, maxBytes=1000, bodyCap=10)
         self.assertEqual(asJSON(store.status()), {
             "enabled": True, "kept": 0, "bytes": 0, "max_requests": 7, "max_bytes": 1000, "body_cap": 10,
-            "captured": 0, "evicted": 0, "gave_up": 0, "not_http": 0, "truncated": 0,
+            "captured": 0, "evicted": 0, "gave_up": 0, "not_http": 0, "truncated": 0, "refused": 0,
         })
 
     def test_observerSource(self) -> None:
@@ -284,3 +284,91 @@ class JSONTests(SynchronousTestCase):
         A body that is not gzip after all is rendered as it is.
         """
         self.assertEqual(_body(b"plain", "text/plain", Content_Encoding="gzip")["text"], "plain")
+
+
+class _Splice:
+    observer = None
+
+
+class InFlightTests(SynchronousTestCase):
+    """
+    Exchanges evicted while still open stay in memory (their observers
+    hold them): the store counts them until they end, and refuses new ones
+    once they alone hold its budget, so a peer that pipelines requests or
+    never lets responses end cannot grow the node past twice the buffer.
+    """
+
+    def pipelined(self, store: RequestStore, n: int, path: str = "/") -> tuple[object, _Splice]:
+        splice = _Splice()
+        observer = store.observer("web", "peer")
+        observer.attach(splice)
+        for _ in range(n):
+            observer.fromRemote(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        return observer, splice
+
+    def test_refusedWhenOrphansFillTheCount(self) -> None:
+        """
+        With room for 3, a connection that pipelines without answers gets
+        3 kept and 3 evicted-but-open; the next request is refused, the
+        connection stops being inspected (its open exchanges aborted, so
+        they stop counting), and other connections are captured again.
+        """
+        store = RequestStore(Clock(), maxRequests=3)
+        observer, splice = self.pipelined(store, 6)
+        self.assertEqual((store.status().kept, store.inFlight[0], store.evicted), (3, 3, 3))
+        self.assertIs(splice.observer, observer)
+        observer.fromRemote(b"GET /7 HTTP/1.1\r\nHost: x\r\n\r\n")  # type: ignore[attr-defined]
+        status = store.status()
+        self.assertEqual((status.refused, status.gaveUp), (1, 0))
+        self.assertIsNone(splice.observer)
+        self.assertEqual(store.inFlight, (0, 0))
+        self.assertEqual([e["state"] for e in map(Exchange.summaryJSON, store.list())], ["aborted"] * 3)
+        other, _ = self.pipelined(store, 1, "/other")
+        other.fromLocal(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")  # type: ignore[attr-defined]
+        self.assertEqual(store.list()[-1].target, "/other")
+        self.assertEqual(store.list()[-1].state, "complete")
+
+    def test_refusedWhenOrphansFillTheBytes(self) -> None:
+        """
+        The same by bytes: big heads evicted while open count against the
+        budget, and their end (the connection closing) frees it.
+        """
+        store = RequestStore(Clock(), maxRequests=1000, maxBytes=64 * 1024)
+        splice = _Splice()
+        observer = store.observer("web", "peer")
+        observer.attach(splice)
+        big = b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 15000 + b"\r\n\r\n"
+        for _ in range(12):
+            observer.fromRemote(big)
+        self.assertGreaterEqual(store.status().refused, 1)
+        self.assertIsNone(splice.observer)
+        self.assertEqual(store.inFlight, (0, 0))
+        self.assertLessEqual(store.status().bytes, 64 * 1024)
+
+    def test_orphanEndsNormally(self) -> None:
+        """
+        An exchange evicted while open that then completes stops counting,
+        and its cost while in flight follows its response head.
+        """
+        store = RequestStore(Clock(), maxRequests=1)
+        observer, _ = self.pipelined(store, 2)
+        self.assertEqual(store.inFlight[0], 1)
+        before = store.inFlight[1]
+        observer.fromLocal(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Pad: " + b"p" * 500  # type: ignore[attr-defined]
+                           + b"\r\n\r\nhel")
+        self.assertGreater(store.inFlight[1], before)
+        observer.fromLocal(b"lo")  # type: ignore[attr-defined]
+        self.assertEqual(store.inFlight, (0, 0))
+        self.assertEqual(store.status().refused, 0)
+
+    def test_clearedWhileOpen(self) -> None:
+        """
+        Clearing the store keeps counting exchanges still in flight until
+        they end.
+        """
+        store = RequestStore(Clock())
+        observer, _ = self.pipelined(store, 2)
+        store.clear()
+        self.assertEqual(store.inFlight[0], 2)
+        observer.closed()  # type: ignore[attr-defined]
+        self.assertEqual(store.inFlight, (0, 0))

@@ -374,8 +374,20 @@ class _FakeDaemon:
 
 
 class _FakeInspector:
-    def status(self) -> dict[str, int]:
-        return {"captured": 7, "evicted": 2, "gaveUp": 1, "bytes": 4096}
+    """
+    The C{"requests"} service's part: a real store's status with set
+    counters.
+    """
+
+    def status(self) -> Any:
+        from twisted.internet.task import Clock
+
+        from beam.tunnel.inspect.store import RequestStore
+
+        store = RequestStore(Clock())
+        store.captured, store.evicted, store.gaveUp, store.refused = 7, 2, 1, 3
+        store._bytes = 4096
+        return store.status()
 
 
 class TextTests(SynchronousTestCase):
@@ -467,6 +479,7 @@ class TextTests(SynchronousTestCase):
         self.assertEqual(sample(families, "beam_inspector_requests_total"), 7)
         self.assertEqual(sample(families, "beam_inspector_evicted_total"), 2)
         self.assertEqual(sample(families, "beam_inspector_gave_up_total"), 1)
+        self.assertEqual(sample(families, "beam_inspector_refused_total"), 3)
         self.assertEqual(sample(families, "beam_inspector_bytes"), 4096)
 
     def test_brokenPartSkipped(self) -> None:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.logger import Logger
 
-from beam.tunnel.inspect.store import Exchange, Message
+from beam.tunnel.inspect.store import Exchange, InspectorFull, Message
 
 if TYPE_CHECKING:
     from beam.tunnel.inspect.store import RequestStore
@@ -845,6 +845,8 @@ class HTTPObserver:
                 request.feed(data)
         except _GiveUp as e:
             self._giveUp(str(e))
+        except InspectorFull as e:
+            self._giveUp(str(e), counted=True)
         except Exception:  # noqa: BLE001 - the tunnel must never suffer from the inspector
             _log.failure("the HTTP inspector failed; it stops watching this connection")
             self._giveUp("internal error in the inspector")
@@ -865,6 +867,8 @@ class HTTPObserver:
                 self.store.changed(exchange)
         except _GiveUp as e:
             self._giveUp(str(e))
+        except InspectorFull as e:
+            self._giveUp(str(e), counted=True)
         except Exception:  # noqa: BLE001 - the tunnel must never suffer from the inspector
             _log.failure("the HTTP inspector failed; it stops watching this connection")
             self._giveUp("internal error in the inspector")
@@ -885,9 +889,16 @@ class HTTPObserver:
             _log.failure("the HTTP inspector failed at the end of a connection")
         self.detach()
 
-    def _giveUp(self, reason: str) -> None:
+    def _giveUp(self, reason: str, counted: bool = False) -> None:
+        """
+        Stop inspecting this connection, aborting what is pending; counted
+        as given up (or not HTTP) unless the store counted it already
+        (C{counted}: it refused the exchange).
+        """
         store = self.store
-        if self.seenHTTP:
+        if counted:
+            pass
+        elif self.seenHTTP:
             store.gaveUp += 1
         else:
             store.notHTTP += 1

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from beam.tunnel.inspect.http1 import HTTPObserver
 
 __all__ = [
-    "EXCHANGE_OVERHEAD", "Exchange", "InspectorStatus", "Message", "RequestStore", "renderBody",
+    "EXCHANGE_OVERHEAD", "Exchange", "InspectorFull", "InspectorStatus", "Message", "RequestStore", "renderBody",
 ]
 
 #: Bytes an exchange is charged for beyond its heads and bodies (its
@@ -295,6 +295,9 @@ class Exchange:
     id: int = 0
     #: what the store charged for it (bytes), kept to adjust its total
     cost: int = 0
+    #: evicted while still open: its observer still holds it, so the
+    #: store still counts it (L{RequestStore.inFlight})
+    orphan: bool = False
 
     def measure(self) -> int:
         """
@@ -365,6 +368,9 @@ class InspectorStatus:
         oversized HTTP.
     @ivar notHTTP: tunnelled connections that were not HTTP/1.x.
     @ivar truncated: bodies cut at C{bodyCap}.
+    @ivar refused: exchanges not captured because those evicted while
+        still in flight already held C{maxBytes} or C{maxRequests} (their
+        connections stop being inspected; the bytes flow on untouched).
     """
 
     enabled: bool
@@ -378,6 +384,7 @@ class InspectorStatus:
     gaveUp: int
     notHTTP: int
     truncated: int
+    refused: int = 0
 
 
 def _statusMatches(status: Optional[int], wanted: str) -> bool:
@@ -392,6 +399,13 @@ def _statusMatches(status: Optional[int], wanted: str) -> bool:
         return status == int(wanted)
     except ValueError:
         return False
+
+
+class InspectorFull(Exception):
+    """
+    The store refuses a new exchange: those evicted while still in flight
+    hold its whole budget (L{RequestStore.add}).
+    """
 
 
 class RequestStore:
@@ -425,6 +439,12 @@ class RequestStore:
         self.gaveUp = 0
         self.notHTTP = 0
         self.truncated = 0
+        self.refused = 0
+        # Exchanges evicted (or cleared) while still open: their observers
+        # hold them until they end, so they still cost memory; counted
+        # here (count, bytes) until then, and bounded like the store.
+        self._orphans = 0
+        self._orphanBytes = 0
 
     def observer(
         self, tunnel: str, peer: str, *, source: str = "tunnel", replayOf: Optional[int] = None,
@@ -496,7 +516,7 @@ class RequestStore:
             enabled=self.enabled, kept=len(self._exchanges), bytes=self._bytes,
             maxRequests=self.maxRequests, maxBytes=self.maxBytes, bodyCap=self.bodyCap,
             captured=self.captured, evicted=self.evicted, gaveUp=self.gaveUp,
-            notHTTP=self.notHTTP, truncated=self.truncated,
+            notHTTP=self.notHTTP, truncated=self.truncated, refused=self.refused,
         )
 
     # -- changing --------------------------------------------------------
@@ -506,14 +526,57 @@ class RequestStore:
         Forget every exchange (counters stay; exchanges still in flight
         are no longer kept).
         """
+        for exchange in self._exchanges.values():
+            if exchange.state == "open":
+                self._orphaned(exchange)
         self._exchanges.clear()
         self._bytes = 0
+
+    @property
+    def inFlight(self) -> tuple[int, int]:
+        """
+        Exchanges no longer kept but still open (count, bytes): what the
+        observers hold beyond the store's own bounds.
+        """
+        return self._orphans, self._orphanBytes
+
+    def _orphaned(self, exchange: Exchange) -> None:
+        exchange.orphan = True
+        self._orphans += 1
+        self._orphanBytes += exchange.cost
+
+    def _unkept(self, exchange: Exchange) -> None:
+        """
+        An exchange that is not kept changed: if it was evicted while open,
+        follow its cost until it ends.
+        """
+        if not exchange.orphan:
+            return
+        if exchange.state == "open":
+            cost = exchange.measure()
+            self._orphanBytes += cost - exchange.cost
+            exchange.cost = cost
+        else:
+            exchange.orphan = False
+            self._orphans -= 1
+            self._orphanBytes -= exchange.cost
 
     def add(self, exchange: Exchange) -> Exchange:
         """
         Keep a new exchange: it gets the next id; the oldest are evicted
         as needed; subscribers hear of it.
+
+        @raise InspectorFull: the exchanges evicted while still in flight
+            (a peer that pipelines, or never lets its responses end)
+            already hold as much as the whole store may: nothing more is
+            captured until they end.
         """
+        if self._orphanBytes >= self.maxBytes or self._orphans >= self.maxRequests:
+            self.refused += 1
+            raise InspectorFull(
+                f"{self._orphans} requests still in flight hold {self._orphanBytes} bytes "
+                f"beyond the inspector's buffer; not capturing more until they end"
+            )
         exchange.id = self._nextID
         self._nextID += 1
         self.captured += 1
@@ -527,6 +590,8 @@ class RequestStore:
                 _, old = exchanges.popitem(last=False)
                 self._bytes -= old.cost
                 self.evicted += 1
+                if old.state == "open":
+                    self._orphaned(old)
             if self._bytes > self.maxBytes:
                 self._evict()
         if self._subscribers:
@@ -541,6 +606,8 @@ class RequestStore:
         """
         exchanges = self._exchanges
         if exchanges.get(exchange.id) is not exchange:
+            if exchange.orphan:
+                self._unkept(exchange)
             return
         cost = exchange.measure()
         self._bytes += cost - exchange.cost
@@ -557,6 +624,8 @@ class RequestStore:
         """
         exchanges = self._exchanges
         if exchanges.get(exchange.id) is not exchange:
+            if exchange.orphan:
+                self._unkept(exchange)
             return
         cost = exchange.measure()
         self._bytes += cost - exchange.cost
@@ -570,6 +639,8 @@ class RequestStore:
             _, old = exchanges.popitem(last=False)
             self._bytes -= old.cost
             self.evicted += 1
+            if old.state == "open":
+                self._orphaned(old)
 
     def subscribe(self, fn: Callable[[Exchange], None]) -> Callable[[], None]:
         """
