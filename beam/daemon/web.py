@@ -45,7 +45,6 @@ import ipaddress
 import json
 import os
 import re
-import secrets
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -54,14 +53,14 @@ from urllib.parse import parse_qs
 import attrs
 from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IAddress, IPushProducer
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
 from beam.controlapi import MAX_BODY, JSONResource
 from beam.errors import BeamError
+from beam.daemon.control.socket import LazySite
 
 if TYPE_CHECKING:
     from twisted.web.server import Request, Site
@@ -168,30 +167,6 @@ def _isLoopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-class _LazySite(Factory):
-    """
-    Builds the L{Site<twisted.web.server.Site>} on the first connection, so
-    C{twisted.web.server} is imported only once someone browses.
-    """
-
-    noisy = False
-
-    def __init__(self, make: Callable[[], Site]) -> None:
-        self.make = make
-        self.site: Optional[Site] = None
-
-    def buildProtocol(self, addr: Optional[IAddress]) -> Any:
-        if self.site is None:
-            self.site = self.make()
-            self.site.doStart()
-        return self.site.buildProtocol(addr)
-
-    def stopFactory(self) -> None:
-        site, self.site = self.site, None
-        if site is not None:
-            site.doStop()
 
 
 def _makeSite(root: IResource) -> Site:
@@ -366,7 +341,7 @@ class WebService(Service):
 
     def _listen(self) -> None:
         host, first = self.config.host, self.config.port
-        factory = _LazySite(lambda: _makeSite(self.root))
+        factory = LazySite(lambda: _makeSite(self.root))
         last: Optional[Exception] = None
         for port in range(first, min(first + self.attempts, 65536)):
             try:

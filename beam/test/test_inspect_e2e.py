@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
@@ -44,7 +44,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from beam.daemon.control.socket import controlSocketPath
-from beam.test.test_e2e_tunnel import GiB, MiB, Child, E2EMixin, recvAll, waitUntil
+from beam.test.test_e2e_tunnel import GiB, MiB, Child, E2EMixin, EchoCheck, recvAll, waitUntil
 
 KiB = 1 << 10
 
@@ -496,22 +496,19 @@ class BigBodyTests(InspectE2EMixin, SynchronousTestCase):
 # -- 1,000 connections ------------------------------------------------------------------------
 
 
-@implementer(IHalfCloseableProtocol)
-class HTTPEchoCheck(Protocol):
+class HTTPEchoCheck(EchoCheck):
     """
     Two pipelined C{POST /echo} requests on one keep-alive connection (a
     big random body, then a small one with C{Connection: close}); hashes
-    what comes back against the exact answer L{HTTPLab} gives.
-    L{done} fires with C{(count, intact)}.
+    what comes back against the exact answer L{HTTPLab} gives (the
+    counting and the end are L{EchoCheck}'s).  L{done} fires with
+    C{(count, intact)}.
     """
 
     def __init__(self, size: int, small: int) -> None:
-        self.size, self.small = size, small
-        self.hash = hashlib.sha256()
-        self.count = 0
-        self.expected = b""
+        super().__init__(size)
+        self.small = small
         self.expectedSize = 0
-        self.done: Deferred[tuple[int, bool]] = Deferred()
 
     def connectionMade(self) -> None:
         big, small = os.urandom(self.size), os.urandom(self.small)
@@ -522,16 +519,6 @@ class HTTPEchoCheck(Protocol):
             b"POST /echo HTTP/1.1\r\nHost: lab.test\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(small),
             small,
         ])
-
-    def dataReceived(self, data: bytes) -> None:
-        self.hash.update(data)
-        self.count += len(data)
-
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
 
     def connectionLost(self, reason: Failure) -> None:
         if not self.done.called:

@@ -30,7 +30,7 @@ import socket
 import stat
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.application.service import Service
 from twisted.internet import error as netError
@@ -108,23 +108,24 @@ def _quietSite(resource: IResource) -> Site:
     return _QuietSite(resource, timeout=60)
 
 
-class _LazySite(Factory):
+class LazySite(Factory):
     """
-    The control socket's factory: it builds the L{Site<twisted.web.server.Site>}
-    (and imports C{twisted.web.server}, a few MiB that a tunnel command
+    A factory that builds its L{Site<twisted.web.server.Site>} with C{make}
+    (and so imports C{twisted.web.server}, a few MiB that a tunnel command
     otherwise never uses) when the first client connects, then hands every
-    connection to it.
+    connection to it: the control socket's and the dashboard's
+    (L{beam.daemon.web}).
     """
 
     noisy = False
 
-    def __init__(self, resource: IResource) -> None:
-        self.resource = resource
+    def __init__(self, make: Callable[[], Site]) -> None:
+        self.make = make
         self.site: Site | None = None
 
     def buildProtocol(self, addr: Optional[IAddress]) -> Any:
         if self.site is None:
-            self.site = _quietSite(self.resource)
+            self.site = self.make()
             self.site.doStart()
         return self.site.buildProtocol(addr)
 
@@ -257,7 +258,8 @@ class ControlService(Service):
 
     def _listen(self) -> Deferred[None]:
         endpoint = UNIXServerEndpoint(self.reactor, str(self.socketPath), mode=0o600, wantPID=True)
-        site = _LazySite(self.resource)
+        resource = self.resource
+        site = LazySite(lambda: _quietSite(resource))
         # listenUNIX binds synchronously inside listen(), so the umask only
         # needs to cover this call.  The umask is process-wide; Beam creates
         # no files from other threads.
