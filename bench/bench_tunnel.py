@@ -1338,18 +1338,7 @@ def inspectCost(http: dict) -> dict:
     """
     a, b = http["contenders"]["beam"], http["contenders"]["beam-noinspect"]
     pairs = list(zip(a["runs"], b["runs"]))
-    metrics = []
-    for key, label, higherBetter, judged in _INSPECT_METRICS:
-        v, w = a["median"][key], b["median"][key]
-        if not w:
-            continue
-        cost = _cost(v, w, higherBetter)
-        perRun = [_cost(_flatHTTP(x)[key], _flatHTTP(y)[key], higherBetter) for x, y in pairs if _flatHTTP(y)[key]]
-        metrics.append({
-            "metric": key, "label": label, "on": v, "off": w, "ratio": v / w, "cost": cost,
-            "pairedCost": statistics.median(perRun) if perRun else None,
-            "verdict": ("PASS" if cost <= INSPECT_COST_LIMIT else "OVER") if judged else None,
-        })
+    metrics = _pairedCosts(a, b, _INSPECT_METRICS, _flatHTTP, INSPECT_COST_LIMIT, ("on", "off"))
     return {"limit": INSPECT_COST_LIMIT, "runs": len(pairs), "metrics": metrics,
             "inspectEnabled": {"beam": a["info"].get("inspectEnabled"),
                                "beam-noinspect": b["info"].get("inspectEnabled")},
@@ -1554,6 +1543,33 @@ def _cost(withManager: float, without: float, higherBetter: bool) -> float:
     return 1 - ratio if higherBetter else ratio - 1
 
 
+def _pairedCosts(
+    a: dict, b: dict, table: tuple, flat: Callable[[dict], dict], limit: float, keys: tuple[str, str],
+) -> list[dict]:
+    """
+    Contender C{a} (the feature on) against C{b} (off), metric by metric of
+    C{table} (key, label, higher is better, judged): both medians (under
+    C{keys}), their ratio, the cost (L{_cost}) of the medians, the median
+    of the per-run costs (each run's pair ran side by side, so drift in
+    the machine's load hits both; C{flat} gives one run's metrics), and for
+    judged metrics a verdict against C{limit}.
+    """
+    pairs = list(zip(a["runs"], b["runs"]))
+    metrics = []
+    for key, label, higherBetter, judged in table:
+        v, w = a["median"][key], b["median"][key]
+        if not w:
+            continue
+        cost = _cost(v, w, higherBetter)
+        perRun = [_cost(flat(x)[key], flat(y)[key], higherBetter) for x, y in pairs if flat(y)[key]]
+        metrics.append({
+            "metric": key, "label": label, keys[0]: v, keys[1]: w, "ratio": v / w, "cost": cost,
+            "pairedCost": statistics.median(perRun) if perRun else None,
+            "verdict": ("PASS" if cost <= limit else "OVER") if judged else None,
+        })
+    return metrics
+
+
 def resourceCost(results: dict) -> Optional[dict]:
     """
     Issue 8: beam against beam-nolimits, metric by metric: both medians,
@@ -1567,18 +1583,7 @@ def resourceCost(results: dict) -> Optional[dict]:
     if not a or not b:
         return None
     pairs = list(zip(a["runs"], b["runs"]))
-    metrics = []
-    for key, label, higherBetter, judged in _COST_METRICS:
-        v, w = a["median"][key], b["median"][key]
-        if not w:
-            continue
-        cost = _cost(v, w, higherBetter)
-        perRun = [_cost(_flat(x)[key], _flat(y)[key], higherBetter) for x, y in pairs if _flat(y)[key]]
-        metrics.append({
-            "metric": key, "label": label, "beam": v, "beamNolimits": w, "ratio": v / w, "cost": cost,
-            "pairedCost": statistics.median(perRun) if perRun else None,
-            "verdict": ("PASS" if cost <= RESOURCE_COST_LIMIT else "OVER") if judged else None,
-        })
+    metrics = _pairedCosts(a, b, _COST_METRICS, _flat, RESOURCE_COST_LIMIT, ("beam", "beamNolimits"))
     return {
         "limit": RESOURCE_COST_LIMIT, "runs": len(pairs), "metrics": metrics,
         "resourcesEnabled": {"beam": a["info"].get("resourcesEnabled"),
