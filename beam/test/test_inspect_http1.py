@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from beam.tunnel.inspect import http1
 from beam.tunnel.inspect.http1 import MAX_HEAD, MAX_LINE, HTTPObserver
 from beam.tunnel.inspect.store import Exchange, RequestStore
 
@@ -658,6 +659,46 @@ class FastPathTests(SynchronousTestCase):
             self.assertEqual([e.state for e in store.list()], ["complete", "complete"])
             if subscribed:
                 self.assertEqual(heard, [(1, None), (1, 200), (1, 200), (2, None), (2, 200), (2, 200)])
+
+
+    @settings(max_examples=300, deadline=None)
+    @given(_exchanges())
+    def test_wholeHeadRegexes(self, exchange: tuple[bytes, bytes]) -> None:
+        """
+        The whole() paths check a head with one regex (start line and
+        field lines together): it accepts exactly the heads that the start
+        line regex and then the field lines regex accept, and finds the
+        fields where the start line match ends.
+        """
+        for data, first, whole in ((exchange[0], http1._FAST_REQUEST, http1._WHOLE_REQUEST),
+                                   (exchange[1], http1._FAST_STATUS, http1._WHOLE_STATUS)):
+            end = data.find(b"\r\n\r\n")
+            if end <= 0:
+                continue
+            text = data[:end + 2].decode("latin-1")
+            m = first.match(text)
+            twoSteps = None if m is None or http1._FAST_FIELDS.fullmatch(text, m.end()) is None else m.end()
+            w = whole.fullmatch(text)
+            self.assertEqual(None if w is None else w.end(4), twoSteps)
+            if w is not None and m is not None:
+                self.assertEqual(w.group(1, 2, 3), m.group(1, 2, 3))
+
+    def test_earlyWholeAnswerCounted(self) -> None:
+        """
+        A whole answer that comes while the request body is still arriving
+        (an early error) is counted by measuring the exchange again, not by
+        adding the answer to what the store had: the byte count matches
+        the exchanges at every step.
+        """
+        store, observer, _, _ = _make()
+        observer.fromRemote(b"POST /up HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        observer.fromLocal(b"HTTP/1.1 413 Too Large\r\nContent-Length: 2\r\n\r\nno")
+        self.assertEqual(store.status().bytes, sum(e.measure() for e in store.list()))
+        observer.fromRemote(b"defghij")
+        self.assertEqual(store.status().bytes, sum(e.measure() for e in store.list()))
+        (ex,) = store.list()
+        assert ex.response is not None
+        self.assertEqual((ex.state, ex.request.body, ex.response.body), ("complete", b"abcdefghij", b"no"))
 
 
 #: Fields that decide framing, with values right, wrong or odd (a

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.logger import Logger
 
-from beam.tunnel.inspect.store import Exchange, InspectorFull, Message
+from beam.tunnel.inspect.store import EXCHANGE_OVERHEAD, Exchange, InspectorFull, Message
 
 if TYPE_CHECKING:
     from beam.tunnel.inspect.store import RequestStore
@@ -80,6 +80,12 @@ _FAST_FIELDS = re.compile("(?:[" + _STCHARS + r"]++:[^\r\n]*+\r\n){0,%d}+" % MAX
 #: them (without the whitespace around); a match stops before its CRLF,
 #: so the next one can start with the LF.
 _FRAMING_FIELDS = re.compile(r"(?ai)\n(content-length|transfer-encoding|upgrade):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
+#: The whole() paths' check: the start line and the field lines in one
+#: match, the same as L{_FAST_REQUEST} (or L{_FAST_STATUS}) and then
+#: L{_FAST_FIELDS} (a start line can end in only one place), one regex
+#: call less; the empty group 4 marks where the fields start.
+_WHOLE_REQUEST = re.compile(_FAST_REQUEST.pattern + "()" + _FAST_FIELDS.pattern)
+_WHOLE_STATUS = re.compile(_FAST_STATUS.pattern + "()" + _FAST_FIELDS.pattern)
 
 # Parser states (one parser per direction).
 _HEAD = 0          # reading a start line and header fields, line by line
@@ -476,12 +482,10 @@ class _RequestParser(_Parser):
         if headEnd <= 0:
             return False
         text = data[:headEnd + 2].decode("latin-1")
-        m = _FAST_REQUEST.match(text)
+        m = _WHOLE_REQUEST.fullmatch(text)
         if m is None:
             return False
-        start = m.end()
-        if _FAST_FIELDS.fullmatch(text, start) is None:
-            return False
+        start = m.end(4)
         fields = _FRAMING_FIELDS.findall(text, start - 1)
         length = 0
         if fields:
@@ -499,9 +503,10 @@ class _RequestParser(_Parser):
         if len(observer.pending) >= MAX_PENDING or method.upper() == "CONNECT":
             return False
         store = observer.store
+        headerCost = len(text) - start
         # Positional (attrs' __init__ is much quicker so): headers, body,
         # size, truncated, complete, rawHead, headerCost.
-        message = Message(None, data[headEnd + 4:] if length else b"", length, False, True, text, len(text) - start)
+        message = Message(None, data[headEnd + 4:] if length else b"", length, False, True, text, headerCost)
         # tunnel, peer, started, method, target, version, request,
         # response, status, reason, duration, state, upgrade, replayOf,
         # source.
@@ -513,7 +518,8 @@ class _RequestParser(_Parser):
         self.exchange = exchange
         self.upgrade = False
         observer.pending.append((exchange, store.clock.seconds()))
-        store.add(exchange)
+        # What Exchange.measure would say, known already.
+        store.add(exchange, EXCHANGE_OVERHEAD + len(target) + length + headerCost)
         if observer.onExchange is not None:
             observer.onExchange(exchange)
         return True
@@ -669,12 +675,10 @@ class _ResponseParser(_Parser):
         if headEnd <= 0:
             return False
         text = data[:headEnd + 2].decode("latin-1")
-        m = _FAST_STATUS.match(text)
+        m = _WHOLE_STATUS.fullmatch(text)
         if m is None:
             return False
-        start = m.end()
-        if _FAST_FIELDS.fullmatch(text, start) is None:
-            return False
+        start = m.end(4)
         status = int(m.group(2))
         if status < 200 or status == 204 or status == 304:
             return False
@@ -692,14 +696,19 @@ class _ResponseParser(_Parser):
         if method == "HEAD" or method == "CONNECT":
             return False
         # Positional: see _RequestParser.whole.
-        exchange.response = Message(None, data[headEnd + 4:], length, False, True, text, len(text) - start)
+        headerCost = len(text) - start
+        exchange.response = Message(None, data[headEnd + 4:], length, False, True, text, headerCost)
         exchange.status = status
-        exchange.reason = m.group(3) or ""
+        exchange.reason = reason = m.group(3) or ""
         observer.pending.popleft()
         exchange.duration = max(0.0, store.clock.seconds() - started)
         exchange.state = "complete"
         self.exchange = None
-        store.changed(exchange)
+        if exchange.request.complete:
+            # The request was counted whole: only the response adds to it.
+            store.changed(exchange, exchange.cost + len(reason) + length + headerCost)
+        else:
+            store.changed(exchange)
         return True
 
     def _response(

@@ -561,10 +561,13 @@ class RequestStore:
             self._orphans -= 1
             self._orphanBytes -= exchange.cost
 
-    def add(self, exchange: Exchange) -> Exchange:
+    def add(self, exchange: Exchange, cost: int = -1) -> Exchange:
         """
         Keep a new exchange: it gets the next id; the oldest are evicted
         as needed; subscribers hear of it.
+
+        @param cost: what L{Exchange.measure} says, when the caller knows
+            it already (the observer's quickest path), else -1.
 
         @raise InspectorFull: the exchanges evicted while still in flight
             (a peer that pipelines, or never lets its responses end)
@@ -580,7 +583,9 @@ class RequestStore:
         exchange.id = self._nextID
         self._nextID += 1
         self.captured += 1
-        exchange.cost = cost = exchange.measure()
+        if cost < 0:
+            cost = exchange.measure()
+        exchange.cost = cost
         self._bytes += cost
         exchanges = self._exchanges
         exchanges[exchange.id] = exchange
@@ -598,18 +603,22 @@ class RequestStore:
             self._notify(exchange)
         return exchange
 
-    def changed(self, exchange: Exchange) -> None:
+    def changed(self, exchange: Exchange, cost: int = -1) -> None:
         """
         An exchange got its response head, a body, or ended: account for
         its size and tell the subscribers.  An exchange no longer kept
         (evicted, cleared) is ignored.
+
+        @param cost: what L{Exchange.measure} says now, when the caller
+            knows it already (the observer's quickest path), else -1.
         """
         exchanges = self._exchanges
         if exchanges.get(exchange.id) is not exchange:
             if exchange.orphan:
                 self._unkept(exchange)
             return
-        cost = exchange.measure()
+        if cost < 0:
+            cost = exchange.measure()
         self._bytes += cost - exchange.cost
         exchange.cost = cost
         if len(exchanges) > self.maxRequests or self._bytes > self.maxBytes:
