@@ -612,35 +612,29 @@ class RequestStore:
         @param cost: what L{Exchange.measure} says now, when the caller
             knows it already (the observer's quickest path), else -1.
         """
+        if self.recount(exchange, cost) and self._subscribers:
+            self._notify(exchange)
+
+    def recount(self, exchange: Exchange, cost: int = -1) -> bool:
+        """
+        Account for an exchange's size again, without telling the
+        subscribers (a request body ended: nothing they show changed).
+
+        @param cost: as for L{changed}.
+        @return: whether the exchange is kept.
+        """
         exchanges = self._exchanges
         if exchanges.get(exchange.id) is not exchange:
             if exchange.orphan:
                 self._unkept(exchange)
-            return
+            return False
         if cost < 0:
             cost = exchange.measure()
         self._bytes += cost - exchange.cost
         exchange.cost = cost
         if len(exchanges) > self.maxRequests or self._bytes > self.maxBytes:
             self._evict()
-        if self._subscribers:
-            self._notify(exchange)
-
-    def recount(self, exchange: Exchange) -> None:
-        """
-        Account for an exchange's size again, without telling the
-        subscribers (a request body ended: nothing they show changed).
-        """
-        exchanges = self._exchanges
-        if exchanges.get(exchange.id) is not exchange:
-            if exchange.orphan:
-                self._unkept(exchange)
-            return
-        cost = exchange.measure()
-        self._bytes += cost - exchange.cost
-        exchange.cost = cost
-        if len(exchanges) > self.maxRequests or self._bytes > self.maxBytes:
-            self._evict()
+        return True
 
     def _evict(self) -> None:
         exchanges = self._exchanges
