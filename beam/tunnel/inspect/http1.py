@@ -418,6 +418,24 @@ class _Parser:
     def _waiting(self, data: bytes, pos: int) -> None:
         raise NotImplementedError()
 
+    def _takeBody(self, body: Optional[bytes]) -> tuple[Message, Exchange]:
+        """
+        The message being read ended: it keeps C{body} (the whole body,
+        when the quick path has it at hand) or what was captured so far;
+        the message and its exchange.
+        """
+        msg = self.msg
+        exchange = self.exchange
+        assert msg is not None and exchange is not None
+        msg.complete = True
+        if body is None:
+            msg.body = bytes(self.body)
+            self.body = bytearray()
+        else:
+            msg.body = body
+        self.msg = None
+        return msg, exchange
+
 
 class _RequestParser(_Parser):
     """
@@ -551,16 +569,7 @@ class _RequestParser(_Parser):
             self._framing(message, False, fields)
 
     def _bodyEnded(self, body: Optional[bytes] = None) -> None:
-        msg = self.msg
-        exchange = self.exchange
-        assert msg is not None and exchange is not None
-        msg.complete = True
-        if body is None:
-            msg.body = bytes(self.body)
-            self.body = bytearray()
-        else:
-            msg.body = body
-        self.msg = None
+        msg, exchange = self._takeBody(body)
         if exchange.state != "open":
             # The response came first (an early error answer, say).
             self.observer.store.changed(exchange)
@@ -769,16 +778,7 @@ class _ResponseParser(_Parser):
         observer.store.changed(exchange)
 
     def _bodyEnded(self, body: Optional[bytes] = None) -> None:
-        msg = self.msg
-        exchange = self.exchange
-        assert msg is not None and exchange is not None
-        msg.complete = True
-        if body is None:
-            msg.body = bytes(self.body)
-            self.body = bytearray()
-        else:
-            msg.body = body
-        self.msg = None
+        msg, exchange = self._takeBody(body)
         self.state = _HEAD
         self._finish(exchange)
 
