@@ -81,12 +81,11 @@ def makeTunnels(context: DaemonContext) -> IService:
 def makeRequests(context: DaemonContext) -> IService:
     from beam.daemon.config import InspectConfig
     from beam.tunnel.inspect.service import InspectorService
-    from beam.tunnel.inspect.store import NODE_BATCH_DELAY, RequestStore
+    from beam.tunnel.inspect.store import RequestStore
 
     config = getattr(context.config, "inspect", None) or InspectConfig()
     store = RequestStore(
         context.reactor, maxRequests=config.maxRequests, maxBytes=config.maxBytes, bodyCap=config.bodyCap,
-        batchDelay=NODE_BATCH_DELAY,
     )
     store.enabled = config.enabled
     return InspectorService(store, context.services.get("tunnels"))
