@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.logger import Logger
@@ -530,13 +529,13 @@ class _RequestParser(_Parser):
         # response, status, reason, duration, state, upgrade, replayOf,
         # source.
         exchange = Exchange(
-            observer.tunnel, observer.peer, store.wallNow(), method, target, version, message,
+            observer.tunnel, observer.peer, store.wallClock(), method, target, version, message,
             None, None, "", None, "open", None, observer.replayOf, observer.source,
         )
         observer.seenHTTP = True
         self.exchange = exchange
         self.upgrade = False
-        observer.pending.append((exchange, store.now()))
+        observer.pending.append((exchange, store.clock.seconds()))
         # What Exchange.measure would say, known already.
         store.add(exchange, EXCHANGE_OVERHEAD + len(target) + length + headerCost)
         if observer.onExchange is not None:
@@ -554,13 +553,13 @@ class _RequestParser(_Parser):
         observer = self.observer
         store = observer.store
         exchange = Exchange(
-            tunnel=observer.tunnel, peer=observer.peer, started=store.wallNow(),
+            tunnel=observer.tunnel, peer=observer.peer, started=store.wallClock(),
             method=method, target=target, version=version, request=message, source=observer.source,
             replayOf=observer.replayOf,
         )
         observer.seenHTTP = True
         self.exchange = exchange
-        observer.pending.append((exchange, store.now()))
+        observer.pending.append((exchange, store.clock.seconds()))
         store.add(exchange)
         if observer.onExchange is not None:
             observer.onExchange(exchange)
@@ -711,7 +710,7 @@ class _ResponseParser(_Parser):
         exchange.status = status
         exchange.reason = reason = m.group(3) or ""
         observer.pending.popleft()
-        exchange.duration = max(0.0, store.now() - started)
+        exchange.duration = max(0.0, store.clock.seconds() - started)
         exchange.state = "complete"
         self.exchange = None
         if exchange.request.complete:
@@ -772,7 +771,7 @@ class _ResponseParser(_Parser):
     def _finish(self, exchange: Exchange) -> None:
         observer = self.observer
         observer.pending.popleft()
-        exchange.duration = max(0.0, observer.store.now() - self.started)
+        exchange.duration = max(0.0, observer.store.clock.seconds() - self.started)
         exchange.state = "complete"
         self.exchange = None
         self.unaccounted = None
@@ -802,10 +801,6 @@ class HTTPObserver:
     @ivar stopped: the observer detached (or the connection closed).
     @ivar onExchange: called with each exchange the observer creates (for a
         replay that wants its own).
-    @ivar batched: L{fromRemote}, L{fromLocal} and L{closed} only queue
-        their call in the store (L{RequestStore.enqueue}), which replays
-        it later with the time it was queued; once the observer stopped,
-        queued calls do nothing.
     """
 
     def __init__(
@@ -816,7 +811,6 @@ class HTTPObserver:
         *,
         source: str = "tunnel",
         replayOf: Optional[int] = None,
-        batched: bool = False,
     ) -> None:
         self.store = store
         self.tunnel = tunnel
@@ -830,14 +824,6 @@ class HTTPObserver:
         self.onExchange: Optional[Callable[[Exchange], None]] = None
         self.request = _RequestParser(self)
         self.response = _ResponseParser(self)
-        self.batched = batched
-        if batched:
-            # Instance attributes hide the methods: the splice's calls
-            # queue, the store's flush calls the methods themselves.
-            enqueue = store.enqueue
-            self.fromRemote = partial(enqueue, HTTPObserver.fromRemote, self)  # type: ignore[method-assign]
-            self.fromLocal = partial(enqueue, HTTPObserver.fromLocal, self)  # type: ignore[method-assign]
-            self.closed = partial(enqueue, HTTPObserver._closed, self, b"")  # type: ignore[method-assign]
 
     def attach(self, splice: Any) -> None:
         """
@@ -911,12 +897,6 @@ class HTTPObserver:
         except Exception:  # noqa: BLE001
             _log.failure("the HTTP inspector failed at the end of a connection")
         self.detach()
-
-    def _closed(self, data: bytes) -> None:
-        """
-        L{closed}, queued by a batched observer (C{data} is empty).
-        """
-        HTTPObserver.closed(self)
 
     def _giveUp(self, reason: str, counted: bool = False) -> None:
         """

@@ -35,13 +35,6 @@ class InspectorService(Service):
         if tunnels is not None:
             tunnels.inspector = store if store.enabled else None
 
-    def stopService(self) -> Any:
-        """
-        Parse what a batching store still queues (and cancel its timer).
-        """
-        self.store.flush()
-        return super().stopService()
-
     def status(self) -> InspectorStatus:
         """
         The inspector's counters (status section C{"requests"}).

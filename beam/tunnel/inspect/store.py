@@ -31,26 +31,12 @@ if TYPE_CHECKING:
     from beam.tunnel.inspect.http1 import HTTPObserver
 
 __all__ = [
-    "BATCH_BYTES", "BATCH_ENTRIES", "EXCHANGE_OVERHEAD", "Exchange", "InspectorFull", "InspectorStatus", "Message",
-    "NODE_BATCH_DELAY", "RequestStore", "renderBody",
+    "EXCHANGE_OVERHEAD", "Exchange", "InspectorFull", "InspectorStatus", "Message", "RequestStore", "renderBody",
 ]
 
 #: Bytes an exchange is charged for beyond its heads and bodies (its
 #: Python objects).
 EXCHANGE_OVERHEAD = 512
-
-#: A batching store (L{RequestStore.batchDelay}) parses its queue at once
-#: when it holds this many reads, or this many bytes: the queue only
-#: holds references to bytes already read, but they must not pile up.
-BATCH_ENTRIES = 256
-BATCH_BYTES = 1 << 20
-
-#: The batch window a node's store uses: long enough to batch the reads
-#: of a busy keep-alive connection (one read per reactor turn, so a flush
-#: per turn would batch nothing), short enough that the dashboard shows
-#: an exchange at once.  A flush stalls the reactor for the batch's
-#: parsing (~10 us per small exchange).
-NODE_BATCH_DELAY = 0.01
 
 #: A message's header cost is fixed (see L{Message.cost}).
 _FIXED = object()
@@ -428,15 +414,6 @@ class RequestStore:
 
     @ivar enabled: capture at all (a host attaches no observer otherwise).
     @ivar clock: an C{IReactorTime}, for durations.
-    @ivar batchDelay: L{None}: tunnel observers parse each read at once.
-        A number of seconds: they only queue it (with the time) and the
-        store replays the queue at most that long after its first entry
-        (sooner past L{BATCH_ENTRIES} entries or L{BATCH_BYTES} bytes), so
-        the parsing code runs many times in a row with warm caches instead
-        of once between two reads of tunnel code.
-    @ivar replayTime: while a batch is replayed, the clock time of the
-        entry being parsed (what the parser uses instead of the clock);
-        else L{None}.
     """
 
     def __init__(
@@ -446,16 +423,9 @@ class RequestStore:
         maxBytes: int = 16 << 20,
         bodyCap: int = 64 << 10,
         wallClock: Callable[[], float] = time.time,
-        batchDelay: Optional[float] = None,
     ) -> None:
         self.clock = clock
         self.wallClock = wallClock
-        self.batchDelay = batchDelay
-        self.replayTime: Optional[float] = None
-        self._replayWall = 0.0
-        self._queue: list[tuple[Callable[..., None], "HTTPObserver", bytes, float]] = []
-        self._queuedBytes = 0
-        self._flushCall: Any = None
         self.enabled = True
         self.maxRequests = maxRequests
         self.maxBytes = maxBytes
@@ -485,60 +455,7 @@ class RequestStore:
         """
         from beam.tunnel.inspect.http1 import HTTPObserver
 
-        # A replay reads its exchange right after feeding it: never batched.
-        batched = self.batchDelay is not None and source == "tunnel"
-        return HTTPObserver(self, tunnel, peer, source=source, replayOf=replayOf, batched=batched)
-
-    # -- batching --------------------------------------------------------
-
-    def now(self) -> float:
-        """
-        The clock time for what is being parsed: the queued read's while a
-        batch is replayed, else the clock's.
-        """
-        t = self.replayTime
-        return self.clock.seconds() if t is None else t
-
-    def wallNow(self) -> float:
-        """
-        The wall-clock time for what is being parsed (see L{now}).
-        """
-        t = self.replayTime
-        return self.wallClock() if t is None else self._replayWall + t
-
-    def enqueue(self, fn: Callable[..., None], observer: "HTTPObserver", data: bytes) -> None:
-        """
-        Queue C{fn(observer, data)} (a batched observer's read or close) to
-        run at the next flush.  C{data} is kept, not copied: bytes do not
-        change.
-        """
-        queue = self._queue
-        queue.append((fn, observer, data, self.clock.seconds()))
-        self._queuedBytes += len(data)
-        if len(queue) >= BATCH_ENTRIES or self._queuedBytes >= BATCH_BYTES:
-            self.flush()
-        elif self._flushCall is None:
-            self._flushCall = self.clock.callLater(self.batchDelay, self.flush)
-
-    def flush(self) -> None:
-        """
-        Parse every queued read now, in order, each with its own time.
-        """
-        call = self._flushCall
-        self._flushCall = None
-        if call is not None and call.active():
-            call.cancel()
-        while self._queue:
-            queue = self._queue
-            self._queue = []
-            self._queuedBytes = 0
-            self._replayWall = self.wallClock() - self.clock.seconds()
-            try:
-                for fn, observer, data, t in queue:
-                    self.replayTime = t
-                    fn(observer, data)  # catches its own errors (the observer gives up)
-            finally:
-                self.replayTime = None
+        return HTTPObserver(self, tunnel, peer, source=source, replayOf=replayOf)
 
     # -- reading ---------------------------------------------------------
 
